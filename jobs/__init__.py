@@ -1,0 +1,1 @@
+"""hmrflow.jobs: the CLI, batch jobs, scheduled job specs, reports."""

@@ -1,0 +1,211 @@
+"""Typed, strict configuration.
+
+YAML lives at the edges (``configs/*.yaml`` presets, user files, ``--set key=value``
+overrides); inside, everything is a frozen pydantic model that rejects unknown keys and
+wrong types with an error naming the key.  Presets are flat overrides of the defaults
+declared here (no ``_base_`` chains).  Modules receive the one section they need, never
+the whole tree.  ``resolved_dict()`` is what gets written beside every output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hmrflow.pipeline.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base: frozen, unknown keys rejected, no silent type coercion of strings to numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+
+
+class DecodeConfig(Strict):
+    """How videos are read (see :mod:`hmrflow.stages.decode`)."""
+
+    backend: Literal["av", "decord", "auto"] = "av"
+    batch_size: int = Field(16, ge=1, le=4096, description="frames per FrameBatch")
+    target_fps: Optional[float] = Field(None, gt=0, description="subsample by timestamps to this rate")
+    max_side: Optional[int] = Field(None, ge=16, description="resize so the longer side is at most this")
+    allow_truncated: bool = Field(True, description="yield the readable frames of a damaged file with a warning")
+    max_pixels: int = Field(8192 * 8192, ge=1, description="refuse frames larger than this (absurd sizes)")
+    max_frames: Optional[int] = Field(None, ge=1, description="stop after this many (output) frames")
+    decord_timeout_s: float = Field(60.0, gt=0, description="kill the decord fast path after this long")
+    threads: int = Field(1, ge=0, le=64, description="decoder threads (0 = FFmpeg's choice)")
+
+
+class BodyModelConfig(Strict):
+    """Which body model: the bundled synthetic one, or the user's SMPL files."""
+
+    kind: Literal["synthetic", "smpl"] = "synthetic"
+    path: Optional[str] = Field(
+        None, description="folder with SMPL_{NEUTRAL,MALE,FEMALE}.pkl or one .pkl file; env HMRFLOW_SMPL_DIR"
+    )
+    gender: Literal["neutral", "male", "female"] = "neutral"
+
+
+class DetectConfig(Strict):
+    """Person detection (see :mod:`hmrflow.stages.detect`)."""
+
+    kind: Literal["bundled", "file", "maskrcnn"] = "bundled"
+    weights: Optional[str] = None
+    detections_path: Optional[str] = Field(None, description="for kind=file: MOT txt or JSON boxes")
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    batch_size: int = Field(16, ge=1)
+    device: str = "auto"
+
+
+class EstimateConfig(Strict):
+    """ViT mesh estimator (see :mod:`hmrflow.stages.mesh`)."""
+
+    size: Literal["tiny", "small", "base", "large", "huge"] = "tiny"
+    weights: Optional[str] = None
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    eclm: bool = False
+    tome_r: int = Field(0, ge=0, description="background tokens merged per layer (0 = off)")
+
+
+class TrackConfig(Strict):
+    """Identity tracking (see :mod:`hmrflow.stages.track`)."""
+
+    reid_window_s: float = Field(2.0, ge=0.0)
+    min_track_s: float = Field(0.3, ge=0.0)
+    confirm_hits: int = Field(3, ge=1)
+
+
+class RefineConfig(Strict):
+    """Motion-prior diffusion refinement (see :mod:`hmrflow.stages.refine`)."""
+
+    enabled: bool = True
+    weights: Optional[str] = None
+    window: int = Field(64, ge=4)
+    overlap: int = Field(16, ge=0)
+    steps: int = Field(10, ge=1)
+    max_gap_s: float = Field(1.0, ge=0.0, description="fill gaps up to this long")
+
+
+class WriteConfig(Strict):
+    """Outputs (see :mod:`hmrflow.stages.write`)."""
+
+    parquet: bool = True
+    npz: bool = True
+
+
+class PipelineConfig(Strict):
+    """The whole resolved configuration of one run."""
+
+    preset: str = "clip"
+    seed: int = 0
+    device: str = "auto"
+    decode: DecodeConfig = DecodeConfig()
+    body_model: BodyModelConfig = BodyModelConfig()
+    detect: DetectConfig = DetectConfig()
+    estimate: EstimateConfig = EstimateConfig()
+    track: TrackConfig = TrackConfig()
+    refine: RefineConfig = RefineConfig()
+    write: WriteConfig = WriteConfig()
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "PipelineConfig":
+        if self.refine.overlap >= self.refine.window:
+            raise ValueError("refine.overlap must be smaller than refine.window")
+        return self
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every setting (defaults included)."""
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of :meth:`resolved_dict` (first 16 hex digits)."""
+        blob = json.dumps(self.resolved_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------- loading
+PRESETS_PACKAGE = "hmrflow.configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``configs/``."""
+    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _load_preset(preset: str) -> tuple[str, dict[str, Any]]:
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{preset}: config file not found")
+        return path.stem, _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    res = resources.files(PRESETS_PACKAGE) / f"{preset}.yaml"
+    if not res.is_file():
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(list_presets())} or give a .yaml path")
+    return preset, _read_yaml(res.read_text(encoding="utf-8"), f"preset {preset}")
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    key, raw = override.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {override!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return f"{source}: invalid config: " + "; ".join(lines)
+
+
+def load_config(preset: str | None = "clip", overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Build a :class:`PipelineConfig` from a preset name or YAML path plus ``key=value`` overrides.
+
+    Raises :class:`ConfigError` naming the offending key for unknown keys, wrong types and
+    out-of-range values.
+    """
+    name, tree = _load_preset(preset or "clip")
+    tree = dict(tree)
+    tree.setdefault("preset", name)
+    for ov in overrides:
+        _apply_override(tree, ov)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, f"preset {preset}" if preset else "config")) from None

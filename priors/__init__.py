@@ -1,0 +1,1 @@
+"""hmrflow.priors: pure torch body model, rotations, motion library, motion diffusion. No pipeline types."""

@@ -1,0 +1,1 @@
+"""hmrflow.stages: decode, detect, mesh estimation, track, refine, write."""
