@@ -45,11 +45,9 @@ def _basename(path_or_name: str | os.PathLike[str]) -> str:
 
 
 def _stem(name: str) -> str:
-    """File name without its last extension (``clip.final.mp4`` -> ``clip.final``)."""
-    if name in (".", ".."):
-        return ""
+    """File name without its last extension (``clip.final.mp4`` -> ``clip.final``, ``.mp4`` -> ``""``)."""
     head, dot, _ext = name.rpartition(".")
-    return head if dot and head.strip(".") else name
+    return head if dot else name  # ".mp4" -> "" (no stem: the caller hashes the name)
 
 
 def is_safe_video_id(video_id: str) -> bool:
