@@ -77,11 +77,15 @@ class VideoInfo:
 class ProbeScan:
     """:class:`VideoInfo` plus the sorted per-frame timestamps found while demuxing.
 
-    pts_s: (n_frames,) float64 seconds from the stream start, ascending (presentation order).
+    pts_s: (n_frames,) float64 seconds from the stream start, ascending (presentation order),
+        computed as ``(ticks - origin_ticks) * time_base`` (decoders use the same formula so
+        timestamps compare exactly).
     """
 
     info: VideoInfo
     pts_s: np.ndarray
+    origin_ticks: int = 0
+    time_base: float = 0.0
 
 
 # ---------------------------------------------------------------------- helpers
@@ -165,6 +169,11 @@ def _clockwise_rotation(frame: Any) -> tuple[int, bool]:
     cw = (-ccw) % 360.0
     snapped = int(round(cw / 90.0)) % 4 * 90
     return snapped, abs(((cw - snapped) + 180) % 360 - 180) > 1.0
+
+
+def ticks_to_seconds(ticks: np.ndarray | int, origin: int, time_base: float) -> np.ndarray:
+    """Seconds from the stream start: ``(ticks - origin) * time_base`` in float64."""
+    return (np.asarray(ticks, np.int64) - np.int64(origin)).astype(np.float64) * np.float64(time_base)
 
 
 # ------------------------------------------------------------------------ probe
@@ -277,7 +286,7 @@ def _scan_open_container(p: Path, container: Any, file_size: int, max_pixels: in
         log.warning("%s: display rotation %s degrees is not a multiple of 90; using %d", p, first_frame.rotation, rotation)
 
     origin = start if start is not None else (min(ticks) if ticks else 0)
-    pts_s = (np.sort(np.asarray(ticks, np.int64)) - origin).astype(np.float64) * tb_f if ticks else np.zeros(0)
+    pts_s = ticks_to_seconds(np.sort(np.asarray(ticks, np.int64)), int(origin), tb_f) if ticks else np.zeros(0)
     if len(pts_s) != n_packets:  # packets without timestamps (rare): fall back to the nominal rate
         pts_s = np.arange(n_packets, dtype=np.float64) / (nominal_fps or 30.0)
 
@@ -321,7 +330,7 @@ def _scan_open_container(p: Path, container: Any, file_size: int, max_pixels: in
     )
     if damage:
         log.debug("%s: %s", p, damage)
-    return ProbeScan(info=info, pts_s=pts_s)
+    return ProbeScan(info=info, pts_s=pts_s, origin_ticks=int(origin), time_base=tb_f)
 
 
 def probe_video(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VideoInfo:

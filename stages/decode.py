@@ -1,0 +1,367 @@
+"""Decode stage: ``ClipRef -> Iterator[FrameBatch]`` of upright RGB frames with timestamps.
+
+The file is probed first (:func:`~hmrflow.stages.video_probe.scan_video`): bad files fail
+fast with a one-line :class:`VideoDecodeError`, frames larger than ``max_pixels`` are
+refused before anything is decoded, and the probe's sorted packet timestamps become the
+table that maps every decoded frame to its original index (so indices stay right even
+when damaged frames are dropped, and both backends agree exactly).
+
+Two backends give the same frames, indices and timestamps:
+
+* ``"av"`` (default): PyAV in this process; rotation applied here with ``np.rot90``.
+* ``"decord"``: decord in a separate worker process (see :mod:`.decode_decord`) that is
+  killed when it stalls for ``decord_timeout_s``; decord rotates frames itself.
+  ``"auto"`` uses decord when it is installed and the probe found no damage, and falls
+  back to PyAV (resuming after the last frame already delivered) on any decord failure.
+
+Frame selection is by timestamp (:class:`SlotSelector`): with ``target_fps`` the time
+axis is cut into slots of ``1/target_fps`` seconds and the first frame in each slot is
+kept, which works for variable frame rates.  Memory stays bounded: one batch of
+``batch_size`` frames at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import numpy as np
+
+from hmrflow.pipeline.config import DecodeConfig
+from hmrflow.pipeline.errors import VideoDecodeError
+from hmrflow.pipeline.stage import BaseStage, Resources
+from hmrflow.pipeline.types import ClipRef, FrameBatch
+from hmrflow.stages.video_probe import ProbeScan, _pick_video_stream, scan_video, ticks_to_seconds
+
+log = logging.getLogger(__name__)
+
+#: Interpolation used by both backends when resizing (decord/FFmpeg's default is bilinear too).
+RESIZE_INTERPOLATION = "BILINEAR"
+#: A decoded frame's pts matches a table entry if they differ by less than this (seconds).
+_PTS_MATCH_S = 1e-6
+
+
+# ------------------------------------------------------------------ selection
+class SlotSelector:
+    """Keep the first frame at or after each ``1/target_fps`` time slot.
+
+    ``target_fps=None`` keeps every frame.  Slots are counted from t = 0 (the stream
+    start), so the choice depends only on timestamps: the same for every backend, and
+    correct for variable frame rates (a long gap simply skips slots).
+    """
+
+    #: Tolerance in slot units, so that 3 * (1/30) s counts as slot 1 at 10 fps.
+    EPS = 1e-4
+
+    def __init__(self, target_fps: float | None) -> None:
+        if target_fps is not None and not target_fps > 0:
+            raise ValueError(f"target_fps must be positive, got {target_fps}")
+        self.target_fps = target_fps
+        self._last_slot = -math.inf
+
+    def accept(self, t: float) -> bool:
+        """Whether the frame at ``t`` seconds is kept (call in presentation order)."""
+        if self.target_fps is None:
+            return True
+        slot = math.floor(t * self.target_fps + self.EPS)
+        if slot > self._last_slot:
+            self._last_slot = slot
+            return True
+        return False
+
+
+def select_indices(pts_s: np.ndarray, target_fps: float | None, max_frames: int | None = None) -> np.ndarray:
+    """Indices (into ``pts_s``, shape (N,) float64 sorted seconds) of the frames to keep."""
+    sel = SlotSelector(target_fps)
+    keep = [i for i, t in enumerate(pts_s.tolist()) if sel.accept(t)]
+    if max_frames is not None:
+        keep = keep[:max_frames]
+    return np.asarray(keep, np.int64)
+
+
+def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) after shrinking so the longer side is at most ``max_side`` (aspect kept).
+
+    Never enlarges.  Both sides are rounded to the nearest integer, at least 1.
+    """
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+# ----------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class DecodePlan:
+    """Everything a backend needs to decode one clip the same way as the other backend.
+
+    out_width/out_height: upright size of the delivered frames.
+    pts_s: (N,) float64 table of all frame timestamps from the probe (ascending).
+    """
+
+    path: str
+    video_id: str
+    rotation: int
+    out_width: int
+    out_height: int
+    resize: bool
+    pts_s: np.ndarray
+    origin_ticks: int
+    time_base: float
+    batch_size: int
+    target_fps: float | None
+    max_frames: int | None
+    threads: int
+    allow_truncated: bool
+    damage: str
+
+    @property
+    def stored_out_size(self) -> tuple[int, int]:
+        """(width, height) of a frame before rotation, at the output scale."""
+        if self.rotation in (90, 270):
+            return self.out_height, self.out_width
+        return self.out_width, self.out_height
+
+
+def make_plan(clip: ClipRef, scan: ProbeScan, cfg: DecodeConfig) -> DecodePlan:
+    """Combine a clip, its probe and the decode settings."""
+    info = scan.info
+    ow, oh = output_size(info.upright_width, info.upright_height, cfg.max_side)
+    return DecodePlan(
+        path=info.path,
+        video_id=clip.video_id,
+        rotation=info.rotation,
+        out_width=ow,
+        out_height=oh,
+        resize=(ow, oh) != (info.upright_width, info.upright_height),
+        pts_s=scan.pts_s,
+        origin_ticks=scan.origin_ticks,
+        time_base=scan.time_base,
+        batch_size=cfg.batch_size,
+        target_fps=cfg.target_fps,
+        max_frames=cfg.max_frames,
+        threads=cfg.threads,
+        allow_truncated=cfg.allow_truncated,
+        damage=info.damage,
+    )
+
+
+class BatchBuilder:
+    """Fills one preallocated (batch_size, H, W, 3) uint8 array at a time."""
+
+    def __init__(self, video_id: str, batch_size: int, height: int, width: int) -> None:
+        self.video_id = video_id
+        self.batch_size = batch_size
+        self.shape = (height, width, 3)
+        self._new()
+
+    def _new(self) -> None:
+        self.images = np.empty((self.batch_size,) + self.shape, np.uint8)
+        self.idx: list[int] = []
+        self.pts: list[float] = []
+
+    def add(self, frame_idx: int, pts: float, image: np.ndarray) -> FrameBatch | None:
+        """Append one (H, W, 3) frame; returns a full batch when one is complete."""
+        self.images[len(self.idx)] = image
+        self.idx.append(frame_idx)
+        self.pts.append(pts)
+        return self.flush() if len(self.idx) == self.batch_size else None
+
+    def flush(self) -> FrameBatch | None:
+        """The partial batch (None when empty)."""
+        n = len(self.idx)
+        if n == 0:
+            return None
+        batch = FrameBatch(
+            video_id=self.video_id,
+            frame_idx=np.asarray(self.idx, np.int64),
+            pts=np.asarray(self.pts, np.float64),
+            images=self.images[:n] if n < self.batch_size else self.images,
+        )
+        self._new()
+        return batch
+
+
+# ------------------------------------------------------------------- PyAV path
+def _err_text(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> Iterator[FrameBatch]:
+    """Decode ``plan`` with PyAV in this process.
+
+    after_idx: deliver only frames whose original index is greater (to resume after another
+        backend failed); selection still runs over all frames so it matches.
+    already: frames already delivered (counts toward ``max_frames``).
+
+    Damage (undecodable packets, read errors): with ``allow_truncated`` the readable frames
+    are delivered and a warning is logged at the end; otherwise VideoDecodeError is raised
+    at the first problem.
+    """
+    import av
+
+    try:
+        container = av.open(plan.path, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(plan.path, f"cannot open: {_err_text(exc)}") from None
+    try:
+        stream = _pick_video_stream(container)
+        if stream is None:
+            raise VideoDecodeError(plan.path, "no video stream")
+        ctx = stream.codec_context
+        if plan.threads != 1:
+            ctx.thread_type = "AUTO"
+            ctx.thread_count = plan.threads
+        tb = plan.time_base or float(stream.time_base)
+        sw, sh = plan.stored_out_size
+        k_rot = -(plan.rotation // 90)
+        table = plan.pts_s
+        selector = SlotSelector(plan.target_fps)
+        builder = BatchBuilder(plan.video_id, plan.batch_size, plan.out_height, plan.out_width)
+        delivered = already
+        prev_idx = -1
+        n_decoded = 0
+        bad_packets = 0
+        first_problem = ""
+        last_t = -1.0
+        demux = container.demux(stream)
+        done = plan.max_frames is not None and delivered >= plan.max_frames
+        while not done:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                first_problem = first_problem or f"read error after {n_decoded} frames ({_err_text(exc)})"
+                if not plan.allow_truncated:
+                    raise VideoDecodeError(plan.path, first_problem) from None
+                break
+            try:
+                frames = ctx.decode(packet)
+            except av.error.FFmpegError as exc:
+                bad_packets += 1
+                problem = f"undecodable data near frame {n_decoded} ({_err_text(exc)})"
+                first_problem = first_problem or problem
+                if not plan.allow_truncated:
+                    raise VideoDecodeError(plan.path, problem) from None
+                continue
+            for frame in frames:
+                n_decoded += 1
+                ticks = frame.pts if frame.pts is not None else frame.dts
+                if ticks is not None:
+                    t = float(ticks_to_seconds(int(ticks), plan.origin_ticks, tb))
+                else:
+                    t = last_t + (1.0 / 30.0)
+                last_t = t
+                idx = _table_index(table, t, prev_idx)
+                prev_idx = idx
+                if not selector.accept(t) or idx <= after_idx:
+                    continue
+                image = frame.to_ndarray(
+                    format="rgb24", width=sw, height=sh, interpolation=RESIZE_INTERPOLATION
+                )
+                if k_rot:
+                    image = np.rot90(image, k=k_rot)
+                full = builder.add(idx, t, image)
+                delivered += 1
+                if full is not None:
+                    yield full
+                if plan.max_frames is not None and delivered >= plan.max_frames:
+                    done = True
+                    break
+        tail = builder.flush()
+        if tail is not None:
+            yield tail
+        if n_decoded == 0:
+            raise VideoDecodeError(plan.path, first_problem or "no frame could be decoded")
+        if first_problem or bad_packets:
+            log.warning(
+                "%s: damaged video, delivered the %d readable frames (%d undecodable packets; first: %s)",
+                plan.path, n_decoded, bad_packets, first_problem or "?",
+            )
+    finally:
+        container.close()
+
+
+def _table_index(table: np.ndarray, t: float, prev_idx: int) -> int:
+    """Original frame index of a frame at ``t`` seconds (position in the probe's pts table).
+
+    Frames not in the table (rare: missing timestamps) get ``prev_idx + 1``; indices are
+    kept strictly increasing.
+    """
+    i = int(np.searchsorted(table, t - _PTS_MATCH_S))
+    if i < len(table) and abs(float(table[i]) - t) <= _PTS_MATCH_S and i > prev_idx:
+        return i
+    return prev_idx + 1
+
+
+# ----------------------------------------------------------------------- stage
+class DecodeStage(BaseStage[ClipRef, Iterator[FrameBatch]]):
+    """``ClipRef -> Iterator[FrameBatch]``: upright RGB uint8 frames in batches.
+
+    Each batch: frame_idx (F,) int64 original indices, pts (F,) float64 seconds,
+    images (F, H, W, 3) uint8 with H, W the upright (possibly ``max_side``-shrunk) size.
+    The probe runs when the stage is called, so bad files raise :class:`VideoDecodeError`
+    immediately; damage discovered while decoding raises from the iterator (or, with
+    ``allow_truncated``, ends it early with a logged warning).
+    """
+
+    resources: ClassVar[Resources] = Resources(cpus=1.0)
+
+    def __init__(self, cfg: DecodeConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or DecodeConfig()
+
+    def probe(self, path: str) -> ProbeScan:
+        """The probe this stage runs before decoding (max_pixels from the config)."""
+        return scan_video(path, max_pixels=self.cfg.max_pixels)
+
+    def __call__(self, clip: ClipRef) -> Iterator[FrameBatch]:
+        scan = self.probe(clip.path)
+        plan = make_plan(clip, scan, self.cfg)
+        if plan.damage and not plan.allow_truncated:
+            raise VideoDecodeError(plan.path, f"{plan.damage} (decode.allow_truncated is off)")
+        backend = self._choose_backend(plan)
+        if backend == "av":
+            return iter_av_batches(plan)
+        return self._iter_decord(plan, fallback=self.cfg.backend == "auto")
+
+    # ------------------------------------------------------------- internals
+    def _choose_backend(self, plan: DecodePlan) -> str:
+        want = self.cfg.backend
+        if want == "av":
+            return "av"
+        from hmrflow.stages.decode_decord import decord_available
+
+        if not decord_available():
+            if want == "decord":
+                raise VideoDecodeError(plan.path, "backend 'decord' requested but decord is not installed")
+            log.info("%s: decord not installed, decoding with av", plan.path)
+            return "av"
+        if plan.damage:
+            log.warning("%s: %s; decord cannot read damaged files, decoding with av", plan.path, plan.damage)
+            return "av"
+        return "decord"
+
+    def _iter_decord(self, plan: DecodePlan, fallback: bool) -> Iterator[FrameBatch]:
+        from hmrflow.stages.decode_decord import DecordFailure, iter_decord_batches
+
+        last_idx = -1
+        delivered = 0
+        try:
+            for batch in iter_decord_batches(plan, timeout_s=self.cfg.decord_timeout_s):
+                last_idx = int(batch.frame_idx[-1])
+                delivered += len(batch)
+                yield batch
+        except DecordFailure as exc:
+            if not fallback:
+                raise VideoDecodeError(plan.path, f"decord failed: {exc}") from None
+            log.warning("%s: decord failed (%s); continuing with av after frame %d", plan.path, exc, last_idx)
+            yield from iter_av_batches(plan, after_idx=last_idx, already=delivered)
+
+
+def decode_clip(clip: ClipRef, cfg: DecodeConfig | None = None) -> Iterator[FrameBatch]:
+    """Convenience: ``DecodeStage(cfg)(clip)``."""
+    return DecodeStage(cfg)(clip)
