@@ -1,0 +1,145 @@
+"""The mesh estimator: ViT backbone + SMPL transformer-decoder head, built by size name.
+
+``build_estimator("huge")`` is HMR2.0's ViT-H/16 + decoder exactly (see ``backbone`` and
+``head`` for the facts and sources); smaller sizes keep the same structure with narrower and
+shallower parts.  Crops are made outside the model (:mod:`hmrflow.stages.mesh.crop`) and the
+weak-perspective camera is converted outside too (:mod:`hmrflow.stages.mesh.camera`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+from torch import nn
+
+from hmrflow.priors.rotations import rot6d_to_matrix
+from hmrflow.stages.mesh.backbone import ViTBackbone, ViTConfig
+from hmrflow.stages.mesh.head import HeadConfig, HeadOutput, SMPLHead
+
+#: Crop size (H, W) HMR2.0 feeds its ViT.
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (256, 192)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A named estimator size: backbone and head shapes."""
+
+    name: str
+    backbone: ViTConfig
+    head: HeadConfig
+
+
+def _spec(name: str, dim: int, depth: int, heads: int, head: dict[str, int], mlp_ratio: float = 4.0) -> EstimatorSpec:
+    return EstimatorSpec(
+        name=name,
+        backbone=ViTConfig(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio),
+        head=HeadConfig(context_dim=dim, **head),
+    )
+
+
+_HMR2_HEAD = dict(dim=1024, depth=6, heads=8, dim_head=64, mlp_dim=1024)
+
+#: Sizes by name (a plain dict, no registry).  ``huge`` is HMR2.0's published architecture.
+SIZES: dict[str, EstimatorSpec] = {
+    # CI / demo: trains on 2 CPU cores; 2.41 M parameters (9.6 MB fp32).  MLP ratio 2 (not 4)
+    # keeps six layers (room for layer merging) under the 10 MB budget of a bundled model.
+    "tiny": _spec("tiny", 192, 6, 3, dict(dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256), mlp_ratio=2.0),
+    "small": _spec("small", 384, 12, 6, dict(dim=512, depth=4, heads=8, dim_head=64, mlp_dim=1024)),
+    "base": _spec("base", 768, 12, 12, _HMR2_HEAD),
+    "large": _spec("large", 1024, 24, 16, _HMR2_HEAD),
+    "huge": _spec("huge", 1280, 32, 16, _HMR2_HEAD),
+}
+
+
+def estimator_spec(size: str | EstimatorSpec, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> EstimatorSpec:
+    """The spec of a named size (or a given spec) for crops of ``image_size`` (H, W)."""
+    if isinstance(size, EstimatorSpec):
+        spec = size
+    else:
+        if size not in SIZES:
+            raise ValueError(f"unknown estimator size {size!r}; choose one of {', '.join(SIZES)}")
+        spec = SIZES[size]
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if spec.backbone.image_size != image_size:
+        spec = replace(spec, backbone=replace(spec.backbone, image_size=image_size))
+    return spec
+
+
+@dataclass
+class EstimatorOutput:
+    """What the estimator predicts for B crops.
+
+    rotmats: (B, 24, 3, 3) fp32, joint 0 = global orientation in the crop camera (OpenCV axes).
+    betas: (B, 10) fp32.
+    pred_cam: (B, 3) fp32 weak-perspective (s, tx, ty) in the crop (see ``camera``).
+    confidence: (B,) fp32 in (0, 1).
+    pose6d: (B, 24, 6) fp32, the 6D values behind ``rotmats`` (for losses).
+    """
+
+    rotmats: torch.Tensor
+    betas: torch.Tensor
+    pred_cam: torch.Tensor
+    confidence: torch.Tensor
+    pose6d: torch.Tensor
+
+
+class MeshEstimator(nn.Module):
+    """ViT backbone + SMPL head: normalised crops (B, 3, H, W) -> :class:`EstimatorOutput`."""
+
+    def __init__(self, spec: EstimatorSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = ViTBackbone(spec.backbone)
+        self.head = SMPLHead(spec.head)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the crops this model takes."""
+        return self.spec.backbone.image_size
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, cols) of the backbone's token grid (16 x 12 for 256 x 192 crops)."""
+        return self.spec.backbone.token_grid
+
+    def forward_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> image tokens (B, N, C)."""
+        return self.backbone.forward_features(crops)
+
+    def forward_head(self, tokens: torch.Tensor, context_bias: Optional[torch.Tensor] = None) -> EstimatorOutput:
+        """Image tokens (B, N, C) (possibly merged; ``context_bias`` (B, 1, 1, N) then carries
+        ``log(size)``) -> :class:`EstimatorOutput`.  Rotations are computed in fp32."""
+        out: HeadOutput = self.head(tokens, context_bias)
+        with torch.autocast(device_type=out.pose6d.device.type, enabled=False):
+            pose6d = out.pose6d.float()
+            rotmats = rot6d_to_matrix(pose6d)
+            conf = torch.sigmoid(out.confidence_logit.float())
+        return EstimatorOutput(
+            rotmats=rotmats, betas=out.betas.float(), pred_cam=out.cam.float(), confidence=conf, pose6d=pose6d
+        )
+
+    def forward(self, crops: torch.Tensor) -> EstimatorOutput:
+        """crops: (B, 3, H, W) float, ImageNet-normalised (see ``crop.make_crops``)."""
+        if crops.ndim != 4 or crops.shape[1] != 3:
+            raise ValueError(f"crops must be (B, 3, H, W), got {tuple(crops.shape)}")
+        return self.forward_head(self.forward_features(crops))
+
+
+def build_estimator(
+    size: str | EstimatorSpec = "tiny",
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> MeshEstimator:
+    """A freshly initialised estimator of a named size (``tiny`` ... ``huge``) for crops (H, W)."""
+    model = MeshEstimator(estimator_spec(size, image_size))
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (buffers excluded)."""
+    return sum(p.numel() for p in module.parameters())
