@@ -10,6 +10,7 @@ config give manifests that are equal once ``"volatile"`` is dropped.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -113,7 +114,15 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------- environment
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
-    """Installed versions of ``names`` (missing ones omitted) plus ``python``; imports nothing."""
+    """Installed versions of ``names`` (missing ones omitted) plus ``python``; imports nothing.
+
+    Memoised per process (reading package metadata costs about 1 ms per package).
+    """
+    return dict(_package_versions(tuple(names)))
+
+
+@functools.lru_cache(maxsize=8)
+def _package_versions(names: tuple[str, ...]) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in names:
         try:
