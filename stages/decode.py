@@ -224,6 +224,7 @@ def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> 
         prev_idx = -1
         n_decoded = 0
         bad_packets = 0
+        dropped = 0
         first_problem = ""
         last_t = -1.0
         demux = container.demux(stream)
@@ -250,12 +251,17 @@ def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> 
             for frame in frames:
                 n_decoded += 1
                 ticks = frame.pts if frame.pts is not None else frame.dts
-                if ticks is not None:
-                    t = float(ticks_to_seconds(int(ticks), plan.origin_ticks, tb))
-                else:
-                    t = last_t + (1.0 / 30.0)
+                t_found = float(ticks_to_seconds(int(ticks), plan.origin_ticks, tb)) if ticks is not None else None
+                idx = _table_index(table, t_found, prev_idx)
+                if idx is None:
+                    dropped += 1
+                    problem = f"frame with timestamp {t_found:.4f} s out of order or unknown (damaged stream?)"
+                    first_problem = first_problem or problem
+                    if not plan.allow_truncated:
+                        raise VideoDecodeError(plan.path, problem)
+                    continue
+                t = t_found if t_found is not None else last_t + 1.0 / 30.0
                 last_t = t
-                idx = _table_index(table, t, prev_idx)
                 prev_idx = idx
                 if not selector.accept(t) or idx <= after_idx:
                     continue
@@ -276,25 +282,29 @@ def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> 
             yield tail
         if n_decoded == 0:
             raise VideoDecodeError(plan.path, first_problem or "no frame could be decoded")
-        if first_problem or bad_packets:
+        if first_problem or bad_packets or dropped:
             log.warning(
-                "%s: damaged video, delivered the %d readable frames (%d undecodable packets; first: %s)",
-                plan.path, n_decoded, bad_packets, first_problem or "?",
+                "%s: damaged video, delivered the %d readable frames "
+                "(%d undecodable packets, %d out-of-order frames dropped; first problem: %s)",
+                plan.path, n_decoded - dropped, bad_packets, dropped, first_problem or "?",
             )
     finally:
         container.close()
 
 
-def _table_index(table: np.ndarray, t: float, prev_idx: int) -> int:
-    """Original frame index of a frame at ``t`` seconds (position in the probe's pts table).
+def _table_index(table: np.ndarray, t: float | None, prev_idx: int) -> int | None:
+    """Original frame index of a frame at ``t`` seconds (its position in the probe's pts table).
 
-    Frames not in the table (rare: missing timestamps) get ``prev_idx + 1``; indices are
-    kept strictly increasing.
+    A frame without timestamp (``t`` None) gets ``prev_idx + 1``.  None means the frame
+    must be dropped: its timestamp is not in the table or goes backwards (a damaged
+    stream makes the decoder emit concealment frames out of order).
     """
+    if t is None:
+        return prev_idx + 1
     i = int(np.searchsorted(table, t - _PTS_MATCH_S))
     if i < len(table) and abs(float(table[i]) - t) <= _PTS_MATCH_S and i > prev_idx:
         return i
-    return prev_idx + 1
+    return None
 
 
 # ----------------------------------------------------------------------- stage
