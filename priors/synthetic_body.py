@@ -420,7 +420,7 @@ def _girth(spec: dict[str, float]) -> np.ndarray:
     return g
 
 
-def _shape_dirs(v: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) -> np.ndarray:
+def _shape_dirs(v: np.ndarray, faces: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) -> np.ndarray:
     """(V,3,10) shape directions, in the order of :data:`SHAPE_DIRECTIONS`."""
     end = _bone_children(J)
     torso = ("pelvis", "spine1", "spine2", "spine3")
@@ -462,6 +462,11 @@ def _shape_dirs(v: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) ->
     dirs.append(_radial_field(v, w, bc, _girth({n: 0.12 for n in limbs})))
     # 9 torso depth (z only)
     dirs.append(_radial_field(v, w, bc, _girth({n: 0.12 for n in torso}), axes=(2,)))
+    # relax directions 1..9 over the mesh (the crotch and armpits meet opposite radial vectors)
+    avg = _vertex_neighbours(len(v), faces)
+    for k in range(1, len(dirs)):
+        for _ in range(4):
+            dirs[k] = 0.5 * dirs[k] + 0.5 * (avg @ dirs[k])
     return np.stack(dirs, axis=2)
 
 
@@ -471,23 +476,27 @@ _BULGE = {"hip": 0.010, "knee": 0.012, "ankle": 0.005, "foot": 0.003, "spine1": 
           "wrist": 0.005, "hand": 0.003}
 
 
-def _pose_dirs(v: np.ndarray, J: np.ndarray, bc: _BoneCoords) -> np.ndarray:
+def _pose_dirs(v: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) -> np.ndarray:
     """(V,3,207) pose correctives: a radial bulge around each joint growing with its bend.
 
     SMPL's pose feature is ``(R_j - I)`` flattened for joints 1..23; ``1 - cos(theta) =
     -trace(R_j - I)/2``, so putting ``-bulge/2`` on the three diagonal entries gives a
-    displacement ``(1 - cos theta) * bulge`` (zero at rest, full size at 90 degrees).
+    displacement ``(1 - cos theta) * bulge`` (zero at rest, full size at 90 degrees). The
+    bulge pushes the skin of the two bones meeting at the joint away from the bone axis,
+    fading with the distance along the parent bone (it offsets the volume loss of linear
+    blend skinning on the inside of a bend).
     """
     out = np.zeros((len(v), 3, 9 * (N_JOINTS - 1)))
     for j in range(1, N_JOINTS):
-        stem = JOINT_NAMES_STEM[j]
-        amp = _BULGE[stem]
-        # radial direction away from the bone that starts at this joint
+        p = PARENTS[j]
+        amp = _BULGE[JOINT_NAMES_STEM[j]]
+        axis = J[j] - J[p]
+        axis = axis / np.linalg.norm(axis)
         r = v - bc.closest[:, j]
         rn = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-9)
-        radius = max(float(np.median(bc.dist[np.argsort(np.linalg.norm(v - J[j], axis=1))[:30], j])), 0.03)
-        sigma = 0.8 * radius
-        fall = np.exp(-np.sum((v - J[j]) ** 2, axis=1) / (2 * sigma * sigma))
+        near = np.argsort(np.linalg.norm(v - J[j], axis=1))[:30]
+        sigma = 0.6 * max(float(np.median(bc.dist[near, j])), 0.03)
+        fall = np.exp(-(((v - J[j]) @ axis) ** 2) / (2 * sigma * sigma)) * np.clip(w[:, j] + w[:, p], 0.0, 1.0)
         bulge = amp * fall[:, None] * rn
         for d in (0, 4, 8):
             out[:, :, 9 * (j - 1) + d] = -0.5 * bulge
@@ -566,7 +575,11 @@ def guess_vertex_ids(v_template: np.ndarray, joints: np.ndarray) -> dict[str, in
                                         ("pinky", -0.035))):
             dx = 0.06 if name == "thumb" else 0.1 - 0.008 * abs(k - 2)
             targets[f"{pre}{name}"] = hand + np.array([dx * s, 0.0, dz])
-    return {k: int(np.argmin(np.linalg.norm(v_template - t, axis=1))) for k, t in targets.items()}
+    ids: dict[str, int] = {}
+    for name, t in targets.items():  # nearest vertex not taken yet (tips of a mitt are close)
+        order = np.argsort(np.linalg.norm(v_template - t, axis=1))
+        ids[name] = int(next(i for i in order if int(i) not in ids.values()))
+    return ids
 
 
 # ------------------------------------------------------------------------------- driver
@@ -609,8 +622,8 @@ def make_synthetic_body_model(seed: int = 0, grid_step: float = 0.0235) -> dict[
     v = _relax(v, faces, prims)
     bc = _bone_coords(v, J)
     w = _skinning_weights(v, faces, bc)
-    shapedirs = _shape_dirs(v, J, w, bc)
-    posedirs = _pose_dirs(v, J, bc)
+    shapedirs = _shape_dirs(v, faces, J, w, bc)
+    posedirs = _pose_dirs(v, J, w, bc)
     R = _joint_regressor(v, J, w)
     kintree = np.stack([PARENTS, np.arange(N_JOINTS)]).astype(np.int64)
     log.debug("synthetic body: %d vertices, %d faces", len(v), len(faces))
