@@ -396,10 +396,23 @@ def _bone_children(J: np.ndarray) -> np.ndarray:
     return end
 
 
-def _translation_field(w: np.ndarray, bc: _BoneCoords, T: np.ndarray, end: np.ndarray) -> np.ndarray:
+def _translation_field(v: np.ndarray, w: np.ndarray, bc: _BoneCoords, T: np.ndarray, end: np.ndarray) -> np.ndarray:
     """(V,3) vertex displacement interpolating joint offsets ``T`` along each bone, skinned."""
     per_bone = (1.0 - bc.t)[..., None] * T[None] + bc.t[..., None] * T[end][None]  # (V,24,3)
-    return np.einsum("vj,vjc->vc", w, per_bone)
+    return np.einsum("vj,vjc->vc", _fade_thighs_at_crotch(v, w), per_bone)
+
+
+def _fade_thighs_at_crotch(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weights with the thigh columns faded towards the midline (x = 0).
+
+    Both thighs meet at the crotch; without this, sideways or radial thigh changes would
+    tear the crotch apart or push the inner thighs through each other.
+    """
+    w = w.copy()
+    fade = np.clip(np.abs(v[:, 0]) / 0.06, 0.0, 1.0) ** 2
+    for name in ("left_hip", "right_hip"):
+        w[:, JOINT_INDEX[name]] *= fade
+    return w
 
 
 def _radial_field(v: np.ndarray, w: np.ndarray, bc: _BoneCoords, g: np.ndarray,
@@ -408,7 +421,7 @@ def _radial_field(v: np.ndarray, w: np.ndarray, bc: _BoneCoords, g: np.ndarray,
     r = v[:, None, :] - bc.closest  # (V,24,3)
     mask = np.zeros(3)
     mask[list(axes)] = 1.0
-    return np.einsum("vj,j,vjc->vc", w, g, r) * mask
+    return np.einsum("vj,j,vjc->vc", _fade_thighs_at_crotch(v, w), g, r) * mask
 
 
 def _girth(spec: dict[str, float]) -> np.ndarray:
@@ -439,21 +452,21 @@ def _shape_dirs(v: np.ndarray, faces: np.ndarray, J: np.ndarray, w: np.ndarray, 
     belly[:, 2] = 0.02 * wb * front
     dirs.append(_radial_field(v, w, bc, g) + belly)
     # 2 leg length
-    dirs.append(_translation_field(w, bc, _joint_offsets(J, {"left_knee": (0, -0.025, 0), "left_ankle": (0, -0.05, 0),
+    dirs.append(_translation_field(v, w, bc, _joint_offsets(J, {"left_knee": (0, -0.025, 0), "left_ankle": (0, -0.05, 0),
                                                           "left_foot": (0, -0.05, 0)}), end))
     # 3 arm length
-    dirs.append(_translation_field(w, bc, _joint_offsets(J, {"left_elbow": (0.02, 0, 0), "left_wrist": (0.04, 0, 0),
+    dirs.append(_translation_field(v, w, bc, _joint_offsets(J, {"left_elbow": (0.02, 0, 0), "left_wrist": (0.04, 0, 0),
                                                           "left_hand": (0.04, 0, 0)}), end))
     # 4 shoulder width
     dirs.append(_translation_field(
-        w, bc, _joint_offsets(J, {"left_collar": (0.006, 0, 0), **{n: (0.02, 0, 0) for n in arm_chain}}), end))
+        v, w, bc, _joint_offsets(J, {"left_collar": (0.006, 0, 0), **{n: (0.02, 0, 0) for n in arm_chain}}), end))
     # 5 hip width
     t5 = _joint_offsets(J, {"left_hip": (0.015, 0, 0), "left_knee": (0.012, 0, 0), "left_ankle": (0.01, 0, 0),
                             "left_foot": (0.01, 0, 0)})
-    dirs.append(_translation_field(w, bc, t5, end) + _radial_field(v, w, bc, _girth({"pelvis": 0.08, "left_hip": 0.05})))
+    dirs.append(_translation_field(v, w, bc, t5, end) + _radial_field(v, w, bc, _girth({"pelvis": 0.08, "left_hip": 0.05})))
     # 6 torso length
     t6 = _joint_offsets(J, {"spine2": (0, 0.01, 0), "spine3": (0, 0.02, 0), **{n: (0, 0.035, 0) for n in upper}})
-    dirs.append(_translation_field(w, bc, t6, end))
+    dirs.append(_translation_field(v, w, bc, t6, end))
     # 7 head size
     wh = w[:, JOINT_INDEX["head"]] + 0.5 * w[:, JOINT_INDEX["neck"]]
     head = 0.07 * wh[:, None] * (v - J[JOINT_INDEX["head"]])
