@@ -77,9 +77,28 @@ class EstimateConfig(Strict):
 class TrackConfig(Strict):
     """Identity tracking (see :mod:`hmrflow.stages.track`)."""
 
-    reid_window_s: float = Field(2.0, ge=0.0)
-    min_track_s: float = Field(0.3, ge=0.0)
-    confirm_hits: int = Field(3, ge=1)
+    reid_window_s: float = Field(2.0, ge=0.0, description="keep lost tracks this long for re-identification")
+    min_track_s: float = Field(0.3, ge=0.0, description="drop tracks spanning less time than this")
+    confirm_hits: int = Field(3, ge=1, description="hits that turn a tentative track into a confirmed one")
+    lost_after_s: float = Field(
+        0.5, gt=0.0, description="a track unseen this long is matched only by re-identification (shape + position)"
+    )
+    tentative_max_miss_s: float = Field(0.3, ge=0.0, description="discard an unconfirmed track unseen this long")
+    accel_std: float = Field(3.0, gt=0.0, description="root Kalman filter: white acceleration std, m/s^2")
+    pos_noise_m: float = Field(0.05, gt=0.0, description="root measurement noise across the viewing ray, m")
+    depth_noise_rel: float = Field(0.08, gt=0.0, description="root noise along the ray, fraction of the distance")
+    box_accel_rel: float = Field(3.0, gt=0.0, description="box Kalman filter: acceleration std, box heights/s^2")
+    box_noise_rel: float = Field(0.05, gt=0.0, description="box measurement noise, fraction of the box height")
+    shape_noise: float = Field(0.5, gt=0.0, description="std of one beta between two estimates of one person")
+    pose_noise_rad: float = Field(0.3, gt=0.0, description="typical mean joint angle between nearby estimates")
+    gate_chi2: float = Field(16.3, gt=0.0, description="Mahalanobis gate on the root (chi-square, 3 dof)")
+    reid_shape_gate: float = Field(4.0, gt=0.0, description="re-identification: max mean squared z-score of betas")
+    w_iou: float = Field(2.0, ge=0.0, description="cost weight of 1 - IoU(predicted box, box)")
+    w_pos: float = Field(1.0, ge=0.0, description="cost weight of the root Mahalanobis distance")
+    w_box: float = Field(0.5, ge=0.0, description="cost weight of the box Mahalanobis distance")
+    w_shape: float = Field(1.0, ge=0.0, description="cost weight of the betas distance")
+    w_pose: float = Field(1.0, ge=0.0, description="cost weight of the joint-angle distance")
+    max_cost: float = Field(12.0, gt=0.0, description="pairs costing more stay unmatched")
 
 
 class RefineConfig(Strict):

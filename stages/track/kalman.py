@@ -1,0 +1,134 @@
+"""Constant-velocity Kalman filters whose time step is taken from timestamps.
+
+Two models are used by the tracker, both "position + velocity" with white-noise
+acceleration (the continuous Wiener-process-acceleration model sampled at ``dt``):
+
+* the camera-space root position ``cam_t`` (3-D, metres), measured with a noise that
+  is elongated along the viewing ray (monocular depth is the weak direction);
+* the image box as centre and size ``(cx, cy, w, h)`` (pixels), with noises that
+  scale with the box height.
+
+Everything is a pure function on a :class:`KalmanState` (mean ``x`` of shape (2k,),
+covariance ``P`` of shape (2k, 2k)): ``dt`` may be any non-negative number, so a
+variable frame rate, subsampling and long gaps are handled by the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KalmanState:
+    """Gaussian belief over ``[position (k,), velocity (k,)]``.
+
+    x: (2k,) float64 mean.  P: (2k, 2k) float64 covariance.
+    """
+
+    x: np.ndarray
+    P: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        """Number of position coordinates ``k``."""
+        return self.x.shape[0] // 2
+
+
+def cv_transition(dt: float, k: int) -> np.ndarray:
+    """(2k, 2k) transition matrix ``[[I, dt I], [0, I]]`` of the constant-velocity model."""
+    F = np.eye(2 * k)
+    F[:k, k:] = dt * np.eye(k)
+    return F
+
+
+def cv_process_noise(dt: float, accel_std: np.ndarray | float, k: int) -> np.ndarray:
+    """(2k, 2k) process noise of white acceleration with std ``accel_std`` (per coordinate).
+
+    ``accel_std`` is a scalar or a (k,) array in position units per second squared.
+    """
+    q = np.broadcast_to(np.asarray(accel_std, dtype=np.float64) ** 2, (k,))
+    Q = np.zeros((2 * k, 2 * k))
+    idx = np.arange(k)
+    Q[idx, idx] = q * dt**4 / 4.0
+    Q[idx, idx + k] = q * dt**3 / 2.0
+    Q[idx + k, idx] = q * dt**3 / 2.0
+    Q[idx + k, idx + k] = q * dt**2
+    return Q
+
+
+def kf_init(z: np.ndarray, R: np.ndarray, vel_std: np.ndarray | float) -> KalmanState:
+    """Belief after a first measurement ``z`` (k,) with noise ``R`` (k, k); velocity unknown."""
+    k = z.shape[0]
+    P = np.zeros((2 * k, 2 * k))
+    P[:k, :k] = R
+    P[k:, k:] = np.diag(np.broadcast_to(np.asarray(vel_std, dtype=np.float64) ** 2, (k,)))
+    return KalmanState(x=np.concatenate([z.astype(np.float64), np.zeros(k)]), P=P)
+
+
+def kf_predict(state: KalmanState, dt: float, accel_std: np.ndarray | float) -> KalmanState:
+    """Propagate the belief by ``dt`` seconds (``dt < 0`` is treated as 0)."""
+    dt = max(float(dt), 0.0)
+    k = state.dim
+    F = cv_transition(dt, k)
+    return KalmanState(x=F @ state.x, P=F @ state.P @ F.T + cv_process_noise(dt, accel_std, k))
+
+
+def kf_project(state: KalmanState, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted measurement mean (k,) and innovation covariance ``S`` (k, k) for noise ``R``."""
+    k = state.dim
+    return state.x[:k].copy(), state.P[:k, :k] + R
+
+
+def kf_update(state: KalmanState, z: np.ndarray, R: np.ndarray) -> KalmanState:
+    """Condition the belief on a position measurement ``z`` (k,) with noise ``R`` (k, k).
+
+    Uses the Joseph form so that ``P`` stays symmetric positive definite.
+    """
+    k = state.dim
+    H = np.zeros((k, 2 * k))
+    H[:, :k] = np.eye(k)
+    S = state.P[:k, :k] + R
+    K = np.linalg.solve(S, (state.P @ H.T).T).T  # (2k, k) = P H^T S^-1
+    x = state.x + K @ (z - state.x[:k])
+    I_KH = np.eye(2 * k) - K @ H
+    P = I_KH @ state.P @ I_KH.T + K @ R @ K.T
+    return KalmanState(x=x, P=0.5 * (P + P.T))
+
+
+# ------------------------------------------------------------- measurement noises
+def root_measurement_noise(cam_t: np.ndarray, perp_std: float, depth_rel_std: float) -> np.ndarray:
+    """(3, 3) noise of a monocular root position ``cam_t`` (3,) metres, camera frame.
+
+    The error is ``perp_std`` across the viewing ray and ``depth_rel_std * |cam_t|``
+    along it (depth from a single image scales the whole position along the ray).
+    """
+    t = np.asarray(cam_t, dtype=np.float64)
+    dist = float(np.linalg.norm(t))
+    ray = t / dist if dist > 1e-6 else np.array([0.0, 0.0, 1.0])
+    along = max(depth_rel_std * dist, perp_std)
+    return perp_std**2 * np.eye(3) + (along**2 - perp_std**2) * np.outer(ray, ray)
+
+
+def box_to_cxcywh(box_xyxy: np.ndarray) -> np.ndarray:
+    """(..., 4) ``xyxy`` -> (..., 4) centre x, centre y, width, height."""
+    b = np.asarray(box_xyxy, dtype=np.float64)
+    return np.stack(
+        [(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]],
+        axis=-1,
+    )
+
+
+def cxcywh_to_box(c: np.ndarray) -> np.ndarray:
+    """(..., 4) centre/size -> (..., 4) ``xyxy`` (sizes clipped at 1 px)."""
+    c = np.asarray(c, dtype=np.float64)
+    w = np.maximum(c[..., 2], 1.0)
+    h = np.maximum(c[..., 3], 1.0)
+    return np.stack([c[..., 0] - w / 2, c[..., 1] - h / 2, c[..., 0] + w / 2, c[..., 1] + h / 2], axis=-1)
+
+
+def box_measurement_noise(height_px: float, rel_std: float) -> np.ndarray:
+    """(4, 4) diagonal noise of a box measurement: ``rel_std`` times the box height."""
+    s = max(float(height_px), 1.0) * rel_std
+    return np.eye(4) * s**2

@@ -1,0 +1,404 @@
+"""Online multi-person tracking of per-frame SMPL estimates, one video at a time.
+
+Frames are visited once, in ``(frame_idx, content)`` order, so the work is linear in
+the number of frames (each frame costs ``live tracks x detections``, and tracks end
+``reid_window_s`` after they were last seen).  Every quantity that involves time uses
+the ``pts`` column (seconds): the Kalman filters predict by the real ``dt``, lost
+tracks are kept for a duration, short tracks are dropped by duration.
+
+Per frame, a matching cascade (each step a gated :func:`linear_sum_assignment`):
+
+1. confirmed tracks seen within ``lost_after_s``: cost = motion-predicted box IoU
+   + root (``cam_t``) and box Mahalanobis distances (+ the log-determinant part of the
+   root likelihood, so a stale track's wide prediction does not beat a fresh one)
+   + betas distance + joint-angle distance; a pair is allowed only when the root *or*
+   the box passes its chi-square gate and the betas are not far apart;
+2. lost confirmed tracks (unseen for ``lost_after_s`` .. ``reid_window_s``) with the
+   remaining detections: re-identification by betas (running mean, gated by the
+   track's own spread) and root position, whose predicted uncertainty grows with the
+   time since the track was last seen;
+3. tentative tracks with the remaining detections (same cost as 1);
+4. every detection still unmatched starts a tentative track (unless it duplicates a
+   matched detection of the same frame).
+
+Tentative tracks become confirmed after ``confirm_hits`` hits and are discarded when
+unseen for ``tentative_max_miss_s``; so a false single-frame detection never makes a
+track.  At the end confirmed tracks spanning less than ``min_track_s`` are dropped and
+the rest are numbered ``0..K-1`` by first appearance.  Rows of no kept track are
+removed from the output.
+
+The stage holds no state between calls: the result is a pure function of the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import chi2
+
+from hmrflow.pipeline.config import TrackConfig
+from hmrflow.pipeline.stage import BaseStage, Resources
+from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
+from hmrflow.stages.track.cost import box_iou, gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
+from hmrflow.stages.track.kalman import (
+    KalmanState,
+    box_measurement_noise,
+    box_to_cxcywh,
+    cxcywh_to_box,
+    kf_init,
+    kf_predict,
+    kf_project,
+    kf_update,
+    root_measurement_noise,
+)
+
+log = logging.getLogger(__name__)
+
+#: Initial velocity uncertainty of a new track: root in m/s, box in box heights per s.
+ROOT_VEL_STD = 2.0
+BOX_VEL_STD = 1.5
+#: A new detection duplicates a matched one when their boxes overlap this much and
+#: their roots are this close (the estimator ran twice on one person).
+DUPLICATE_IOU = 0.7
+DUPLICATE_DIST_M = 0.3
+#: Shape spread model: prior pseudo-hits, and floor as a fraction of ``shape_noise``.
+SHAPE_PRIOR_HITS = 5.0
+SHAPE_MIN_REL = 0.2
+
+
+@dataclass
+class _Track:
+    """Mutable per-call bookkeeping of one track (never outlives one ``track_video`` call)."""
+
+    birth: int
+    root: KalmanState
+    box: KalmanState
+    t_state: float
+    first_t: float
+    last_hit_t: float
+    hits: int
+    confirmed: bool
+    betas_sum: np.ndarray
+    betas_sq_sum: np.ndarray
+    weight_sum: float
+    rotmats: np.ndarray
+    rows: list[int] = field(default_factory=list)
+    n_reid: int = 0
+
+    @property
+    def betas_mean(self) -> np.ndarray:
+        """(B,) confidence-weighted running mean of the track's betas."""
+        return self.betas_sum / self.weight_sum
+
+    def betas_std(self, prior_std: float) -> np.ndarray:
+        """(B,) expected std of a new estimate's betas around :attr:`betas_mean`.
+
+        The track's own spread, shrunk towards ``prior_std`` with ``SHAPE_PRIOR_HITS``
+        pseudo-observations, inflated by the uncertainty of the mean.
+        """
+        emp = np.clip(self.betas_sq_sum / self.weight_sum - self.betas_mean**2, 0.0, None)
+        n = self.hits
+        var = (SHAPE_PRIOR_HITS * prior_std**2 + n * emp) / (SHAPE_PRIOR_HITS + n)
+        var = np.maximum(var, (SHAPE_MIN_REL * prior_std) ** 2)
+        return np.sqrt(var * (1.0 + 1.0 / n))
+
+
+@dataclass(frozen=True)
+class TrackStats:
+    """Counters of one ``track_video`` call (used to check the work is linear).
+
+    pair_evaluations: sum over frames and cascade steps of ``tracks x detections``.
+    max_live_tracks: largest number of tracks alive at one frame.
+    """
+
+    n_frames: int
+    n_rows: int
+    pair_evaluations: int
+    max_live_tracks: int
+    n_tracks_started: int
+    n_tracks_kept: int
+    n_reidentified: int
+
+
+class _Tracker:
+    """One pass over one video's rows; see the module docstring."""
+
+    def __init__(self, cfg: TrackConfig, est: MeshEstimates) -> None:
+        self.cfg = cfg
+        self.est = est
+        self.gate_root = float(cfg.gate_chi2)
+        self.gate_box = float(chi2.ppf(chi2.cdf(cfg.gate_chi2, 3), 4))
+        self.live: list[_Track] = []
+        self.done: list[_Track] = []
+        self.n_born = 0
+        self.pairs = 0
+        self.max_live = 0
+        self.boxes = box_to_cxcywh(est.boxes_xyxy)  # (N, 4)
+        self.cam_t = est.cam_t.astype(np.float64)
+        self.betas = est.betas.astype(np.float64)
+        self.weights = np.clip(np.nan_to_num(est.confidence.astype(np.float64)), 0.05, 1.0)
+
+    # ---------------------------------------------------------------- track ops
+    def _root_R(self, cam_t: np.ndarray) -> np.ndarray:
+        return root_measurement_noise(cam_t, self.cfg.pos_noise_m, self.cfg.depth_noise_rel)
+
+    def _box_R(self, h: float) -> np.ndarray:
+        return box_measurement_noise(h, self.cfg.box_noise_rel)
+
+    def _birth(self, row: int, t: float) -> None:
+        c = self.boxes[row]
+        tr = _Track(
+            birth=self.n_born,
+            root=kf_init(self.cam_t[row], self._root_R(self.cam_t[row]), ROOT_VEL_STD),
+            box=kf_init(c, self._box_R(c[3]), BOX_VEL_STD * c[3]),
+            t_state=t,
+            first_t=t,
+            last_hit_t=t,
+            hits=1,
+            confirmed=self.cfg.confirm_hits <= 1,
+            betas_sum=self.betas[row] * self.weights[row],
+            betas_sq_sum=self.betas[row] ** 2 * self.weights[row],
+            weight_sum=float(self.weights[row]),
+            rotmats=self.est.rotmats[row],
+            rows=[row],
+        )
+        self.n_born += 1
+        self.live.append(tr)
+
+    def _predict_all(self, t: float) -> None:
+        for tr in self.live:
+            dt = t - tr.t_state
+            if dt > 0:
+                h = max(float(tr.box.x[3]), 1.0)
+                tr.root = kf_predict(tr.root, dt, self.cfg.accel_std)
+                tr.box = kf_predict(tr.box, dt, self.cfg.box_accel_rel * h)
+                tr.t_state = t
+
+    def _hit(self, tr: _Track, row: int, t: float) -> None:
+        c = self.boxes[row]
+        if t - tr.last_hit_t > self.cfg.lost_after_s:
+            # re-identified after a long gap: the box filter's velocity is meaningless now
+            tr.box = kf_init(c, self._box_R(c[3]), BOX_VEL_STD * c[3])
+            tr.n_reid += 1
+        else:
+            tr.box = kf_update(tr.box, c, self._box_R(c[3]))
+        tr.root = kf_update(tr.root, self.cam_t[row], self._root_R(self.cam_t[row]))
+        tr.last_hit_t = t
+        tr.hits += 1
+        tr.confirmed = tr.confirmed or tr.hits >= self.cfg.confirm_hits
+        w = float(self.weights[row])
+        tr.betas_sum = tr.betas_sum + w * self.betas[row]
+        tr.betas_sq_sum = tr.betas_sq_sum + w * self.betas[row] ** 2
+        tr.weight_sum += w
+        tr.rotmats = self.est.rotmats[row]
+        tr.rows.append(row)
+
+    # ---------------------------------------------------------------- costs
+    def _root_terms(self, tracks: list[_Track], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Root Mahalanobis distances (T, D) and the uncertainty growth (T,).
+
+        The second term is ``0.5 * log(det S / det R)``: the part of the Gaussian negative
+        log-likelihood that makes a confident (recently seen) track cheaper than a stale
+        one whose wide prediction would otherwise accept anything nearby.
+        """
+        means, covs, growth = [], [], []
+        for tr in tracks:
+            R = self._root_R(tr.root.x[:3])
+            m, S = kf_project(tr.root, R)
+            means.append(m)
+            covs.append(S)
+            growth.append(0.5 * (np.linalg.slogdet(S)[1] - np.linalg.slogdet(R)[1]))
+        return mahalanobis_sq(np.stack(means), np.stack(covs), self.cam_t[rows]), np.asarray(growth)
+
+    def _shape_terms(self, tracks: list[_Track], rows: np.ndarray) -> np.ndarray:
+        means = np.stack([tr.betas_mean for tr in tracks])
+        stds = np.stack([tr.betas_std(self.cfg.shape_noise) for tr in tracks])
+        return shape_distance_sq(means, self.betas[rows], stds)
+
+    def _motion_cost(self, tracks: list[_Track], rows: np.ndarray, t: float) -> np.ndarray:
+        """Cost of steps 1 and 3 (recently seen tracks): (T, D), ``inf`` where gated out."""
+        cfg = self.cfg
+        d2_root, growth = self._root_terms(tracks, rows)
+        box_means, box_covs = [], []
+        for tr in tracks:
+            m, S = kf_project(tr.box, self._box_R(tr.box.x[3]))
+            box_means.append(m)
+            box_covs.append(S)
+        box_means_a = np.stack(box_means)
+        d2_box = mahalanobis_sq(box_means_a, np.stack(box_covs), self.boxes[rows])
+        iou = box_iou(cxcywh_to_box(box_means_a), self.est.boxes_xyxy[rows])
+        shape = self._shape_terms(tracks, rows)
+        pose = pose_distance(np.stack([tr.rotmats for tr in tracks]), self.est.rotmats[rows])
+        since = np.array([t - tr.last_hit_t for tr in tracks])
+        pose_w = cfg.w_pose * np.exp(-since / cfg.lost_after_s)[:, None]
+        cost = (
+            cfg.w_iou * (1.0 - iou)
+            + cfg.w_pos * (np.minimum(d2_root, 2 * self.gate_root) / 3.0 + growth[:, None])
+            + cfg.w_box * np.minimum(d2_box, 2 * self.gate_box) / 4.0
+            + cfg.w_shape * np.minimum(shape, 4 * cfg.reid_shape_gate)
+            + pose_w * pose / cfg.pose_noise_rad
+        )
+        allowed = ((d2_root < self.gate_root) | (d2_box < self.gate_box)) & (shape < 2 * cfg.reid_shape_gate)
+        return np.where(allowed, cost, np.inf)
+
+    def _reid_cost(self, tracks: list[_Track], rows: np.ndarray) -> np.ndarray:
+        """Cost of step 2 (lost tracks): root position + betas, both gated."""
+        cfg = self.cfg
+        d2_root, growth = self._root_terms(tracks, rows)
+        shape = self._shape_terms(tracks, rows)
+        cost = cfg.w_pos * (d2_root / 3.0 + growth[:, None]) + cfg.w_shape * shape
+        allowed = (d2_root < self.gate_root) & (shape < cfg.reid_shape_gate)
+        return np.where(allowed, cost, np.inf)
+
+    def _match(self, tracks: list[_Track], rows: np.ndarray, cost_fn) -> tuple[list[tuple[_Track, int]], np.ndarray]:
+        """Run one cascade step; returns matched (track, row) pairs and the rows left."""
+        if not tracks or rows.size == 0:
+            return [], rows
+        self.pairs += len(tracks) * rows.size
+        cost = cost_fn(tracks, rows)
+        pairs = gated_assignment(cost, self.cfg.max_cost)
+        used = np.zeros(rows.size, bool)
+        out = []
+        for ti, di in pairs:
+            out.append((tracks[ti], int(rows[di])))
+            used[di] = True
+        return out, rows[~used]
+
+    # ---------------------------------------------------------------- frames
+    def step(self, rows: np.ndarray, t: float) -> None:
+        """Process the (valid) rows of one frame taken at time ``t`` seconds."""
+        cfg = self.cfg
+        self._predict_all(t)
+        active = [tr for tr in self.live if tr.confirmed and t - tr.last_hit_t <= cfg.lost_after_s]
+        lost = [tr for tr in self.live if tr.confirmed and t - tr.last_hit_t > cfg.lost_after_s]
+        tentative = [tr for tr in self.live if not tr.confirmed]
+        matched: list[int] = []
+        m1, rest = self._match(active, rows, lambda trs, r: self._motion_cost(trs, r, t))
+        m2, rest = self._match(lost, rest, self._reid_cost)
+        m3, rest = self._match(tentative, rest, lambda trs, r: self._motion_cost(trs, r, t))
+        for tr, row in m1 + m2 + m3:
+            self._hit(tr, row, t)
+            matched.append(row)
+        for row in rest:
+            if not self._duplicates(int(row), matched):
+                self._birth(int(row), t)
+                matched.append(int(row))
+        self.max_live = max(self.max_live, len(self.live))
+        self._retire(t)
+
+    def _duplicates(self, row: int, others: list[int]) -> bool:
+        if not others:
+            return False
+        o = np.asarray(others)
+        iou = box_iou(self.est.boxes_xyxy[row][None], self.est.boxes_xyxy[o])[0]
+        dist = np.linalg.norm(self.cam_t[o] - self.cam_t[row], axis=1)
+        return bool(np.any((iou > DUPLICATE_IOU) & (dist < DUPLICATE_DIST_M)))
+
+    def _retire(self, t: float) -> None:
+        keep = []
+        for tr in self.live:
+            since = t - tr.last_hit_t
+            if tr.confirmed and since > self.cfg.reid_window_s:
+                self.done.append(tr)
+            elif not tr.confirmed and since > self.cfg.tentative_max_miss_s:
+                continue  # never confirmed: discarded with its rows
+            else:
+                keep.append(tr)
+        self.live = keep
+
+    def finish(self) -> list[_Track]:
+        """Kept tracks, ordered by first appearance."""
+        tracks = self.done + [tr for tr in self.live if tr.confirmed]
+        self.live = []
+        kept = [tr for tr in tracks if tr.last_hit_t - tr.first_t >= self.cfg.min_track_s]
+        return sorted(kept, key=lambda tr: (tr.first_t, tr.birth))
+
+
+def frame_order(est: MeshEstimates) -> np.ndarray:
+    """(N,) row order by frame, then by row content (box, score), then by row index.
+
+    Sorting on content makes the result independent of how rows of one frame were
+    ordered by whoever produced them (Ray ``groupby`` does not promise an order).
+    """
+    b = est.boxes_xyxy
+    keys = (np.arange(len(est)), -est.scores, b[:, 3], b[:, 2], b[:, 1], b[:, 0], est.frame_idx)
+    return np.lexsort(keys)
+
+
+def valid_rows(est: MeshEstimates) -> np.ndarray:
+    """(N,) bool: rows with finite values, a positive box and the root in front of the camera."""
+    ok = np.isfinite(est.boxes_xyxy).all(1) & np.isfinite(est.cam_t).all(1) & np.isfinite(est.betas).all(1)
+    ok &= np.isfinite(est.rotmats.reshape(len(est), -1)).all(1) & np.isfinite(est.pts)
+    ok &= (est.boxes_xyxy[:, 2] > est.boxes_xyxy[:, 0]) & (est.boxes_xyxy[:, 3] > est.boxes_xyxy[:, 1])
+    ok &= est.cam_t[:, 2] > 0
+    return ok
+
+
+def track_video(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndarray, TrackStats]:
+    """Identity of every row of one video's estimates.
+
+    est: rows of one video, any order.  Returns ``track_id`` (N,) int64 aligned with the
+    input rows (``-1`` for rows of no kept track: false detections, short or unconfirmed
+    tracks, invalid rows) and the :class:`TrackStats` counters.
+    """
+    n = len(est)
+    ids = np.full(n, -1, np.int64)
+    if n == 0:
+        return ids, TrackStats(0, 0, 0, 0, 0, 0, 0)
+    ok = valid_rows(est)
+    if not ok.all():
+        log.warning("%s: %d of %d estimate rows are invalid (non-finite or behind the camera); not tracked",
+                    est.video_id, int((~ok).sum()), n)
+    order = frame_order(est)
+    order = order[ok[order]]
+    tracker = _Tracker(cfg, est)
+    frames = est.frame_idx[order]
+    starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]]) if order.size else np.zeros(0, int)
+    ends = np.r_[starts[1:], order.size]
+    for s, e in zip(starts, ends):
+        rows = order[s:e]
+        tracker.step(rows, float(np.max(est.pts[rows])))
+    kept = tracker.finish()
+    for k, tr in enumerate(kept):
+        ids[np.asarray(tr.rows)] = k
+    stats = TrackStats(
+        n_frames=int(starts.size),
+        n_rows=n,
+        pair_evaluations=tracker.pairs,
+        max_live_tracks=tracker.max_live,
+        n_tracks_started=tracker.n_born,
+        n_tracks_kept=len(kept),
+        n_reidentified=int(sum(tr.n_reid for tr in kept)),
+    )
+    return ids, stats
+
+
+def attach_track_ids(est: MeshEstimates, track_id: np.ndarray) -> TrackedEstimates:
+    """Rows with ``track_id >= 0`` as :class:`TrackedEstimates`, sorted by (frame_idx, track_id)."""
+    keep = np.flatnonzero(track_id >= 0)
+    keep = keep[np.lexsort((track_id[keep], est.frame_idx[keep]))]
+    sub = est.select(keep)
+    cols = {name: getattr(sub, name) for name in MeshEstimates.ROW_FIELDS}
+    return TrackedEstimates(video_id=est.video_id, track_id=track_id[keep].astype(np.int64), **cols)
+
+
+class TrackStage(BaseStage[MeshEstimates, TrackedEstimates]):
+    """``MeshEstimates`` of one whole video -> ``TrackedEstimates`` (see module docstring).
+
+    No weights and no state across calls: the Ray runner can run it as a plain task per
+    ``groupby(video_id)`` group, the LocalRunner once per clip; both give the same rows.
+    """
+
+    resources = Resources(cpus=1.0)
+
+    def __init__(self, cfg: TrackConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg if cfg is not None else TrackConfig()
+
+    def __call__(self, est: MeshEstimates) -> TrackedEstimates:
+        track_id, stats = track_video(est, self.cfg)
+        log.info("%s: %d rows, %d frames -> %d tracks (%d started, %d re-identified)", est.video_id,
+                 stats.n_rows, stats.n_frames, stats.n_tracks_kept, stats.n_tracks_started, stats.n_reidentified)
+        return attach_track_ids(est, track_id)
