@@ -41,7 +41,7 @@ def _as_labels(labels: object, n: int, default: str) -> np.ndarray:
     raise ValueError(f"labels must be ({n},) names or a list of (start, end, name) segments")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Motion:
     """A body motion sampled at ``fps``.
 

@@ -11,7 +11,9 @@ starting, stopping and turning while walking come out of the same code.
 * joint ranges scale with the step length (a slower walk has smaller hip excursions) and
   vanish at speed 0, so ``speed -> 0`` blends into standing;
 * the root moves exactly at the requested speed along the heading (+ a small lateral sway
-  over the stance leg), bobs twice per stride, and the pelvis rotates (yaw), drops on the
+  over the stance leg); its height follows foot contact on the rest skeleton (the stance leg
+  touches the ground: the pelvis bobs ~2-3 cm twice per stride when walking; a smooth flight
+  arc between take-off and landing when running); the pelvis rotates (yaw), drops on the
   swing side (roll) and leans forward more when running; the thorax counter-rotates and the
   arms swing against the legs.
 """
@@ -201,7 +203,7 @@ def gait_clip(
     set_bilateral(e, "elbow", Y, -elbow_l, -elbow_r)
 
     root = root_rotvec(heading, tilt_deg=tilt, yaw_deg=yaw, roll_deg=roll)
-    # root translation: integrate speed along the heading, add sway and bob
+    # root translation: integrate speed along the heading, add the lateral sway; height below
     pos = np.zeros((n, 3))
     step_xz = speed[:-1, None] * np.stack([np.sin(heading[:-1]), np.cos(heading[:-1])], -1) / fps
     pos[1:, [0, 2]] = np.cumsum(step_xz, axis=0)

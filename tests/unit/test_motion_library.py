@@ -257,3 +257,22 @@ def test_joint_limits_table_and_clamp() -> None:
     assert check_limits(c) == []
     np.testing.assert_allclose(np.degrees(c[0, J["left_knee"], 0]), -5.0, atol=1e-4)
     np.testing.assert_allclose(c[1], poses[1], atol=1e-6)  # within limits: untouched
+
+
+def test_sign_conventions_on_the_skeleton() -> None:
+    """Knees bend backwards, hips flex forwards, squats/sits put the pelvis behind the feet."""
+    m = MOTIONS["walk"](np.random.default_rng(0), 3.0, FPS, variation=0.0)  # facing +z
+    fk = forward_kinematics(m.poses, m.trans, rest_joints(0.93))
+    t = int(_euler(m, "left_knee", 0).argmax())
+    assert fk[t, J["left_ankle"], 2] < fk[t, J["left_knee"], 2] - 0.15  # shank swings back
+    t = int((-_euler(m, "left_hip", 0)).argmax())
+    assert fk[t, J["left_knee"], 2] > m.trans[t, 2] + 0.1  # thigh swings forward
+    assert fk[:, J["head"], 1].min() > 1.4 and fk[:, J["left_wrist"], 1].max() < 1.0  # upright, arms down
+    s = MOTIONS["squat"](np.random.default_rng(0), 2.5, FPS, variation=0.0)
+    fk = forward_kinematics(s.poses, s.trans, rest_joints(0.93))
+    t = int(s.trans[:, 1].argmin())
+    assert fk[t, J["left_knee"], 2] > fk[t, J["left_ankle"], 2] + 0.1 > s.trans[t, 2] + 0.1
+    s = MOTIONS["sit_to_stand"](np.random.default_rng(0), 5.0, FPS, variation=0.0)
+    fk = forward_kinematics(s.poses, s.trans, rest_joints(0.93))
+    assert abs(fk[0, J["left_knee"], 1] - s.trans[0, 1]) < 0.12  # thighs horizontal when seated
+    assert fk[0, J["left_knee"], 2] - s.trans[0, 2] > 0.3
