@@ -24,7 +24,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from hmrflow.priors.skeleton import JOINT_INDEX, N_JOINTS, PARENTS
+from hmrflow.priors.skeleton import JOINT_INDEX, JOINT_NAMES, N_JOINTS, PARENTS
 
 log = logging.getLogger(__name__)
 
@@ -483,6 +483,9 @@ def _shape_dirs(v: np.ndarray, faces: np.ndarray, J: np.ndarray, w: np.ndarray, 
     return np.stack(dirs, axis=2)
 
 
+#: joint names without their side prefix
+JOINT_NAMES_STEM: tuple[str, ...] = tuple(n.replace("left_", "").replace("right_", "") for n in JOINT_NAMES)
+
 #: pose-corrective bulge amplitude (metres at a 90 degree bend) per joint name stem
 _BULGE = {"hip": 0.010, "knee": 0.012, "ankle": 0.005, "foot": 0.003, "spine1": 0.006, "spine2": 0.006,
           "spine3": 0.006, "neck": 0.005, "collar": 0.004, "head": 0.003, "shoulder": 0.010, "elbow": 0.012,
@@ -516,9 +519,6 @@ def _pose_dirs(v: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) -> 
     return out
 
 
-from hmrflow.priors.skeleton import JOINT_NAMES  # noqa: E402
-
-JOINT_NAMES_STEM: tuple[str, ...] = tuple(n.replace("left_", "").replace("right_", "") for n in JOINT_NAMES)
 
 
 # --------------------------------------------------------------------------- regressor
@@ -567,13 +567,12 @@ def guess_vertex_ids(v_template: np.ndarray, joints: np.ndarray) -> dict[str, in
     (y up, facing +z, left = +x) -- works for any SMPL-like rest mesh.
     """
     ji = JOINT_INDEX
-    head, neck = joints[ji["head"]], joints[ji["neck"]]
-    up = 0.5 * (head[1] - neck[1])  # ~3 cm
+    head = joints[ji["head"]]
     targets: dict[str, np.ndarray] = {
         "nose": head + np.array([0.0, 0.07, 0.15]),
         "leye": head + np.array([0.033, 0.11, 0.15]),
         "reye": head + np.array([-0.033, 0.11, 0.15]),
-        "lear": head + np.array([0.10, 0.085 + 0 * up, -0.015]),
+        "lear": head + np.array([0.10, 0.085, -0.015]),
         "rear": head + np.array([-0.10, 0.085, -0.015]),
     }
     for side, s, L in (("left", 1.0, "L"), ("right", -1.0, "R")):
