@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "body-model": ("hmrflow.jobs.cmd_body_model", "make or check body model files"),
     "synth": ("hmrflow.jobs.cmd_synth", "render synthetic clips with ground truth"),
     "eval": ("hmrflow.jobs.cmd_eval", "score hmrflow outputs against ground truth"),
+    "batch": ("hmrflow.jobs.cmd_batch", "run the pipeline over many videos (resumable ledger, QC report)"),
+    "job": ("hmrflow.jobs.cmd_job", "scheduled runs from a job spec (cron-safe lock, idempotent)"),
 }
 
 

@@ -1,0 +1,118 @@
+"""The stage factory dict: which stage classes make up hmrflow's pipeline, built from a config.
+
+:data:`STAGE_FACTORIES` maps each part of a run to ``fn(cfg, out_root) -> stage`` where
+``cfg`` is the resolved :class:`~hmrflow.pipeline.config.PipelineConfig` (each factory
+passes only its own section to the stage).  The model stages plug in with one line each in
+:data:`MODEL_STAGES` (e.g. ``"detect": lambda cfg, out: DetectStage(cfg.detect),``).
+:func:`build_spec` turns the dict into the :class:`~hmrflow.pipeline.assembly.PipelineSpec`
+that both the LocalRunner and the Ray runner execute.
+
+``pipeline="module:function"`` replaces the whole dict with a user function
+``(cfg, out_root) -> PipelineSpec`` (custom or test stages; ``hmrflow batch --pipeline``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+from hmrflow.pipeline.assembly import PipelineSpec, spec_from_factories
+from hmrflow.pipeline.config import PipelineConfig
+from hmrflow.pipeline.errors import ConfigError, HmrflowError
+from hmrflow.pipeline.types import ClipRef
+
+StageFn = Callable[[PipelineConfig, Path], Any]
+
+#: Model stages, one line each when they land: ``"detect": lambda cfg, out: DetectStage(cfg.detect)``.
+MODEL_STAGES: dict[str, StageFn | None] = {
+    "detect": None,
+    "estimate": None,
+    "refine": None,
+}
+
+
+def probe_clip(path: str, video_id: str) -> ClipRef:
+    """Probe ``path`` (one-line :class:`VideoDecodeError` for bad files) into a ClipRef."""
+    from hmrflow.stages.video_probe import probe_video, to_clip_ref
+
+    return to_clip_ref(probe_video(path), video_id)
+
+
+def _model(name: str) -> StageFn:
+    fn = MODEL_STAGES.get(name)
+    if fn is None:
+        raise HmrflowError(
+            f"the {name!r} stage is not available in this installation "
+            f"(hmrflow.jobs.pipelines.MODEL_STAGES[{name!r}] is empty); use --pipeline module:function for custom stages"
+        )
+    return fn
+
+
+def _decode(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.decode import DecodeStage
+
+    return DecodeStage(cfg.decode)
+
+
+def _frame_stages(cfg: PipelineConfig, out: Path) -> list[Any]:
+    return [_model("detect")(cfg, out), _model("estimate")(cfg, out)]
+
+
+def _track(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.track.tracker import TrackStage
+
+    return TrackStage(cfg.track)
+
+
+def _to_sequences(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.track.sequences import tracks_to_sequences
+
+    return tracks_to_sequences
+
+
+def _refine(cfg: PipelineConfig, out: Path) -> Any:
+    return _model("refine")(cfg, out) if cfg.refine.enabled else None
+
+
+def _write(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.write import WriteStage
+
+    return WriteStage(cfg.write, out)
+
+
+#: Part name -> factory (see module docstring).
+STAGE_FACTORIES: dict[str, StageFn] = {
+    "probe": lambda cfg, out: probe_clip,
+    "decode": _decode,
+    "frame_stages": _frame_stages,
+    "track": _track,
+    "to_sequences": _to_sequences,
+    "refine": _refine,
+    "write": _write,
+}
+
+
+def load_builder(ref: str) -> Callable[[PipelineConfig, Path], PipelineSpec]:
+    """The function named by ``"package.module:function"``."""
+    if ":" not in ref:
+        raise ConfigError(f"--pipeline {ref!r}: expected 'module:function'")
+    mod_name, fn_name = ref.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(f"--pipeline {ref!r}: cannot import {mod_name!r} ({exc})") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise ConfigError(f"--pipeline {ref!r}: {mod_name} has no function {fn_name!r}")
+    return fn
+
+
+def build_spec(cfg: PipelineConfig, out_root: str | Path, pipeline: str | None = None) -> PipelineSpec:
+    """The :class:`PipelineSpec` of a run: from :data:`STAGE_FACTORIES`, or a custom builder."""
+    if pipeline:
+        spec = load_builder(pipeline)(cfg, Path(out_root))
+        if not isinstance(spec, PipelineSpec):
+            raise ConfigError(f"--pipeline {pipeline!r} returned {type(spec).__name__}, expected a PipelineSpec")
+        return spec
+    return spec_from_factories(STAGE_FACTORIES, cfg, out_root)
