@@ -214,6 +214,12 @@ def tracking_metrics(accumulators: dict[str, object]):
 
     host = mm.metrics.create()
     names = list(accumulators)
-    return host.compute_many(
-        [accumulators[n] for n in names], metrics=list(TRACKING_METRICS), names=names, generate_overall=True
-    )
+    # motmetrics logs its timings at INFO on the root logger; keep them out of user output
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        return host.compute_many(
+            [accumulators[n] for n in names], metrics=list(TRACKING_METRICS), names=names, generate_overall=True
+        )
+    finally:
+        logging.disable(previous)

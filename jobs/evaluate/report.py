@@ -189,8 +189,6 @@ def _fmt(col: str, x: Any) -> str:
     if isinstance(x, (int, np.integer)):
         return str(int(x))
     if isinstance(x, (float, np.floating)):
-        if float(x).is_integer() and col not in RATIO_COLUMNS and not col.endswith(("_mm", "_f2", "_s3", "_obs", "_filled")):
-            return str(int(x))
         return f"{x:.3f}" if col in RATIO_COLUMNS else f"{x:.1f}"
     return str(x)
 
@@ -199,7 +197,8 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
     """A GitHub markdown table of ``df`` (index first), numbers formatted per column."""
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join([index_name] + cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for idx, r in df.iterrows():
+    # records keep each column's dtype (iterrows would turn a mixed row into floats)
+    for idx, r in zip(df.index, df.to_dict(orient="records")):
         lines.append("| " + " | ".join([str(idx)] + [_fmt(c, r[c]) for c in cols]) + " |")
     return "\n".join(lines)
 
@@ -230,8 +229,8 @@ class EvalReport:
         return {
             "settings": self.settings,
             "overall": {k: _clean(v) for k, v in self.overall.items()},
-            "videos": [{"video_id": i, **{k: _clean(v) for k, v in r.items()}} for i, r in self.per_video.iterrows()],
-            "people": [{k: _clean(v) for k, v in r.items()} for _, r in self.people.iterrows()],
+            "videos": [{k: _clean(v) for k, v in r.items()} for r in self.per_video.reset_index().to_dict(orient="records")],
+            "people": [{k: _clean(v) for k, v in r.items()} for r in self.people.to_dict(orient="records")],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
