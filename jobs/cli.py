@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hmrflow.jobs.cmd_eval", "score hmrflow outputs against ground truth"),
     "batch": ("hmrflow.jobs.cmd_batch", "run the pipeline over many videos (resumable ledger, QC report)"),
     "job": ("hmrflow.jobs.cmd_job", "scheduled runs from a job spec (cron-safe lock, idempotent)"),
+    "render": ("hmrflow.jobs.cmd_render", "overlay video of the tracked meshes/skeletons over a clip"),
+    "report": ("hmrflow.jobs.cmd_report", "self-contained HTML/PNG QC report per video"),
+    "export": ("hmrflow.jobs.cmd_export", "export to OpenSim .trc/.mot, .csv, BVH or C3D"),
 }
 
 

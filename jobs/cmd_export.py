@@ -1,0 +1,51 @@
+"""Export outputs to biomechanics/animation formats: OpenSim .trc/.mot, .csv, BVH, C3D.
+
+Writes one file per track, ``<dest>/<video_id>_track<id>.<format>`` (default dest:
+``OUT_DIR/<video_id>/exports``).  Units, axes and timestamps: docs/exports.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="OUT_DIR (every video in it) or OUT_DIR/<video_id>")
+    p.add_argument("--format", "-f", dest="fmt", required=True, choices=["trc", "mot", "csv", "bvh", "c3d"],
+                   help="trc: joint markers (mm, Y-up); mot/csv: joint angles (deg); bvh: SMPL skeleton; c3d: markers")
+    p.add_argument("--dest", default=None, help="folder for the files (default OUT_DIR/<video_id>/exports)")
+    p.add_argument("--markers", default="joints", choices=["joints", "joints+surface"],
+                   help="trc/c3d: 24 SMPL joints, or also 21 surface markers on the mesh")
+    p.add_argument("--units", default="mm", choices=["mm", "m"], help="trc units")
+    p.add_argument("--body-model", default=None, metavar="PATH",
+                   help="real SMPL files (folder or .pkl); default the bundled synthetic body")
+    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from hmrflow.jobs.export import export_video, find_video_outputs
+
+    videos = find_video_outputs(args.out_dir)
+    body_model = None
+    if args.fmt in ("trc", "bvh", "c3d"):
+        if args.fmt == "c3d":
+            from hmrflow.jobs.export.c3d import MissingDependencyError, ezc3d_available
+
+            if not ezc3d_available():
+                raise MissingDependencyError("--format c3d needs ezc3d: pip install ezc3d")
+        from hmrflow.priors.body_model import load_body_model
+
+        body_model = load_body_model("smpl" if args.body_model else "synthetic", args.body_model, args.gender)
+    total = 0
+    for v in videos:
+        dest = Path(args.dest) / v.name if args.dest and len(videos) > 1 else args.dest
+        files = export_video(v, args.fmt, dest, body_model, markers=args.markers, units=args.units)
+        for f in files:
+            print(f)
+        total += len(files)
+    log.info("wrote %d file(s)", total)
+    return 0

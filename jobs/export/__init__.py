@@ -1,0 +1,80 @@
+"""Exports of pipeline outputs to biomechanics and animation formats.
+
+``export_video(video_dir, fmt, dest)`` writes one file per track,
+``<dest>/<video_id>_track<id>.<ext>``:
+
+* ``trc``: OpenSim markers (SMPL joints, optionally surface markers), Y-up, mm;
+* ``mot`` / ``csv``: anatomical joint angles in degrees (:mod:`.angles`);
+* ``bvh``: SMPL skeleton animation (cm, Y-up, ZXY channels);
+* ``c3d``: markers through ezc3d (mm, Y-up).
+
+Units, axes, frame rate and timestamps: docs/exports.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from hmrflow.jobs.export.reading import TrackData, VideoOutput, find_video_outputs, load_video_output
+
+log = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = ("trc", "mot", "csv", "bvh", "c3d")
+ExportFormat = Literal["trc", "mot", "csv", "bvh", "c3d"]
+
+__all__ = ["FORMATS", "export_track", "export_video", "find_video_outputs", "load_video_output",
+           "TrackData", "VideoOutput"]
+
+
+def export_track(track: TrackData, video_id: str, fmt: str, dest: Path, body_model: Any = None,
+                 markers: str = "joints", units: str = "mm") -> Path:
+    """Write one track in ``fmt`` to ``dest/<video_id>_track<id>.<fmt>``; returns the path.
+
+    ``body_model`` (a :class:`~hmrflow.priors.body_model.BodyModel`) is needed for trc, bvh
+    and c3d (joint positions / rest offsets); angles need none.
+    """
+    from hmrflow.jobs.export import angles as ang
+    from hmrflow.jobs.export import positions
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{video_id}_track{track.track_id}.{fmt}"
+    if fmt in ("mot", "csv"):
+        from hmrflow.jobs.export.mot import write_angles_csv, write_mot
+
+        a = ang.joint_angles(track.rotmats())
+        if fmt == "mot":
+            return write_mot(path, track.pts, a, name=f"{video_id} track {track.track_id} joint angles")
+        return write_angles_csv(path, track.pts, track.frame_idx, track.observed, a)
+    if body_model is None:
+        raise ValueError(f"format {fmt!r} needs a body model")
+    if fmt == "bvh":
+        from hmrflow.jobs.export.bvh import write_bvh
+
+        return write_bvh(path, track.rotmats(), track.transl, positions.rest_joints(track, body_model), track.frame_rate)
+    names = positions.marker_names(markers)  # type: ignore[arg-type]
+    pos = positions.track_positions(track, body_model, markers)  # type: ignore[arg-type]
+    if fmt == "trc":
+        from hmrflow.jobs.export.trc import write_trc
+
+        return write_trc(path, names, pos, track.frame_idx, track.pts, track.frame_rate, units=units)  # type: ignore[arg-type]
+    from hmrflow.jobs.export.c3d import write_c3d
+
+    return write_c3d(path, names, pos, track.frame_rate, first_frame=int(track.frame_idx[0]) if len(track) else 0)
+
+
+def export_video(video_dir: str | Path, fmt: str, dest: str | Path | None = None, body_model: Any = None,
+                 markers: str = "joints", units: str = "mm") -> list[Path]:
+    """Export every track of ``OUT/<video_id>/``; ``dest`` defaults to ``<video_dir>/exports``."""
+    out = load_video_output(video_dir)
+    folder = Path(dest) if dest is not None else out.path / "exports"
+    written = []
+    for t in out.tracks:
+        if len(t) == 0:
+            continue
+        written.append(export_track(t, out.video_id, fmt, folder, body_model, markers, units))
+    log.info("%s: wrote %d %s file(s) to %s", out.video_id, len(written), fmt, folder)
+    return written
