@@ -12,7 +12,7 @@ Geometry, as in HMR2.0 (read in shubham-goel/4D-Humans @ 6ec7965,
   hmrflow defaults to 1.2 so tight detector boxes keep some context.
 * pixels outside the image are black (``cv2.BORDER_CONSTANT`` 0) before ImageNet
   normalisation (mean 0.485 0.456 0.406, std 0.229 0.224 0.225 on [0, 1] RGB).
-* HMR2 Gaussian-blurs strong downsamplings; we sample from a 2x antialiased pyramid level
+* HMR2 Gaussian-blurs strong downsamplings; we sample from a 2x area-averaged pyramid level
   instead, chosen per box so that the remaining bilinear step shrinks by less than 2.
 
 Coordinates are continuous pixels: pixel (i, j) covers [j, j+1) x [i, i+1), so a crop pixel
@@ -106,12 +106,21 @@ def _pixel_centres(grid_hw: tuple[int, int], cell_hw: tuple[float, float], sub: 
     return torch.stack([xx, yy], dim=-1)
 
 
-def _sampling_grid(boxes: CropBoxes, crop_hw: tuple[int, int], image_wh: tuple[int, int]) -> torch.Tensor:
-    """grid_sample grid (N, H, W, 2) in [-1, 1] (align_corners=False) for each crop pixel."""
+def _crop_pixels_in_image(boxes: CropBoxes, crop_hw: tuple[int, int]) -> torch.Tensor:
+    """Image coordinates (N, H, W, 2) of every crop pixel centre."""
     pts = _pixel_centres(crop_hw, (1.0, 1.0)).expand(len(boxes), -1, -1, -1)
-    img = crop_to_image(pts, boxes, crop_hw)
-    wh = torch.tensor(image_wh, dtype=torch.float32)
-    return img / wh * 2 - 1
+    return crop_to_image(pts, boxes, crop_hw)
+
+
+def _frame_region(frame: torch.Tensor, x0: int, y0: int, w: int, h: int) -> torch.Tensor:
+    """(H, W, 3) uint8 frame -> float (1, 3, h, w) window at (x0, y0); zeros outside the frame."""
+    xa, ya = max(x0, 0), max(y0, 0)
+    xb, yb = min(x0 + w, frame.shape[1]), min(y0 + h, frame.shape[0])
+    inside = xa == x0 and ya == y0 and xb == x0 + w and yb == y0 + h
+    out = torch.empty(1, 3, h, w) if inside else torch.zeros(1, 3, h, w)
+    if xb > xa and yb > ya:
+        out[0, :, ya - y0 : yb - y0, xa - x0 : xb - x0] = frame[ya:yb, xa:xb].permute(2, 0, 1)
+    return out
 
 
 def crop_images(
@@ -125,7 +134,9 @@ def crop_images(
 
     frames: (F, H, W, 3) uint8 RGB; frame_index: (N,) index into frames for each box.
     Returns (N, 3, crop_h, crop_w) float32 ImageNet-normalised (outside the image = black).
-    Each frame is converted to float once and all its boxes are sampled in one call.
+    Per frame only the window covering its boxes is converted to float, 2x average-pooled
+    once per pyramid level needed (``antialias``), and all boxes of a level are sampled in
+    one ``grid_sample`` call.
     """
     frames_t = torch.as_tensor(frames)
     if frames_t.ndim != 4 or frames_t.shape[-1] != 3:
@@ -136,30 +147,43 @@ def crop_images(
         raise ValueError(f"frame_index must have shape ({n},), got {tuple(idx.shape)}")
     if n and (idx.min() < 0 or idx.max() >= frames_t.shape[0]):
         raise IndexError(f"frame_index out of range for {frames_t.shape[0]} frames")
-    h_img, w_img = int(frames_t.shape[1]), int(frames_t.shape[2])
     ch, cw = crop_hw
-    out = torch.zeros(n, 3, ch, cw)
-    grid = _sampling_grid(boxes, crop_hw, (w_img, h_img))
+    out = torch.empty(n, 3, ch, cw)  # every row is written below
     # pyramid level per box: image pixels per crop pixel, halved until below 2
     shrink = (boxes.size / ch).clamp_min(1.0)
     levels = torch.floor(torch.log2(shrink)).long().clamp_min(0) if antialias else torch.zeros(n, dtype=torch.long)
     for f in torch.unique(idx).tolist():
         sel_f = (idx == f).nonzero().flatten()
-        img = frames_t[f].permute(2, 0, 1)[None].to(torch.float32)  # (1, 3, H, W) in [0, 255]
+        sub = CropBoxes(boxes.center[sel_f], boxes.size[sel_f])
+        pix = _crop_pixels_in_image(sub, crop_hw)  # (k, ch, cw, 2)
+        top = int(levels[sel_f].max())
+        step = 2**top
+        # window holding every sample (+1 px for bilinear), a multiple of 2^top pixels wide/high
+        # (clipped to the frame +- one step: beyond it grid_sample's zero padding is black too)
+        frame_wh = torch.tensor([frames_t.shape[2], frames_t.shape[1]])
+        lo = (torch.floor(pix.reshape(-1, 2).amin(0)).long() - step).clamp(min=-step)
+        hi = torch.minimum(torch.ceil(pix.reshape(-1, 2).amax(0)).long() + step, frame_wh + step)
+        hi = torch.maximum(hi, lo + step)
+        # origin on the absolute 2^top grid: pooled pixels are the same blocks whatever the
+        # window, so a crop never depends on the other boxes of its frame
+        x0, y0 = (int(v) for v in torch.div(lo, step, rounding_mode="floor") * step)
+        w = -(-(int(hi[0]) - x0) // step) * step
+        h = -(-(int(hi[1]) - y0) // step) * step
+        img = _frame_region(frames_t[f], x0, y0, w, h)  # (1, 3, h, w) in [0, 255]
+        extent = torch.tensor([float(w), float(h)])
+        grid = (pix - torch.tensor([float(x0), float(y0)])).div_(extent).mul_(2).sub_(1)
         level = 0
         for lv in sorted(set(levels[sel_f].tolist())):
-            while level < lv and min(img.shape[-2:]) >= 2:
-                # antialiased 2x downsampling; the level still spans the whole image extent
-                half = ((img.shape[-2] + 1) // 2, (img.shape[-1] + 1) // 2)
-                img = F.interpolate(img, size=half, mode="bilinear", antialias=True, align_corners=False)
+            while level < lv:  # exact 2x area average: the level still spans the same window
+                img = F.avg_pool2d(img, 2)
                 level += 1
-            sel = sel_f[levels[sel_f] == lv]
-            g = grid[sel].reshape(1, len(sel) * ch, cw, 2)  # stack crops along the height
+            pick = (levels[sel_f] == lv).nonzero().flatten()
+            g = grid[pick].reshape(1, len(pick) * ch, cw, 2)  # stack crops along the height
             sampled = F.grid_sample(img, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-            out[sel] = sampled.reshape(3, len(sel), ch, cw).transpose(0, 1)
+            out[sel_f[pick]] = sampled.reshape(3, len(pick), ch, cw).transpose(0, 1)
     mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1) * 255.0
-    return (out - mean) / std
+    return out.sub_(mean).div_(std)
 
 
 def crop_masks(

@@ -102,6 +102,14 @@ def test_large_box_uses_antialiased_pyramid() -> None:
     bright = (_unnormalise(smooth)[0].mean(0) > 200).float()
     cx, cy = _centroid(bright)
     assert cx == pytest.approx(96.0, abs=0.6) and cy == pytest.approx(128.0, abs=0.6)
+    # boxes of different pyramid levels in one frame, one reaching past the frame's edge
+    boxes2 = np.array([[300, 200, 700, 1000], [470, 570, 530, 630], [-500, 700, 600, 1700]], np.float32)
+    both = crop_images(frame, np.zeros(3), crop_boxes_from_xyxy(boxes2, HW, 1.0), HW)
+    assert torch.allclose(both[0], smooth[0], atol=1e-4)
+    cx, cy = _centroid((_unnormalise(both)[1].mean(0) > 200).float())
+    assert cx == pytest.approx(96.0, abs=0.5) and cy == pytest.approx(128.0, abs=0.5)  # noisy edges
+    far = _unnormalise(both)[2]
+    assert far[:, 200:, :].abs().max() < 1e-3  # below the frame: black
 
 
 def test_crop_errors() -> None:
