@@ -58,6 +58,9 @@ elbow_{l,r}            R_elbow                     YZX      elbow_flexion (+ = f
   coupled (only their sum is defined).
 * Knee and ankle also have ab/adduction and rotation components in SMPL; only the
   clinically used ones are exported (knee flexion; ankle dorsiflexion and inversion).
+* Of the two Euler solutions of a rotation, the one with the smaller first and third
+  angles is reported, so the middle angle may exceed 90 deg (arm raised overhead sideways:
+  shoulder abduction 150, not flexion 180 + abduction 30 + rotation 180).
 * Angles are unwrapped over time (no 360 deg jumps) and reported in degrees.
 """
 
@@ -147,9 +150,27 @@ def group_rotation(rotmats: np.ndarray, group: AngleGroup) -> np.ndarray:
     return out
 
 
+def _wrap(x: np.ndarray) -> np.ndarray:
+    return (x + np.pi) % (2 * np.pi) - np.pi
+
+
+def _closest_branch(ang: np.ndarray) -> np.ndarray:
+    """Pick, per row, the Euler solution with the smaller ``|first| + |third|``.
+
+    A Tait-Bryan triple (a, b, c) and (a + pi, pi - b, c + pi) give the same rotation;
+    scipy returns |b| <= 90 deg.  A shoulder abducted beyond 90 deg is the second one
+    (abduction 120, no flexion or rotation), not (180, 60, 180).
+    """
+    alt = np.stack([_wrap(ang[:, 0] + np.pi), _wrap(np.pi - ang[:, 1]), _wrap(ang[:, 2] + np.pi)], axis=1)
+    use_alt = np.abs(alt[:, 0]) + np.abs(alt[:, 2]) < np.abs(ang[:, 0]) + np.abs(ang[:, 2]) - 1e-9
+    return np.where(use_alt[:, None], alt, ang)
+
+
 def euler_deg(rot: np.ndarray, seq: str, unwrap: bool = True) -> np.ndarray:
     """(T, 3, 3) -> (T, 3) intrinsic Euler angles in degrees (``seq`` upper-case, scipy).
 
+    Of the two equivalent solutions the one with the smaller first and third angles is
+    kept (so a middle angle beyond 90 deg, e.g. shoulder abduction 120, is reported as such).
     With ``unwrap`` each angle is unwrapped over time (removes +-360 jumps).
     """
     from scipy.spatial.transform import Rotation
@@ -162,6 +183,7 @@ def euler_deg(rot: np.ndarray, seq: str, unwrap: bool = True) -> np.ndarray:
         with warnings.catch_warnings():  # gimbal-lock warning: documented, angles still valid
             warnings.simplefilter("ignore", UserWarning)
             ang = Rotation.from_matrix(rot).as_euler(seq)
+    ang = _closest_branch(ang)
     if unwrap and len(ang) > 1:
         ang = np.unwrap(ang, axis=0)
     return np.degrees(ang)
