@@ -327,7 +327,10 @@ class RayRunner:
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        frame_gpus, finish_actor, finish_gpus = self._resources()
+        # the pull-based sort shuffle uses plain tasks (no aggregator actors to start): the
+        # cheapest for one pass of a few dozen small per-video tables
+        ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        frame_gpus, _finish_actor, finish_gpus = self._resources()
         items = [{"video_id": t.video_id, "path": t.path, "extra": json.dumps(dict(t.extra), sort_keys=True, default=str)}
                  for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), self.frame_workers * 2)))
@@ -339,17 +342,17 @@ class RayRunner:
             fn_constructor_args=(self.spec, self.isolate, self.stall_timeout_s, self.video_timeout_s),
             num_cpus=1,
             num_gpus=frame_gpus or None,
-            max_restarts=-1,
-            max_task_retries=-1,
         )
-        grouped = ds.groupby("video_id")
-        finish_kwargs: dict[str, Any] = {"batch_format": "numpy", "fn_constructor_args": (self.spec,)}
-        if finish_actor:
-            finish_kwargs.update(compute=ray.data.ActorPoolStrategy(size=self.finish_workers),
-                                 num_gpus=finish_gpus or None, max_restarts=-1, max_task_retries=-1)
-        else:
-            finish_kwargs.update(compute=ray.data.ActorPoolStrategy(size=self.finish_workers))
-        return grouped.map_groups(FinishVideo, **finish_kwargs)
+        # actors are restarted and their tasks retried when a worker dies (Ray Data's default
+        # for actor pools: max_restarts=-1, max_task_retries=-1)
+        grouped = ds.groupby("video_id", num_partitions=max(1, min(len(items), 2 * self.finish_workers)))
+        return grouped.map_groups(
+            FinishVideo,
+            batch_format="numpy",
+            fn_constructor_args=(self.spec,),
+            compute=ray.data.ActorPoolStrategy(size=self.finish_workers),
+            num_gpus=finish_gpus or None,
+        )
 
     def run(self, tasks: Sequence[VideoTask]) -> Iterator[VideoOutcome]:
         """Process ``tasks``; yields one :class:`VideoOutcome` per video as passes finish."""
