@@ -39,6 +39,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.spec}: valid; {len(inputs)} videos; preset {cfg.preset} (config {cfg.config_hash()}); "
               f"output {spec_file.output}; strict {spec_file.strict}")
         return 0
+    from hmrflow.jobs.batch import lock_path
+    from hmrflow.pipeline.locking import JobLock
+
+    try:  # cheap early check: a cron start during a long run should not even enumerate inputs
+        JobLock(lock_path(spec_file.output)).acquire().release()
+    except LockHeld as exc:
+        log.info("nothing to do: %s", exc)
+        print(f"hmrflow job: previous run still going; nothing done ({exc.holder.get('what', '')})")
+        return 0
     inputs = job_inputs(spec_file)
     pipe = build_spec(cfg, spec_file.output, spec_file.pipeline)
     job_hash = config_hash({"config": pipe.config, "pipeline": spec_file.pipeline}) if spec_file.pipeline else None

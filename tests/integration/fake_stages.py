@@ -186,3 +186,35 @@ def make_spec(cfg: Any, out_root: Path) -> PipelineSpec:
     """``--pipeline tests.integration.fake_stages:make_spec`` (decode batch size from cfg)."""
     delay = float(os.environ.get("HMRFLOW_FAKE_DELAY_S", "0") or 0)
     return fake_spec(out_root, config=cfg.resolved_dict(), delay_s=delay, decode_cfg=cfg.decode)
+
+
+def assert_same_outputs(a: Path, b: Path, atol: float = 1e-5) -> None:
+    """Two ``OUT/<video_id>/`` folders hold the same tracks (to ``atol``) and stable manifests."""
+    import json
+
+    import pandas as pd
+
+    from hmrflow.pipeline.provenance import stable_part
+
+    names_a = sorted(p.name for p in Path(a).iterdir())
+    assert names_a == sorted(p.name for p in Path(b).iterdir()), (names_a, sorted(p.name for p in Path(b).iterdir()))
+    ta, tb = pd.read_parquet(Path(a) / "tracks.parquet"), pd.read_parquet(Path(b) / "tracks.parquet")
+    assert list(ta.columns) == list(tb.columns) and len(ta) == len(tb)
+    for col in ta.columns:
+        va, vb = np.stack(ta[col].to_numpy()), np.stack(tb[col].to_numpy())
+        if va.dtype.kind in "fc":
+            np.testing.assert_allclose(va, vb, atol=atol, rtol=0, err_msg=col)
+        else:
+            assert np.array_equal(va, vb), col
+    for name in names_a:
+        if name.endswith(".npz"):
+            with np.load(Path(a) / name) as za, np.load(Path(b) / name) as zb:
+                assert sorted(za.files) == sorted(zb.files)
+                for k in za.files:
+                    if za[k].dtype.kind in "fc":
+                        np.testing.assert_allclose(za[k], zb[k], atol=atol, rtol=0, err_msg=f"{name}:{k}")
+                    else:
+                        assert np.array_equal(za[k], zb[k]), f"{name}:{k}"
+    ma = json.loads((Path(a) / "manifest.json").read_text())
+    mb = json.loads((Path(b) / "manifest.json").read_text())
+    assert stable_part(ma) == stable_part(mb)
