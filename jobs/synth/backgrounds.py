@@ -132,6 +132,7 @@ def render_backgrounds(
     height: int,
     width: int,
     index: torch.Tensor | None = None,
+    scale: int = 1,
 ) -> torch.Tensor:
     """Render backgrounds seen by B cameras.
 
@@ -140,6 +141,7 @@ def render_backgrounds(
         K: (3, 3) or (B, 3, 3) intrinsics; R (B, 3, 3), t (B, 3) world->camera.
         height, width: image size.
         index: (B,) int64 background of each camera (default all 0).
+        scale: render at 1/scale of the resolution and upsample bilinearly (faster).
     Returns:
         (B, H, W, 3) float32 colours in [0, 1].
     """
@@ -149,6 +151,12 @@ def render_backgrounds(
     K = torch.as_tensor(K, dtype=torch.float32).expand(b, 3, 3)
     if index is None:
         index = torch.zeros(b, dtype=torch.int64)
+    if scale > 1:
+        hs, ws = -(-height // scale), -(-width // scale)
+        S = torch.tensor([[1.0 / scale, 0, 0.5 / scale - 0.5], [0, 1.0 / scale, 0.5 / scale - 0.5], [0, 0, 1]])
+        small = render_backgrounds(bank, S @ K, R, t, hs, ws, index, 1)
+        up = F.interpolate(small.permute(0, 3, 1, 2), scale_factor=scale, mode="bilinear", align_corners=False)
+        return up[:, :, :height, :width].permute(0, 2, 3, 1).contiguous()
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
     pix = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # (H, W, 3)
     d_cam = torch.einsum("bij,hwj->bhwi", torch.linalg.inv(K), pix)

@@ -109,6 +109,122 @@ def _expand_per_image(x: torch.Tensor | None, b: int, default: tuple[float, ...]
     return x.expand(b, 3) if x.ndim == 1 else x
 
 
+def _check_instances_per_image(face_instance: torch.Tensor, face_img: torch.Tensor, n_instances: int) -> None:
+    """Coverage is counted per instance on one canvas: each counted instance must lie in one image."""
+    sel = face_instance < n_instances
+    if not bool(sel.any()):
+        return
+    inst, img = face_instance[sel], face_img[sel]
+    lo = torch.full((n_instances,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=inst.device)
+    hi = torch.full((n_instances,), -1, dtype=torch.int64, device=inst.device)
+    lo.scatter_reduce_(0, inst, img, reduce="amin")
+    hi.scatter_reduce_(0, inst, img, reduce="amax")
+    used = hi >= 0
+    if bool((lo[used] != hi[used]).any()):
+        raise ValueError("rasterize: with coverage_margin every instance id < n_instances must belong to one image")
+
+
+class _CoverageBuffers:
+    """One byte per pixel of each instance's bounding box (on the enlarged canvas): marks the
+    pixels an instance covers ignoring all others."""
+
+    def __init__(self, inst: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor,
+                 y1: torch.Tensor, n: int) -> None:
+        dev = inst.device
+        counted = inst < n
+        inst, x0, y0, x1, y1 = inst[counted], x0[counted], y0[counted], x1[counted], y1[counted]
+        big = torch.iinfo(torch.int64).max
+        self.ix0 = torch.full((n,), big, dtype=torch.int64, device=dev).scatter_reduce_(0, inst, x0, "amin")
+        self.iy0 = torch.full((n,), big, dtype=torch.int64, device=dev).scatter_reduce_(0, inst, y0, "amin")
+        ix1 = torch.full((n,), -big, dtype=torch.int64, device=dev).scatter_reduce_(0, inst, x1, "amax")
+        iy1 = torch.full((n,), -big, dtype=torch.int64, device=dev).scatter_reduce_(0, inst, y1, "amax")
+        self.iw = (ix1 - self.ix0 + 1).clamp_min(0)
+        ih = (iy1 - self.iy0 + 1).clamp_min(0)
+        size = self.iw * ih
+        self.off = torch.cumsum(size, 0) - size
+        self.size = size
+        self.n = n
+        self.buf = torch.zeros(int(size.sum()), dtype=torch.uint8, device=dev)
+
+    def mark(self, inst: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> None:
+        """Mark pixels (px, py) of instances ``inst`` (ids >= n are ignored)."""
+        sel = torch.nonzero(inst < self.n).squeeze(1)
+        i = inst[sel]
+        self.buf[self.off[i] + (py[sel] - self.iy0[i]) * self.iw[i] + px[sel] - self.ix0[i]] = 1
+
+    def counts(self) -> torch.Tensor:
+        """(n,) int64 marked pixels per instance."""
+        owner = torch.repeat_interleave(torch.arange(self.n, device=self.buf.device), self.size)
+        return torch.zeros(self.n, dtype=torch.int64, device=self.buf.device).index_add_(0, owner, self.buf.to(torch.int64))
+
+
+def _face_planes(
+    tri: torch.Tensor, tz: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-face affine functions of the pixel position *relative to the face's box corner*.
+
+    Args:
+        tri: (F, 3, 2) float64 projected vertices; tz: (F, 3) float64 their depths;
+        x0, y0: (F,) int64 box corners.
+    Returns:
+        ``table`` (F, 12) float32: three edge functions ``w_i = a lx + b ly + c`` (>= 0 inside,
+        whatever the winding) and ``1/z = a lx + b ly + c`` (1/z is affine in screen space);
+        ``ok`` (F,) bool: the face is not degenerate.
+    """
+    p = tri - torch.stack([x0, y0], -1).to(tri.dtype)[:, None, :]
+    ax, ay, bx, by, qx, qy = p[:, 0, 0], p[:, 0, 1], p[:, 1, 0], p[:, 1, 1], p[:, 2, 0], p[:, 2, 1]
+    area = (bx - ax) * (qy - ay) - (by - ay) * (qx - ax)
+    sgn = torch.sign(area)
+    ok = area.abs() > 1e-10
+
+    def edge(px_, py_, rx, ry):  # w(x, y) = (rx - px)(y - py) - (ry - py)(x - px)
+        a = -(ry - py_)
+        b_ = rx - px_
+        c = (ry - py_) * px_ - (rx - px_) * py_
+        return a * sgn, b_ * sgn, c * sgn
+
+    e0, e1, e2 = edge(bx, by, qx, qy), edge(qx, qy, ax, ay), edge(ax, ay, bx, by)
+    inv_area = 1.0 / torch.where(ok, area.abs(), torch.ones_like(area))
+    iz = 1.0 / tz
+    za = (e0[0] * iz[:, 0] + e1[0] * iz[:, 1] + e2[0] * iz[:, 2]) * inv_area
+    zb = (e0[1] * iz[:, 0] + e1[1] * iz[:, 1] + e2[1] * iz[:, 2]) * inv_area
+    zc = (e0[2] * iz[:, 0] + e1[2] * iz[:, 1] + e2[2] * iz[:, 2]) * inv_area
+    table = torch.stack([*e0, *e1, *e2, za, zb, zc], dim=1).to(torch.float32)
+    return table, ok
+
+
+def _enumerate_spans(
+    table: torch.Tensor, bw: torch.Tensor, bh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidate pixels of faces, row by row: for each row of a face's box, the x-span allowed
+    by the three edge functions (slightly widened; the exact test follows).
+
+    Returns ``(face, lx, ly)`` (N,) int64: local face index and pixel position in its box.
+    """
+    dev = table.device
+    rows = torch.repeat_interleave(torch.arange(bh.shape[0], device=dev), bh)
+    first = torch.cumsum(bh, 0) - bh
+    ly = torch.arange(rows.shape[0], device=dev) - first[rows]
+    tab = table.index_select(0, rows).double()
+    lyd = ly.double()
+    lo = torch.zeros_like(lyd)
+    hi = (bw[rows] - 1).double()
+    for i in range(3):
+        a, b_, c = tab[:, 3 * i], tab[:, 3 * i + 1], tab[:, 3 * i + 2]
+        rest = b_ * lyd + c  # a x + rest >= 0
+        bound = -rest / torch.where(a == 0, torch.ones_like(a), a)
+        lo = torch.where(a > 0, torch.maximum(lo, bound), lo)
+        hi = torch.where(a < 0, torch.minimum(hi, bound), hi)
+        hi = torch.where((a == 0) & (rest < -1e-6), torch.full_like(hi, -1.0), hi)
+    lo_i = torch.ceil(lo - 1e-3).clamp_min(0).to(torch.int64)
+    hi_i = torch.minimum(torch.floor(hi + 1e-3).to(torch.int64), bw[rows] - 1)
+    n = (hi_i - lo_i + 1).clamp_min(0)
+    prow = torch.repeat_interleave(torch.arange(rows.shape[0], device=dev), n)
+    first2 = torch.cumsum(n, 0) - n
+    lx = lo_i[prow] + torch.arange(prow.shape[0], device=dev) - first2[prow]
+    return rows[prow], lx, ly[prow]
+
+
 def rasterize(
     verts: torch.Tensor,
     faces: torch.Tensor,
@@ -182,7 +298,6 @@ def rasterize(
 
     hw = height * width
     zkey = torch.full((b * hw,), _KEY_EMPTY, dtype=torch.int64, device=device)
-    coverage = torch.zeros(n_instances, dtype=torch.int64, device=device) if coverage_margin is not None else None
 
     # --- per-face geometry, culling -------------------------------------------------------
     face_img = vert_image[faces[:, 0]] if nf else torch.zeros(0, dtype=torch.int64, device=device)
@@ -192,29 +307,33 @@ def rasterize(
     centres = verts[faces].mean(dim=1) if nf else torch.zeros(0, 3, device=device)
     if cull_backfaces:
         keep &= (normals * centres).sum(-1) < 0
-    fidx = torch.nonzero(keep).squeeze(1)
     uv = project(verts, Kb[vert_image]) if nv else torch.zeros(0, 2, device=device)
-    tri = uv[faces[fidx]]  # (Fk, 3, 2)
-    tz = z[faces[fidx]]  # (Fk, 3)
 
     # candidate canvas: the image, or the enlarged coverage canvas
     if coverage_margin is not None:
         mx, my = int(round(coverage_margin * width)), int(round(coverage_margin * height))
     else:
         mx = my = 0
-    lo_x, hi_x, lo_y, hi_y = -mx, width - 1 + mx, -my, height - 1 + my
-    x0 = torch.ceil(tri[..., 0].amin(1) - 1e-6).clamp(lo_x, hi_x + 1).to(torch.int64)
-    x1 = torch.floor(tri[..., 0].amax(1) + 1e-6).clamp(lo_x - 1, hi_x).to(torch.int64)
-    y0 = torch.ceil(tri[..., 1].amin(1) - 1e-6).clamp(lo_y, hi_y + 1).to(torch.int64)
-    y1 = torch.floor(tri[..., 1].amax(1) + 1e-6).clamp(lo_y - 1, hi_y).to(torch.int64)
+    cw, ch = width + 2 * mx, height + 2 * my
+
+    fidx = torch.nonzero(keep).squeeze(1)
+    tri = uv[faces[fidx]].double()  # (Fk, 3, 2)
+    x0 = torch.ceil(tri[..., 0].amin(1) - 1e-6).clamp(-mx, width + mx).to(torch.int64)
+    x1 = torch.floor(tri[..., 0].amax(1) + 1e-6).clamp(-mx - 1, width - 1 + mx).to(torch.int64)
+    y0 = torch.ceil(tri[..., 1].amin(1) - 1e-6).clamp(-my, height + my).to(torch.int64)
+    y1 = torch.floor(tri[..., 1].amax(1) + 1e-6).clamp(-my - 1, height - 1 + my).to(torch.int64)
     bw = (x1 - x0 + 1).clamp_min(0)
     bh = (y1 - y0 + 1).clamp_min(0)
-    counts = bw * bh
-    nz = counts > 0
-    sel = torch.nonzero(nz).squeeze(1)
-    fidx, tri, tz, x0, y0, bw, counts = fidx[sel], tri[sel], tz[sel], x0[sel], y0[sel], bw[sel], counts[sel]
-    cw = width + 2 * mx
-    canvas = cw * (height + 2 * my)
+    sel = torch.nonzero((bw * bh) > 0).squeeze(1)
+    fidx, tri, x0, y0, bw, bh = fidx[sel], tri[sel], x0[sel], y0[sel], bw[sel], bh[sel]
+    table, ok = _face_planes(tri, z[faces[fidx]].double(), x0, y0)
+    sel = torch.nonzero(ok).squeeze(1)
+    fidx, table, x0, y0, bw, bh = fidx[sel], table[sel], x0[sel], y0[sel], bw[sel], bh[sel]
+    counts = bw * bh  # upper bound of candidates, used for chunking
+    cov = None
+    if coverage_margin is not None:
+        _check_instances_per_image(face_instance, face_img, n_instances)
+        cov = _CoverageBuffers(face_instance[fidx], x0, y0, x0 + bw - 1, y0 + bh - 1, n_instances)
 
     # --- chunks of at most max_candidates candidate pixels -------------------------------
     csum = torch.cumsum(counts, 0)
@@ -222,46 +341,32 @@ def rasterize(
     n_faces_k = int(fidx.shape[0])
     while start < n_faces_k:
         base = int(csum[start - 1]) if start > 0 else 0
-        stop = int(torch.searchsorted(csum, base + max_candidates, right=True))
-        stop = max(stop, start + 1)
+        stop = max(int(torch.searchsorted(csum, base + max_candidates, right=True)), start + 1)
         sl = slice(start, stop)
         start = stop
-        cnt = counts[sl]
-        rep = torch.repeat_interleave(torch.arange(cnt.shape[0], device=device), cnt)
-        first = torch.cumsum(cnt, 0) - cnt
-        local = torch.arange(rep.shape[0], device=device) - first[rep]
-        w_r = bw[sl][rep]
-        px = x0[sl][rep] + local % w_r
-        py = y0[sl][rep] + local // w_r
-        t = tri[sl][rep]  # (N, 3, 2)
-        pxf, pyf = px.to(torch.float32), py.to(torch.float32)
-        ax, ay = t[:, 0, 0], t[:, 0, 1]
-        bx, by = t[:, 1, 0], t[:, 1, 1]
-        qx, qy = t[:, 2, 0], t[:, 2, 1]
-        area = (bx - ax) * (qy - ay) - (by - ay) * (qx - ax)
-        w0 = (qx - bx) * (pyf - by) - (qy - by) * (pxf - bx)
-        w1 = (ax - qx) * (pyf - qy) - (ay - qy) * (pxf - qx)
-        w2 = (bx - ax) * (pyf - ay) - (by - ay) * (pxf - ax)
-        sgn = torch.sign(area)
-        inside = (w0 * sgn >= 0) & (w1 * sgn >= 0) & (w2 * sgn >= 0) & (area != 0)
-        idx = torch.nonzero(inside).squeeze(1)
-        rep, px, py = rep[idx], px[idx], py[idx]
-        gface = fidx[sl][rep]
-        if coverage is not None:
-            key = face_instance[gface] * canvas + (py + my) * cw + (px + mx)
-            uniq = torch.unique(key)
-            coverage += torch.bincount(torch.div(uniq, canvas, rounding_mode="floor"), minlength=n_instances)
-            in_img = (px >= 0) & (px < width) & (py >= 0) & (py < height)
-            idx2 = torch.nonzero(in_img).squeeze(1)
-            idx, rep, px, py, gface = idx[idx2], rep[idx2], px[idx2], py[idx2], gface[idx2]
-        area_i = area[idx]
-        bary = torch.stack([w0[idx], w1[idx], w2[idx]], dim=1) / area_i[:, None]
-        inv_z = (bary / tz[sl][rep]).sum(1)
+        rep, lx, ly = _enumerate_spans(table[sl], bw[sl], bh[sl])
+        tab = table[sl, :9].index_select(0, rep)  # (N, 9) edge functions
+        lxf, lyf = lx.to(torch.float32), ly.to(torch.float32)
+        w0 = tab[:, 0] * lxf + tab[:, 1] * lyf + tab[:, 2]
+        w1 = tab[:, 3] * lxf + tab[:, 4] * lyf + tab[:, 5]
+        w2 = tab[:, 6] * lxf + tab[:, 7] * lyf + tab[:, 8]
+        inside = torch.nonzero((w0 >= 0) & (w1 >= 0) & (w2 >= 0)).squeeze(1)
+        rep, lx, ly = rep[inside], lx[inside], ly[inside]
+        rep_g = rep + sl.start
+        px = x0[rep_g] + lx
+        py = y0[rep_g] + ly
+        if cov is not None:
+            cov.mark(face_instance[fidx[rep_g]], px, py)
+            in_img = torch.nonzero((px >= 0) & (px < width) & (py >= 0) & (py < height)).squeeze(1)
+            px, py, rep_g, lx, ly = px[in_img], py[in_img], rep_g[in_img], lx[in_img], ly[in_img]
+        gface = fidx[rep_g]
+        zt = table[:, 9:].index_select(0, rep_g)
+        inv_z = zt[:, 0] * lx.to(torch.float32) + zt[:, 1] * ly.to(torch.float32) + zt[:, 2]
         depth = (1.0 / inv_z).clamp_min(near)
-        dbits = depth.to(torch.float32).view(torch.int32).to(torch.int64)
-        key = (dbits << 32) | gface
+        key = (depth.view(torch.int32).to(torch.int64) << 32) | gface
         pix = face_img[gface] * hw + py * width + px
         zkey.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
+    coverage = cov.counts() if cov is not None else None
 
     # --- resolve winners ------------------------------------------------------------------
     valid = zkey != _KEY_EMPTY
