@@ -1,0 +1,507 @@
+"""ECLM: error-constrained layer merging of the ViT backbone.
+
+Consecutive transformer blocks ``i .. i+m`` are merged into one block with the
+"reserve differences" rule of LaCo (Yang et al. 2024, "LaCo: Large Language Model Pruning via
+Layer Collapse"): ``theta = theta_i + sum_k (theta_{i+k} - theta_i)`` for every parameter.
+Candidates are ranked by how little the group changes the representation (linear CKA between
+the group's input and output tokens on calibration crops, Kornblith et al. 2019); the search
+walks from the last blocks towards the first and **accepts a merge only if the calibration
+MPJPE stays within ``eps`` mm of the unmerged model's** (the budget is cumulative: every
+accepted merge is measured with all earlier ones in place).
+
+The result is an :class:`ECLMPlan` (groups of original block indices).  :func:`apply_eclm`
+swaps a merged ``ModuleList`` into the backbone and returns a handle whose ``remove()`` puts
+the original blocks back (bit-identical outputs).  :func:`save_merged_estimator` writes the
+merged weights with the plan and the architecture in the safetensors header, so
+:func:`load_estimator` rebuilds the merged model without any calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from hmrflow.pipeline.errors import CheckpointError, ConfigError
+from hmrflow.stages.mesh.backbone import ViTBackbone, ViTConfig
+from hmrflow.stages.mesh.head import HeadConfig
+from hmrflow.stages.mesh.model import SIZES, EstimatorSpec, MeshEstimator
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "hmrflow.estimator.v1"
+
+
+# ----------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class ECLMPlan:
+    """Which original blocks are merged.
+
+    base_depth: depth of the unmerged backbone.
+    groups: non-overlapping ``(first, last)`` inclusive ranges of original block indices, each
+        merged into one block (blocks in no group stay as they are).
+    """
+
+    base_depth: int
+    groups: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        groups = tuple(sorted((int(a), int(b)) for a, b in self.groups))
+        object.__setattr__(self, "groups", groups)
+        prev = -1
+        for a, b in groups:
+            if not (0 <= a < b < self.base_depth) or a <= prev:
+                raise ValueError(f"bad ECLM groups {groups} for depth {self.base_depth}")
+            prev = b
+
+    @property
+    def depth(self) -> int:
+        """Blocks after merging."""
+        return self.base_depth - sum(b - a for a, b in self.groups)
+
+    def block_groups(self) -> list[list[int]]:
+        """Original block indices of each merged block, in order (covers every block once)."""
+        starts = {a: b for a, b in self.groups}
+        out, i = [], 0
+        while i < self.base_depth:
+            j = starts.get(i, i)
+            out.append(list(range(i, j + 1)))
+            i = j + 1
+        return out
+
+    def with_group(self, first: int, last: int) -> "ECLMPlan":
+        return ECLMPlan(self.base_depth, self.groups + ((first, last),))
+
+    def to_json(self) -> str:
+        return json.dumps({"base_depth": self.base_depth, "groups": [list(g) for g in self.groups]})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ECLMPlan":
+        d = json.loads(text)
+        return cls(int(d["base_depth"]), tuple(tuple(g) for g in d["groups"]))
+
+
+def merge_blocks(blocks: Sequence[nn.Module]) -> nn.Module:
+    """One block with ``theta_0 + sum_k (theta_k - theta_0)`` for every parameter and buffer
+    (a copy; the inputs are not modified).  A single block is returned as a copy."""
+    merged = copy.deepcopy(blocks[0])
+    if len(blocks) == 1:
+        return merged
+    with torch.no_grad():
+        states = [dict(b.state_dict()) for b in blocks]
+        out = {}
+        for name, base in states[0].items():
+            if not torch.is_floating_point(base):
+                out[name] = base.clone()
+                continue
+            acc = base.double().clone()
+            for st in states[1:]:
+                acc += st[name].double() - base.double()
+            out[name] = acc.to(base.dtype)
+        merged.load_state_dict(out)
+    return merged
+
+
+@dataclass
+class ECLMHandle:
+    """Returned by :func:`apply_eclm`; ``remove()`` restores the original blocks."""
+
+    backbone: ViTBackbone
+    plan: ECLMPlan
+    original: nn.ModuleList
+    _active: bool = field(default=True, repr=False)
+
+    def remove(self) -> None:
+        if self._active:
+            self.backbone.blocks = self.original
+            self._active = False
+
+    def __enter__(self) -> "ECLMHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _backbone(model: nn.Module) -> ViTBackbone:
+    bb = model.backbone if hasattr(model, "backbone") else model
+    if not isinstance(bb, ViTBackbone):
+        raise TypeError(f"expected a MeshEstimator or ViTBackbone, got {type(model).__name__}")
+    return bb
+
+
+def apply_eclm(model: nn.Module, plan: ECLMPlan) -> ECLMHandle:
+    """Replace the backbone's blocks by the merged ones of ``plan`` (new modules; the
+    original blocks are kept untouched in the handle)."""
+    bb = _backbone(model)
+    if len(bb.blocks) != plan.base_depth:
+        raise ValueError(f"plan is for depth {plan.base_depth}, backbone has {len(bb.blocks)} blocks")
+    original = bb.blocks
+    bb.blocks = nn.ModuleList(merge_blocks([original[i] for i in g]) for g in plan.block_groups())
+    return ECLMHandle(bb, plan, original)
+
+
+# ----------------------------------------------------------------------------- similarity
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA between two representations of the same M examples: x (M, C1), y (M, C2).
+
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` with column-centred Xc, Yc; 1 for
+    representations equal up to rotation and isotropic scaling, near 0 for unrelated ones.
+    """
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    num = (y.T @ x).pow(2).sum()
+    den = (x.T @ x).pow(2).sum().sqrt() * (y.T @ y).pow(2).sum().sqrt()
+    return float(num / den.clamp_min(1e-30))
+
+
+@torch.inference_mode()
+def block_representations(backbone: ViTBackbone, crops: torch.Tensor, batch_size: int = 32) -> list[torch.Tensor]:
+    """Tokens before block 0 and after every block: list of depth+1 tensors (B*N, C) fp32."""
+    reps: list[list[torch.Tensor]] = [[] for _ in range(len(backbone.blocks) + 1)]
+    for s in range(0, crops.shape[0], batch_size):
+        x = backbone.embed(crops[s : s + batch_size])
+        reps[0].append(x.float().flatten(0, 1))
+        for i, blk in enumerate(backbone.blocks):
+            x = blk(x)
+            reps[i + 1].append(x.float().flatten(0, 1))
+    return [torch.cat(r) for r in reps]
+
+
+# ----------------------------------------------------------------------------- errors
+@dataclass
+class CalibrationSet:
+    """Crops with 3D ground truth.
+
+    images: (N, 3, H, W) float32 ImageNet-normalised crops.
+    joints3d: (N, 24, 3) float32 GT joints (camera frame, metres; only shape matters: the
+        errors are pelvis-aligned or Procrustes-aligned).
+    token_masks: optional (N, gh, gw) person coverage per token cell (for Mask-ToMe).
+    """
+
+    images: torch.Tensor
+    joints3d: torch.Tensor
+    token_masks: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.joints3d.shape != (n, 24, 3):
+            raise ValueError(f"joints3d must be ({n}, 24, 3), got {tuple(self.joints3d.shape)}")
+        if self.token_masks is not None and self.token_masks.shape[0] != n:
+            raise ValueError(f"token_masks has {self.token_masks.shape[0]} rows for {n} crops")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def select(self, idx: slice | torch.Tensor) -> "CalibrationSet":
+        tm = None if self.token_masks is None else self.token_masks[idx]
+        return CalibrationSet(self.images[idx], self.joints3d[idx], tm)
+
+
+def mpjpe_mm(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Pelvis-aligned MPJPE per frame: (N, J, 3) metres -> (N,) mm."""
+    pred = pred.double() - pred[:, :1].double()
+    gt = gt.double() - gt[:, :1].double()
+    return (pred - gt).norm(dim=-1).mean(-1) * 1000.0
+
+
+def pa_mpjpe_mm(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """MPJPE after per-frame similarity Procrustes alignment (no reflections): (N,) mm."""
+    p, g = pred.double(), gt.double()
+    mp, mg = p.mean(1, keepdim=True), g.mean(1, keepdim=True)
+    x, y = p - mp, g - mg
+    u, s, vt = torch.linalg.svd(x.transpose(1, 2) @ y)
+    v, ut = vt.transpose(1, 2), u.transpose(1, 2)
+    d = torch.sign(torch.linalg.det(v @ ut))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    dm = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    rot = v @ dm @ ut
+    scale = (s[:, 0] + s[:, 1] + d * s[:, 2]) / x.pow(2).sum((1, 2)).clamp_min(1e-20)
+    aligned = scale[:, None, None] * x @ rot.transpose(1, 2) + mg
+    return (aligned - g).norm(dim=-1).mean(-1) * 1000.0
+
+
+@torch.inference_mode()
+def predict_joints(
+    model: nn.Module,
+    body_model: nn.Module,
+    images: torch.Tensor,
+    token_masks: Optional[torch.Tensor] = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Estimator -> body model joints (N, 24, 3) fp32 on the CPU.
+
+    ``token_masks`` are passed as ``protect=`` (only when given: a model with Mask-ToMe applied
+    accepts it).  ``autocast_dtype`` (e.g. bf16) runs the estimator under autocast.
+    """
+    device = torch.device(device)
+    out = []
+    for s in range(0, images.shape[0], batch_size):
+        x = images[s : s + batch_size].to(device)
+        kw = {} if token_masks is None else {"protect": token_masks[s : s + batch_size].to(device)}
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            pred = model(x, **kw)
+        joints = body_model(pred.rotmats.float(), pred.betas.float()).joints
+        out.append(joints.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 24, 3)
+
+
+def calibration_errors(
+    model: nn.Module, body_model: nn.Module, calib: CalibrationSet, use_masks: bool = False, **kw: Any
+) -> dict[str, float]:
+    """Mean MPJPE and PA-MPJPE (mm) of ``model`` on ``calib``."""
+    joints = predict_joints(model, body_model, calib.images, calib.token_masks if use_masks else None, **kw)
+    return {
+        "mpjpe_mm": float(mpjpe_mm(joints, calib.joints3d).mean()),
+        "pa_mpjpe_mm": float(pa_mpjpe_mm(joints, calib.joints3d).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- search
+@dataclass(frozen=True)
+class ECLMConfig:
+    """Error-constrained layer merging.
+
+    eps_mm: largest allowed increase of the calibration error over the unmerged model (mm; a
+        negative budget demands an improvement, so usually nothing is merged).
+    error_metric: ``mpjpe_mm`` (pelvis-aligned, default) or ``pa_mpjpe_mm``.
+    spans: group sizes tried at each position (2 = merge a pair of blocks into one).
+    min_cka: candidates whose input/output CKA is below this are rejected unevaluated.
+    keep_first: never merge the first ``keep_first`` blocks (they map pixels to features).
+    max_merges: stop after this many accepted merges (None = no limit).
+    batch_size: crops per forward during calibration.
+    """
+
+    eps_mm: float = 1.0
+    error_metric: str = "mpjpe_mm"
+    spans: tuple[int, ...] = (2,)
+    min_cka: float = 0.0
+    keep_first: int = 1
+    max_merges: Optional[int] = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.eps_mm):
+            raise ConfigError("eclm eps_mm must be a number of millimetres, got NaN")
+        if self.error_metric not in ("mpjpe_mm", "pa_mpjpe_mm"):
+            raise ConfigError(f"eclm error_metric must be mpjpe_mm or pa_mpjpe_mm, got {self.error_metric!r}")
+        if not self.spans or any(int(s) < 2 for s in self.spans):
+            raise ConfigError(f"eclm spans must be integers >= 2, got {self.spans}")
+
+
+@dataclass
+class ECLMStep:
+    """One evaluated candidate of the search."""
+
+    group: tuple[int, int]
+    cka: float
+    errors: dict[str, float]
+    increase_mm: float
+    accepted: bool
+    depth: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": list(self.group), "cka": self.cka, **self.errors, "increase_mm": self.increase_mm,
+                "accepted": self.accepted, "depth_if_accepted": self.depth}
+
+
+@dataclass
+class ECLMResult:
+    plan: ECLMPlan
+    baseline: dict[str, float]
+    final: dict[str, float]
+    steps: list[ECLMStep]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": json.loads(self.plan.to_json()), "base_depth": self.plan.base_depth, "final_depth": self.plan.depth,
+            "baseline": self.baseline, "final": self.final, "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+def search_plan(
+    model: MeshEstimator,
+    body_model: nn.Module,
+    calib: CalibrationSet,
+    cfg: ECLMConfig,
+    device: torch.device | str = "cpu",
+    progress: Optional[Callable[[ECLMStep], None]] = None,
+) -> ECLMResult:
+    """Walk from the last blocks to the first; at each position try the candidate groups
+    ending there (ranked by CKA, highest first) and accept the first whose calibration error
+    stays within ``cfg.eps_mm`` of the unmerged model.  The model is left unchanged."""
+    bb = _backbone(model)
+    depth = len(bb.blocks)
+    model.eval()
+    ekw = dict(batch_size=cfg.batch_size, device=device)
+    baseline = calibration_errors(model, body_model, calib, **ekw)
+    log.info("ECLM baseline on %d crops: %s", len(calib), baseline)
+    reps = block_representations(bb, calib.images[: min(len(calib), 64)].to(device), cfg.batch_size)
+    plan = ECLMPlan(depth)
+    final = dict(baseline)
+    steps: list[ECLMStep] = []
+    last = depth - 1
+    while last >= cfg.keep_first + 1:
+        if cfg.max_merges is not None and len(plan.groups) >= cfg.max_merges:
+            break
+        cands = []
+        for span in cfg.spans:
+            first = last - int(span) + 1
+            if first >= cfg.keep_first:
+                cands.append((linear_cka(reps[first], reps[last + 1]), first))
+        cands.sort(reverse=True)
+        accepted = False
+        for cka, first in cands:
+            if cka < cfg.min_cka:
+                continue
+            trial = plan.with_group(first, last)
+            with apply_eclm(model, trial):
+                errs = calibration_errors(model, body_model, calib, **ekw)
+            inc = errs[cfg.error_metric] - baseline[cfg.error_metric]
+            ok = inc <= cfg.eps_mm
+            step = ECLMStep((first, last), cka, errs, inc, ok, trial.depth)
+            steps.append(step)
+            log.info("ECLM merge blocks %d..%d (CKA %.3f): %s %+.2f mm -> %s", first, last, cka,
+                     cfg.error_metric, inc, "accepted" if ok else "rejected")
+            if progress:
+                progress(step)
+            if ok:
+                plan, final, accepted = trial, errs, True
+                last = first - 1
+                break
+        if not accepted:
+            last -= 1
+    return ECLMResult(plan=plan, baseline=baseline, final=final, steps=steps)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def spec_to_dict(spec: EstimatorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "backbone": asdict(spec.backbone), "head": asdict(spec.head)}
+
+
+def spec_from_dict(d: dict[str, Any]) -> EstimatorSpec:
+    bb = dict(d["backbone"])
+    bb["image_size"] = tuple(bb["image_size"])
+    return EstimatorSpec(name=str(d.get("name", "custom")), backbone=ViTConfig(**bb), head=HeadConfig(**d["head"]))
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # corrupt header: load_state_dict reports it properly
+        log.debug("%s: no metadata (%s)", path, exc)
+        return {}
+
+
+def _infer_spec(state: dict[str, torch.Tensor], meta: dict[str, str], path: Path,
+                size: Optional[str], image_size: Optional[tuple[int, int]]) -> EstimatorSpec:
+    """Architecture of a plain estimator checkpoint: from its header when written by hmrflow
+    (``spec`` JSON, or ``size`` + ``image_size``), otherwise from tensor shapes."""
+    from hmrflow.stages.mesh.model import estimator_spec
+
+    for key in ("spec", "estimator_spec"):
+        if key in meta:
+            try:
+                d = json.loads(meta[key])
+                if "backbone" in d and "head" in d:
+                    return spec_from_dict(d)
+                size = size or d.get("size") or d.get("name")
+                if d.get("image_size"):
+                    image_size = image_size or tuple(d["image_size"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise CheckpointError(f"{path}: unreadable '{key}' header entry ({exc})") from None
+    if "size" in meta and not size:
+        size = json.loads(meta["size"]) if meta["size"].startswith('"') else meta["size"]
+    if "image_size" in meta and not image_size:
+        image_size = tuple(json.loads(meta["image_size"]))
+    pos = state.get("backbone.pos_embed")
+    if pos is None:
+        raise CheckpointError(f"{path}: not a mesh estimator checkpoint (no backbone.pos_embed)")
+    dim, n_tok = int(pos.shape[-1]), int(pos.shape[-2])
+    if size is None:
+        matches = [k for k, s in SIZES.items() if s.backbone.embed_dim == dim]
+        if not matches:
+            raise CheckpointError(f"{path}: embed dim {dim} matches no estimator size ({', '.join(SIZES)})")
+        size = matches[0]
+    if image_size is None:
+        gh = round(math.sqrt(n_tok * 4 / 3))
+        gw = n_tok // max(gh, 1)
+        if gh * gw != n_tok:
+            raise CheckpointError(f"{path}: cannot infer the crop size from {n_tok} tokens; pass the image size")
+        image_size = (gh * 16, gw * 16)
+    spec = estimator_spec(size, image_size)
+    depth = len({k.split(".")[2] for k in state if k.startswith("backbone.blocks.")})
+    if depth != spec.backbone.depth:
+        from dataclasses import replace
+
+        spec = replace(spec, backbone=replace(spec.backbone, depth=depth))
+    return spec
+
+
+def load_estimator(
+    path: str | Path,
+    size: Optional[str] = None,
+    image_size: Optional[tuple[int, int]] = None,
+    device: torch.device | str = "cpu",
+) -> tuple[MeshEstimator, Optional[ECLMPlan]]:
+    """Load an estimator checkpoint (plain or ECLM-merged) into an eval-mode model.
+
+    A merged checkpoint (written by :func:`save_merged_estimator`) carries its architecture
+    and merge plan in the header: the merged structure is rebuilt and the merged weights
+    loaded, no calibration involved.  Returns (model, plan or None).
+    """
+    from hmrflow.pipeline.checkpoints import load_state_dict
+
+    p = Path(path)
+    state = load_state_dict(p)
+    meta = _read_metadata(p)
+    plan = None
+    if "eclm_plan" in meta:
+        try:
+            spec = spec_from_dict(json.loads(meta["estimator_spec"]))
+            plan = ECLMPlan.from_json(meta["eclm_plan"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{p}: merged-estimator header is incomplete ({exc})") from None
+    else:
+        spec = _infer_spec(state, meta, p, size, image_size)
+    model = MeshEstimator(spec)
+    if plan is not None:
+        apply_eclm(model, plan)  # structure only; the merged weights are loaded below
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{p}: weights do not fit the {spec.name} estimator (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model.to(device).eval(), plan
+
+
+def save_merged_estimator(
+    model: MeshEstimator, plan: ECLMPlan, path: str | Path, report: Optional[dict[str, Any]] = None
+) -> Path:
+    """Write the (already merged) model's weights with its spec and ``plan`` in the header."""
+    from hmrflow.pipeline.checkpoints import save_state_dict
+
+    if len(_backbone(model).blocks) != plan.depth:
+        raise ValueError(f"model has {len(_backbone(model).blocks)} blocks but the plan gives depth {plan.depth}")
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "estimator_spec": json.dumps(spec_to_dict(model.spec)),
+        "eclm_plan": plan.to_json(),
+    }
+    if report is not None:
+        meta["eclm_report"] = json.dumps(report)
+    return save_state_dict(model.state_dict(), path, metadata=meta)

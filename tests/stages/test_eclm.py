@@ -1,0 +1,170 @@
+"""ECLM: layer-merge rule, exact removal, error-constrained search, merged checkpoints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from hmrflow.stages.mesh.accel.eclm import (
+    CalibrationSet,
+    ECLMConfig,
+    ECLMPlan,
+    apply_eclm,
+    linear_cka,
+    load_estimator,
+    merge_blocks,
+    mpjpe_mm,
+    pa_mpjpe_mm,
+    save_merged_estimator,
+    search_plan,
+)
+from hmrflow.stages.mesh.accel.flops import model_flops
+from hmrflow.stages.mesh.accel.tome import MaskToMeConfig, apply_mask_tome
+from hmrflow.stages.mesh.model import build_estimator
+
+IMG = (64, 48)
+
+
+@dataclass
+class _Joints:
+    joints: torch.Tensor
+
+
+class FakeBody(nn.Module):
+    """Stand-in body model: joints from the rotations' first columns and the betas (fast)."""
+
+    def forward(self, rotmats: torch.Tensor, betas: torch.Tensor) -> _Joints:
+        return _Joints(0.3 * rotmats[..., 0] + 0.05 * betas[:, :3, None].transpose(1, 2))
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    m = build_estimator("tiny", IMG).eval()
+    with torch.no_grad():  # larger readouts so merges visibly change the joints
+        for lin in (m.head.decpose, m.head.decshape):
+            lin.weight.mul_(100.0)
+    return m
+
+
+@pytest.fixture()
+def calib():
+    g = torch.Generator().manual_seed(3)
+    return CalibrationSet(torch.randn(12, 3, *IMG, generator=g), 0.3 * torch.randn(12, 24, 3, generator=g))
+
+
+def test_merge_rule_keeps_base_and_adds_differences(model):
+    blocks = [model.backbone.blocks[i] for i in (1, 2, 3)]
+    merged = merge_blocks(blocks)
+    w = [b.mlp.fc1.weight for b in blocks]
+    assert torch.allclose(merged.mlp.fc1.weight, w[0] + (w[1] - w[0]) + (w[2] - w[0]), atol=1e-6)
+    # a pair collapses to the second block's parameters exactly
+    pair = merge_blocks(blocks[:2])
+    assert torch.equal(pair.attn.qkv.weight, blocks[1].attn.qkv.weight)
+    assert merged.mlp.fc1.weight.data_ptr() != w[0].data_ptr()  # a copy, inputs untouched
+
+
+def test_plan_groups_and_json():
+    plan = ECLMPlan(6, ((4, 5), (1, 3)))
+    assert plan.groups == ((1, 3), (4, 5)) and plan.depth == 3
+    assert plan.block_groups() == [[0], [1, 2, 3], [4, 5]]
+    assert ECLMPlan.from_json(plan.to_json()) == plan
+    with pytest.raises(ValueError):
+        ECLMPlan(6, ((1, 3), (3, 4)))
+
+
+def test_apply_reduces_depth_and_flops_and_remove_restores_exactly(model):
+    x = torch.randn(2, 3, *IMG)
+    with torch.inference_mode():
+        base = model(x)
+    flops0 = model_flops(model).total
+    handle = apply_eclm(model, ECLMPlan(6, ((2, 3), (4, 5))))
+    assert len(model.backbone.blocks) == 4
+    assert model_flops(model).total < flops0
+    with torch.inference_mode():
+        merged = model(x)
+    assert not torch.equal(merged.pose6d, base.pose6d)
+    handle.remove()
+    with torch.inference_mode():
+        after = model(x)
+    assert len(model.backbone.blocks) == 6 and torch.equal(after.pose6d, base.pose6d)
+
+
+def test_impossible_budget_merges_nothing(model, calib):
+    res = search_plan(model, FakeBody(), calib, ECLMConfig(eps_mm=-1e6, batch_size=16))
+    assert res.plan.groups == () and res.plan.depth == 6
+    assert res.steps and not any(s.accepted for s in res.steps)
+    assert res.final == res.baseline
+    assert len(model.backbone.blocks) == 6  # the search leaves the model as it was
+
+
+def test_generous_budget_accepts_and_reduces_depth_and_flops(model, calib):
+    res = search_plan(model, FakeBody(), calib, ECLMConfig(eps_mm=1e6, batch_size=16))
+    # walk from the end: (4,5) accepted, then (2,3); block 0 (and hence (0,1)) kept
+    assert res.plan.groups == ((2, 3), (4, 5)) and res.plan.depth == 4
+    assert [s.group for s in res.steps] == [(4, 5), (2, 3)]
+    flops0 = model_flops(model).total
+    with apply_eclm(model, res.plan):
+        assert model_flops(model).total < flops0
+
+
+def test_budget_is_respected(model, calib):
+    full = search_plan(model, FakeBody(), calib, ECLMConfig(eps_mm=1e6, batch_size=16))
+    incs = [s.increase_mm for s in full.steps]
+    eps = incs[0] - 1e-6  # just below the first merge's increase: it must be rejected
+    res = search_plan(model, FakeBody(), calib, ECLMConfig(eps_mm=eps, batch_size=16))
+    assert (4, 5) not in res.plan.groups
+    assert all(s.increase_mm <= eps for s in res.steps if s.accepted)
+    # nothing accepted = no change; otherwise the cumulative increase is within the budget
+    assert res.final["mpjpe_mm"] - res.baseline["mpjpe_mm"] <= max(eps, 0.0)
+
+
+def test_merged_checkpoint_loads_without_calibration(model, tmp_path):
+    plan = ECLMPlan(6, ((3, 5),))
+    x = torch.randn(2, 3, *IMG)
+    with apply_eclm(model, plan):
+        with torch.inference_mode():
+            ref = model(x)
+        path = save_merged_estimator(model, plan, tmp_path / "fast.safetensors", report={"note": "test"})
+    loaded, got_plan = load_estimator(path)
+    assert got_plan == plan and len(loaded.backbone.blocks) == 4
+    with torch.inference_mode():
+        out = loaded(x)
+    assert torch.equal(out.pose6d, ref.pose6d)
+    # Mask-ToMe composes with the merged model
+    with apply_mask_tome(loaded, MaskToMeConfig(r=2)), torch.inference_mode():
+        assert loaded(x).pose6d.shape == (2, 24, 6)
+
+
+def test_plain_checkpoint_spec_inferred(model, tmp_path):
+    from hmrflow.pipeline.checkpoints import save_state_dict
+
+    path = save_state_dict(model.state_dict(), tmp_path / "plain.safetensors")
+    loaded, plan = load_estimator(path)
+    assert plan is None and loaded.image_size == IMG and len(loaded.backbone.blocks) == 6
+
+
+def test_linear_cka_known_values():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 8, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0)
+    assert linear_cka(x, torch.randn(500, 8, generator=g)) < 0.1
+
+
+def test_errors_known_answers():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(4, 24, 3, generator=g, dtype=torch.float64)
+    shifted = gt + torch.tensor([0.0, 0.0, 0.01], dtype=torch.float64)  # pelvis-aligned: no error
+    assert torch.allclose(mpjpe_mm(shifted, gt), torch.zeros(4, dtype=torch.float64), atol=1e-4)
+    c, s = math.cos(0.7), math.sin(0.7)
+    rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(pa_mpjpe_mm(2.0 * gt @ rot.T + 0.3, gt), torch.zeros(4, dtype=torch.float64), atol=1e-6)
+    off = gt.clone()
+    off[:, 5] += torch.tensor([0.024, 0.0, 0.0], dtype=torch.float64)
+    assert torch.allclose(mpjpe_mm(off, gt), torch.full((4,), 1.0, dtype=torch.float64))  # 24 mm / 24 joints
