@@ -1,0 +1,93 @@
+"""The motion denoiser: a small pre-norm transformer over the frames of a window.
+
+Input per frame: the noisy normalised motion features ``x_t`` (N_FEAT) concatenated with the
+conditioning (N_COND: the per-frame estimate, its observed mask and confidence, the camera
+ray, see :mod:`.representation`); the diffusion timestep enters as a sinusoidal embedding
+added to every token.  Output: the clean features ``x_0`` (``prediction_type="sample"``).
+
+A diffusers ``ModelMixin``/``ConfigMixin``, so ``save_pretrained(folder)`` and
+``MotionDenoiser.from_pretrained(folder)`` work offline (config.json + safetensors).  The
+feature normalisation statistics are part of the config, so a folder is self-contained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from hmrflow.priors.motion_diffusion.representation import N_COND, N_FEAT
+
+
+def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(N,) positions/timesteps -> (N, dim) sin/cos embedding."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    args = x.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class MotionDenoiser(ModelMixin, ConfigMixin):
+    """x0-predicting transformer denoiser over (B, T, N_FEAT) motion windows."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        n_feat: int = N_FEAT,
+        n_cond: int = N_COND,
+        d_model: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+        window: int = 64,
+        fps: float = 30.0,
+        feat_mean: Optional[Sequence[float]] = None,
+        feat_std: Optional[Sequence[float]] = None,
+    ) -> None:
+        super().__init__()
+        mean = torch.zeros(n_feat) if feat_mean is None else torch.tensor(list(feat_mean), dtype=torch.float32)
+        std = torch.ones(n_feat) if feat_std is None else torch.tensor(list(feat_std), dtype=torch.float32)
+        self.register_buffer("norm_mean", mean, persistent=False)
+        self.register_buffer("norm_std", std, persistent=False)
+        self.in_proj = nn.Linear(n_feat + n_cond, d_model)
+        self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward=ff_mult * d_model, dropout=dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.out_proj = nn.Linear(d_model, n_feat)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """Predict clean features.
+
+        sample: (B, T, n_feat) noisy normalised features; timestep: scalar or (B,);
+        cond: (B, T, n_cond).  Returns (B, T, n_feat).
+        """
+        b, t, _ = sample.shape
+        ts = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b) if not torch.is_tensor(
+            timestep) or timestep.numel() == 1 else timestep.to(sample.device)
+        d = self.config.d_model
+        h = self.in_proj(torch.cat([sample, cond], dim=-1))
+        pos = sinusoidal_embedding(torch.arange(t, device=sample.device), d)
+        temb = self.time_mlp(sinusoidal_embedding(ts, d))
+        h = h + pos[None].to(h.dtype) + temb[:, None].to(h.dtype)
+        h = self.blocks(h)
+        return self.out_proj(self.norm(h))
+
+    # ------------------------------------------------------------ normalisation
+    def normalise(self, feats: torch.Tensor) -> torch.Tensor:
+        """(…, n_feat) raw features -> normalised."""
+        return (feats - self.norm_mean) / self.norm_std
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, n_feat) normalised -> raw features."""
+        return x * self.norm_std + self.norm_mean

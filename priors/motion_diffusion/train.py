@@ -1,0 +1,296 @@
+"""Training of the motion prior (resumable; CPU friendly).
+
+Data: a bank of clean world-frame motions (the procedural motion library, seeds
+``seed .. seed + n_motions``; plus every AMASS-style ``.npz`` under ``amass_dir`` if given).
+Each training sample is a window of ``window`` frames, placed in front of a random camera
+(:func:`.noise_model.random_camera`), corrupted by :func:`.noise_model.apply_noise` into
+per-frame estimates, canonicalised on those estimates (:mod:`.representation`), and the
+denoiser learns ``x0`` from ``x_t`` and the conditioning (DDPM, random timesteps) with an
+MSE on features plus an MSE on their frame-to-frame differences (smoothness).
+
+One epoch is ``steps_per_epoch`` optimiser steps; after each epoch the full state (model,
+optimiser, learning-rate schedule, epoch) is written to ``work_dir/resume.pt`` and the model
+is exported with ``save_pretrained`` to ``out_dir``.  ``resume=True`` continues from
+``resume.pt``; the data of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``
+so a resumed run sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from hmrflow.priors.motion_diffusion.denoiser import MotionDenoiser
+from hmrflow.priors.motion_diffusion.noise_model import NoiseConfig, apply_noise, random_camera, world_to_camera
+from hmrflow.priors.motion_diffusion.representation import (
+    N_FEAT,
+    N_ROT_FEAT,
+    canonicalise,
+    conditioning,
+    reference_frame,
+)
+from hmrflow.priors.motion_diffusion.sampling import TRAIN_SCHEDULE, training_scheduler
+from hmrflow.priors.rotations import axis_angle_to_matrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (written to ``train_config.json``)."""
+
+    seed: int = 0
+    n_motions: int = 160
+    motion_seconds: float = 12.0
+    path_fraction: float = 0.3
+    fps: float = 30.0
+    window: int = 64
+    batch_size: int = 32
+    steps_per_epoch: int = 100
+    epochs: int = 14
+    max_minutes: float = 23.0
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    vel_weight: float = 1.0
+    cond_drop: float = 0.05
+    d_model: int = 96
+    n_layers: int = 4
+    n_heads: int = 4
+    ff_mult: int = 3
+    threads: int = 2
+    amass_dir: Optional[str] = None
+    val_motions: int = 8
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        noise = d.pop("noise", {}) or {}
+        noise = {k: tuple(v) if isinstance(v, list) else v for k, v in noise.items()}
+        return cls(noise=NoiseConfig(**noise), **d)
+
+
+@dataclass(frozen=True)
+class ClipBank:
+    """Clean world-frame motions: lists of rotmats (T, 24, 3, 3) and transl (T, 3), float32."""
+
+    rotmats: list[np.ndarray]
+    transl: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.rotmats)
+
+
+def _motion_arrays(poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rot = axis_angle_to_matrix(torch.from_numpy(np.ascontiguousarray(poses, np.float32))).numpy()
+    return rot.astype(np.float32), np.asarray(trans, np.float32)
+
+
+def synthetic_motions(seeds: Iterable[int], seconds: float, fps: float, path_fraction: float = 0.3):
+    """Yield (rotmats (T,24,3,3), transl (T,3)) world-frame motions from the motion library."""
+    from hmrflow.priors.motion_library import compose_motion, random_path_motion
+
+    for s in seeds:
+        rng = np.random.default_rng([12345, int(s)])
+        if rng.random() < path_fraction:
+            goal = rng.uniform(-6, 6, size=2)
+            m = random_path_motion(rng, seconds, fps, (0.0, 0.0), (float(goal[0]), float(goal[1])),
+                                   waypoints=int(rng.integers(0, 3)))
+        else:
+            m = compose_motion(rng, seconds, fps, direction=float(rng.uniform(0, 360)))
+        yield _motion_arrays(m.poses, m.trans)
+
+
+def build_bank(cfg: TrainConfig, seeds: Iterable[int]) -> ClipBank:
+    """Motions of ``seeds`` from the library plus AMASS files under ``cfg.amass_dir``."""
+    rots, trs = [], []
+    for r, t in synthetic_motions(seeds, cfg.motion_seconds, cfg.fps, cfg.path_fraction):
+        rots.append(r)
+        trs.append(t)
+    if cfg.amass_dir:
+        from hmrflow.priors.amass import iter_amass_dir
+
+        n0 = len(rots)
+        for m in iter_amass_dir(cfg.amass_dir, fps=cfg.fps):
+            if m.n_frames >= cfg.window:
+                r, t = _motion_arrays(m.poses, m.trans)
+                rots.append(r)
+                trs.append(t)
+        log.info("added %d AMASS motions from %s", len(rots) - n0, cfg.amass_dir)
+    return ClipBank(rots, trs)
+
+
+def sample_windows(bank: ClipBank, rng: np.random.Generator, n: int, window: int, fps: float,
+                   noise: NoiseConfig) -> dict[str, torch.Tensor]:
+    """``n`` random camera-frame windows with their simulated per-frame estimates.
+
+    Returns tensors: clean_rot (n, W, 24, 3, 3), clean_transl (n, W, 3), rot, transl (noisy),
+    observed (n, W) bool, confidence (n, W).
+    """
+    out: dict[str, list] = {k: [] for k in ("clean_rot", "clean_transl", "rot", "transl", "observed", "confidence")}
+    lengths = np.array([len(r) for r in bank.rotmats])
+    probs = np.maximum(lengths - window + 1, 0).astype(np.float64)
+    probs /= probs.sum()
+    for _ in range(n):
+        k = int(rng.choice(len(bank), p=probs))
+        s = int(rng.integers(0, lengths[k] - window + 1))
+        rot_w, tr_w = bank.rotmats[k][s : s + window], bank.transl[k][s : s + window]
+        r, t = random_camera(rng, tr_w.mean(0))
+        rot_c, tr_c = world_to_camera(rot_w, tr_w, r, t)
+        est = apply_noise(rot_c, tr_c, rng, fps, noise)
+        for key, val in (("clean_rot", rot_c), ("clean_transl", tr_c), ("rot", est.rotmats),
+                         ("transl", est.transl), ("observed", est.observed), ("confidence", est.confidence)):
+            out[key].append(val)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+
+
+def prepare(batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows -> (normalised clean features (B, W, N_FEAT), conditioning (B, W, N_COND))."""
+    w = batch["observed"].float() * batch["confidence"]
+    frame = reference_frame(batch["rot"][:, :, 0], batch["transl"], w)
+    x0 = (canonicalise(batch["clean_rot"], batch["clean_transl"], frame) - mean) / std
+    cond = conditioning(batch["rot"], batch["transl"], batch["observed"], batch["confidence"], frame, mean, std)
+    return x0, cond
+
+
+def feature_stats(bank: ClipBank, cfg: TrainConfig, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std (N_FEAT,) of canonical clean windows (std floored)."""
+    rng = np.random.default_rng([cfg.seed, 99991])
+    batch = sample_windows(bank, rng, n, cfg.window, cfg.fps, cfg.noise)
+    w = batch["observed"].float() * batch["confidence"]
+    frame = reference_frame(batch["rot"][:, :, 0], batch["transl"], w)
+    f = canonicalise(batch["clean_rot"], batch["clean_transl"], frame).reshape(-1, N_FEAT)
+    mean, std = f.mean(0), f.std(0)
+    std[:N_ROT_FEAT] = std[:N_ROT_FEAT].clamp_min(0.05)
+    std[N_ROT_FEAT:] = std[N_ROT_FEAT:].clamp_min(0.1)
+    return mean, std
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def diffusion_loss(model: MotionDenoiser, scheduler, x0: torch.Tensor, cond: torch.Tensor,
+                   gen: torch.Generator, vel_weight: float, cond_drop: float) -> torch.Tensor:
+    """DDPM x0 loss: MSE on features + ``vel_weight`` x MSE on frame differences."""
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
+    xt = scheduler.add_noise(x0, noise, t)
+    if cond_drop > 0:
+        keep = (torch.rand(b, generator=gen) >= cond_drop).float()[:, None, None]
+        cond = cond * keep
+    pred = model(xt, t, cond)
+    loss = torch.mean((pred - x0) ** 2)
+    if vel_weight > 0:
+        loss = loss + vel_weight * torch.mean((pred.diff(dim=1) - x0.diff(dim=1)) ** 2)
+    return loss
+
+
+def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, resume: bool = False,
+                progress: bool = True) -> Path:
+    """Train (or resume) the motion prior; export it to ``out_dir`` after every epoch.
+
+    Returns ``out_dir``.  Writes ``out_dir/config.json`` + weights, ``scheduler_config.json``,
+    ``train_config.json`` (this config, epochs done, losses, minutes); ``work_dir/resume.pt``.
+    """
+    torch.set_num_threads(cfg.threads)
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    resume_path = work_dir / "resume.pt"
+    t0 = time.monotonic()
+    bank = build_bank(cfg, range(cfg.seed, cfg.seed + cfg.n_motions))
+    log.info("motion bank: %d motions, %d frames (%.0f s)", len(bank), sum(len(r) for r in bank.rotmats),
+             time.monotonic() - t0)
+    state = None
+    if resume and resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state["train_config"] != json.loads(json.dumps(cfg.to_dict())):
+            log.warning("resume: training config differs from the one in %s; using the saved model config", resume_path)
+        model = MotionDenoiser.from_config(state["model_config"])
+        model.load_state_dict(state["model"])
+    else:
+        mean, std = feature_stats(bank, cfg)
+        torch.manual_seed(cfg.seed)
+        model = MotionDenoiser(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, ff_mult=cfg.ff_mult,
+                               window=cfg.window, fps=cfg.fps, feat_mean=mean.tolist(), feat_std=std.tolist())
+    scheduler = training_scheduler()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps_per_epoch
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
+    history: list[dict] = []
+    start_epoch, minutes_before = 0, 0.0
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr_sched"])
+        start_epoch, history, minutes_before = int(state["epoch"]), list(state["history"]), float(state["minutes"])
+        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+    mean, std = model.norm_mean, model.norm_std
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("denoiser: %.2fM parameters", n_params / 1e6)
+    # fixed held-out batch for a loss curve (library seeds far from the training seeds)
+    val_bank = build_bank(dataclasses.replace(cfg, amass_dir=None), range(cfg.seed + 100_000, cfg.seed + 100_000 + cfg.val_motions))
+    val_x0, val_cond = prepare(sample_windows(val_bank, np.random.default_rng([cfg.seed, 7]), 128, cfg.window,
+                                              cfg.fps, cfg.noise), mean, std)
+    t_start = time.monotonic()
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        model.train()
+        losses = []
+        it = range(cfg.steps_per_epoch)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for _ in it:
+            x0, cond = prepare(sample_windows(bank, rng, cfg.batch_size, cfg.window, cfg.fps, cfg.noise), mean, std)
+            loss = diffusion_loss(model, scheduler, x0, cond, gen, cfg.vel_weight, cfg.cond_drop)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            lr_sched.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        with torch.no_grad():
+            vgen = torch.Generator().manual_seed(1)
+            val_loss = float(diffusion_loss(model, scheduler, val_x0, val_cond, vgen, cfg.vel_weight, 0.0))
+        minutes = minutes_before + (time.monotonic() - t_start) / 60.0
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                        "minutes": round(minutes, 2)})
+        log.info("epoch %d: train %.4f val %.4f (%.1f min)", epoch + 1, np.mean(losses), val_loss, minutes)
+        _atomic_torch_save({"model": model.state_dict(), "model_config": dict(model.config), "opt": opt.state_dict(),
+                            "lr_sched": lr_sched.state_dict(), "epoch": epoch + 1, "history": history,
+                            "minutes": minutes, "train_config": cfg.to_dict()}, resume_path)
+        export(model, out_dir, cfg, history, n_params)
+        if minutes >= cfg.max_minutes:
+            log.warning("stopping after epoch %d: time budget of %.0f min reached", epoch + 1, cfg.max_minutes)
+            break
+    return out_dir
+
+
+def export(model: MotionDenoiser, out_dir: Path, cfg: TrainConfig, history: list[dict], n_params: int) -> None:
+    """Write the model (config.json + safetensors), scheduler_config.json and train_config.json."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    training_scheduler().save_config(out_dir)
+    info = {"train_config": cfg.to_dict(), "schedule": TRAIN_SCHEDULE, "parameters": n_params,
+            "epochs_done": history[-1]["epoch"] if history else 0, "history": history}
+    tmp = out_dir / "train_config.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "train_config.json")

@@ -1,0 +1,235 @@
+"""Refinement stage: one track in, one smooth, gap-filled track out.
+
+``RefineStage(cfg)(seq)``:
+
+1. **Gap filling** (:func:`fill_gaps`): the track's frame grid is its median ``frame_idx`` step
+   (and median ``pts`` step); missing grid frames between two observed frames are inserted
+   when the hole lasts at most ``cfg.max_gap_s`` (pts placed by linear interpolation of
+   ``frame_idx`` between the neighbours), with ``observed=False`` and ``confidence=0``.  Longer
+   holes split the track into segments that are refined separately (nothing is invented there).
+2. **Refinement** (:func:`refine_arrays`): each segment is cut into overlapping windows
+   (:mod:`.windows`), every window is canonicalised on its own estimates and denoised by the
+   motion prior (few-step DDIM / DPM-Solver, noise from a seeded CPU generator), windows are
+   run in batches, and the outputs are blended back (6D rotations and translations weighted
+   by tapers that sum to 1, then re-orthonormalised), so no seam shows.
+3. **Shape**: a track carries one ``betas`` (the tracker's confidence-weighted median of the
+   per-frame shapes); it is kept as the track's single consolidated shape.
+
+The noise seed of a track is ``(cfg.seed, track_id)``: results do not depend on batching or on
+which other tracks are processed, and reproduce across machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import ClassVar, Optional
+
+import numpy as np
+import torch
+
+from hmrflow.pipeline.config import RefineConfig
+from hmrflow.pipeline.stage import BaseStage, Resources
+from hmrflow.pipeline.types import SMPLSequence
+from hmrflow.priors.motion_diffusion import load_prior, load_schedule
+from hmrflow.priors.motion_diffusion.representation import conditioning, decanonicalise, reference_frame
+from hmrflow.priors.motion_diffusion.sampling import cpu_generator, inference_scheduler, sample
+from hmrflow.priors.rotations import matrix_to_rot6d, rot6d_to_matrix
+from hmrflow.stages.refine.windows import blend_weights, plan_windows, stitch
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FilledTrack:
+    """A track on its frame grid (N frames) after gap filling; ``segment`` (N,) int64 labels
+    runs separated by holes longer than ``max_gap_s``."""
+
+    frame_idx: np.ndarray
+    pts: np.ndarray
+    observed: np.ndarray
+    rotmats: np.ndarray
+    transl: np.ndarray
+    confidence: np.ndarray
+    segment: np.ndarray
+
+
+def _slerp_rotmats(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(24,3,3) x2, weights (K,) -> (K,24,3,3) per-joint slerp."""
+    from scipy.spatial.transform import Rotation
+
+    ra = Rotation.from_matrix(a.astype(np.float64))
+    rel = (ra.inv() * Rotation.from_matrix(b.astype(np.float64))).as_rotvec()  # (24,3)
+    out = [(ra * Rotation.from_rotvec(rel * wi)).as_matrix() for wi in w]
+    return np.stack(out).astype(np.float32)
+
+
+def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
+    """Insert the missing frames of holes up to ``max_gap_s`` on the track's frame grid.
+
+    The grid step is the median ``frame_idx`` step; the time of a hole is the pts interval minus
+    one median pts step (the time during which the person was not seen).  Inserted frames get
+    ``frame_idx = prev + k * step`` (below the next observed frame), pts interpolated linearly in
+    ``frame_idx``, placeholder poses slerped between the neighbours (the prior replaces them),
+    ``observed=False``, ``confidence=0``.
+    """
+    fi = np.asarray(seq.frame_idx, np.int64)
+    n = len(fi)
+    obs = np.asarray(seq.observed, bool)
+    if n < 2:
+        return FilledTrack(fi.copy(), np.asarray(seq.pts, np.float64).copy(), obs.copy(), seq.rotmats.copy(),
+                           seq.transl.copy(), seq.confidence.copy(), np.zeros(n, np.int64))
+    dfi = np.diff(fi)
+    step = max(1, int(np.median(dfi)))
+    pts = np.asarray(seq.pts, np.float64)
+    dpts = np.diff(pts)
+    pstep = float(np.median(dpts)) if n > 1 else 0.0
+    parts: dict[str, list] = {k: [] for k in ("frame_idx", "pts", "observed", "rotmats", "transl", "confidence", "segment")}
+    seg = 0
+
+    def add(f, p, o, r, t, c):
+        parts["frame_idx"].append(np.atleast_1d(f))
+        parts["pts"].append(np.atleast_1d(p))
+        parts["observed"].append(np.atleast_1d(o))
+        parts["rotmats"].append(r.reshape(-1, 24, 3, 3))
+        parts["transl"].append(t.reshape(-1, 3))
+        parts["confidence"].append(np.atleast_1d(c))
+        parts["segment"].append(np.full(len(np.atleast_1d(f)), seg, np.int64))
+
+    for i in range(n):
+        add(fi[i], pts[i], obs[i], seq.rotmats[i], seq.transl[i], seq.confidence[i])
+        if i == n - 1:
+            break
+        missing = np.arange(fi[i] + step, fi[i + 1], step, dtype=np.int64)
+        if len(missing) == 0:
+            continue
+        hole_s = dpts[i] - pstep
+        if hole_s > max_gap_s + 1e-6:
+            seg += 1  # too long: leave the hole, refine both sides separately
+            continue
+        w = (missing - fi[i]) / float(fi[i + 1] - fi[i])  # (K,) in (0, 1)
+        rots = _slerp_rotmats(seq.rotmats[i], seq.rotmats[i + 1], w)
+        tr = (1 - w)[:, None] * seq.transl[i] + w[:, None] * seq.transl[i + 1]
+        add(missing, pts[i] + w * dpts[i], np.zeros(len(w), bool), rots, tr.astype(np.float32),
+            np.zeros(len(w), np.float32))
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return FilledTrack(
+        frame_idx=cat["frame_idx"].astype(np.int64), pts=cat["pts"].astype(np.float64),
+        observed=cat["observed"].astype(bool), rotmats=cat["rotmats"].astype(np.float32),
+        transl=cat["transl"].astype(np.float32), confidence=cat["confidence"].astype(np.float32),
+        segment=cat["segment"],
+    )
+
+
+@torch.no_grad()
+def refine_arrays(
+    model: torch.nn.Module,
+    rotmats: np.ndarray,
+    transl: np.ndarray,
+    observed: np.ndarray,
+    confidence: np.ndarray,
+    *,
+    schedule: Optional[dict] = None,
+    window: int = 64,
+    overlap: int = 16,
+    steps: int = 10,
+    sampler: str = "ddim",
+    seed: int = 0,
+    batch_windows: int = 64,
+    guidance_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine one contiguous run of frames with the motion prior.
+
+    rotmats (N, 24, 3, 3), transl (N, 3) camera frame (placeholders where unobserved);
+    observed (N,) bool; confidence (N,).  Returns refined (rotmats (N, 24, 3, 3) float32,
+    transl (N, 3) float32).  Windows shorter than ``window`` (short tracks) are padded at the
+    end with unobserved copies of the last frame, and the padding is dropped.
+    """
+    n = len(rotmats)
+    if n == 0:
+        return rotmats.astype(np.float32), transl.astype(np.float32)
+    device = next(model.parameters()).device
+    starts = plan_windows(n, window, overlap)
+    length = min(window, n)
+    idx = starts[:, None] + np.arange(window)[None]  # (K, W), may run past n for a short track
+    valid = idx < n
+    idx = np.minimum(idx, n - 1)
+    rot = torch.from_numpy(np.ascontiguousarray(rotmats[idx], np.float32))
+    tr = torch.from_numpy(np.ascontiguousarray(transl[idx], np.float32))
+    obs = torch.from_numpy(np.asarray(observed, bool)[idx] & valid)
+    conf = torch.from_numpy(np.asarray(confidence, np.float32)[idx])
+    weights = obs.float() * conf.clamp_min(0.0)
+    empty = weights.sum(1) <= 0  # no observed frame: fall back to the placeholders for the frame
+    weights[empty] = torch.from_numpy(valid[empty.numpy()].astype(np.float32))
+    frame = reference_frame(rot[:, :, 0], tr, weights)
+    mean, std = model.norm_mean.cpu(), model.norm_std.cpu()
+    cond = conditioning(rot, tr, obs, conf, frame, mean, std)
+    k = len(starts)
+    noise = torch.randn((k, window, model.config.n_feat), generator=cpu_generator(seed), dtype=torch.float32)
+    outs = []
+    for b0 in range(0, k, batch_windows):
+        sched = inference_scheduler(sampler, schedule)  # type: ignore[arg-type]
+        x = sample(model, cond[b0 : b0 + batch_windows].to(device), sched, steps, cpu_generator(seed),
+                   guidance_scale=guidance_scale, noise=noise[b0 : b0 + batch_windows])
+        outs.append(x.cpu())
+    feats = torch.cat(outs) * std + mean  # denormalise (B, W, n_feat)
+    out_rot, out_tr = decanonicalise(feats, frame)
+    w = blend_weights(starts, n, window, overlap)
+    r6 = stitch(matrix_to_rot6d(out_rot)[:, :length].numpy(), starts, w, n)
+    tr_out = stitch(out_tr[:, :length].numpy(), starts, w, n)
+    rot_out = rot6d_to_matrix(torch.from_numpy(r6).float()).numpy()
+    return rot_out.astype(np.float32), tr_out.astype(np.float32)
+
+
+def _track_seed(seed: int, track_id: int) -> int:
+    """A 63-bit seed from (cfg seed, track id) (numpy SeedSequence: stable across machines)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(track_id) & 0xFFFFFFFF]).generate_state(2, np.uint64)[0]
+               >> np.uint64(1))
+
+
+class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
+    """Fill gaps, refine with the motion prior, keep one shape per track (see module docstring)."""
+
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
+
+    def __init__(self, cfg: RefineConfig = RefineConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model: Optional[torch.nn.Module] = None
+        self.schedule: Optional[dict] = None
+
+    def setup(self) -> None:
+        """Load the prior (``cfg.weights`` folder, default the bundled one) on the resolved device."""
+        from hmrflow.pipeline.errors import CheckpointError
+
+        dev = self.cfg.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.cfg.enabled:
+            try:
+                self.model = load_prior(self.cfg.weights, device=dev)
+            except FileNotFoundError as exc:
+                raise CheckpointError(str(exc)) from None
+            self.schedule = load_schedule(self.cfg.weights)
+        self._ready = True
+
+    def __call__(self, seq: SMPLSequence) -> SMPLSequence:
+        """Return the refined, gap-filled track (``observed`` False on filled frames)."""
+        self.ensure_setup()
+        filled = fill_gaps(seq, self.cfg.max_gap_s)
+        rot, tr = filled.rotmats.copy(), filled.transl.copy()
+        if self.cfg.enabled and self.model is not None and len(filled.frame_idx) > 0:
+            for s in np.unique(filled.segment):
+                m = filled.segment == s
+                r, t = refine_arrays(
+                    self.model, filled.rotmats[m], filled.transl[m], filled.observed[m], filled.confidence[m],
+                    schedule=self.schedule, window=self.cfg.window, overlap=self.cfg.overlap, steps=self.cfg.steps,
+                    sampler=self.cfg.sampler, seed=(_track_seed(self.cfg.seed, seq.track_id) + int(s)) % 2**63,
+                    batch_windows=self.cfg.batch_windows, guidance_scale=self.cfg.guidance_scale,
+                )
+                rot[m], tr[m] = r, t
+        return SMPLSequence(
+            video_id=seq.video_id, track_id=seq.track_id, betas=np.asarray(seq.betas, np.float32).copy(),
+            frame_idx=filled.frame_idx, pts=filled.pts, observed=filled.observed,
+            rotmats=rot.astype(np.float32), transl=tr.astype(np.float32), confidence=filled.confidence,
+        )
