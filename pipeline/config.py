@@ -84,10 +84,12 @@ class TrackConfig(Strict):
         0.5, gt=0.0, description="a track unseen this long is matched only by re-identification (shape + position)"
     )
     tentative_max_miss_s: float = Field(0.3, ge=0.0, description="discard an unconfirmed track unseen this long")
-    accel_std: float = Field(3.0, gt=0.0, description="root Kalman filter: white acceleration std, m/s^2")
+    accel_std: float = Field(
+        3.0, gt=0.0, description="root Kalman filter: sqrt of the white acceleration spectral density, m/s^1.5"
+    )
     pos_noise_m: float = Field(0.05, gt=0.0, description="root measurement noise across the viewing ray, m")
     depth_noise_rel: float = Field(0.08, gt=0.0, description="root noise along the ray, fraction of the distance")
-    box_accel_rel: float = Field(3.0, gt=0.0, description="box Kalman filter: acceleration std, box heights/s^2")
+    box_accel_rel: float = Field(3.0, gt=0.0, description="box Kalman filter: same, in box heights/s^1.5")
     box_noise_rel: float = Field(0.05, gt=0.0, description="box measurement noise, fraction of the box height")
     shape_noise: float = Field(0.5, gt=0.0, description="std of one beta between two estimates of one person")
     pose_noise_rad: float = Field(0.3, gt=0.0, description="typical mean joint angle between nearby estimates")
@@ -108,8 +110,13 @@ class RefineConfig(Strict):
     weights: Optional[str] = None
     window: int = Field(64, ge=4)
     overlap: int = Field(16, ge=0)
-    steps: int = Field(10, ge=1)
+    steps: int = Field(10, ge=1, description="diffusion sampling steps")
     max_gap_s: float = Field(1.0, ge=0.0, description="fill gaps up to this long")
+    sampler: Literal["ddim", "dpm"] = Field("ddim", description="few-step sampler (DDIM eta=0 or DPM-Solver++)")
+    seed: int = Field(0, description="seed of the CPU noise generator (combined with the track id)")
+    batch_windows: int = Field(64, ge=1, description="windows per denoiser batch")
+    guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance (1 = plain conditional)")
+    device: str = "auto"
 
 
 class WriteConfig(Strict):

@@ -1,7 +1,7 @@
 """Constant-velocity Kalman filters whose time step is taken from timestamps.
 
-Two models are used by the tracker, both "position + velocity" with white-noise
-acceleration (the continuous Wiener-process-acceleration model sampled at ``dt``):
+Two models are used by the tracker, both "position + velocity" driven by continuous
+white-noise acceleration, sampled at whatever ``dt`` separates two frames:
 
 * the camera-space root position ``cam_t`` (3-D, metres), measured with a noise that
   is elongated along the viewing ray (monocular depth is the weak direction);
@@ -44,17 +44,22 @@ def cv_transition(dt: float, k: int) -> np.ndarray:
 
 
 def cv_process_noise(dt: float, accel_std: np.ndarray | float, k: int) -> np.ndarray:
-    """(2k, 2k) process noise of white acceleration with std ``accel_std`` (per coordinate).
+    """(2k, 2k) process noise of continuous white-noise acceleration over ``dt`` seconds.
 
-    ``accel_std`` is a scalar or a (k,) array in position units per second squared.
+    ``accel_std`` (scalar or (k,)) is the square root of the acceleration's spectral
+    density, in position units / s^1.5: after ``dt`` seconds without measurements the
+    velocity variance grew by ``accel_std**2 * dt`` and the position variance by
+    ``accel_std**2 * dt**3 / 3``.  Unlike the per-frame ("discrete white noise")
+    variant, this model composes exactly: two steps of ``dt/2`` equal one step of ``dt``,
+    which is what makes the filter independent of the frame rate.
     """
     q = np.broadcast_to(np.asarray(accel_std, dtype=np.float64) ** 2, (k,))
     Q = np.zeros((2 * k, 2 * k))
     idx = np.arange(k)
-    Q[idx, idx] = q * dt**4 / 4.0
-    Q[idx, idx + k] = q * dt**3 / 2.0
-    Q[idx + k, idx] = q * dt**3 / 2.0
-    Q[idx + k, idx + k] = q * dt**2
+    Q[idx, idx] = q * dt**3 / 3.0
+    Q[idx, idx + k] = q * dt**2 / 2.0
+    Q[idx + k, idx] = q * dt**2 / 2.0
+    Q[idx + k, idx + k] = q * dt
     return Q
 
 

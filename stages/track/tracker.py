@@ -63,6 +63,8 @@ BOX_VEL_STD = 1.5
 #: their roots are this close (the estimator ran twice on one person).
 DUPLICATE_IOU = 0.7
 DUPLICATE_DIST_M = 0.3
+#: Cap of the log-determinant cost term of recently seen tracks.
+GROWTH_CAP = 4.0
 #: Shape spread model: prior pseudo-hits, and floor as a fraction of ``shape_noise``.
 SHAPE_PRIOR_HITS = 5.0
 SHAPE_MIN_REL = 0.2
@@ -235,7 +237,7 @@ class _Tracker:
         pose_w = cfg.w_pose * np.exp(-since / cfg.lost_after_s)[:, None]
         cost = (
             cfg.w_iou * (1.0 - iou)
-            + cfg.w_pos * (np.minimum(d2_root, 2 * self.gate_root) / 3.0 + growth[:, None])
+            + cfg.w_pos * (np.minimum(d2_root, 2 * self.gate_root) / 3.0 + np.minimum(growth, GROWTH_CAP)[:, None])
             + cfg.w_box * np.minimum(d2_box, 2 * self.gate_box) / 4.0
             + cfg.w_shape * np.minimum(shape, 4 * cfg.reid_shape_gate)
             + pose_w * pose / cfg.pose_noise_rad
@@ -248,7 +250,9 @@ class _Tracker:
         cfg = self.cfg
         d2_root, growth = self._root_terms(tracks, rows)
         shape = self._shape_terms(tracks, rows)
-        cost = cfg.w_pos * (d2_root / 3.0 + growth[:, None]) + cfg.w_shape * shape
+        # growth only ranks the lost tracks among themselves (its absolute size, which is
+        # large after a long gap, must not push every re-identification past max_cost)
+        cost = cfg.w_pos * (d2_root / 3.0 + (growth - growth.min())[:, None]) + cfg.w_shape * shape
         allowed = (d2_root < self.gate_root) & (shape < cfg.reid_shape_gate)
         return np.where(allowed, cost, np.inf)
 
