@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "body-model": ("hmrflow.jobs.cmd_body_model", "make or check body model files"),
     "synth": ("hmrflow.jobs.cmd_synth", "render synthetic clips with ground truth"),
     "eval": ("hmrflow.jobs.cmd_eval", "score hmrflow outputs against ground truth"),
+    "train": ("hmrflow.jobs.cmd_train", "train a model (detector, estimator, prior) on the synthetic world"),
     "batch": ("hmrflow.jobs.cmd_batch", "run the pipeline over many videos (resumable ledger, QC report)"),
     "job": ("hmrflow.jobs.cmd_job", "scheduled runs from a job spec (cron-safe lock, idempotent)"),
     "render": ("hmrflow.jobs.cmd_render", "overlay video of the tracked meshes/skeletons over a clip"),

@@ -1,0 +1,1 @@
+"""Trainers behind ``hmrflow train TARGET`` (one module per target: detector, estimator, ...)."""

@@ -1,0 +1,202 @@
+"""``DetectStage``: FrameBatch -> DetectedFrames (people boxes, scores, box-relative masks).
+
+``cfg.kind`` picks the detector (a plain dict of factories below, no registry):
+
+* ``bundled`` (default): the small dense detector trained on the synthetic world, weights
+  shipped in ``stages/detect/weights/detector.safetensors`` (or ``cfg.weights``);
+* ``file``: boxes read from ``cfg.detections_path`` (MOT txt or JSON, see
+  :mod:`.file_adapter`), for users with their own detector;
+* ``maskrcnn``: torchvision's Mask R-CNN with the user's weights file (``cfg.weights``).
+
+Frames are processed in chunks of ``cfg.batch_size``; any frame size is letterboxed to the
+network input and boxes come back in the frame's pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from hmrflow.pipeline.config import DetectConfig
+from hmrflow.pipeline.errors import CheckpointError, ConfigError
+from hmrflow.pipeline.results import DetectedFrames
+from hmrflow.pipeline.stage import BaseStage, Resources
+from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
+from hmrflow.stages.detect.decode_boxes import FrameDetections, decode_frame, to_image_coords
+from hmrflow.stages.detect.model import STRIDE, DenseDetector, DetectorSpec, normalise
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "detector.safetensors"
+
+
+def bundled_weights_path() -> Path:
+    """Path of the weights shipped with the package (may not exist in a source checkout)."""
+    return Path(str(resources.files("hmrflow.stages.detect") / "weights" / WEIGHTS_FILE))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def save_detector(model: DenseDetector, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights as safetensors with the architecture (and ``extra``) in the header."""
+    from hmrflow.pipeline.checkpoints import save_state_dict
+
+    meta = {"spec": json.dumps(model.spec.to_dict()), "format": "hmrflow.dense_detector.v1"}
+    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    return save_state_dict(model.state_dict(), path, metadata=meta)
+
+
+def load_detector(path: str | Path, device: torch.device | str = "cpu") -> DenseDetector:
+    """Load :func:`save_detector`'s file into an eval-mode model on ``device``."""
+    from safetensors import safe_open
+
+    from hmrflow.pipeline.checkpoints import load_state_dict
+
+    p = Path(path)
+    state = load_state_dict(p)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        spec = DetectorSpec.from_dict(json.loads(meta["spec"]))
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        raise CheckpointError(f"{p}: not an hmrflow detector weights file (header: {exc})") from None
+    model = DenseDetector(spec)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{p}: weights do not fit the detector (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval()
+
+
+def letterbox(images: np.ndarray, spec: DetectorSpec) -> tuple[torch.Tensor, tuple[float, float]]:
+    """(B, H, W, 3) uint8 -> normalised (B, 3, in_h, in_w) with the frames resized to fit
+    (antialiased), placed top-left, padded with 0; and the (x, y) scale image -> input."""
+    b, h, w, _ = images.shape
+    s = min(spec.input_w / w, spec.input_h / h)
+    nw, nh = max(1, min(spec.input_w, round(w * s))), max(1, min(spec.input_h, round(h * s)))
+    x = normalise(torch.from_numpy(np.ascontiguousarray(images)))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    x = F.pad(x, (0, spec.input_w - nw, 0, spec.input_h - nh))
+    return x, (nw / w, nh / h)
+
+
+@torch.no_grad()
+def detect_images(
+    model: DenseDetector,
+    images: np.ndarray,
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.7,
+    max_det: int = 100,
+    device: torch.device | str = "cpu",
+) -> list[FrameDetections]:
+    """Run the dense detector on (B, H, W, 3) uint8 frames of one size; one result per frame."""
+    model.eval()
+    b, h, w, _ = images.shape
+    x, scale = letterbox(images, model.spec)
+    out = model(x.to(device))
+    heat = torch.sigmoid(out["heat"][:, 0]).float().cpu()
+    fg = torch.sigmoid(out["fg"][:, 0]).float().cpu()
+    size, offset, vote = out["size"].float().cpu(), out["offset"].float().cpu(), out["vote"].float().cpu()
+    results = []
+    for i in range(b):
+        boxes, scores, masks = decode_frame(heat[i], size[i], offset[i], fg[i], vote[i], stride=STRIDE,
+                                            score_threshold=score_threshold, max_det=max_det, nms_iou=nms_iou)
+        results.append(FrameDetections(to_image_coords(boxes, scale, w, h), scores.numpy().astype(np.float32), masks.numpy()))
+    return results
+
+
+# ------------------------------------------------------------------ detectors
+class BundledDetector:
+    """The dense detector behind a ``frames -> per-frame detections`` callable."""
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        path = Path(cfg.weights) if cfg.weights else bundled_weights_path()
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: detector weights not found; train them with 'hmrflow train detector' "
+                "or set detect.weights=FILE"
+            )
+        self.device = resolve_device(cfg.device)
+        self.model = load_detector(path, self.device)
+        self.cfg = cfg
+
+    def __call__(self, frames: FrameBatch) -> list[FrameDetections]:
+        out: list[FrameDetections] = []
+        for s in range(0, len(frames), self.cfg.batch_size):
+            out += detect_images(self.model, frames.images[s:s + self.cfg.batch_size], self.cfg.score_threshold,
+                                 device=self.device)
+        return out
+
+
+def _file_detector(cfg: DetectConfig) -> Callable[[FrameBatch], list[FrameDetections]]:
+    from hmrflow.stages.detect.file_adapter import FileDetector
+
+    return FileDetector(cfg)
+
+
+def _maskrcnn_detector(cfg: DetectConfig) -> Callable[[FrameBatch], list[FrameDetections]]:
+    from hmrflow.stages.detect.maskrcnn_adapter import MaskRCNNDetector
+
+    return MaskRCNNDetector(cfg)
+
+
+#: cfg.kind -> factory of a ``FrameBatch -> list[FrameDetections]`` callable (built in setup()).
+DETECTORS: dict[str, Callable[[DetectConfig], Callable[[FrameBatch], list[FrameDetections]]]] = {
+    "bundled": BundledDetector,
+    "file": _file_detector,
+    "maskrcnn": _maskrcnn_detector,
+}
+
+
+def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_threshold: float) -> Detections:
+    """Stack per-frame results into one :class:`Detections` table (scores below threshold dropped)."""
+    rows = []
+    for f, det in enumerate(per_frame):
+        keep = det.scores >= score_threshold
+        k = int(keep.sum())
+        if k:
+            rows.append((np.full(k, frames.frame_idx[f], np.int64), np.full(k, frames.pts[f], np.float64),
+                         det.boxes_xyxy[keep], det.scores[keep], det.masks[keep]))
+    if not rows:
+        return Detections.empty(frames.video_id)
+    cols = [np.concatenate(c) for c in zip(*rows)]
+    return Detections(
+        video_id=frames.video_id, frame_idx=cols[0], pts=cols[1], boxes_xyxy=cols[2].astype(np.float32),
+        scores=np.clip(cols[3], 0, 1).astype(np.float32), masks=cols[4].astype(bool).reshape(-1, MASK_RES, MASK_RES),
+    )
+
+
+class DetectStage(BaseStage[FrameBatch, DetectedFrames]):
+    """Stage: ``FrameBatch -> DetectedFrames`` (frames kept for the estimator)."""
+
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        super().__init__()
+        if cfg.kind not in DETECTORS:
+            raise ConfigError(f"detect.kind: unknown detector {cfg.kind!r}; choose one of {sorted(DETECTORS)}")
+        self.cfg = cfg
+        self._detector: Callable[[FrameBatch], list[FrameDetections]] | None = None
+
+    def setup(self) -> None:
+        """Load weights / read the detections file; resolve the device."""
+        self._detector = DETECTORS[self.cfg.kind](self.cfg)
+        super().setup()
+
+    def __call__(self, frames: FrameBatch) -> DetectedFrames:
+        self.ensure_setup()
+        assert self._detector is not None
+        per_frame = self._detector(frames) if len(frames) else []
+        return DetectedFrames(frames=frames, detections=to_detections(frames, per_frame, self.cfg.score_threshold))

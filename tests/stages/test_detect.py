@@ -1,0 +1,260 @@
+"""Detect stage: dense-map decoding, targets, file adapters, Mask R-CNN adapter, trainer, bundled weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hmrflow.pipeline.config import DetectConfig
+from hmrflow.pipeline.errors import HmrflowError
+from hmrflow.pipeline.types import MASK_RES, FrameBatch
+from hmrflow.stages.detect.decode_boxes import decode_frame, nms, to_image_coords
+from hmrflow.stages.detect.file_adapter import read_detections, write_json, write_mot
+from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DetectorSpec
+from hmrflow.stages.detect.stage import DetectStage, bundled_weights_path
+from hmrflow.stages.detect.train import DetectorTrainer, augment, build_targets, detection_f1, match_frame, train_loop
+
+torch.set_num_threads(1)
+
+
+def _maps(h=12, w=16):
+    return torch.zeros(h, w), torch.zeros(2, h, w), torch.zeros(2, h, w), torch.zeros(h, w), torch.zeros(2, h, w)
+
+
+# ---------------------------------------------------------------- decoding
+def test_decode_gives_exact_boxes_from_constructed_maps():
+    heat, size, off, fg, vote = _maps()
+    heat[5, 7], heat[5, 8] = 0.9, 0.6  # (5, 8) is not a local maximum
+    off[:, 5, 7] = torch.tensor([0.25, -0.25])
+    size[:, 5, 7] = torch.tensor([math.log(3.0), math.log(5.0)])
+    heat[10, 2] = 0.7
+    size[:, 10, 2] = torch.tensor([math.log(2.0), math.log(2.0)])
+    heat[0, 15] = 0.4  # under the threshold
+    boxes, scores, masks = decode_frame(heat, size, off, fg, vote, stride=STRIDE, score_threshold=0.5)
+    s = STRIDE
+    cx, cy = (7 + 0.5 + 0.25) * s, (5 + 0.5 - 0.25) * s
+    expect = torch.tensor([[cx - 1.5 * s, cy - 2.5 * s, cx + 1.5 * s, cy + 2.5 * s],
+                           [2.5 * s - s, 10.5 * s - s, 2.5 * s + s, 10.5 * s + s]])
+    torch.testing.assert_close(boxes, expect)
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.7]))
+    assert masks.shape == (2, MASK_RES, MASK_RES) and not masks.any()  # fg is empty
+    # to the image: input was the image scaled by 0.5 in x and 0.25 in y
+    img = to_image_coords(boxes, (0.5, 0.25), 1000, 1000)
+    np.testing.assert_allclose(img[0], (expect[0].numpy() / [0.5, 0.25, 0.5, 0.25]) - 0.5, rtol=1e-6)
+
+
+def test_overlapping_people_get_disjoint_masks_from_votes():
+    heat, size, off, fg, vote = _maps()
+    # two people, centres at cells (6, 6) and (6, 9), boxes 6 x 8 cells overlapping
+    for col in (6, 9):
+        heat[6, col] = 0.95
+        size[:, 6, col] = torch.tensor([math.log(6.0), math.log(8.0)])
+    fg[2:11, 3:13] = 1.0
+    ys, xs = torch.meshgrid(torch.arange(12) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    owner_right = xs >= 8.0  # cells left of x=8 cells belong to the left person
+    tx = torch.where(owner_right, torch.tensor(9.5), torch.tensor(6.5))
+    vote[0] = (tx - xs) / VOTE_SCALE
+    vote[1] = (6.5 - ys) / VOTE_SCALE
+    boxes, scores, masks = decode_frame(heat, size, off, fg, vote, score_threshold=0.5, nms_iou=0.9)
+    assert len(boxes) == 2
+    left = int(torch.argmin(boxes[:, 0]))
+    right = 1 - left
+    # the overlap region is x in [6.5, 9.5] cells; inside it, pixels left of 8 cells go left
+    assert masks[left].any() and masks[right].any()
+    gx = boxes[left, 0] + (torch.arange(MASK_RES) + 0.5) / MASK_RES * (boxes[left, 2] - boxes[left, 0])
+    cols_left_owner = gx < 8.0 * STRIDE
+    assert masks[left][:, cols_left_owner].any() and not masks[left][:, ~cols_left_owner].any()
+    gx_r = boxes[right, 0] + (torch.arange(MASK_RES) + 0.5) / MASK_RES * (boxes[right, 2] - boxes[right, 0])
+    assert not masks[right][:, gx_r < 8.0 * STRIDE].any()
+
+
+def test_nms_keeps_best_of_duplicates():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    keep = nms(boxes, torch.tensor([0.8, 0.9, 0.5]), 0.5)
+    assert keep.tolist() == [1, 2]
+
+
+def test_targets_decode_back_to_the_instance_boxes():
+    inst = torch.full((1, 96, 128), -1, dtype=torch.int64)
+    inst[0, 10:70, 20:44] = 0  # 24 x 60 px
+    inst[0, 30:90, 80:120] = 1
+    t = build_targets(inst, 4)
+    boxes, scores, masks = decode_frame(t["heat"][0, 0], t["size"][0], t["offset"][0], t["fg"][0, 0], t["vote"][0],
+                                        score_threshold=0.99)
+    order = torch.argsort(boxes[:, 0])
+    torch.testing.assert_close(boxes[order], torch.tensor([[20.0, 10, 44, 70], [80, 30, 120, 90]]), atol=1e-4, rtol=0)
+    for k in order:  # rectangles fill their boxes (up to the stride-8 blur at the edges)
+        assert masks[k].float().mean() > 0.6 and masks[k][8:24, 8:24].all()
+
+
+def test_letterbox_augment_keeps_instances_aligned():
+    images = np.zeros((1, 240, 320, 3), np.uint8)
+    inst = np.full((1, 240, 320), -1, np.int8)
+    inst[0, 40:200, 100:140] = 0
+    spec = DetectorSpec()
+    x, lab = augment(images, inst, spec, torch.Generator().manual_seed(0), train=False)
+    assert x.shape == (1, 3, spec.input_h, spec.input_w) and lab.shape == (1, spec.input_h, spec.input_w)
+    ys, xs = torch.nonzero(lab[0] == 0, as_tuple=True)
+    s = min(spec.input_w / 320, spec.input_h / 240)
+    assert abs(int(xs.min()) - 100 * s) <= 1 and abs(int(xs.max()) + 1 - 140 * s) <= 1
+    assert abs(int(ys.min()) - 40 * s) <= 1 and abs(int(ys.max()) + 1 - 200 * s) <= 1
+
+
+# ------------------------------------------------------------------- scoring
+def test_match_frame_counts_dont_care_people():
+    gt = np.array([[0, 0, 10, 20], [50, 0, 60, 20], [100, 0, 110, 20], [np.nan] * 4], np.float32)
+    counted = np.array([True, True, False, False])
+    pred = np.array([[0, 0, 10, 20], [100, 0, 110, 21], [200, 0, 210, 20]], np.float32)
+    assert match_frame(pred, gt, counted) == (1, 1, 1)  # tp, fp (the stray box), fn (person 1)
+    r = detection_f1([pred, np.zeros((0, 4))], np.stack([gt, gt]), np.stack([counted, counted]).astype(np.float32))
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 3)
+    assert r["f1"] == pytest.approx(2 / (2 + 1 + 3))
+
+
+# -------------------------------------------------------------- file adapter
+def test_mot_and_json_round_trip(tmp_path):
+    table = {0: np.array([[10, 20, 60, 200, 0.98], [100.5, 30, 140, 190, 0.5]], np.float32),
+             4: np.array([[1, 2, 3, 4, 1.0]], np.float32)}
+    for path, writer in ((tmp_path / "det.txt", write_mot), (tmp_path / "det.json", write_json)):
+        writer(path, table)
+        back = read_detections(path)
+        assert sorted(back) == [0, 4]
+        for f in table:
+            np.testing.assert_allclose(back[f], table[f], atol=1e-3)
+    # MOT frames are 1-based on disk
+    assert (tmp_path / "det.txt").read_text().splitlines()[2].startswith("5,-1,1.000,2.000,2.000,2.000")
+
+
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        ("a.txt", "1,-1,10,10,5,5,0.9\n2,-1,10,x,5,5,0.9\n", "a.txt:2"),
+        ("b.txt", "1,-1,10,10,5,5,0.9\n\n0,-1,1,1,1,1,1\n", "b.txt:3"),
+        ("c.txt", "1,-1,10,10\n", "c.txt:1"),
+        ("d.txt", "1,-1,10,10,-5,5,0.9\n", "d.txt:1"),
+        ("e.json", '[{"frame_idx": 0, "boxes": [[0, 0, 1, 1]]}, {"frame_idx": 1, "boxes": [[0, 0, 1]]}]', "e.json: record 1"),
+        ("f.json", '[{"frame_idx": -1, "boxes": []}]', "f.json: record 0"),
+        ("g.json", '[{"frame_idx": 0,\n "boxes": [[0, 0, 1, 1, 0.5]],,}]', "g.json:2"),
+        ("h.json", '{"frame_idx": 0}', "h.json"),
+    ],
+)
+def test_bad_detection_files_name_file_and_line(tmp_path, name, text, where):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(HmrflowError) as exc:
+        read_detections(p)
+    assert where in str(exc.value)
+
+
+def test_missing_detection_file_is_an_error(tmp_path):
+    with pytest.raises(HmrflowError, match="nope.txt"):
+        read_detections(tmp_path / "nope.txt")
+
+
+def test_file_detect_stage_maps_frames(tmp_path):
+    path = write_json(tmp_path / "d.json", {3: np.array([[10, 10, 50, 90, 0.9], [0, 0, 5, 5, 0.2]], np.float32)})
+    stage = DetectStage(DetectConfig(kind="file", detections_path=str(path), score_threshold=0.5))
+    stage.setup()
+    frames = FrameBatch("v", np.array([2, 3]), np.array([0.1, 0.2]), np.zeros((2, 64, 48, 3), np.uint8))
+    out = stage(frames)
+    det = out.detections
+    assert det.frame_idx.tolist() == [3] and det.pts.tolist() == [0.2]
+    np.testing.assert_allclose(det.boxes_xyxy, [[10, 10, 47.5, 63.5]])  # clipped to the 48 x 64 frame
+    assert det.masks.shape == (1, MASK_RES, MASK_RES) and det.masks.all()
+    assert out.frames is frames
+
+
+# ----------------------------------------------------------------- Mask R-CNN
+def test_masks_in_boxes_resamples_the_box_region():
+    from hmrflow.stages.detect.maskrcnn_adapter import masks_in_boxes
+
+    m = torch.zeros(1, 100, 100)
+    m[0, 20:60, 10:30] = 1.0  # left half of the box below is filled
+    out = masks_in_boxes(m, torch.tensor([[9.5, 19.5, 49.5, 59.5]]), res=8)
+    assert out[0, :, :4].all() and not out[0, :, 4:].any()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed")
+def test_maskrcnn_without_torchvision_is_a_clear_error(tmp_path):
+    stage = DetectStage(DetectConfig(kind="maskrcnn", weights=str(tmp_path / "w.pth")))
+    with pytest.raises(HmrflowError, match="torchvision"):
+        stage.setup()
+
+
+def test_maskrcnn_missing_weights_is_a_clear_error(tmp_path):
+    pytest.importorskip("torchvision")
+    stage = DetectStage(DetectConfig(kind="maskrcnn", weights=str(tmp_path / "w.pth")))
+    with pytest.raises(HmrflowError, match="w.pth"):
+        stage.setup()
+
+
+def test_missing_bundled_weights_names_the_file(tmp_path):
+    stage = DetectStage(DetectConfig(weights=str(tmp_path / "none.safetensors")))
+    with pytest.raises(HmrflowError, match="none.safetensors"):
+        stage.setup()
+
+
+# ------------------------------------------------------------------- training
+def _toy_batch(n=2):
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 90, size=(n, 96, 128, 3)).astype(np.uint8)
+    inst = np.full((n, 96, 128), -1, np.int8)
+    for i in range(n):
+        inst[i, 20:80, 30 + 10 * i:50 + 10 * i] = 0
+        inst[i, 10:50, 90:110] = 1
+    images[inst == 0] = (200, 40, 40)
+    images[inst == 1] = (40, 200, 60)
+    return images, inst
+
+
+def test_training_steps_reduce_the_loss_on_a_tiny_batch():
+    images, inst = _toy_batch()
+    trainer = DetectorTrainer(DetectorSpec(), lr=3e-3, total_steps=12, seed=0)
+    losses = [trainer.step(images, inst)["loss"] for _ in range(12)]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert trainer.state.step == 12
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    images, inst = np.concatenate([_toy_batch()[0]] * 2), np.concatenate([_toy_batch()[1]] * 2)
+    ckpt = tmp_path / "last.pt"
+    full = DetectorTrainer(DetectorSpec(), total_steps=4, seed=3)
+    train_loop(full, images, inst, epochs=2, batch_size=2, checkpoint=tmp_path / "full.pt", progress=False)
+    first = DetectorTrainer(DetectorSpec(), total_steps=4, seed=3)
+    state = train_loop(first, images, inst, epochs=2, batch_size=2, checkpoint=ckpt, max_steps=3, progress=False)
+    assert state.step == 3 and state.epoch == 1
+    second = DetectorTrainer(DetectorSpec(), total_steps=4, seed=99)  # different init: everything comes from the file
+    second.load(ckpt)
+    assert second.state.step == 3 and second.state.epoch == 1 and len(second.state.history) == 1
+    state = train_loop(second, images, inst, epochs=2, batch_size=2, checkpoint=ckpt, progress=False)
+    assert state.step == 4 and state.epoch == 2
+    for (k, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k, atol=1e-5, rtol=1e-4)
+
+
+# -------------------------------------------------------------- bundled model
+@pytest.mark.skipif(not bundled_weights_path().is_file(), reason="no bundled detector weights")
+def test_bundled_detector_finds_people_in_a_rendered_frame():
+    from hmrflow.jobs.synth.clip import load_body_assets
+    from hmrflow.jobs.synth.scene import SceneSpec
+    from hmrflow.jobs.train.synth_frames import render_scene_frames
+
+    spec = SceneSpec(name="t", seed=424242, people=2, seconds=1.0, fps=5.0, width=320, height=240, walkers=0.0)
+    data = render_scene_frames(spec, np.array([2]), load_body_assets())
+    stage = DetectStage(DetectConfig(device="cpu"))
+    stage.setup()
+    frames = FrameBatch("t", np.array([7]), np.array([0.0]), data.images)
+    det = stage(frames).detections
+    from hmrflow.stages.detect.decode_boxes import box_iou_torch
+
+    people = np.nonzero(data.visible_frac[0] >= 0.5)[0]
+    assert len(people) >= 1
+    iou = box_iou_torch(torch.from_numpy(data.boxes[0, people]), torch.from_numpy(det.boxes_xyxy)).numpy()
+    assert (iou.max(1) > 0.5).all(), (data.boxes[0, people], det.boxes_xyxy)
+    assert det.frame_idx.tolist() == [7] * len(det) and ((det.scores >= 0.5) & (det.scores <= 1)).all()
+    assert det.masks.dtype == bool and det.masks[iou.argmax(1)].mean() > 0.2
