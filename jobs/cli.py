@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("hmrflow.jobs.cmd_render", "overlay video of the tracked meshes/skeletons over a clip"),
     "report": ("hmrflow.jobs.cmd_report", "self-contained HTML/PNG QC report per video"),
     "export": ("hmrflow.jobs.cmd_export", "export to OpenSim .trc/.mot, .csv, BVH or C3D"),
+    "accelerate": ("hmrflow.jobs.cmd_accelerate", "merge estimator layers within an error budget (ECLM)"),
+    "bench": ("hmrflow.jobs.cmd_bench", "benchmarks (estimator: throughput, FLOPs, accuracy of ECLM/Mask-ToMe)"),
 }
 
 
