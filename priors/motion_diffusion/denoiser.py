@@ -3,7 +3,8 @@
 Input per frame: the noisy normalised motion features ``x_t`` (N_FEAT) concatenated with the
 conditioning (N_COND: the per-frame estimate, its observed mask and confidence, the camera
 ray, see :mod:`.representation`); the diffusion timestep enters as a sinusoidal embedding
-added to every token.  Output: the clean features ``x_0`` (``prediction_type="sample"``).
+added to every token.  Output: the clean features ``x_0`` (``prediction_type="sample"``), as the per-frame estimate
+(the first ``n_feat`` conditioning channels) plus a learned correction.
 
 A diffusers ``ModelMixin``/``ConfigMixin``, so ``save_pretrained(folder)`` and
 ``MotionDenoiser.from_pretrained(folder)`` work offline (config.json + safetensors).  The
@@ -65,6 +66,10 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.out_proj = nn.Linear(d_model, n_feat)
+        # residual on the estimate: at initialisation the prediction is the (normalised) per-frame
+        # estimate itself (zero where unobserved), and training learns the correction
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         """Predict clean features.
@@ -81,7 +86,7 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         temb = self.time_mlp(sinusoidal_embedding(ts, d))
         h = h + pos[None].to(h.dtype) + temb[:, None].to(h.dtype)
         h = self.blocks(h)
-        return self.out_proj(self.norm(h))
+        return cond[..., : self.config.n_feat] + self.out_proj(self.norm(h))
 
     # ------------------------------------------------------------ normalisation
     def normalise(self, feats: torch.Tensor) -> torch.Tensor:

@@ -55,9 +55,9 @@ class TrainConfig:
     fps: float = 30.0
     window: int = 64
     batch_size: int = 32
-    steps_per_epoch: int = 100
-    epochs: int = 14
-    max_minutes: float = 23.0
+    steps_per_epoch: int = 40
+    epochs: int = 9
+    max_minutes: float = 21.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     vel_weight: float = 1.0
