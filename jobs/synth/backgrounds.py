@@ -156,7 +156,7 @@ def render_backgrounds(
         S = torch.tensor([[1.0 / scale, 0, 0.5 / scale - 0.5], [0, 1.0 / scale, 0.5 / scale - 0.5], [0, 0, 1]])
         small = render_backgrounds(bank, S @ K, R, t, hs, ws, index, 1)
         up = F.interpolate(small.permute(0, 3, 1, 2), scale_factor=scale, mode="bilinear", align_corners=False)
-        return up[:, :, :height, :width].permute(0, 2, 3, 1).contiguous()
+        return up[:, :, :height, :width].permute(0, 2, 3, 1)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
     pix = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # (H, W, 3)
     d_cam = torch.einsum("bij,hwj->bhwi", torch.linalg.inv(K), pix)

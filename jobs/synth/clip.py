@@ -156,12 +156,17 @@ def render_clip(spec: SceneSpec, out_dir: str | Path, body: BodyAssets | None = 
         chunk: frames rendered per rasteriser call.
         progress: show a tqdm bar.
     """
+    body = body or load_body_assets(spec.body_model)
+    return render_scene(sample_scene(spec), out_dir, body, chunk=chunk, progress=progress)
+
+
+def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int = 8, progress: bool = True) -> Path:
+    """Render an already sampled (or hand-made) scene; see :func:`render_clip`."""
     from tqdm import tqdm
 
+    spec = scene.spec
     if spec.width % 2 or spec.height % 2:
         raise ConfigError(f"scene {spec.name!r}: width and height must be even for yuv420p, got {spec.width}x{spec.height}")
-    body = body or load_body_assets(spec.body_model)
-    scene = sample_scene(spec)
     gt = place_people(scene, body)
     clip_dir = Path(out_dir) / spec.name
     clip_dir.mkdir(parents=True, exist_ok=True)

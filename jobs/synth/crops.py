@@ -87,8 +87,12 @@ def render_crops(
     p_occluder: float = 0.3,
     p_truncate: float = 0.2,
     noise: float = 2.0,
+    n_backgrounds: int = 16,
 ) -> dict[str, np.ndarray]:
     """Render ``n`` single-person crops of ``size = (H, W)``.
+
+    ``n_backgrounds`` procedural backgrounds are sampled per call and seen from a random
+    camera in every crop; render in batches of ``batch`` crops.
 
     Returns a dict of arrays (N = n):
         images (N, H, W, 3) uint8; masks (N, H, W) bool (visible pixels of the target);
@@ -102,13 +106,14 @@ def render_crops(
     """
     body = body or load_body_assets()
     pose_pool = pose_pool or PosePool(rng)
+    bank = sample_backgrounds(rng, n_backgrounds)
     parts = []
     for s in range(0, n, batch):
-        parts.append(_render_batch(rng, min(batch, n - s), size, body, pose_pool, p_occluder, p_truncate, noise))
+        parts.append(_render_batch(rng, min(batch, n - s), size, body, pose_pool, bank, p_occluder, p_truncate, noise))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _render_batch(rng, b, size, body, pose_pool, p_occ, p_trunc, noise) -> dict[str, np.ndarray]:
+def _render_batch(rng, b, size, body, pose_pool, bank, p_occ, p_trunc, noise) -> dict[str, np.ndarray]:
     H, W = size
     model = body.model
     # ---- target and occluder people ---------------------------------------------------
@@ -207,18 +212,17 @@ def _render_batch(rng, b, size, body, pose_pool, p_occ, p_trunc, noise) -> dict[
         ambient=torch.from_numpy(lights[:, 2]).float(), near=NEAR, cull_backfaces=True, coverage_margin=0.5,
     )
     # ---- backgrounds: a few per batch, each seen from a random camera --------------------
-    n_bg = max(1, b // 8)
-    bank = sample_backgrounds(rng, n_bg)
+    n_bg = bank.n
     cam_h = rng.uniform(0.8, 2.5, b)
     ang = rng.uniform(-math.pi, math.pi, b)
     R_bg = np.einsum("nij,njk->nik", _rot_x(-np.radians(rng.uniform(-5, 30, b))), np.einsum("ij,njk->nik", FLIP.numpy() @ np.diag([1.0, 1.0, 1.0]), _rot_y(ang)))
     t_bg = -np.einsum("nij,nj->ni", R_bg, np.stack([np.zeros(b), cam_h, np.zeros(b)], -1))
     bg = render_backgrounds(bank, Kc, torch.from_numpy(R_bg).float(), torch.from_numpy(t_bg).float(), H, W,
                             torch.from_numpy(rng.integers(0, n_bg, b)), scale=2)
-    img = torch.where(ras.mask[..., None], ras.rgb, bg) * 255.0
+    img = torch.where(ras.mask[..., None], ras.rgb, bg).mul_(255.0)
     if noise > 0:
-        img = img + torch.from_numpy(rng.normal(0, noise, (1, H, W, 3)).astype(np.float32)) * torch.from_numpy(rng.uniform(0, 1, (b, 1, 1, 1)).astype(np.float32))
-    images = img.round().clamp(0, 255).to(torch.uint8).numpy()
+        img += torch.from_numpy(rng.normal(0, noise, (1, H, W, 3)).astype(np.float32)) * torch.from_numpy(rng.uniform(0, 1, (b, 1, 1, 1)).astype(np.float32))
+    images = img.add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
     mask = (ras.instance == torch.arange(b)[:, None, None]).numpy()
     visible = mask.reshape(b, -1).sum(1) / np.maximum(ras.coverage.numpy(), 1)
     from hmrflow.priors.rotations import matrix_to_axis_angle

@@ -109,6 +109,22 @@ def _expand_per_image(x: torch.Tensor | None, b: int, default: tuple[float, ...]
     return x.expand(b, 3) if x.ndim == 1 else x
 
 
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` along dim 0 for an int64 index (index_select is much faster on CPU)."""
+    return x.index_select(0, idx)
+
+
+def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` for an (N, k) int64 index into the rows of x: (N, k, *x.shape[1:])."""
+    return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
+
+
+def _normals(fv: torch.Tensor) -> torch.Tensor:
+    """(F, 3, 3) face vertices -> (F, 3) unit normals."""
+    n = torch.linalg.cross(fv[:, 1] - fv[:, 0], fv[:, 2] - fv[:, 0])
+    return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def _check_instances_per_image(face_instance: torch.Tensor, face_img: torch.Tensor, n_instances: int) -> None:
     """Coverage is counted per instance on one canvas: each counted instance must lie in one image."""
     sel = face_instance < n_instances
@@ -149,8 +165,8 @@ class _CoverageBuffers:
     def mark(self, inst: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> None:
         """Mark pixels (px, py) of instances ``inst`` (ids >= n are ignored)."""
         sel = torch.nonzero(inst < self.n).squeeze(1)
-        i = inst[sel]
-        self.buf[self.off[i] + (py[sel] - self.iy0[i]) * self.iw[i] + px[sel] - self.ix0[i]] = 1
+        i = _take(inst, sel)
+        self.buf[_take(self.off, i) + (_take(py, sel) - _take(self.iy0, i)) * _take(self.iw, i) + _take(px, sel) - _take(self.ix0, i)] = 1
 
     def counts(self) -> torch.Tensor:
         """(n,) int64 marked pixels per instance."""
@@ -164,7 +180,8 @@ def _face_planes(
     """Per-face affine functions of the pixel position *relative to the face's box corner*.
 
     Args:
-        tri: (F, 3, 2) float64 projected vertices; tz: (F, 3) float64 their depths;
+        tri: (F, 3, 2) projected vertices; tz: (F, 3) their depths (float32: the local
+            coordinates keep the numbers small);
         x0, y0: (F,) int64 box corners.
     Returns:
         ``table`` (F, 12) float32: three edge functions ``w_i = a lx + b ly + c`` (>= 0 inside,
@@ -175,7 +192,7 @@ def _face_planes(
     ax, ay, bx, by, qx, qy = p[:, 0, 0], p[:, 0, 1], p[:, 1, 0], p[:, 1, 1], p[:, 2, 0], p[:, 2, 1]
     area = (bx - ax) * (qy - ay) - (by - ay) * (qx - ax)
     sgn = torch.sign(area)
-    ok = area.abs() > 1e-10
+    ok = area.abs() > 1e-8
 
     def edge(px_, py_, rx, ry):  # w(x, y) = (rx - px)(y - py) - (ry - py)(x - px)
         a = -(ry - py_)
@@ -193,6 +210,32 @@ def _face_planes(
     return table, ok
 
 
+def _enumerate_candidates(
+    table: torch.Tensor, bw: torch.Tensor, bh: torch.Tensor, small: int = 20
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidate pixels ``(face, lx, ly)``: every pixel of the box for small faces (box area <=
+    ``small``), row spans for the others (less waste for large triangles)."""
+    area = bw * bh
+    is_small = area <= small
+    if bool(is_small.all()):
+        return _enumerate_boxes(bw, bh)
+    si = torch.nonzero(is_small).squeeze(1)
+    li = torch.nonzero(~is_small).squeeze(1)
+    r1, x1, y1 = _enumerate_boxes(_take(bw, si), _take(bh, si))
+    r2, x2, y2 = _enumerate_spans(_take(table, li), _take(bw, li), _take(bh, li))
+    return torch.cat([_take(si, r1), _take(li, r2)]), torch.cat([x1, x2]), torch.cat([y1, y2])
+
+
+def _enumerate_boxes(bw: torch.Tensor, bh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pixel of each face's box: ``(face, lx, ly)`` (N,) int64."""
+    cnt = bw * bh
+    rep = torch.repeat_interleave(torch.arange(cnt.shape[0], device=bw.device), cnt)
+    local = torch.arange(rep.shape[0], device=bw.device) - _take(torch.cumsum(cnt, 0) - cnt, rep)
+    w = _take(bw, rep)
+    ly = torch.div(local, w, rounding_mode="floor")
+    return rep, local - ly * w, ly
+
+
 def _enumerate_spans(
     table: torch.Tensor, bw: torch.Tensor, bh: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,11 +247,11 @@ def _enumerate_spans(
     dev = table.device
     rows = torch.repeat_interleave(torch.arange(bh.shape[0], device=dev), bh)
     first = torch.cumsum(bh, 0) - bh
-    ly = torch.arange(rows.shape[0], device=dev) - first[rows]
-    tab = table.index_select(0, rows).double()
-    lyd = ly.double()
+    ly = torch.arange(rows.shape[0], device=dev) - _take(first, rows)
+    tab = table.index_select(0, rows)
+    lyd = ly.to(table.dtype)
     lo = torch.zeros_like(lyd)
-    hi = (bw[rows] - 1).double()
+    hi = (_take(bw, rows) - 1).to(table.dtype)
     for i in range(3):
         a, b_, c = tab[:, 3 * i], tab[:, 3 * i + 1], tab[:, 3 * i + 2]
         rest = b_ * lyd + c  # a x + rest >= 0
@@ -217,12 +260,12 @@ def _enumerate_spans(
         hi = torch.where(a < 0, torch.minimum(hi, bound), hi)
         hi = torch.where((a == 0) & (rest < -1e-6), torch.full_like(hi, -1.0), hi)
     lo_i = torch.ceil(lo - 1e-3).clamp_min(0).to(torch.int64)
-    hi_i = torch.minimum(torch.floor(hi + 1e-3).to(torch.int64), bw[rows] - 1)
+    hi_i = torch.minimum(torch.floor(hi + 1e-3).to(torch.int64), _take(bw, rows) - 1)
     n = (hi_i - lo_i + 1).clamp_min(0)
     prow = torch.repeat_interleave(torch.arange(rows.shape[0], device=dev), n)
     first2 = torch.cumsum(n, 0) - n
-    lx = lo_i[prow] + torch.arange(prow.shape[0], device=dev) - first2[prow]
-    return rows[prow], lx, ly[prow]
+    lx = _take(lo_i, prow) + torch.arange(prow.shape[0], device=dev) - _take(first2, prow)
+    return _take(rows, prow), lx, _take(ly, prow)
 
 
 def rasterize(
@@ -301,13 +344,14 @@ def rasterize(
 
     # --- per-face geometry, culling -------------------------------------------------------
     face_img = vert_image[faces[:, 0]] if nf else torch.zeros(0, dtype=torch.int64, device=device)
-    z = verts[:, 2]
-    keep = (z[faces] >= near).all(dim=1)
-    normals = face_normals(verts, faces) if nf else torch.zeros(0, 3, device=device)
-    centres = verts[faces].mean(dim=1) if nf else torch.zeros(0, 3, device=device)
+    z = verts[:, 2].contiguous()
+    fv = _take_rows(verts, faces)  # (F, 3, 3)
+    keep = (fv[..., 2] >= near).all(dim=1)
+    normals = _normals(fv)
+    centres = fv.mean(dim=1)
     if cull_backfaces:
         keep &= (normals * centres).sum(-1) < 0
-    uv = project(verts, Kb[vert_image]) if nv else torch.zeros(0, 2, device=device)
+    uv = project(verts, _take(Kb, vert_image)) if nv else torch.zeros(0, 2, device=device)
 
     # candidate canvas: the image, or the enlarged coverage canvas
     if coverage_margin is not None:
@@ -317,7 +361,8 @@ def rasterize(
     cw, ch = width + 2 * mx, height + 2 * my
 
     fidx = torch.nonzero(keep).squeeze(1)
-    tri = uv[faces[fidx]].double()  # (Fk, 3, 2)
+    faces_k = _take(faces, fidx)
+    tri = _take_rows(uv, faces_k)  # (Fk, 3, 2)
     x0 = torch.ceil(tri[..., 0].amin(1) - 1e-6).clamp(-mx, width + mx).to(torch.int64)
     x1 = torch.floor(tri[..., 0].amax(1) + 1e-6).clamp(-mx - 1, width - 1 + mx).to(torch.int64)
     y0 = torch.ceil(tri[..., 1].amin(1) - 1e-6).clamp(-my, height + my).to(torch.int64)
@@ -325,15 +370,15 @@ def rasterize(
     bw = (x1 - x0 + 1).clamp_min(0)
     bh = (y1 - y0 + 1).clamp_min(0)
     sel = torch.nonzero((bw * bh) > 0).squeeze(1)
-    fidx, tri, x0, y0, bw, bh = fidx[sel], tri[sel], x0[sel], y0[sel], bw[sel], bh[sel]
-    table, ok = _face_planes(tri, z[faces[fidx]].double(), x0, y0)
+    fidx, tri, x0, y0, bw, bh = _take(fidx, sel), _take(tri, sel), _take(x0, sel), _take(y0, sel), _take(bw, sel), _take(bh, sel)
+    table, ok = _face_planes(tri, _take_rows(z[:, None], _take(faces_k, sel))[..., 0], x0, y0)
     sel = torch.nonzero(ok).squeeze(1)
-    fidx, table, x0, y0, bw, bh = fidx[sel], table[sel], x0[sel], y0[sel], bw[sel], bh[sel]
+    fidx, table, x0, y0, bw, bh = _take(fidx, sel), _take(table, sel), _take(x0, sel), _take(y0, sel), _take(bw, sel), _take(bh, sel)
     counts = bw * bh  # upper bound of candidates, used for chunking
     cov = None
     if coverage_margin is not None:
         _check_instances_per_image(face_instance, face_img, n_instances)
-        cov = _CoverageBuffers(face_instance[fidx], x0, y0, x0 + bw - 1, y0 + bh - 1, n_instances)
+        cov = _CoverageBuffers(_take(face_instance, fidx), x0, y0, x0 + bw - 1, y0 + bh - 1, n_instances)
 
     # --- chunks of at most max_candidates candidate pixels -------------------------------
     csum = torch.cumsum(counts, 0)
@@ -344,27 +389,27 @@ def rasterize(
         stop = max(int(torch.searchsorted(csum, base + max_candidates, right=True)), start + 1)
         sl = slice(start, stop)
         start = stop
-        rep, lx, ly = _enumerate_spans(table[sl], bw[sl], bh[sl])
+        rep, lx, ly = _enumerate_candidates(table[sl], bw[sl], bh[sl])
         tab = table[sl, :9].index_select(0, rep)  # (N, 9) edge functions
         lxf, lyf = lx.to(torch.float32), ly.to(torch.float32)
         w0 = tab[:, 0] * lxf + tab[:, 1] * lyf + tab[:, 2]
         w1 = tab[:, 3] * lxf + tab[:, 4] * lyf + tab[:, 5]
         w2 = tab[:, 6] * lxf + tab[:, 7] * lyf + tab[:, 8]
         inside = torch.nonzero((w0 >= 0) & (w1 >= 0) & (w2 >= 0)).squeeze(1)
-        rep, lx, ly = rep[inside], lx[inside], ly[inside]
+        rep, lx, ly = _take(rep, inside), _take(lx, inside), _take(ly, inside)
         rep_g = rep + sl.start
-        px = x0[rep_g] + lx
-        py = y0[rep_g] + ly
+        px = _take(x0, rep_g) + lx
+        py = _take(y0, rep_g) + ly
         if cov is not None:
-            cov.mark(face_instance[fidx[rep_g]], px, py)
+            cov.mark(_take(face_instance, _take(fidx, rep_g)), px, py)
             in_img = torch.nonzero((px >= 0) & (px < width) & (py >= 0) & (py < height)).squeeze(1)
-            px, py, rep_g, lx, ly = px[in_img], py[in_img], rep_g[in_img], lx[in_img], ly[in_img]
-        gface = fidx[rep_g]
+            px, py, rep_g, lx, ly = _take(px, in_img), _take(py, in_img), _take(rep_g, in_img), _take(lx, in_img), _take(ly, in_img)
+        gface = _take(fidx, rep_g)
         zt = table[:, 9:].index_select(0, rep_g)
         inv_z = zt[:, 0] * lx.to(torch.float32) + zt[:, 1] * ly.to(torch.float32) + zt[:, 2]
         depth = (1.0 / inv_z).clamp_min(near)
         key = (depth.view(torch.int32).to(torch.int64) << 32) | gface
-        pix = face_img[gface] * hw + py * width + px
+        pix = _take(face_img, gface) * hw + py * width + px
         zkey.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
     coverage = cov.counts() if cov is not None else None
 
@@ -378,10 +423,10 @@ def rasterize(
     rgb = torch.zeros(b * hw, 3, dtype=torch.float32, device=device)
     vidx = torch.nonzero(valid).squeeze(1)
     if vidx.numel():
-        vis_faces = face_map[vidx]
+        vis_faces = _take(face_map, vidx)
         uf, inv = torch.unique(vis_faces, return_inverse=True)
-        fi = face_img[uf]
-        shaded = shade_faces(normals[uf], centres[uf], face_colors[uf], ldir[fi], lcol[fi], amb[fi])
+        fi = _take(face_img, uf)
+        shaded = shade_faces(_take(normals, uf), _take(centres, uf), _take(face_colors, uf), _take(ldir, fi), _take(lcol, fi), _take(amb, fi))
         rgb[vidx] = shaded[inv]
         inst_map[vidx] = face_instance[vis_faces]
     return RasterOutput(
