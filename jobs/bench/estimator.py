@@ -1,0 +1,284 @@
+"""Estimator benchmark: ``hmrflow bench estimator``.
+
+Throughput (crops/s) and analytic FLOPs of four variants -- baseline, ECLM (layer merging),
+Mask-ToMe (person-protecting token merging) and both -- at several batch sizes, for the tiny
+bundled model and for HMR2.0's ViT-H size (random weights: speed only).  All variants of a
+model and batch size are timed interleaved (round-robin over repetitions, median kept) in one
+run on one machine, so the ratios are fair.  Accuracy (per-frame MPJPE and PA-MPJPE, mean over
+crops) of each variant of the bundled model is measured on a held-out synthetic set (seed
+different from the calibration set).  On CUDA the estimator runs under bf16 autocast.
+
+Writes ``OUT/estimator_bench.json`` and ``OUT/estimator_bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("baseline", "eclm", "tome", "both")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="bench_out/estimator", help="output folder (default bench_out/estimator)")
+    p.add_argument("--weights", default=None, help="tiny estimator weights (default: the bundled ones, else random)")
+    p.add_argument("--eclm-weights", default=None, help="merged checkpoint from `hmrflow accelerate` (default: search here)")
+    p.add_argument("--eps", type=float, default=1.0, help="ECLM budget (mm) when searching here (default 1.0)")
+    p.add_argument("--models", default="tiny,huge", help="comma-separated: tiny, huge (default both)")
+    p.add_argument("--batches", default="1,16,64", help="batch sizes for the tiny model (default 1,16,64)")
+    p.add_argument("--huge-batches", default="1,16", help="batch sizes for ViT-H (default 1,16; 64 is slow on CPU)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (default 5)")
+    p.add_argument("--tome-r", type=int, default=None, help="Mask-ToMe mean merges per block (default: per model)")
+    p.add_argument("--tome-schedule", default="decreasing", choices=["constant", "decreasing"])
+    p.add_argument("--n-eval", type=int, default=256, help="held-out crops for accuracy (default 256)")
+    p.add_argument("--n-calib", type=int, default=128, help="calibration crops for the ECLM search (default 128)")
+    p.add_argument("--cache", default=None, help="folder to cache rendered synthetic sets (default OUT/cache)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def _bundled_weights() -> Optional[Path]:
+    from importlib import resources
+
+    folder = Path(str(resources.files("hmrflow.stages.mesh"))) / "weights"
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return files[0] if files else None
+
+
+def _pairs_from_end(depth: int, n_merges: int, keep_first: int = 1):
+    """A plan merging ``n_merges`` pairs of blocks walking from the last one (speed-only plan)."""
+    from hmrflow.stages.mesh.accel.eclm import ECLMPlan
+
+    groups, last = [], depth - 1
+    while len(groups) < n_merges and last - 1 >= keep_first:
+        groups.append((last - 1, last))
+        last -= 2
+    return ECLMPlan(depth, tuple(groups))
+
+
+class _Variants:
+    """One model in its four variants, switched by applying/removing the handles."""
+
+    def __init__(self, model, plan, tome_cfg) -> None:
+        self.model, self.plan, self.tome_cfg = model, plan, tome_cfg
+        self._handles: list = []
+
+    def set(self, variant: str) -> None:
+        from hmrflow.stages.mesh.accel.eclm import apply_eclm
+        from hmrflow.stages.mesh.accel.tome import apply_mask_tome
+
+        for h in reversed(self._handles):
+            h.remove()
+        self._handles = []
+        if variant in ("eclm", "both") and self.plan.groups:
+            self._handles.append(apply_eclm(self.model, self.plan))
+        if variant in ("tome", "both"):
+            self._handles.append(apply_mask_tome(self.model, self.tome_cfg))
+
+    def call(self, variant: str, x, cover):
+        return self.model(x, protect=cover) if variant in ("tome", "both") else self.model(x)
+
+
+def _flops(v: _Variants, variant: str, x, cover) -> dict[str, int]:
+    """Analytic FLOPs per crop with the token counts this variant really produced on ``x``."""
+    from hmrflow.stages.mesh.accel.flops import model_flops
+    from hmrflow.stages.mesh.accel.tome import r_schedule, resolve_protect, tome_features
+
+    v.set(variant)
+    try:
+        if variant in ("tome", "both"):
+            bb = v.model.backbone
+            mt = tome_features(bb, x, r_schedule(v.tome_cfg, len(bb.blocks)), resolve_protect(cover, v.tome_cfg))
+            return model_flops(v.model, mt.block_tokens).as_dict()
+        return model_flops(v.model).as_dict()
+    finally:
+        v.set("baseline")
+
+
+def _time(v: _Variants, x, cover, reps: int, device, amp) -> dict[str, float]:
+    """Median seconds per call of each variant, interleaved round-robin."""
+    import torch
+
+    def once(variant: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            v.call(variant, x, cover)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    warm = {}
+    for variant in VARIANTS:  # warm-up; fast calls are repeated so one measurement lasts >= 0.2 s
+        v.set(variant)
+        warm[variant] = once(variant)
+    inner = max(1, min(50, int(0.2 / max(min(warm.values()), 1e-6))))
+    for _ in range(reps):
+        for variant in VARIANTS:
+            v.set(variant)
+            times[variant].append(sum(once(variant) for _ in range(inner)) / inner)
+    v.set("baseline")
+    return {k: statistics.median(t) for k, t in times.items()}
+
+
+def _bench_model(name: str, v: _Variants, images, cover, batches: list[int], reps: int, device, amp) -> list[dict[str, Any]]:
+    import torch
+
+    rows = []
+    for b in batches:
+        idx = torch.arange(b) % images.shape[0]
+        x, c = images[idx].to(device), cover[idx].to(device)
+        with torch.inference_mode():
+            fl = {k: _flops(v, k, x, c) for k in VARIANTS}
+            secs = _time(v, x, c, reps, device, amp)
+        for k in VARIANTS:
+            rows.append({
+                "model": name, "batch": b, "variant": k, "crops_per_s": b / secs[k], "sec_per_batch": secs[k],
+                "gflops_per_crop": fl[k]["total"] / 1e9, "flops": fl[k],
+                "speedup": secs["baseline"] / secs[k], "flops_ratio": fl["baseline"]["total"] / fl[k]["total"],
+            })
+            log.info("%s b=%d %-8s %8.1f crops/s  x%.2f  %.3f GFLOPs", name, b, k, b / secs[k],
+                     secs["baseline"] / secs[k], fl[k]["total"] / 1e9)
+    return rows
+
+
+def _accuracy(v: _Variants, body, heldout, device, amp) -> dict[str, dict[str, float]]:
+    import torch
+
+    from hmrflow.stages.mesh.accel.eclm import mpjpe_mm, pa_mpjpe_mm, predict_joints
+
+    out = {}
+    for k in VARIANTS:
+        v.set(k)
+        masks = heldout.token_masks if k in ("tome", "both") else None
+        j = predict_joints(v.model, body, heldout.images, masks, batch_size=32, device=device,
+                           autocast_dtype=torch.bfloat16 if amp else None)
+        out[k] = {"mpjpe_mm": float(mpjpe_mm(j, heldout.joints3d).mean()),
+                  "pa_mpjpe_mm": float(pa_mpjpe_mm(j, heldout.joints3d).mean())}
+        log.info("accuracy %-8s MPJPE %.2f  PA-MPJPE %.2f mm", k, out[k]["mpjpe_mm"], out[k]["pa_mpjpe_mm"])
+    v.set("baseline")
+    return out
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Estimator benchmark ({report['device']}, {report['dtype']}, {report['threads']} threads)", ""]
+    for name, info in report["models"].items():
+        lines += [f"## {name}: {info['description']}", "",
+                  f"ECLM plan: depth {info['eclm']['base_depth']} -> {info['eclm']['depth']} groups {info['eclm']['groups']} ({info['eclm']['source']}); "
+                  f"Mask-ToMe: {info['tome']}", "",
+                  "| batch | variant | crops/s | speed-up | GFLOPs/crop | FLOPs ratio |", "|---|---|---|---|---|---|"]
+        for r in report["throughput"]:
+            if r["model"] == name:
+                lines.append(f"| {r['batch']} | {r['variant']} | {r['crops_per_s']:.1f} | {r['speedup']:.2f}x | "
+                             f"{r['gflops_per_crop']:.3f} | {r['flops_ratio']:.2f}x |")
+        lines.append("")
+    if report.get("accuracy"):
+        acc = report["accuracy"]
+        lines += [f"## Accuracy of the tiny model ({acc['n']} held-out synthetic crops, seed {acc['seed']}, {acc['weights']})", "",
+                  "| variant | MPJPE mm | PA-MPJPE mm | delta PA-MPJPE mm |", "|---|---|---|---|"]
+        base = acc["variants"]["baseline"]["pa_mpjpe_mm"]
+        for k, e in acc["variants"].items():
+            lines.append(f"| {k} | {e['mpjpe_mm']:.2f} | {e['pa_mpjpe_mm']:.2f} | {e['pa_mpjpe_mm'] - base:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from hmrflow.jobs.cmd_accelerate import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
+    from hmrflow.pipeline.atomic import atomic_write_bytes
+    from hmrflow.pipeline.errors import ConfigError
+    from hmrflow.priors.body_model import load_body_model
+    from hmrflow.stages.mesh.accel.eclm import ECLMConfig, load_estimator, search_plan
+    from hmrflow.stages.mesh.accel.tome import MaskToMeConfig
+    from hmrflow.stages.mesh.model import build_estimator
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache) if args.cache else out / "cache"
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    amp = device.type == "cuda"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if set(models) - {"tiny", "huge"}:
+        raise ConfigError(f"--models: choose from tiny, huge; got {args.models!r}")
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+
+    weights = Path(args.weights) if args.weights else _bundled_weights()
+    if weights is not None:
+        tiny, _ = load_estimator(weights)
+        weights_desc = str(weights)
+    else:
+        tiny = build_estimator("tiny", (128, 96)).eval()
+        weights_desc = "random weights (no bundled weights found)"
+    tiny = tiny.to(device)
+    heldout = synthetic_calibration(args.n_eval, tiny.image_size, tiny.token_grid, HELDOUT_SEED, cache)
+    body = load_body_model("synthetic", device=device)
+
+    # ECLM plan of the tiny model: from a merged checkpoint, a search here (trained weights), or a
+    # fixed speed-only plan (random weights: errors mean nothing)
+    tiny_depth = len(tiny.backbone.blocks)
+    if args.eclm_weights:
+        _, plan = load_estimator(args.eclm_weights)
+        if plan is None:
+            raise ConfigError(f"{args.eclm_weights}: not a layer-merged checkpoint")
+        plan_source = f"from {args.eclm_weights}"
+    elif weights is not None:
+        calib = synthetic_calibration(args.n_calib, tiny.image_size, tiny.token_grid, CALIB_SEED, cache)
+        res = search_plan(tiny, body, calib, ECLMConfig(eps_mm=args.eps), device=device)
+        plan, plan_source = res.plan, f"ECLM search eps {args.eps} mm on {len(calib)} calibration crops"
+    else:
+        plan, plan_source = _pairs_from_end(tiny_depth, tiny_depth // 3), "fixed pairs from the end (random weights)"
+    n_tok = tiny.token_grid[0] * tiny.token_grid[1]
+    tiny_r = args.tome_r if args.tome_r is not None else max(1, n_tok // (2 * plan.depth))
+    tiny_tome = MaskToMeConfig(r=tiny_r, schedule=args.tome_schedule)
+
+    report: dict[str, Any] = {
+        "device": str(device), "dtype": "bf16 autocast" if amp else "fp32", "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "reps": args.reps, "models": {}, "throughput": [],
+    }
+    crops_tiny, cover_tiny = heldout.images, heldout.token_masks
+    if "tiny" in models:
+        v = _Variants(tiny, plan, tiny_tome)
+        report["models"]["tiny"] = {
+            "description": f"bundled tiny estimator, crops {tiny.image_size}, {n_tok} tokens, {weights_desc}",
+            "eclm": {"base_depth": plan.base_depth, "depth": plan.depth, "groups": [list(g) for g in plan.groups], "source": plan_source},
+            "tome": f"r={tiny_r} {args.tome_schedule}, person tokens protected (synthetic masks)",
+        }
+        batches = [int(b) for b in args.batches.split(",")]
+        report["throughput"] += _bench_model("tiny", v, crops_tiny, cover_tiny, batches, args.reps, device, amp)
+        report["accuracy"] = {"n": len(heldout), "seed": HELDOUT_SEED, "weights": weights_desc,
+                              "variants": _accuracy(v, body, heldout, device, amp)}
+    if "huge" in models:
+        huge = build_estimator("huge", (256, 192)).eval().to(device)
+        # the same fraction of depth removed as the tiny model's plan (at least a third), pairs from the end
+        frac = max((plan.base_depth - plan.depth) / plan.base_depth, 1 / 3)
+        hplan = _pairs_from_end(32, round(32 * frac))
+        hr = args.tome_r if args.tome_r is not None else max(1, 192 // (2 * hplan.depth))
+        hcfg = MaskToMeConfig(r=hr, schedule=args.tome_schedule)
+        images = F.interpolate(crops_tiny[:64], size=(256, 192), mode="bilinear", align_corners=False)
+        cover = F.adaptive_avg_pool2d(F.interpolate(cover_tiny[:64, None], size=(64, 48), mode="nearest"), (16, 12))[:, 0]
+        report["models"]["huge"] = {
+            "description": "HMR2.0 ViT-H/16 + decoder size, crops (256, 192), 192 tokens, random weights (speed only)",
+            "eclm": {"base_depth": 32, "depth": hplan.depth, "groups": [list(g) for g in hplan.groups],
+                     "source": "fixed pairs from the end, same depth fraction as the tiny plan (random weights)"},
+            "tome": f"r={hr} {args.tome_schedule}, person tokens protected (synthetic masks, upsampled)",
+        }
+        hb = [int(b) for b in args.huge_batches.split(",") if b]
+        report["throughput"] += _bench_model("huge", _Variants(huge, hplan, hcfg), images, cover, hb,
+                                             max(2, args.reps // 2), device, amp)
+    atomic_write_bytes(out / "estimator_bench.json", json.dumps(report, indent=2).encode())
+    md = _markdown(report)
+    atomic_write_bytes(out / "estimator_bench.md", md.encode())
+    print(md)
+    return 0

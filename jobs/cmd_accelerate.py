@@ -1,0 +1,226 @@
+"""Make a faster estimator checkpoint: ``hmrflow accelerate --weights W --eps 1.0 --out W_fast``.
+
+Runs ECLM (error-constrained layer merging, :mod:`hmrflow.stages.mesh.accel.eclm`) on
+calibration crops with 3D ground truth -- a held-out synthetic set rendered with a fixed seed
+by default, or ``--calib DIR`` in the synthetic ground-truth format (``DIR/<clip>/gt.npz`` +
+``<clip>.mp4``, see docs/FORMATS.md) -- and writes the merged checkpoint (the merge plan and
+architecture in its header: loading it needs no calibration) plus a report
+``<out>.report.json`` / ``.md`` (layers merged, error after each step, final depth, FLOPs).
+Mask-ToMe needs no checkpoint change; it is switched on where the model is run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+#: seeds of the synthetic sets (calibration and the benchmark's held-out accuracy set differ)
+CALIB_SEED = 1000
+HELDOUT_SEED = 2000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="estimator checkpoint (.safetensors/.pt)")
+    p.add_argument("--out", required=True, help="merged checkpoint to write (.safetensors)")
+    p.add_argument("--eps", type=float, default=1.0, help="allowed calibration MPJPE increase in mm (default 1.0)")
+    p.add_argument("--metric", choices=["mpjpe_mm", "pa_mpjpe_mm"], default="mpjpe_mm", help="error the budget applies to")
+    p.add_argument("--spans", default="2", help="comma-separated group sizes tried per position (default 2)")
+    p.add_argument("--keep-first", type=int, default=1, help="never merge the first K blocks (default 1)")
+    p.add_argument("--calib", default=None, help="calibration folder in the ground-truth format (default: synthetic)")
+    p.add_argument("--n-calib", type=int, default=256, help="calibration crops (default 256)")
+    p.add_argument("--seed", type=int, default=CALIB_SEED, help="seed of the synthetic calibration set")
+    p.add_argument("--size", default=None, help="estimator size name when the checkpoint does not say")
+    p.add_argument("--image-size", default=None, help="crop H,W when the checkpoint does not say (e.g. 256,192)")
+    p.add_argument("--body-model", default="synthetic", help="body model for the joints: synthetic or smpl (default synthetic)")
+    p.add_argument("--cache", default=None, help="folder to cache the rendered calibration set in")
+
+
+def _parse_hw(text: Optional[str]) -> Optional[tuple[int, int]]:
+    from hmrflow.pipeline.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--image-size: expected H,W (e.g. 256,192), got {text!r}") from None
+    return h, w
+
+
+def _token_coverage(masks, token_grid: tuple[int, int]):
+    """Pixel masks (N, H, W) bool -> person coverage per token cell (N, gh, gw) float32."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.as_tensor(masks).float()[:, None]
+    return F.adaptive_avg_pool2d(m, token_grid)[:, 0]
+
+
+def _normalise(images_u8):
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 ImageNet-normalised."""
+    import torch
+
+    from hmrflow.stages.mesh.crop import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.as_tensor(images_u8).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple[int, int], seed: int,
+                          cache: Optional[Path] = None):
+    """A synthetic set of ``n`` single-person crops (fixed ``seed``) with GT joints and token masks."""
+    import numpy as np
+    import torch
+
+    from hmrflow.stages.mesh.accel.eclm import CalibrationSet
+
+    file = None
+    if cache is not None:
+        file = Path(cache) / f"calib_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
+        if file.exists():
+            d = dict(np.load(file))
+            return CalibrationSet(_normalise(d["images"]), torch.from_numpy(d["joints3d"]),
+                                  _token_coverage(d["masks"], token_grid))
+    from hmrflow.jobs.synth.crops import render_crops
+
+    log.info("rendering %d synthetic calibration crops (seed %d)", n, seed)
+    d = render_crops(np.random.default_rng(seed), n, size=image_size)
+    if file is not None:
+        from hmrflow.pipeline.atomic import atomic_path
+
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(file) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, images=d["images"], joints3d=d["joints3d"], masks=d["masks"])
+    return CalibrationSet(_normalise(d["images"]), torch.from_numpy(d["joints3d"]).float(),
+                          _token_coverage(d["masks"], token_grid))
+
+
+def gt_dir_calibration(folder: Path, image_size: tuple[int, int], token_grid: tuple[int, int],
+                       max_crops: int = 256, min_visible: float = 0.5):
+    """Crops of the people in a ground-truth folder (``<clip>/gt.npz`` + ``<clip>.mp4``) with
+    visible fraction >= ``min_visible``, evenly subsampled to ``max_crops``.  No token masks
+    (the format has none), so Mask-ToMe accuracy is not measured on such sets."""
+    import av
+    import numpy as np
+    import torch
+
+    from hmrflow.pipeline.errors import ConfigError
+    from hmrflow.stages.mesh.accel.eclm import CalibrationSet
+    from hmrflow.stages.mesh.crop import make_crops
+
+    folder = Path(folder)
+    clips = sorted(p.parent for p in folder.glob("*/gt.npz"))
+    if not clips:
+        raise ConfigError(f"{folder}: no <clip>/gt.npz found (expected the synthetic ground-truth format)")
+    wanted = []  # (clip, frame, person)
+    for clip in clips:
+        gt = np.load(clip / "gt.npz")
+        ok = gt["in_frame"] & (gt["visible_frac"] >= min_visible) & np.isfinite(gt["boxes"]).all(-1)
+        wanted += [(clip, int(f), int(p)) for f, p in zip(*np.nonzero(ok))]
+    if not wanted:
+        raise ConfigError(f"{folder}: no visible people in the ground truth")
+    keep = np.linspace(0, len(wanted) - 1, min(max_crops, len(wanted))).round().astype(int)
+    wanted = [wanted[i] for i in sorted(set(keep.tolist()))]
+    images, joints = [], []
+    for clip in sorted({w[0] for w in wanted}):
+        gt = np.load(clip / "gt.npz")
+        rows = [(f, p) for c, f, p in wanted if c == clip]
+        frames_needed = sorted({f for f, _ in rows})
+        video = clip / f"{clip.name}.mp4"
+        frames = {}
+        with av.open(str(video)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in frames_needed:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= frames_needed[-1]:
+                    break
+        rows = [(f, p) for f, p in rows if f in frames]
+        order = sorted(frames)
+        stack = np.stack([frames[i] for i in order])
+        idx = np.array([order.index(f) for f, _ in rows])
+        boxes = np.stack([gt["boxes"][f, p] for f, p in rows])
+        crops = make_crops(stack, idx, boxes, crop_hw=image_size, token_grid=token_grid)
+        images.append(crops.images)
+        joints.append(torch.from_numpy(np.stack([gt["joints3d"][f, p] for f, p in rows])).float())
+    return CalibrationSet(torch.cat(images), torch.cat(joints))
+
+
+def write_report(report: dict, out: Path) -> tuple[Path, Path]:
+    """``<out>.report.json`` and ``<out>.report.md``."""
+    from hmrflow.pipeline.atomic import atomic_write_bytes
+
+    jpath = out.with_name(out.stem + ".report.json")
+    mpath = out.with_name(out.stem + ".report.md")
+    atomic_write_bytes(jpath, json.dumps(report, indent=2).encode())
+    r = report
+    lines = [
+        f"# ECLM report: {r['weights']}", "",
+        f"budget: +{r['eps_mm']} mm {r['metric']} on {r['calibration']['n']} calibration crops ({r['calibration']['source']})", "",
+        f"depth {r['base_depth']} -> {r['final_depth']}; merged groups {r['plan']['groups']}", "",
+        f"GFLOPs per crop {r['flops']['baseline']['total'] / 1e9:.3f} -> {r['flops']['merged']['total'] / 1e9:.3f}", "",
+        "| step | blocks | CKA | MPJPE mm | PA-MPJPE mm | increase mm | accepted |",
+        "|---|---|---|---|---|---|---|",
+        f"| baseline | - | - | {r['baseline']['mpjpe_mm']:.2f} | {r['baseline']['pa_mpjpe_mm']:.2f} | 0 | - |",
+    ]
+    for i, s in enumerate(r["steps"], 1):
+        lines.append(f"| {i} | {s['group'][0]}..{s['group'][1]} | {s['cka']:.3f} | {s['mpjpe_mm']:.2f} | "
+                     f"{s['pa_mpjpe_mm']:.2f} | {s['increase_mm']:+.2f} | {'yes' if s['accepted'] else 'no'} |")
+    atomic_write_bytes(mpath, ("\n".join(lines) + "\n").encode())
+    return jpath, mpath
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hmrflow.pipeline.errors import ConfigError
+    from hmrflow.priors.body_model import load_body_model
+    from hmrflow.stages.mesh.accel.eclm import (
+        ECLMConfig, apply_eclm, load_estimator, save_merged_estimator, search_plan,
+    )
+    from hmrflow.stages.mesh.accel.flops import model_flops
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    try:
+        spans = tuple(int(s) for s in str(args.spans).split(","))
+    except ValueError:
+        raise ConfigError(f"--spans: expected comma-separated integers, got {args.spans!r}") from None
+    cfg = ECLMConfig(eps_mm=args.eps, error_metric=args.metric, spans=spans, keep_first=args.keep_first)
+    model, prior_plan = load_estimator(args.weights, size=args.size, image_size=_parse_hw(args.image_size))
+    if prior_plan is not None:
+        raise ConfigError(f"{args.weights}: already layer-merged ({prior_plan.groups}); start from the unmerged weights")
+    if args.calib:
+        calib = gt_dir_calibration(Path(args.calib), model.image_size, model.token_grid, args.n_calib)
+        source = str(args.calib)
+    else:
+        calib = synthetic_calibration(args.n_calib, model.image_size, model.token_grid, args.seed,
+                                      Path(args.cache) if args.cache else None)
+        source = f"synthetic seed {args.seed}"
+    body = load_body_model(args.body_model)
+    torch.set_grad_enabled(False)
+    result = search_plan(model, body, calib, cfg)
+    flops_base = model_flops(model).as_dict()
+    handle = apply_eclm(model, result.plan)
+    flops_merged = model_flops(model).as_dict()
+    report = {
+        "weights": str(args.weights), "out": str(out), "eps_mm": args.eps, "metric": args.metric,
+        "calibration": {"source": source, "n": len(calib)},
+        **result.as_dict(),
+        "flops": {"baseline": flops_base, "merged": flops_merged},
+    }
+    save_merged_estimator(model, result.plan, out, report={k: report[k] for k in ("eps_mm", "metric", "baseline", "final")})
+    handle.remove()
+    jpath, mpath = write_report(report, out)
+    log.info("depth %d -> %d, %s %.2f -> %.2f mm; wrote %s (report %s)", result.plan.base_depth, result.plan.depth,
+             args.metric, result.baseline[args.metric], result.final[args.metric], out, mpath)
+    print(mpath.read_text())
+    return 0
