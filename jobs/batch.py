@@ -165,7 +165,8 @@ class BatchOptions:
     strict: stop at the first failed video (clinical runs); exit code 3.
     stall_timeout_s / video_timeout_s: fail a video with no progress / taking too long.
     isolate: local runner only: False runs in-process (no timeouts).
-    address: Ray cluster address (None: start a local one); ray_workers: fused frame actors.
+    address: Ray cluster address (None: start a local one); ray_workers: fused frame actors;
+    videos_per_pass: videos per Ray Data execution (see :class:`~hmrflow.pipeline.runner_ray.RayRunner`).
     run_name: prefix of the run id (reports folder).
     """
 
@@ -178,6 +179,7 @@ class BatchOptions:
     address: str | None = None
     ray_workers: int = 1
     ray_num_cpus: int | None = None
+    videos_per_pass: int = 256
     run_name: str = "batch"
     progress: bool = True
     qc: bool = True
@@ -371,42 +373,44 @@ def _execute_ray(
     pending: set[str],
     bar_f: Any,
 ) -> None:
-    """Ray passes: all pending videos are marked running, outcomes recorded as they stream in;
-    videos whose outcome never arrived (a pass aborted by lost workers) are requeued and run
-    again in the next pass, until each has used ``max_attempts`` starts."""
+    """Ray passes of ``videos_per_pass`` videos: a pass's videos are marked running, outcomes
+    are recorded as they stream in; videos whose outcome never arrived (a pass aborted by lost
+    workers) are requeued and run again, until each has used ``max_attempts`` starts."""
     from hmrflow.pipeline.runner_ray import RayRunner
 
     runner = RayRunner(
         spec, address=options.address, frame_workers=options.ray_workers, num_cpus=options.ray_num_cpus,
         isolate=options.isolate, stall_timeout_s=options.stall_timeout_s, video_timeout_s=options.video_timeout_s,
+        videos_per_pass=len(tasks),  # passes are cut here, so each runner.run() is one pass
     )
-    by_id = {t.video_id: t for t in tasks}
-    while pending:
-        this_pass = [by_id[v] for v in by_id if v in pending]
-        for t in this_pass:
-            ledger.mark_running(t.video_id, run_id)
-        stop = False
-        try:
-            for o in runner.run(this_pass):
-                bar_f.update(o.frames)
-                if not record(o):
-                    stop = True
-                    break
-        except Exception as exc:  # a pass can die with its workers: the ledger knows what is left
-            log.warning("Ray pass ended early (%s); %d videos left", error_line(exc), len(pending))
-        if stop or not pending:
-            return
-        lost = ledger.entries(sorted(pending))
-        exhausted = [e for e in lost if e.attempts >= options.max_attempts]
-        for e in exhausted:
-            ledger.mark_failed(e.video_id, run_id, f"lost {e.attempts} times (worker died or pass aborted)")
-            pending.discard(e.video_id)
-            summary.failed += 1
-            summary.failures[e.video_id] = f"lost {e.attempts} times (worker died or pass aborted)"
-            if options.strict:
-                summary.strict_stop = True
-                return
-        retry = [e.video_id for e in lost if e.attempts < options.max_attempts]
-        if retry:
-            ledger.requeue(retry, run_id, "outcome lost (worker died); retrying")
-            log.warning("retrying %d videos whose results were lost", len(retry))
+    per_pass = max(1, options.videos_per_pass)
+    for start in range(0, len(tasks), per_pass):
+        remaining = tasks[start:start + per_pass]
+        while remaining:
+            for t in remaining:
+                ledger.mark_running(t.video_id, run_id)
+            try:
+                for o in runner.run(remaining):
+                    bar_f.update(o.frames)
+                    if not record(o):
+                        return
+            except Exception as exc:  # a pass can die with its workers: the ledger knows what is left
+                log.warning("Ray pass ended early (%s)", error_line(exc))
+            lost = ledger.entries([t.video_id for t in remaining if t.video_id in pending])
+            retry = []
+            for e in lost:
+                if e.attempts >= options.max_attempts:
+                    msg = f"lost {e.attempts} times (worker died or pass aborted)"
+                    ledger.mark_failed(e.video_id, run_id, msg)
+                    pending.discard(e.video_id)
+                    summary.failed += 1
+                    summary.failures[e.video_id] = msg
+                    if options.strict:
+                        summary.strict_stop = True
+                        return
+                else:
+                    retry.append(e.video_id)
+            if retry:
+                ledger.requeue(retry, run_id, "outcome lost (worker died); retrying")
+                log.warning("retrying %d videos whose results were lost", len(retry))
+            remaining = [t for t in remaining if t.video_id in set(retry)]

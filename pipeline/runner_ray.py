@@ -298,7 +298,10 @@ class RayRunner:
     frame_workers: actors of the fused decode+frame-stages operator (each holds the models).
     finish_workers: actors of the track/refine/write operator when one of those needs an actor.
     isolate: run the frame stages in a supervised child of each actor (hang timeouts).
-    videos_per_pass: videos per Ray Data execution (outcomes of a pass arrive together).
+    videos_per_pass: videos per Ray Data execution.  The groupby is a barrier inside a pass,
+        so outcomes of a pass are committed when its decoding is over, and each pass starts
+        its actors (and loads models) anew: larger passes amortise start-up, smaller ones
+        lose less work when the driver is killed.
     """
 
     spec: PipelineSpec
@@ -309,7 +312,7 @@ class RayRunner:
     isolate: bool = True
     stall_timeout_s: float = 600.0
     video_timeout_s: float | None = None
-    videos_per_pass: int = 32
+    videos_per_pass: int = 256
     _probe_stages: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def _resources(self) -> tuple[float, bool, float]:

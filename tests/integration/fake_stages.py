@@ -61,12 +61,15 @@ class PixelEstimate(BaseStage):
 
     resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
 
-    def __init__(self) -> None:
+    def __init__(self, pid_dir: str | None = None) -> None:
         super().__init__()
         self.weights: np.ndarray | None = None
+        self.pid_dir = pid_dir
 
     def setup(self) -> None:  # a stage with weights: kept alive as an actor
         self.weights = np.linspace(0.5, 1.5, 10, dtype=np.float32)
+        if self.pid_dir:  # lets fault tests find (and kill) the process that runs this stage
+            Path(self.pid_dir, str(os.getpid())).touch()
         super().setup()
 
     def __call__(self, df: DetectedFrames) -> MeshEstimates:
@@ -162,7 +165,8 @@ class FaultyDecode(BaseStage):
 
 
 def fake_spec(out_root: str | os.PathLike[str], config: dict[str, Any] | None = None, delay_s: float = 0.0,
-              batch_size: int = 8, refine: bool = True, decode_cfg: Any = None) -> PipelineSpec:
+              batch_size: int = 8, refine: bool = True, decode_cfg: Any = None,
+              pid_dir: str | None = None) -> PipelineSpec:
     """Real probe/decode/write around the fake model stages."""
     from hmrflow.jobs.pipelines import probe_clip
     from hmrflow.pipeline.config import DecodeConfig, WriteConfig
@@ -173,7 +177,7 @@ def fake_spec(out_root: str | os.PathLike[str], config: dict[str, Any] | None = 
     return PipelineSpec(
         probe=probe_clip,
         decode=FaultyDecode(dec, delay_s),
-        frame_stages=(BandDetect(), PixelEstimate()),
+        frame_stages=(BandDetect(), PixelEstimate(pid_dir)),
         track=SideTrack(),
         to_sequences=side_sequences,
         refine=SmoothRefine() if refine else None,
