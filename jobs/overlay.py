@@ -135,7 +135,7 @@ def _rasterize_people(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, 
     face_colors = torch.from_numpy(np.repeat(colors.astype(np.float32), f, axis=0)).to(device)
     with torch.no_grad():
         res = rasterize(vt, ft, torch.from_numpy(K).float(), height, width, vert_image=vert_image, n_images=n_images,
-                        face_instance=face_instance, n_instances=n, face_colors=face_colors,
+                        face_instance=face_instance, n_instances=n, face_colors=face_colors, cull_backfaces=True,
                         ambient=torch.tensor([0.45, 0.45, 0.45]), light_color=torch.tensor([0.65, 0.65, 0.65]))
     return res.rgb.cpu().numpy(), res.mask.cpu().numpy()
 
