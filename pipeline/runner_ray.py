@@ -192,7 +192,7 @@ class FusedFrames:
             t0 = time.perf_counter()
             try:
                 res = self._one(task)
-            except (WorkerError, Exception) as exc:  # per-video error record, never a failed block
+            except Exception as exc:  # per-video error record, never a failed block
                 err = str(exc) if isinstance(exc, WorkerError) else error_line(exc)
                 yield _rows(task.video_id, KIND_INFO, 0, _empty_estimate_columns(1),
                             _info_json(task, None, err, time.perf_counter() - t0))

@@ -194,3 +194,23 @@ def test_kill_9_mid_run_loses_nothing_and_resume_does_each_video_once(tmp_path: 
     assert {v: (out / v / "manifest.json").stat().st_mtime_ns for v in done_first} == stamps
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # temporaries of the killed writer cleared
     assert sorted(p.name for p in out.iterdir()) == sorted(["_job", *names])
+
+
+def test_model_stages_plug_into_the_factory_dict_with_one_line_each(tmp_path: Path, monkeypatch) -> None:
+    from hmrflow.jobs import pipelines
+    from hmrflow.pipeline.config import load_config
+    from hmrflow.pipeline.errors import HmrflowError
+    from tests.integration.fake_stages import BandDetect, PixelEstimate, SmoothRefine
+
+    cfg = load_config("clip", [])
+    monkeypatch.setitem(pipelines.MODEL_STAGES, "detect", None)
+    with pytest.raises(HmrflowError, match="'detect' stage is not available"):
+        pipelines.build_spec(cfg, tmp_path)
+    monkeypatch.setitem(pipelines.MODEL_STAGES, "detect", lambda cfg, out: BandDetect())
+    monkeypatch.setitem(pipelines.MODEL_STAGES, "estimate", lambda cfg, out: PixelEstimate())
+    monkeypatch.setitem(pipelines.MODEL_STAGES, "refine", lambda cfg, out: SmoothRefine())
+    spec = pipelines.build_spec(cfg, tmp_path)
+    assert [type(s).__name__ for s in spec.frame_stages] == ["BandDetect", "PixelEstimate"]
+    assert type(spec.refine).__name__ == "SmoothRefine" and spec.config == cfg.resolved_dict()
+    no_refine = pipelines.build_spec(load_config("clip", ["refine.enabled=false"]), tmp_path)
+    assert no_refine.refine is None and type(no_refine.decode).__name__ == "DecodeStage"
