@@ -170,3 +170,32 @@ def test_flops_follow_token_counts(model, crops):
     assert merged.blocks < full.blocks and merged.total < full.total
     assert tome_token_counts(24, [2] * 6) == list(mt.block_tokens)
     assert tome_token_counts(24, [8] * 3, n_protected=20) == [(24, 22), (22, 21), (21, 21)]
+
+
+def test_reentrant_across_threads(model, crops):
+    """Concurrent calls with different masks give the same results as sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    covers = [torch.zeros(3, 6, 4), torch.ones(3, 6, 4), (torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(5)) > 0.5).float()]
+    with apply_mask_tome(model, MaskToMeConfig(r=3)):
+        with torch.inference_mode():
+            ref = [model(crops, protect=c).pose6d for c in covers]
+
+        def call(i: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(crops, protect=covers[i % 3]).pose6d
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(call, range(12)))
+    assert all(torch.equal(g, ref[i % 3]) for i, g in enumerate(got))
+    assert not torch.equal(ref[0], ref[1])  # the masks matter (all-person = no merge at all)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(model, crops):
+    cover = torch.zeros(3, 6, 4)
+    cover[:, 2:5, 1:3] = 1.0
+    with apply_mask_tome(model, MaskToMeConfig(r=3)), torch.inference_mode():
+        ref = model(crops, protect=cover)
+        out = torch.compile(model, backend="aot_eager")(crops, protect=cover)
+    assert torch.allclose(out.pose6d, ref.pose6d, atol=1e-6)
