@@ -72,6 +72,10 @@ class EstimateConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     eclm: bool = False
     tome_r: int = Field(0, ge=0, description="background tokens merged per layer (0 = off)")
+    image_size: Optional[tuple[int, int]] = Field(
+        None, description="crop (H, W) of the ViT; None = from the weights' header, else 256x192"
+    )
+    crop_rescale: float = Field(1.2, gt=0.5, le=3.0, description="context factor applied to detector boxes")
 
 
 class TrackConfig(Strict):

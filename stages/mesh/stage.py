@@ -1,0 +1,239 @@
+"""``EstimateStage``: DetectedFrames -> MeshEstimates (SMPL pose, shape and camera per person).
+
+All people of a batch of frames are cropped at once (:func:`hmrflow.stages.mesh.crop.make_crops`,
+HMR2.0's box -> crop rule with ``cfg.crop_rescale`` context) and the ViT runs over them in
+chunks of ``cfg.batch_size``.  On CUDA the ViT runs under autocast (``cfg.precision``: bf16 or
+fp16; rotations, the camera conversion and everything after stay fp32).  On the CPU the stage
+always runs fp32: CPU bf16 autocast was not faster for the tiny model here and changes the
+outputs, so it is not used.  The weak-perspective crop camera becomes a full-image SMPL
+translation with HMR2.0's default focal length ``5000 / 256 * max(W, H)`` (:mod:`.camera`);
+``focal`` is reported per row so later stages can re-project consistently.
+
+Weights: ``cfg.weights`` or the bundled file ``stages/mesh/weights/estimator_<size>.safetensors``.
+hmrflow's own files carry the crop size in their safetensors header; a state dict in HMR2.0's
+published layout (keys ``backbone.blocks.*`` + ``smpl_head.*``) is imported with
+:mod:`.hmr2_import`.  Columns: ``scores`` keeps the detector score, ``confidence`` is the
+estimator's own confidence (sigmoid of its confidence readout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+
+from hmrflow.pipeline.config import EstimateConfig
+from hmrflow.pipeline.errors import CheckpointError, ConfigError
+from hmrflow.pipeline.results import DetectedFrames
+from hmrflow.pipeline.stage import BaseStage, Resources
+from hmrflow.pipeline.types import MeshEstimates
+from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal
+from hmrflow.stages.mesh.crop import make_crops
+from hmrflow.stages.mesh.model import DEFAULT_IMAGE_SIZE, EstimatorOutput, MeshEstimator, build_estimator
+
+log = logging.getLogger(__name__)
+
+#: Our weights files say this in their safetensors header.
+WEIGHTS_FORMAT = "hmrflow.mesh_estimator.v1"
+
+
+def bundled_weights_path(size: str) -> Path:
+    """Where the package keeps the trained weights of ``size`` (the file may not exist)."""
+    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / f"estimator_{size}.safetensors"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"estimate.device: {exc}") from None
+
+
+def read_weights_header(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} for other files or none)."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # corrupt header: load_state_dict reports it with the file name
+        log.debug("%s: no readable safetensors header (%s)", p, exc)
+        return {}
+
+
+def save_estimator(model: MeshEstimator, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write estimator weights as safetensors with its size and crop size (and ``extra``, JSON) in the header."""
+    from hmrflow.pipeline.checkpoints import save_state_dict
+
+    meta = {"format": WEIGHTS_FORMAT, "size": model.spec.name, "image_size": json.dumps(list(model.image_size))}
+    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    return save_state_dict(model.state_dict(), path, metadata=meta)
+
+
+def is_hmr2_layout(state: dict[str, torch.Tensor]) -> bool:
+    """True for a state dict in HMR2.0's published key layout (``backbone.blocks`` + ``smpl_head``)."""
+    return any(k.startswith("smpl_head.") for k in state) and any(k.startswith("backbone.blocks.") for k in state)
+
+
+def load_estimator(size: str, weights: str | Path, image_size: Optional[tuple[int, int]] = None) -> MeshEstimator:
+    """Build the ``size`` estimator and load ``weights`` (ours or HMR2.0 layout) into it.
+
+    The crop size is ``image_size`` if given, else the one in the file's header, else 256 x 192.
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, of another
+    size, or does not fit the model.
+    """
+    from hmrflow.pipeline.checkpoints import load_state_dict
+
+    path = Path(weights)
+    state = load_state_dict(path)
+    header = read_weights_header(path)
+    if image_size is None and "image_size" in header:
+        image_size = tuple(int(v) for v in json.loads(header["image_size"]))  # type: ignore[assignment]
+    if "size" in header and header["size"] != size:
+        raise CheckpointError(f"{path}: weights of the {header['size']!r} estimator, but estimate.size is {size!r}")
+    model = build_estimator(size, image_size or DEFAULT_IMAGE_SIZE)
+    if is_hmr2_layout(state):
+        from hmrflow.stages.mesh.hmr2_import import import_hmr2_state_dict
+
+        try:
+            import_hmr2_state_dict(state, model)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        return model
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(ours[k].shape)}" for k in ours
+             if k in state and state[k].shape != ours[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
+        raise CheckpointError(
+            f"{path}: does not fit the {size!r} estimator at crop size {model.image_size}: " + ", ".join(parts)
+            + " (check estimate.size / estimate.image_size)"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
+    """Per-person SMPL estimates for a batch of frames (see module docstring).
+
+    ``body_model_cfg`` (a :class:`~hmrflow.pipeline.config.BodyModelConfig` or None) is only
+    checked against the weights: the bundled weights were trained with the synthetic body model,
+    so their betas mean nothing to real SMPL (a warning says so).
+    """
+
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
+
+    def __init__(self, cfg: EstimateConfig, body_model_cfg: Any = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body_model_cfg = body_model_cfg
+        self.model: Optional[MeshEstimator] = None
+        self.device = torch.device("cpu")
+        self.weights_path: Optional[Path] = None
+
+    def setup(self) -> None:
+        """Resolve the device and load the weights (``cfg.weights`` or the bundled file)."""
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        if cfg.weights:
+            path = Path(cfg.weights).expanduser()
+        else:
+            path = bundled_weights_path(cfg.size)
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{path}: no bundled weights for the {cfg.size!r} estimator (only 'tiny' ships); "
+                    "set estimate.weights to a weights file (hmrflow's .safetensors or HMR2.0's layout)"
+                )
+            kind = getattr(self.body_model_cfg, "kind", "synthetic")
+            if kind != "synthetic":
+                log.warning("the bundled %s estimator was trained with the synthetic body model; its shape (betas) "
+                            "and pose outputs are not calibrated for body_model.kind=%s", cfg.size, kind)
+        model = load_estimator(cfg.size, path, cfg.image_size)
+        if cfg.tome_r or cfg.eclm:
+            log.warning("estimate.tome_r / estimate.eclm are not applied by this stage version (full ViT runs)")
+        self.model = model.to(self.device).eval()
+        self.weights_path = path
+        self._ready = True
+        log.info("estimator %s (%s crops %dx%d) on %s from %s", cfg.size, cfg.precision, *model.image_size,
+                 self.device, path)
+
+    def _autocast_dtype(self) -> Optional[torch.dtype]:
+        if self.device.type != "cuda" or self.cfg.precision == "fp32":
+            return None
+        return torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+
+    @torch.no_grad()
+    def predict_crops(self, crops: torch.Tensor) -> EstimatorOutput:
+        """Run the ViT over normalised crops (N, 3, h, w) in chunks of ``cfg.batch_size``; fp32 outputs on CPU."""
+        self.ensure_setup()
+        assert self.model is not None
+        amp = self._autocast_dtype()
+        outs: list[EstimatorOutput] = []
+        for s in range(0, crops.shape[0], self.cfg.batch_size):
+            chunk = crops[s : s + self.cfg.batch_size].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                o = self.model(chunk)
+            outs.append(EstimatorOutput(*(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d))))
+        return EstimatorOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in
+                                 ("rotmats", "betas", "pred_cam", "confidence", "pose6d")))
+
+    def __call__(self, x: DetectedFrames) -> MeshEstimates:
+        """Crop every detected person of ``x.frames`` and estimate their SMPL bodies."""
+        self.ensure_setup()
+        assert self.model is not None
+        det, frames = x.detections, x.frames
+        n = len(det)
+        if n == 0:
+            return _empty(det.video_id)
+        pos = {int(f): i for i, f in enumerate(frames.frame_idx)}
+        missing = sorted({int(f) for f in det.frame_idx} - set(pos))
+        if missing:
+            raise ValueError(f"detections refer to frames not in the batch: {missing[:5]}")
+        index = np.array([pos[int(f)] for f in det.frame_idx], np.int64)
+        crops = make_crops(frames.images, index, det.boxes_xyxy, None, self.model.image_size,
+                           self.model.token_grid, self.cfg.crop_rescale)
+        out = self.predict_crops(crops.images)
+        h, w = frames.images.shape[1:3]
+        wh = torch.tensor([float(w), float(h)])
+        focal = default_focal(wh)
+        cam_t = cam_crop_to_full(out.pred_cam, crops.boxes.center, crops.boxes.size, wh, focal)
+        return MeshEstimates(
+            video_id=det.video_id,
+            frame_idx=det.frame_idx.astype(np.int64),
+            pts=det.pts.astype(np.float64),
+            boxes_xyxy=det.boxes_xyxy.astype(np.float32),
+            scores=det.scores.astype(np.float32),
+            rotmats=out.rotmats.numpy().astype(np.float32),
+            betas=out.betas.numpy().astype(np.float32),
+            cam_t=cam_t.numpy().astype(np.float32),
+            focal=np.full(n, float(focal), np.float32),
+            confidence=out.confidence.numpy().astype(np.float32),
+        )
+
+
+def _empty(video_id: str) -> MeshEstimates:
+    return MeshEstimates(
+        video_id=video_id, frame_idx=np.zeros(0, np.int64), pts=np.zeros(0, np.float64),
+        boxes_xyxy=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+        rotmats=np.zeros((0, 24, 3, 3), np.float32), betas=np.zeros((0, 10), np.float32),
+        cam_t=np.zeros((0, 3), np.float32), focal=np.zeros(0, np.float32), confidence=np.zeros(0, np.float32),
+    )

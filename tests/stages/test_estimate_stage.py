@@ -1,0 +1,133 @@
+"""EstimateStage: shapes, geometry with the bundled weights, empty input, chunking, weights errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hmrflow.pipeline.config import EstimateConfig
+from hmrflow.pipeline.errors import CheckpointError
+from hmrflow.pipeline.results import DetectedFrames
+from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
+from hmrflow.stages.mesh.camera import default_focal, project_points
+from hmrflow.stages.mesh.model import build_estimator
+from hmrflow.stages.mesh.stage import EstimateStage, bundled_weights_path, is_hmr2_layout, load_estimator, save_estimator
+
+W, H = 320, 240
+
+
+@pytest.fixture(scope="module")
+def two_people() -> DetectedFrames:
+    """Two rendered frames of one synthetic scene with two people, GT boxes as detections."""
+    from hmrflow.jobs.synth.clip import load_body_assets
+    from hmrflow.jobs.synth.scene import SceneSpec
+    from hmrflow.jobs.train.synth_frames import render_scene_frames
+
+    spec = SceneSpec(name="t", seed=3, people=2, seconds=1.0, fps=10.0, width=W, height=H,
+                     height_frac=(0.45, 0.6), walkers=0.0, noise=1.0)
+    fr = render_scene_frames(spec, np.array([0, 5]), load_body_assets("synthetic"))
+    boxes = fr.boxes[:, :2].reshape(-1, 4)
+    assert np.isfinite(boxes).all(), "both people must be visible in both frames"
+    frame_idx = np.repeat(np.array([10, 15]), 2)
+    frames = FrameBatch(video_id="v", frame_idx=np.array([10, 15]), pts=np.array([1.0, 1.5]), images=fr.images)
+    det = Detections(video_id="v", frame_idx=frame_idx, pts=frame_idx / 10.0, boxes_xyxy=boxes.astype(np.float32),
+                     scores=np.array([0.9, 0.8, 0.7, 0.95], np.float32), masks=np.ones((4, MASK_RES, MASK_RES), bool))
+    return DetectedFrames(frames, det)
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = build_estimator("tiny", (128, 96))
+    return str(save_estimator(model, tmp_path_factory.mktemp("w") / "random.safetensors"))
+
+
+def _stage(weights: str | None, **kw) -> EstimateStage:
+    st = EstimateStage(EstimateConfig(weights=weights, device="cpu", **kw))
+    st.setup()
+    return st
+
+
+def _check_rotations(r: np.ndarray) -> None:
+    eye = np.einsum("...ij,...kj->...ik", r, r)
+    np.testing.assert_allclose(eye, np.broadcast_to(np.eye(3), eye.shape), atol=1e-4)
+    np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-4)
+
+
+def test_random_weights_shapes_and_columns(two_people, random_weights) -> None:
+    st = _stage(random_weights)
+    assert st.model is not None and st.model.image_size == (128, 96)  # from the weights' header
+    out = st(two_people)
+    assert len(out) == 4
+    np.testing.assert_array_equal(np.bincount(out.frame_idx)[[10, 15]], [2, 2])
+    assert out.rotmats.shape == (4, 24, 3, 3) and out.betas.shape == (4, 10) and out.cam_t.shape == (4, 3)
+    _check_rotations(out.rotmats)
+    np.testing.assert_allclose(out.focal, float(default_focal((W, H))))
+    np.testing.assert_array_equal(out.scores, two_people.detections.scores)  # detector score kept
+    assert ((out.confidence > 0) & (out.confidence < 1)).all()
+    assert (out.cam_t[:, 2] > 0).all()
+
+
+def test_bundled_weights_put_the_pelvis_in_the_box(two_people) -> None:
+    if not bundled_weights_path("tiny").is_file():
+        pytest.skip("bundled tiny weights not built")
+    from hmrflow.priors.body_model import load_body_model
+
+    out = _stage(None)(two_people)
+    _check_rotations(out.rotmats)
+    assert (out.cam_t[:, 2] > 0).all()
+    body = load_body_model("synthetic")
+    with torch.no_grad():
+        joints = body(torch.from_numpy(out.rotmats), torch.from_numpy(out.betas)).joints
+    pelvis = project_points(joints[:, :1], torch.from_numpy(out.cam_t), (W, H), torch.from_numpy(out.focal))[:, 0].numpy()
+    b = out.boxes_xyxy
+    assert ((pelvis >= b[:, :2]) & (pelvis <= b[:, 2:])).all(), (pelvis, b)
+    centre, hgt = (b[:, :2] + b[:, 2:]) / 2, b[:, 3] - b[:, 1]
+    assert (np.abs(pelvis - centre).max(axis=1) < 0.3 * hgt).all()
+
+
+def test_empty_detections_give_empty_estimates(two_people, random_weights) -> None:
+    x = DetectedFrames(two_people.frames, Detections.empty("v"))
+    out = _stage(random_weights)(x)
+    assert len(out) == 0 and out.rotmats.shape == (0, 24, 3, 3) and out.video_id == "v"
+
+
+def test_chunking_gives_identical_results(two_people, random_weights) -> None:
+    a = _stage(random_weights, batch_size=64)(two_people)
+    b = _stage(random_weights, batch_size=1)(two_people)
+    for f in ("rotmats", "betas", "cam_t", "confidence"):
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), atol=2e-5, rtol=1e-5)
+
+
+def test_weights_errors(tmp_path, random_weights) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        _stage(str(tmp_path / "nope.safetensors"))
+    with pytest.raises(CheckpointError, match="'tiny' estimator, but estimate.size is 'small'"):
+        _stage(random_weights, size="small")
+    with pytest.raises(CheckpointError, match="does not fit"):  # header says 128x96, config forces 256x192
+        _stage(random_weights, image_size=(256, 192))
+    st = EstimateStage(EstimateConfig(size="base", device="cpu"))
+    if not bundled_weights_path("base").is_file():
+        with pytest.raises(CheckpointError, match="no bundled weights"):
+            st.setup()
+
+
+def test_hmr2_layout_is_detected_and_imported(tmp_path) -> None:
+    from hmrflow.pipeline.checkpoints import save_state_dict
+    from hmrflow.stages.mesh.hmr2_import import hmr2_key_layout
+
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(s, generator=gen) * 0.02 for k, s in hmr2_key_layout("tiny", (128, 96), False).items()}
+    assert is_hmr2_layout(state) and not is_hmr2_layout(build_estimator("tiny", (128, 96)).state_dict())
+    path = save_state_dict(state, tmp_path / "hmr2.safetensors")
+    model = load_estimator("tiny", path, (128, 96))
+    np.testing.assert_array_equal(model.state_dict()["head.decshape.weight"].numpy(), state["smpl_head.decshape.weight"].numpy())
+
+
+def test_init_is_cheap_and_picklable() -> None:
+    import pickle
+
+    st = EstimateStage(EstimateConfig(size="huge"))
+    assert st.model is None
+    assert pickle.loads(pickle.dumps(st)).cfg.size == "huge"
