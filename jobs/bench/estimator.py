@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (default 5)")
     p.add_argument("--tome-r", type=int, default=None, help="Mask-ToMe mean merges per block (default: per model)")
     p.add_argument("--tome-schedule", default="decreasing", choices=["constant", "decreasing"])
+    p.add_argument("--tome-group", type=int, default=16,
+                   help="Mask-ToMe sub-batch size (crops sorted by person size; 0 = whole batch; default 16)")
     p.add_argument("--n-eval", type=int, default=256, help="held-out crops for accuracy (default 256)")
     p.add_argument("--n-calib", type=int, default=128, help="calibration crops for the ECLM search (default 128)")
     p.add_argument("--cache", default=None, help="folder to cache rendered synthetic sets (default OUT/cache)")
@@ -94,8 +96,15 @@ def _flops(v: _Variants, variant: str, x, cover) -> dict[str, int]:
     try:
         if variant in ("tome", "both"):
             bb = v.model.backbone
-            mt = tome_features(bb, x, r_schedule(v.tome_cfg, len(bb.blocks)), resolve_protect(cover, v.tome_cfg))
-            return model_flops(v.model, mt.block_tokens).as_dict()
+            protect = resolve_protect(cover, v.tome_cfg)
+            rs = r_schedule(v.tome_cfg, len(bb.blocks))
+            g = v.tome_cfg.group_size or x.shape[0]
+            order = protect.sum(1).argsort(stable=True)
+            totals = []
+            for idx in order.split(g):  # the same sub-batches as the model's forward
+                mt = tome_features(bb, x[idx], rs, protect[idx])
+                totals.append((len(idx), model_flops(v.model, mt.block_tokens).as_dict()))
+            return {k: round(sum(n * d[k] for n, d in totals) / x.shape[0]) for k in totals[0][1]}
         return model_flops(v.model).as_dict()
     finally:
         v.set("baseline")
@@ -241,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         plan, plan_source = _pairs_from_end(tiny_depth, tiny_depth // 3), "fixed pairs from the end (random weights)"
     n_tok = tiny.token_grid[0] * tiny.token_grid[1]
     tiny_r = args.tome_r if args.tome_r is not None else max(1, n_tok // (2 * plan.depth))
-    tiny_tome = MaskToMeConfig(r=tiny_r, schedule=args.tome_schedule)
+    tiny_tome = MaskToMeConfig(r=tiny_r, schedule=args.tome_schedule, group_size=args.tome_group or None)
 
     report: dict[str, Any] = {
         "device": str(device), "dtype": "bf16 autocast" if amp else "fp32", "threads": torch.get_num_threads(),
@@ -253,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         report["models"]["tiny"] = {
             "description": f"bundled tiny estimator, crops {tiny.image_size}, {n_tok} tokens, {weights_desc}",
             "eclm": {"base_depth": plan.base_depth, "depth": plan.depth, "groups": [list(g) for g in plan.groups], "source": plan_source},
-            "tome": f"r={tiny_r} {args.tome_schedule}, person tokens protected (synthetic masks)",
+            "tome": f"r={tiny_r} {args.tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (synthetic masks)",
         }
         batches = [int(b) for b in args.batches.split(",")]
         report["throughput"] += _bench_model("tiny", v, crops_tiny, cover_tiny, batches, args.reps, device, amp)
@@ -265,14 +274,14 @@ def run(args: argparse.Namespace) -> int:
         frac = max((plan.base_depth - plan.depth) / plan.base_depth, 1 / 3)
         hplan = _pairs_from_end(32, round(32 * frac))
         hr = args.tome_r if args.tome_r is not None else max(1, 192 // (2 * hplan.depth))
-        hcfg = MaskToMeConfig(r=hr, schedule=args.tome_schedule)
+        hcfg = MaskToMeConfig(r=hr, schedule=args.tome_schedule, group_size=args.tome_group or None)
         images = F.interpolate(crops_tiny[:64], size=(256, 192), mode="bilinear", align_corners=False)
         cover = F.adaptive_avg_pool2d(F.interpolate(cover_tiny[:64, None], size=(64, 48), mode="nearest"), (16, 12))[:, 0]
         report["models"]["huge"] = {
             "description": "HMR2.0 ViT-H/16 + decoder size, crops (256, 192), 192 tokens, random weights (speed only)",
             "eclm": {"base_depth": 32, "depth": hplan.depth, "groups": [list(g) for g in hplan.groups],
                      "source": "fixed pairs from the end, same depth fraction as the tiny plan (random weights)"},
-            "tome": f"r={hr} {args.tome_schedule}, person tokens protected (synthetic masks, upsampled)",
+            "tome": f"r={hr} {args.tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (synthetic masks, upsampled)",
         }
         hb = [int(b) for b in args.huge_batches.split(",") if b]
         report["throughput"] += _bench_model("huge", _Variants(huge, hplan, hcfg), images, cover, hb,

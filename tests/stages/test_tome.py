@@ -199,3 +199,22 @@ def test_torch_compile_matches_eager(model, crops):
         ref = model(crops, protect=cover)
         out = torch.compile(model, backend="aot_eager")(crops, protect=cover)
     assert torch.allclose(out.pose6d, ref.pose6d, atol=1e-6)
+
+
+def test_group_size_sub_batches_match_separate_calls(model):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, *IMG, generator=g)
+    cover = torch.zeros(4, 6, 4)
+    cover[1] = 1.0  # one crop all person: in one batch it would stop all merging
+    cover[3, :3] = 1.0
+    with torch.inference_mode():
+        with apply_mask_tome(model, MaskToMeConfig(r=3, group_size=2)):
+            grouped = model(x, protect=cover)
+        with apply_mask_tome(model, MaskToMeConfig(r=3)):
+            # sorted by person tokens: (0, 2) then (3, 1)
+            a = model(x[[0, 2]], protect=cover[[0, 2]])
+            b = model(x[[3, 1]], protect=cover[[3, 1]])
+            whole = model(x, protect=cover)
+    assert torch.allclose(grouped.pose6d[[0, 2]], a.pose6d, atol=1e-6)
+    assert torch.allclose(grouped.pose6d[[3, 1]], b.pose6d, atol=1e-6)
+    assert not torch.allclose(grouped.pose6d[0], whole.pose6d[0], atol=1e-6)

@@ -30,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class MaskToMeConfig:
     protect_dilate: grow the protected region by this many token cells (a safety margin).
     proportional_attention: add ``log(size)`` to attention logits of merged tokens.
     head_input: ``merged`` (tokens + ``log(size)`` bias, default) or ``unmerged``.
+    group_size: if set, a batch is run as sub-batches of this many crops sorted by their
+        protected-token count, so the merge cap (the least background in a sub-batch) is set
+        by crops of similar person size instead of the one fullest crop of the whole batch.
     """
 
     r: int | tuple[int, ...] = 8
@@ -66,6 +70,7 @@ class MaskToMeConfig:
     protect_dilate: int = 0
     proportional_attention: bool = True
     head_input: HeadInput = "merged"
+    group_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "decreasing", "list"):
@@ -232,9 +237,22 @@ def tome_forward(model: nn.Module, crops: torch.Tensor, protect: Optional[torch.
     :func:`resolve_protect`) -> ``EstimatorOutput``."""
     if crops.ndim != 4 or crops.shape[1] != 3:
         raise ValueError(f"crops must be (B, 3, H, W), got {tuple(crops.shape)}")
+    protect = resolve_protect(protect, cfg)
+    if cfg.group_size and protect is not None and crops.shape[0] > cfg.group_size:
+        order = protect.sum(dim=1).argsort(stable=True)
+        parts = [_tome_forward_batch(model, crops[idx], protect[idx], cfg) for idx in order.split(cfg.group_size)]
+        inverse = order.argsort()
+        first = parts[0]
+        return type(first)(**{
+            f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in dataclasses.fields(first)
+        })
+    return _tome_forward_batch(model, crops, protect, cfg)
+
+
+def _tome_forward_batch(model: nn.Module, crops: torch.Tensor, protect: Optional[torch.Tensor], cfg: MaskToMeConfig):
     backbone = model.backbone
     rs = r_schedule(cfg, len(backbone.blocks))
-    merged = tome_features(backbone, crops, rs, resolve_protect(protect, cfg), cfg.proportional_attention)
+    merged = tome_features(backbone, crops, rs, protect, cfg.proportional_attention)
     if cfg.head_input == "unmerged":
         return model.forward_head(merged.unmerge())
     n_orig = merged.source.shape[1]
