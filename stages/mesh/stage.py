@@ -173,8 +173,8 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         self.model = model.to(self.device).eval()
         self.weights_path = path
         self._ready = True
-        log.info("estimator %s (%s crops %dx%d) on %s from %s", cfg.size, cfg.precision, *model.image_size,
-                 self.device, path)
+        prec = cfg.precision if self.device.type == "cuda" else "fp32"
+        log.info("estimator %s (crops %dx%d, %s) on %s from %s", cfg.size, *model.image_size, prec, self.device, path)
 
     def _autocast_dtype(self) -> Optional[torch.dtype]:
         if self.device.type != "cuda" or self.cfg.precision == "fp32":
