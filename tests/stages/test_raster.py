@@ -110,3 +110,21 @@ def test_backface_culling_and_lambert() -> None:
 def test_project_matches_pinhole() -> None:
     p = project(torch.tensor([[0.3, -0.2, 2.0]]), K)
     assert torch.allclose(p, torch.tensor([[35.0, 5.0]]))
+
+
+def test_coverage_is_per_instance_and_requires_one_image_each() -> None:
+    import pytest
+
+    v, f = square(2.5, 2.5, 12.5, 7.5, z=3.0)  # 10 x 5 pixels
+    v2 = torch.cat([v, v])
+    f2 = torch.cat([f, f + 4])
+    vimg = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    out = rasterize(v2, f2, K, 30, 40, vert_image=vimg, n_images=2, face_instance=torch.tensor([0, 0, 1, 1]),
+                    coverage_margin=0.25)
+    assert out.coverage.tolist() == [50, 50]
+    # instances >= n_instances (e.g. occluders) are drawn but not counted
+    out = rasterize(v2, f2, K, 30, 40, vert_image=vimg, n_images=2, face_instance=torch.tensor([0, 0, 1, 1]),
+                    n_instances=1, coverage_margin=0.25)
+    assert out.coverage.tolist() == [50] and out.instance[1].max() == 1
+    with pytest.raises(ValueError):
+        rasterize(v2, f2, K, 30, 40, vert_image=vimg, n_images=2, coverage_margin=0.25)
