@@ -51,6 +51,7 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         fps: float = 30.0,
         feat_mean: Optional[Sequence[float]] = None,
         feat_std: Optional[Sequence[float]] = None,
+        smooth_sigmas: Sequence[float] = (24.0, 8.0, 2.5),
     ) -> None:
         super().__init__()
         mean = torch.zeros(n_feat) if feat_mean is None else torch.tensor(list(feat_mean), dtype=torch.float32)
@@ -86,7 +87,44 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         temb = self.time_mlp(sinusoidal_embedding(ts, d))
         h = h + pos[None].to(h.dtype) + temb[:, None].to(h.dtype)
         h = self.blocks(h)
-        return cond[..., : self.config.n_feat] + self.out_proj(self.norm(h))
+        return self.smoothed_estimate(cond) + self.out_proj(self.norm(h))
+
+    def smoothed_estimate(self, cond: torch.Tensor) -> torch.Tensor:
+        """Mask-aware multi-scale Gaussian average of the estimate features, (B, T, n_feat).
+
+        For each ``sigma`` (frames, coarse to fine) the normalised convolution
+        local linear fit (kernel-weighted least squares, falling back to the
+        normalised convolution where the observed frames are one-sided) of the observed estimates is taken; a finer
+        scale replaces the coarser one where it has at least one frame's worth of observed
+        weight (soft), so observed stretches are lightly smoothed and gaps are bridged by the
+        wider kernels.  This fixed skip path is the denoiser's starting point; the network
+        learns the correction (flips, depth drift, detail lost by smoothing, motion in gaps).
+        """
+        n_feat = self.config.n_feat
+        f = cond[..., :n_feat]
+        m = cond[..., n_feat : n_feat + 1]  # (B, T, 1) observed
+        t = cond.shape[1]
+        pos = torch.arange(t, device=cond.device, dtype=cond.dtype)
+        dist2 = (pos[:, None] - pos[None]) ** 2
+        out = torch.zeros_like(f)
+        d = pos[None, :] - pos[:, None]  # (T, T) s - t
+        fm = f * m
+        for sigma in self.config.smooth_sigmas:
+            k = torch.exp(-0.5 * dist2 / float(sigma) ** 2)  # (T, T)
+            s0 = torch.einsum("ts,bsc->btc", k, m)
+            s1 = torch.einsum("ts,bsc->btc", k * d, m)
+            s2 = torch.einsum("ts,bsc->btc", k * d * d, m)
+            t0 = torch.einsum("ts,bsf->btf", k, fm)
+            t1 = torch.einsum("ts,bsf->btf", k * d, fm)
+            const = t0 / s0.clamp_min(1e-6)  # local constant fit
+            det = s0 * s2 - s1 * s1
+            linear = (s2 * t0 - s1 * t1) / det.clamp_min(1e-6)  # local linear fit (no edge bias)
+            # trust the linear fit where the data surround t well (det relative to s0^2 sigma^2)
+            good = (det / (s0 * s0 * float(sigma) ** 2).clamp_min(1e-6)).clamp(0.0, 0.25) * 4.0
+            avg = good * linear + (1.0 - good) * const
+            a = s0.clamp(0.0, 1.0)
+            out = a * avg + (1.0 - a) * out
+        return out
 
     # ------------------------------------------------------------ normalisation
     def normalise(self, feats: torch.Tensor) -> torch.Tensor:
