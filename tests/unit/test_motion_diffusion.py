@@ -202,3 +202,17 @@ def test_training_writes_checkpoint_and_resumes(tmp_path):
     assert (out / "config.json").is_file() and (out / "scheduler_config.json").is_file()
     m = MotionDenoiser.from_pretrained(str(out), local_files_only=True)
     assert m.config.window == 16
+
+
+def test_train_prior_cli_writes_bundle_files(tmp_path):
+    from hmrflow.jobs.cli import main
+
+    out = tmp_path / "prior"
+    rc = main(["train", "prior", "--out", str(out), "--work-dir", str(tmp_path / "w"), "--motions", "2",
+               "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--threads", "1",
+               "--val-tracks", "1", "--val-seconds", "3"])
+    assert rc == 0
+    for name in ("config.json", "scheduler_config.json", "train_config.json", "validation.json"):
+        assert (out / name).is_file(), name
+    val = json.loads((out / "validation.json").read_text())
+    assert val["per_frame"]["mpjpe"] > 0 and val["refined"]["accel_error"] >= 0 and val["tracks"] == 1
