@@ -242,3 +242,29 @@ def render_shards(
         part.save(path)
         parts.append(part)
     return DetectionFrames.cat(parts)
+
+
+def bench_frames(
+    name: str, out_dir: str | Path, frames_per_clip: int = 10, body: BodyAssets | None = None, progress: bool = True
+) -> DetectionFrames:
+    """Frames of a named benchmark set (``configs/bench/<name>.yaml``), evenly spaced in each clip.
+
+    The scenes are exactly the set's clips (same specs and seeds as ``hmrflow synth --bench``);
+    only ``frames_per_clip`` frames of each are rendered.  Cached as ``bench_<name>_<k>.npz``.
+    """
+    from tqdm.auto import tqdm
+
+    from hmrflow.jobs.synth.bench_sets import load_bench_set
+
+    path = Path(out_dir) / f"bench_{name}_{frames_per_clip}.npz"
+    if path.is_file():
+        return DetectionFrames.load(path)
+    parts = []
+    for spec in tqdm(load_bench_set(name), desc=f"bench {name}", unit="clip", disable=not progress):
+        body = body or load_body_assets(spec.body_model)
+        idx = np.linspace(0, spec.n_frames - 1, frames_per_clip).round().astype(np.int64)
+        parts.append(render_scene_frames(spec, idx, body))
+    data = DetectionFrames.cat(parts)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    data.save(path)
+    return data

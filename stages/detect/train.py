@@ -318,7 +318,8 @@ def train_loop(
     while trainer.state.epoch < epochs:
         e = trainer.state.epoch
         order = np.random.default_rng([e, 7]).permutation(n)
-        done_in_epoch = trainer.state.step - e * per_epoch
+        epoch_start = int(trainer.state.history[-1]["step"]) if trainer.state.history else 0
+        done_in_epoch = trainer.state.step - epoch_start
         sums: dict[str, float] = {}
         bar = tqdm(range(max(0, done_in_epoch), per_epoch), desc=f"epoch {e + 1}/{epochs}", disable=not progress, leave=False)
         k = 0

@@ -258,3 +258,17 @@ def test_bundled_detector_finds_people_in_a_rendered_frame():
     assert (iou.max(1) > 0.5).all(), (data.boxes[0, people], det.boxes_xyxy)
     assert det.frame_idx.tolist() == [7] * len(det) and ((det.scores >= 0.5) & (det.scores <= 1)).all()
     assert det.masks.dtype == bool and det.masks[iou.argmax(1)].mean() > 0.2
+
+
+def test_train_command_dispatches_detector_target():
+    from hmrflow.jobs.cli import build_parser
+
+    args = build_parser().parse_args(["train", "detector", "--work-dir", "w", "--epochs", "2", "--resume"])
+    assert args._train_module == "hmrflow.jobs.train.detector" and args.epochs == 2 and args.resume
+
+
+def test_train_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from hmrflow.jobs.cli import main
+
+    assert main(["train", "detector", "--work-dir", str(tmp_path / "w"), "--resume"]) == 2
+    assert "last.pt" in capsys.readouterr().err
