@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from WORK/last.pt")
     p.add_argument("--no-wait", action="store_true", help="train on the chunks rendered so far")
+    p.add_argument("--save-fp32", dest="save_fp16", action="store_false",
+                   help="write fp32 final weights (default: fp16, half the size; loading casts to fp32)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
 
@@ -140,9 +142,15 @@ def run(args: argparse.Namespace) -> int:
         if args.max_steps is not None and trainer.step >= args.max_steps:
             break
 
+    # the figures recorded are those of the weights as written (fp16 round trip by default)
+    if args.save_fp16:
+        with torch.no_grad():
+            for p_ in trainer.model.parameters():
+                p_.copy_(p_.half().float())
     final = evaluate_crops(trainer.model, val, body, args.batch_size, device, args.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = save_estimator(trainer.model, out_dir / f"estimator_{args.size}.safetensors")
+    weights = save_estimator(trainer.model, out_dir / f"estimator_{args.size}.safetensors",
+                             dtype=torch.float16 if args.save_fp16 else torch.float32)
     atomic_write_json(out_dir / "train_config.json", {
         **cfg.to_dict(), "steps_per_epoch": args.steps_per_epoch, "train_crops": args.crops,
         "train_seed": args.seed, "val_seed": VAL_SEED, "val_crops": len(val), "device": str(device),

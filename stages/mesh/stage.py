@@ -72,13 +72,20 @@ def read_weights_header(path: str | Path) -> dict[str, str]:
         return {}
 
 
-def save_estimator(model: MeshEstimator, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write estimator weights as safetensors with its size and crop size (and ``extra``, JSON) in the header."""
+def save_estimator(model: MeshEstimator, path: str | Path, extra: dict[str, Any] | None = None,
+                   dtype: torch.dtype = torch.float32) -> Path:
+    """Write estimator weights as safetensors with its size and crop size (and ``extra``, JSON) in the header.
+
+    ``dtype=torch.float16`` halves the file (the bundled tiny model: 4.8 MB instead of 9.6 MB);
+    loading casts back to the model's fp32 parameters.
+    """
     from hmrflow.pipeline.checkpoints import save_state_dict
 
-    meta = {"format": WEIGHTS_FORMAT, "size": model.spec.name, "image_size": json.dumps(list(model.image_size))}
+    meta = {"format": WEIGHTS_FORMAT, "size": model.spec.name, "image_size": json.dumps(list(model.image_size)),
+            "dtype": str(dtype).replace("torch.", "")}
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    return save_state_dict(model.state_dict(), path, metadata=meta)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    return save_state_dict(state, path, metadata=meta)
 
 
 def is_hmr2_layout(state: dict[str, torch.Tensor]) -> bool:
