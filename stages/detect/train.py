@@ -201,7 +201,7 @@ class DetectorTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
         self.opt.step()
         self.state.step += 1
-        parts["loss"] = float(loss)
+        parts["loss"] = float(loss.detach())
         return parts
 
     def save(self, path: str | Path) -> Path:
