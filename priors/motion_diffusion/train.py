@@ -11,7 +11,8 @@ MSE on features plus an MSE on their frame-to-frame differences (smoothness).
 One epoch is ``steps_per_epoch`` optimiser steps; after each epoch the full state (model,
 optimiser, learning-rate schedule, epoch) is written to ``work_dir/resume.pt`` and the model
 is exported with ``save_pretrained`` to ``out_dir``.  ``resume=True`` continues from
-``resume.pt``; the data of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``
+``resume.pt`` (with more ``epochs`` than the saved run, the added epochs get a second, smaller
+one-cycle learning-rate schedule); the data of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``
 so a resumed run sees the same data as an uninterrupted one.
 """
 
@@ -69,6 +70,7 @@ class TrainConfig:
     threads: int = 2
     amass_dir: Optional[str] = None
     val_motions: int = 8
+    extend_lr_factor: float = 0.3
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def to_dict(self) -> dict:
@@ -237,8 +239,17 @@ def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, res
     start_epoch, minutes_before = 0, 0.0
     if state is not None:
         opt.load_state_dict(state["opt"])
-        lr_sched.load_state_dict(state["lr_sched"])
         start_epoch, history, minutes_before = int(state["epoch"]), list(state["history"]), float(state["minutes"])
+        saved_total = int(state["train_config"]["epochs"]) * int(state["train_config"]["steps_per_epoch"])
+        if saved_total == total:
+            lr_sched.load_state_dict(state["lr_sched"])
+        elif start_epoch < cfg.epochs:
+            # extended run: a second, smaller one-cycle over the added epochs (warm restart)
+            lr_sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=cfg.lr * cfg.extend_lr_factor, total_steps=(cfg.epochs - start_epoch) * cfg.steps_per_epoch,
+                pct_start=0.1)
+            log.info("extending training from %d to %d epochs (max lr %.2g)", start_epoch, cfg.epochs,
+                     cfg.lr * cfg.extend_lr_factor)
         log.info("resumed from %s at epoch %d", resume_path, start_epoch)
     mean, std = model.norm_mean, model.norm_std
     n_params = sum(p.numel() for p in model.parameters())

@@ -217,6 +217,13 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
         """Return the refined, gap-filled track (``observed`` False on filled frames)."""
         self.ensure_setup()
         filled = fill_gaps(seq, self.cfg.max_gap_s)
+        if self.model is not None and len(filled.pts) > 2:
+            step = float(np.median(np.diff(filled.pts)))
+            model_fps = float(self.model.config.fps)
+            if step > 0 and abs(1.0 / step - model_fps) > 0.25 * model_fps:
+                log.warning("track %d of %s: %.1f fps, the prior was trained at %.0f fps; refinement may be "
+                            "less accurate (resample with decode.target_fps)", seq.track_id, seq.video_id,
+                            1.0 / step, model_fps)
         rot, tr = filled.rotmats.copy(), filled.transl.copy()
         if self.cfg.enabled and self.model is not None and len(filled.frame_idx) > 0:
             for s in np.unique(filled.segment):

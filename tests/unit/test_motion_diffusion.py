@@ -200,6 +200,9 @@ def test_training_writes_checkpoint_and_resumes(tmp_path):
     info = json.loads((out / "train_config.json").read_text())
     assert info["epochs_done"] == 2 and [h["epoch"] for h in info["history"]] == [1, 2]
     assert (out / "config.json").is_file() and (out / "scheduler_config.json").is_file()
+    # extending a finished run by one epoch (second learning-rate cycle)
+    train_prior(TrainConfig.from_dict(dict(cfg.to_dict(), epochs=3)), out, work, resume=True, progress=False)
+    assert json.loads((out / "train_config.json").read_text())["epochs_done"] == 3
     m = MotionDenoiser.from_pretrained(str(out), local_files_only=True)
     assert m.config.window == 16
 
