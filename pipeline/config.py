@@ -114,12 +114,13 @@ class RefineConfig(Strict):
     weights: Optional[str] = None
     window: int = Field(64, ge=4)
     overlap: int = Field(16, ge=0)
-    steps: int = Field(10, ge=1, description="diffusion sampling steps")
+    steps: int = Field(5, ge=1, description="diffusion sampling steps")
     max_gap_s: float = Field(1.0, ge=0.0, description="fill gaps up to this long")
     sampler: Literal["ddim", "dpm"] = Field("ddim", description="few-step sampler (DDIM eta=0 or DPM-Solver++)")
     seed: int = Field(0, description="seed of the CPU noise generator (combined with the track id)")
     batch_windows: int = Field(64, ge=1, description="windows per denoiser batch")
     guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance (1 = plain conditional)")
+    smooth_sigma: float = Field(1.5, ge=0.0, description="Gaussian low-pass of the refined motion, frames (0 = off)")
     device: str = "auto"
 
 

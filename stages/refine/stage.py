@@ -11,7 +11,9 @@
    (:mod:`.windows`), every window is canonicalised on its own estimates and denoised by the
    motion prior (few-step DDIM / DPM-Solver, noise from a seeded CPU generator), windows are
    run in batches, and the outputs are blended back (6D rotations and translations weighted
-   by tapers that sum to 1, then re-orthonormalised), so no seam shows.
+   by tapers that sum to 1, then re-orthonormalised), so no seam shows; an optional light
+   Gaussian low-pass (``cfg.smooth_sigma`` frames) removes the sampler's residual frame-to-frame
+   noise.
 3. **Shape**: a track carries one ``betas`` (the tracker's confidence-weighted median of the
    per-frame shapes); it is kept as the track's single consolidated shape.
 
@@ -137,6 +139,7 @@ def refine_arrays(
     seed: int = 0,
     batch_windows: int = 64,
     guidance_scale: float = 1.0,
+    smooth_sigma: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refine one contiguous run of frames with the motion prior.
 
@@ -177,6 +180,11 @@ def refine_arrays(
     w = blend_weights(starts, n, window, overlap)
     r6 = stitch(matrix_to_rot6d(out_rot)[:, :length].numpy(), starts, w, n)
     tr_out = stitch(out_tr[:, :length].numpy(), starts, w, n)
+    if smooth_sigma > 0 and n > 1:  # light temporal low-pass of the sampled motion (frames)
+        from scipy.ndimage import gaussian_filter1d
+
+        r6 = gaussian_filter1d(r6, smooth_sigma, axis=0, mode="nearest")
+        tr_out = gaussian_filter1d(tr_out, smooth_sigma, axis=0, mode="nearest")
     rot_out = rot6d_to_matrix(torch.from_numpy(r6).float()).numpy()
     return rot_out.astype(np.float32), tr_out.astype(np.float32)
 
@@ -233,6 +241,7 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
                     schedule=self.schedule, window=self.cfg.window, overlap=self.cfg.overlap, steps=self.cfg.steps,
                     sampler=self.cfg.sampler, seed=(_track_seed(self.cfg.seed, seq.track_id) + int(s)) % 2**63,
                     batch_windows=self.cfg.batch_windows, guidance_scale=self.cfg.guidance_scale,
+                    smooth_sigma=self.cfg.smooth_sigma,
                 )
                 rot[m], tr[m] = r, t
         return SMPLSequence(
