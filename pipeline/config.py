@@ -76,6 +76,9 @@ class EstimateConfig(Strict):
         None, description="crop (H, W) of the ViT; None = from the weights' header, else 256x192"
     )
     crop_rescale: float = Field(1.2, gt=0.5, le=3.0, description="context factor applied to detector boxes")
+    focal_px: Optional[float] = Field(
+        None, gt=0, description="known focal length in pixels; None = HMR2's 5000/256*max(W,H)"
+    )
 
 
 class TrackConfig(Strict):

@@ -7,7 +7,9 @@ every ``frame_step``-th frame is rendered (with the person instance map, so the 
 visible pixels are exact).  People are given to :class:`~hmrflow.stages.mesh.stage.EstimateStage`
 either as their ground-truth boxes (**oracle detection**) or, with ``--detector``, as the boxes
 of the bundled detector matched to the ground truth by IoU >= 0.5 (unmatched people count as
-misses).  Every person-frame then gets MPJPE (pelvis-aligned) and PA-MPJPE in mm over the 24
+misses).  The stage is given the clip's focal length (known intrinsics; ``--default-focal``
+uses HMR2's default instead), which turns the predicted ray-frame orientation into the camera
+frame (:func:`~hmrflow.stages.mesh.stage.ray_rotation`).  Every person-frame then gets MPJPE (pelvis-aligned) and PA-MPJPE in mm over the 24
 SMPL joints, both from the same body model.
 
 Counted: people with a visible box and at least ``min_visible`` of their body unoccluded;
@@ -51,6 +53,7 @@ def evaluate_set(
     frame_step: int = 10,
     min_visible: float = 0.3,
     detector: Any = None,
+    known_focal: bool = True,
 ) -> dict[str, Any]:
     """Per-person-frame errors of ``stage`` on the first ``clips`` clips of bench set ``name``.
 
@@ -73,7 +76,8 @@ def evaluate_set(
     for spec in load_bench_set(name, n_clips=clips):
         frames = np.arange(0, spec.n_frames, frame_step)
         fr = render_scene_frames(spec, frames, body)
-        gt = place_people(sample_scene(spec), body)
+        scene = sample_scene(spec)
+        gt = place_people(scene, body)
         p = gt.betas.shape[0]
         if p == 0:
             continue
@@ -110,7 +114,7 @@ def evaluate_set(
         det = Detections(video_id=spec.name, frame_idx=frames[fi].astype(np.int64), pts=frames[fi] / spec.fps,
                          boxes_xyxy=det_boxes.astype(np.float32), scores=scores,
                          masks=np.ones((len(fi), MASK_RES, MASK_RES), bool))
-        est = stage(DetectedFrames(fb, det))
+        est = stage.estimate(DetectedFrames(fb, det), float(scene.K[0, 0]) if known_focal else None)
         with torch.no_grad():
             pj = body.model(torch.from_numpy(est.rotmats), torch.from_numpy(est.betas)).joints.numpy()
         g = gt_j[fi, pi]
@@ -129,6 +133,7 @@ def evaluate_set(
     return {
         "set": name, "clips": clips, "frame_step": frame_step, "min_visible": min_visible,
         "detection": "oracle (ground-truth boxes of the visible pixels)" if detector is None else "bundled detector, IoU>=0.5",
+        "focal": "known (the clip's intrinsics)" if known_focal else "HMR2 default 5000/256*max(W,H)",
         "people_frames": n_gt, "estimated": n_matched,
         "all": summary(np.ones(len(pa), bool)), "height_ge_15pct": summary(hf >= 0.15),
         "pa_mpjpe_mm": pa, "mpjpe_mm": mp, "height_frac": hf, "visible_frac": vf,
@@ -148,6 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--min-visible", type=float, default=0.3)
     p.add_argument("--weights", default=None, help="estimator weights (default: bundled)")
     p.add_argument("--detector", action="store_true", help="use the bundled detector instead of GT boxes")
+    p.add_argument("--default-focal", action="store_true", help="do not give the stage the clip's focal length")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write the summary JSON here")
     args = p.parse_args(argv)
@@ -164,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = {}
     for name in args.sets:
         t0 = time.time()
-        r = evaluate_set(name, stage, args.clips, args.frame_step, args.min_visible, detector)
+        r = evaluate_set(name, stage, args.clips, args.frame_step, args.min_visible, detector, not args.default_focal)
         results[name] = {k: v for k, v in r.items() if not isinstance(v, np.ndarray)}
         log.info("%s (%.0f s): %s", name, time.time() - t0, json.dumps(results[name]))
     if args.out:

@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from WORK/last.pt")
+    p.add_argument("--init", default=None, help="start from these estimator weights (fine-tuning)")
     p.add_argument("--no-wait", action="store_true", help="train on the chunks rendered so far")
     p.add_argument("--save-fp32", dest="save_fp16", action="store_false",
                    help="write fp32 final weights (default: fp16, half the size; loading casts to fp32)")
@@ -106,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(size=args.size, image_size=hw, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=args.warmup_steps, seed=args.seed, precision=args.precision, losses=LossWeights())
     body = load_body_model("synthetic")
-    trainer = EstimatorTrainer(cfg, body, total_steps=args.epochs * args.steps_per_epoch, device=device)
+    init_model = None
+    if args.init:
+        from hmrflow.stages.mesh.stage import load_estimator
+
+        init_model = load_estimator(args.size, args.init, hw)
+    trainer = EstimatorTrainer(cfg, body, total_steps=args.epochs * args.steps_per_epoch, device=device,
+                               model=init_model)
     if args.resume:
         trainer.load(ckpt)
         log.info("resumed from %s at epoch %d step %d", ckpt, trainer.epoch, trainer.step)
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(range(args.steps_per_epoch), desc=f"epoch {trainer.epoch + 1}/{args.epochs}", unit="step")
         for _ in bar:
             idx = trainer.np_rng.choice(len(train), size=args.batch_size, replace=False)
-            images, targets = make_batch(train, idx, augment=True, gen=trainer.gen)
+            images, targets = make_batch(train, idx, augment=True, gen=trainer.gen, ray_frame=cfg.ray_frame)
             res = trainer.train_step(images, targets)
             for k, v in res.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -130,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             if args.max_steps is not None and trainer.step >= args.max_steps:
                 break
         trainer.epoch += 1
-        ev = evaluate_crops(trainer.model, val_small, body, args.batch_size, device, args.precision)
+        ev = evaluate_crops(trainer.model, val_small, body, args.batch_size, device, args.precision, cfg.ray_frame)
         rec = {"epoch": trainer.epoch, "step": trainer.step, "train_crops_available": len(train),
                "elapsed_s": round(time.time() - train_t0, 1),
                **{f"train_{k}": v / max(1, len(bar)) for k, v in sums.items()},
@@ -147,14 +154,14 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             for p_ in trainer.model.parameters():
                 p_.copy_(p_.half().float())
-    final = evaluate_crops(trainer.model, val, body, args.batch_size, device, args.precision)
+    final = evaluate_crops(trainer.model, val, body, args.batch_size, device, args.precision, cfg.ray_frame)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = save_estimator(trainer.model, out_dir / f"estimator_{args.size}.safetensors",
                              dtype=torch.float16 if args.save_fp16 else torch.float32)
     atomic_write_json(out_dir / "train_config.json", {
         **cfg.to_dict(), "steps_per_epoch": args.steps_per_epoch, "train_crops": args.crops,
         "train_seed": args.seed, "val_seed": VAL_SEED, "val_crops": len(val), "device": str(device),
-        "threads": args.threads, "machine": platform.machine(), "torch": torch.__version__,
+        "threads": args.threads, "init": args.init, "machine": platform.machine(), "torch": torch.__version__,
         "render_s": round(render_s, 1), "train_s": round(time.time() - train_t0, 1),
         "data": "jobs/train/estimator_data.py render_crops (synthetic body, motion library poses)",
     })

@@ -9,7 +9,10 @@ thread) it is 2.3x faster (1.42 s vs 3.32 s) with the same accuracy (PA-MPJPE 90
 joints differ by 0.4 mm on average, 11 mm at most); ``fp16`` runs fp32 on the CPU and
 ``precision="fp32"`` turns autocast off everywhere.  The weak-perspective crop camera becomes a full-image SMPL
 translation with HMR2.0's default focal length ``5000 / 256 * max(W, H)`` (:mod:`.camera`);
-``focal`` is reported per row so later stages can re-project consistently.
+``focal`` is reported per row so later stages can re-project consistently.  ``cfg.focal_px``
+(a known focal length) replaces that default.  The network predicts the global orientation as
+seen along the viewing ray through the crop centre; the stage turns it into the camera frame
+with :func:`ray_rotation` (with the default focal the rays are within ~1.5 deg of the axis).
 
 Weights: ``cfg.weights`` or the bundled file ``stages/mesh/weights/estimator_<size>.safetensors``.
 hmrflow's own files carry the crop size in their safetensors header; a state dict in HMR2.0's
@@ -88,6 +91,31 @@ def save_estimator(model: MeshEstimator, path: str | Path, extra: dict[str, Any]
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     return save_state_dict(state, path, metadata=meta)
+
+
+def ray_rotation(center: torch.Tensor, image_wh: torch.Tensor | tuple[float, float],
+                 focal: torch.Tensor | float) -> torch.Tensor:
+    """(N, 3, 3) rotations taking the optical axis (0, 0, 1) to the viewing ray through each crop centre.
+
+    The estimator predicts the body's global orientation as seen along that ray (a crop shows
+    the person from the direction of the ray, not of the optical axis); ``R_ray @ root`` is the
+    orientation in the camera frame.  center: (N, 2) image pixels; principal point = image centre.
+    Minimal rotation (no roll about the ray), Rodrigues' formula.
+    """
+    c = torch.as_tensor(center, dtype=torch.float32).reshape(-1, 2)
+    wh = torch.as_tensor(image_wh, dtype=torch.float32)
+    f = torch.as_tensor(focal, dtype=torch.float32).expand(c.shape[0])
+    ray = torch.cat([c - wh / 2, f[:, None]], dim=-1)
+    ray = ray / ray.norm(dim=-1, keepdim=True)
+    z = torch.tensor([0.0, 0.0, 1.0]).expand_as(ray)
+    axis = torch.cross(z, ray, dim=-1)  # |axis| = sin(angle)
+    sin = axis.norm(dim=-1)
+    cos = ray[:, 2]
+    k = axis / sin.clamp_min(1e-12)[:, None]
+    zero = torch.zeros_like(sin)
+    K = torch.stack([zero, -k[:, 2], k[:, 1], k[:, 2], zero, -k[:, 0], -k[:, 1], k[:, 0], zero], -1).reshape(-1, 3, 3)
+    eye = torch.eye(3).expand_as(K)
+    return eye + sin[:, None, None] * K + (1 - cos)[:, None, None] * (K @ K)
 
 
 def is_hmr2_layout(state: dict[str, torch.Tensor]) -> bool:
@@ -210,6 +238,10 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
 
     def __call__(self, x: DetectedFrames) -> MeshEstimates:
         """Crop every detected person of ``x.frames`` and estimate their SMPL bodies."""
+        return self.estimate(x, self.cfg.focal_px)
+
+    def estimate(self, x: DetectedFrames, focal_px: Optional[float] = None) -> MeshEstimates:
+        """Like ``__call__`` with a known focal length in pixels (None: HMR2.0's default)."""
         self.ensure_setup()
         assert self.model is not None
         det, frames = x.detections, x.frames
@@ -226,15 +258,17 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         out = self.predict_crops(crops.images)
         h, w = frames.images.shape[1:3]
         wh = torch.tensor([float(w), float(h)])
-        focal = default_focal(wh)
+        focal = default_focal(wh) if focal_px is None else torch.tensor(float(focal_px))
         cam_t = cam_crop_to_full(out.pred_cam, crops.boxes.center, crops.boxes.size, wh, focal)
+        rotmats = out.rotmats.clone()
+        rotmats[:, 0] = ray_rotation(crops.boxes.center, wh, focal) @ rotmats[:, 0]
         return MeshEstimates(
             video_id=det.video_id,
             frame_idx=det.frame_idx.astype(np.int64),
             pts=det.pts.astype(np.float64),
             boxes_xyxy=det.boxes_xyxy.astype(np.float32),
             scores=det.scores.astype(np.float32),
-            rotmats=out.rotmats.numpy().astype(np.float32),
+            rotmats=rotmats.numpy().astype(np.float32),
             betas=out.betas.numpy().astype(np.float32),
             cam_t=cam_t.numpy().astype(np.float32),
             focal=np.full(n, float(focal), np.float32),

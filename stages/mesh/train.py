@@ -56,6 +56,7 @@ class TrainConfig:
     precision: str = "bf16"  # autocast dtype on CUDA (CPU trains in fp32)
     augment: bool = True
     occluder_p: float = 0.3
+    ray_frame: bool = True  # root orientation targets in the frame of the ray through the crop centre
     losses: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,17 +104,36 @@ def augment_images(images: torch.Tensor, gen: torch.Generator, occluder_p: float
     return x.clamp_(0, 255)
 
 
+#: The full image (W, H) the training crops were cut from (principal point at its centre).
+FULL_IMAGE_WH = (640.0, 480.0)
+
+
 def make_batch(data: CropData, idx: np.ndarray, augment: bool = False, gen: Optional[torch.Generator] = None,
-               occluder_p: float = 0.3) -> tuple[torch.Tensor, EstimatorTargets]:
-    """Rows ``idx`` of ``data`` -> normalised crops (B, 3, h, w) and :class:`EstimatorTargets`."""
+               occluder_p: float = 0.3, ray_frame: bool = True) -> tuple[torch.Tensor, EstimatorTargets]:
+    """Rows ``idx`` of ``data`` -> normalised crops (B, 3, h, w) and :class:`EstimatorTargets`.
+
+    ``ray_frame``: express the global orientation and the 3D joints in the frame of the viewing
+    ray through the crop centre (``R_ray^T``, see :func:`hmrflow.stages.mesh.stage.ray_rotation`;
+    needs ``data.center`` and ``data.focal``), which is what a crop shows.
+    """
     idx = np.sort(np.asarray(idx))  # sorted reads are faster on a memory map
     imgs = torch.from_numpy(np.ascontiguousarray(data.images[idx]))
     if augment:
         imgs = augment_images(imgs, gen if gen is not None else torch.Generator().manual_seed(0), occluder_p)
+    rotmats = torch.from_numpy(np.asarray(data.rotmats[idx], np.float32))
+    joints3d = torch.from_numpy(np.asarray(data.joints3d[idx], np.float32))
+    if ray_frame:
+        from hmrflow.stages.mesh.stage import ray_rotation
+
+        r_t = ray_rotation(torch.from_numpy(np.asarray(data.center[idx], np.float32)), FULL_IMAGE_WH,
+                           torch.from_numpy(np.asarray(data.focal[idx], np.float32))).transpose(1, 2)
+        rotmats = rotmats.clone()
+        rotmats[:, 0] = r_t @ rotmats[:, 0]
+        joints3d = joints3d @ r_t.transpose(1, 2)
     targets = EstimatorTargets(
-        rotmats=torch.from_numpy(np.asarray(data.rotmats[idx], np.float32)),
+        rotmats=rotmats,
         betas=torch.from_numpy(np.asarray(data.betas[idx], np.float32)),
-        joints3d=torch.from_numpy(np.asarray(data.joints3d[idx], np.float32)),
+        joints3d=joints3d,
         joints2d=torch.from_numpy(np.asarray(data.joints2d[idx], np.float32)),
     )
     return _normalise(imgs), targets
@@ -250,15 +270,18 @@ class EstimatorTrainer:
 
 @torch.no_grad()
 def evaluate_crops(model: MeshEstimator, data: CropData, body_model: torch.nn.Module, batch_size: int = 64,
-                   device: torch.device | str = "cpu", precision: str = "bf16") -> dict[str, Any]:
-    """Per-crop MPJPE (pelvis-aligned) and PA-MPJPE in mm over ``data``: means, medians and arrays."""
+                   device: torch.device | str = "cpu", precision: str = "bf16", ray_frame: bool = True) -> dict[str, Any]:
+    """Per-crop MPJPE (pelvis-aligned) and PA-MPJPE in mm over ``data``: means, medians and arrays.
+
+    With ``ray_frame`` the model's orientation is compared in the frame of the ray through the crop
+    centre (as the stage uses it with the true focal length)."""
     device = torch.device(device)
     model.eval()
     amp = autocast_dtype(device, precision)
     mp, pa, conf = [], [], []
     n = len(data)
     for s in range(0, n, batch_size):
-        images, targets = make_batch(data, np.arange(s, min(n, s + batch_size)))
+        images, targets = make_batch(data, np.arange(s, min(n, s + batch_size)), ray_frame=ray_frame)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(images.to(device))
         joints = body_model.to(device)(out.rotmats.float(), out.betas.float()).joints

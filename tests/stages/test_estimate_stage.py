@@ -12,7 +12,14 @@ from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
 from hmrflow.stages.mesh.camera import default_focal, project_points
 from hmrflow.stages.mesh.model import build_estimator
-from hmrflow.stages.mesh.stage import EstimateStage, bundled_weights_path, is_hmr2_layout, load_estimator, save_estimator
+from hmrflow.stages.mesh.stage import (
+    EstimateStage,
+    bundled_weights_path,
+    is_hmr2_layout,
+    load_estimator,
+    ray_rotation,
+    save_estimator,
+)
 
 W, H = 320, 240
 
@@ -141,3 +148,31 @@ def test_init_is_cheap_and_picklable() -> None:
     st = EstimateStage(EstimateConfig(size="huge"))
     assert st.model is None
     assert pickle.loads(pickle.dumps(st)).cfg.size == "huge"
+
+
+def test_ray_rotation_known_answers() -> None:
+    centre = torch.tensor([[500.0, 100.0], [320.0, 240.0]])
+    r = ray_rotation(centre, (640, 480), torch.tensor([400.0, 400.0]))
+    ray = torch.tensor([180.0, -140.0, 400.0])
+    torch.testing.assert_close(r[0] @ torch.tensor([0.0, 0.0, 1.0]), ray / ray.norm())
+    torch.testing.assert_close(r[1], torch.eye(3))  # the image centre: no rotation
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6, rtol=0)
+    # minimal rotation: the axis lies in the image plane (no roll about the optical axis)
+    assert abs(float((r[0] - r[0].T)[0, 1])) < 1e-6
+
+
+def test_known_focal_turns_the_root_along_the_ray(two_people, random_weights) -> None:
+    st = _stage(random_weights)
+    a = st.estimate(two_people)
+    b = st.estimate(two_people, focal_px=300.0)
+    np.testing.assert_allclose(b.focal, 300.0)
+    np.testing.assert_allclose(a.rotmats[:, 1:], b.rotmats[:, 1:])  # body joints are untouched
+    from hmrflow.stages.mesh.crop import crop_boxes_from_xyxy
+
+    boxes = crop_boxes_from_xyxy(two_people.detections.boxes_xyxy, (128, 96), 1.2)
+    ra = ray_rotation(boxes.center, (W, H), float(default_focal((W, H))))
+    rb = ray_rotation(boxes.center, (W, H), 300.0)
+    expect = rb @ ra.transpose(1, 2) @ torch.from_numpy(a.rotmats[:, 0])
+    np.testing.assert_allclose(b.rotmats[:, 0], expect.numpy(), atol=1e-5)
+    # the same pixel: depth scales with the focal length
+    np.testing.assert_allclose(b.cam_t[:, 2] / a.cam_t[:, 2], 300.0 / float(default_focal((W, H))), rtol=1e-4)

@@ -122,3 +122,15 @@ def test_bundled_weights_beat_an_untrained_model(body) -> None:
     assert conf[err < np.median(err)].mean() > conf[err >= np.median(err)].mean()
     meta = json.loads((path.parent / "validation.json").read_text())
     assert meta["held_out_crops"]["seed"] != TrainConfig().seed
+
+
+def test_ray_frame_targets_undo_the_ray_rotation(small_crops) -> None:
+    from hmrflow.stages.mesh.stage import ray_rotation
+    from hmrflow.stages.mesh.train import FULL_IMAGE_WH
+
+    _, cam = make_batch(small_crops, np.arange(8), ray_frame=False)
+    _, ray = make_batch(small_crops, np.arange(8), ray_frame=True)
+    r = ray_rotation(torch.from_numpy(small_crops.center), FULL_IMAGE_WH, torch.from_numpy(small_crops.focal))
+    torch.testing.assert_close(r @ ray.rotmats[:, 0], cam.rotmats[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ray.joints3d @ r.transpose(1, 2), cam.joints3d, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ray.rotmats[:, 1:], cam.rotmats[:, 1:])
