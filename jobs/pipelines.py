@@ -24,11 +24,29 @@ from hmrflow.pipeline.types import ClipRef
 
 StageFn = Callable[[PipelineConfig, Path], Any]
 
-#: Model stages, one line each when they land: ``"detect": lambda cfg, out: DetectStage(cfg.detect)``.
+def _detect_stage(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.detect.stage import DetectStage
+
+    return DetectStage(cfg.detect)
+
+
+def _estimate_stage(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.mesh.stage import EstimateStage
+
+    return EstimateStage(cfg.estimate, cfg.body_model)
+
+
+def _refine_stage(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.refine.stage import RefineStage
+
+    return RefineStage(cfg.refine)
+
+
+#: Model stages: part name -> factory (imports lazily so the CLI starts fast).
 MODEL_STAGES: dict[str, StageFn | None] = {
-    "detect": None,
-    "estimate": None,
-    "refine": None,
+    "detect": _detect_stage,
+    "estimate": _estimate_stage,
+    "refine": _refine_stage,
 }
 
 

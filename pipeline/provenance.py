@@ -244,7 +244,7 @@ def _seeds(result: VideoResult) -> dict[str, Any]:
 
 
 #: ``VideoResult.extra`` keys that build_manifest interprets (the rest go to "extra").
-_KNOWN_EXTRA = ("models", "seeds", "input_sha256", "n_frames_decoded")
+_KNOWN_EXTRA = ("models", "seeds", "input_sha256", "n_frames_decoded", "camera")
 
 
 def build_manifest(
@@ -258,7 +258,9 @@ def build_manifest(
     models: model name -> weights file/folder (hashed) or a sha256 / id string; merged over
         ``result.extra["models"]``.
     Keys: ``format``, ``format_version``, ``video_id``, ``input`` (path, size, sha256 and
-    clip facts), ``config``, ``config_hash``, ``versions``, ``models``, ``seeds``,
+    clip facts), ``config``, ``config_hash``, ``versions``, ``models``, ``seeds``, ``camera`` (the
+    pinhole camera of the camera-frame outputs: focal_px, cx, cy, width, height; null when
+    nobody was found),
     ``counts`` (tracks, rows, frames, observed/filled), ``tracks`` (per track summary),
     ``files`` (sha256 and size per output file), ``extra`` (other provenance passed by the
     runner), and ``volatile`` = {``timings_s``, ``written_at``, ``host``}: the only part
@@ -292,6 +294,7 @@ def build_manifest(
         "versions": package_versions(),
         "models": {name: model_entry(v) for name, v in sorted(all_models.items())},
         "seeds": _seeds(result),
+        "camera": to_jsonable(result.extra.get("camera")),
         "counts": _counts(result),
         "tracks": tracks,
         "files": {

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from hmrflow.pipeline.results import VideoResult
@@ -38,6 +39,91 @@ class StageTimer:
             return fn(x)
         finally:
             self.seconds[name] += time.perf_counter() - t0
+
+
+@dataclass
+class FramePart:
+    """What the frame-level stages learned about one video (frames themselves are gone).
+
+    estimates: all people of all batches in decode order (None when no batch had anyone).
+    n_frames: frames decoded.  frame_hw: (H, W) of the decoded frames (upright, resized),
+    None for an empty video.  timings_s: seconds per stage name.
+    """
+
+    estimates: MeshEstimates | None
+    n_frames: int
+    frame_hw: tuple[int, int] | None
+    timings_s: dict[str, float]
+
+    def camera(self) -> dict[str, Any] | None:
+        """The pinhole camera the estimates' ``cam_t`` refer to (for overlays and evaluation).
+
+        focal_px is the estimator's focal (median over rows); the principal point is the
+        centre of the decoded frame, in the decoded frame's pixels (``width`` x ``height``).
+        """
+        if self.frame_hw is None or self.estimates is None or not len(self.estimates):
+            return None
+        h, w = self.frame_hw
+        return {"model": "pinhole", "focal_px": float(np.median(self.estimates.focal)),
+                "cx": w / 2.0, "cy": h / 2.0, "width": int(w), "height": int(h)}
+
+
+def run_frame_part(decode: Any, frame_stages: Sequence[Any], clip: ClipRef,
+                   on_batch: Callable[[int], None] | None = None) -> FramePart:
+    """decode -> frame stages over one clip, batch by batch; returns the concatenated estimates.
+
+    ``on_batch(n_frames)`` is called after every batch (progress bars, heartbeats).  Used
+    by the LocalRunner and by the Ray runner's fused operator, so both do the same work.
+    """
+    timer = StageTimer()
+    per_batch: list[MeshEstimates] = []
+    batches: Iterator[FrameBatch] = iter(decode(clip))
+    n_frames, frame_hw = 0, None
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        timer.seconds[type(decode).__name__] += time.perf_counter() - t0
+        if batch is None:
+            break
+        if frame_hw is None and len(batch):
+            frame_hw = (int(batch.images.shape[1]), int(batch.images.shape[2]))
+        x: Any = batch
+        for st in frame_stages:
+            x = timer.call(type(st).__name__, st, x)
+        if not isinstance(x, MeshEstimates):
+            raise TypeError(f"the last frame stage must return MeshEstimates, got {type(x).__name__}")
+        per_batch.append(x)
+        n_frames += len(batch)
+        if on_batch is not None:
+            on_batch(len(batch))
+    estimates = MeshEstimates.cat(per_batch) if per_batch else None
+    return FramePart(estimates, n_frames, frame_hw, dict(timer.seconds))
+
+
+def run_video_part(estimates: MeshEstimates | None, track: Any,
+                   to_sequences: Callable[[TrackedEstimates], list[SMPLSequence]],
+                   refine: Any | None, timings_s: dict[str, float]) -> list[SMPLSequence]:
+    """track -> to_sequences -> refine over one video's estimates (adds to ``timings_s``)."""
+    if estimates is None or not len(estimates):
+        return []
+    timer = StageTimer()
+    tracked = timer.call(type(track).__name__, track, estimates)
+    sequences = timer.call("to_sequences", to_sequences, tracked)
+    if refine is not None:
+        sequences = [timer.call(type(refine).__name__, refine, s) for s in sequences]
+    for k, v in timer.seconds.items():
+        timings_s[k] = timings_s.get(k, 0.0) + v
+    return sequences
+
+
+def result_extra(part: FramePart, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``VideoResult.extra`` of a video: caller's provenance plus frame count and camera."""
+    info = dict(extra or {})
+    info.setdefault("n_frames_decoded", part.n_frames)
+    cam = part.camera()
+    if cam is not None:
+        info["camera"] = cam
+    return info
 
 
 @dataclass
@@ -80,42 +166,18 @@ class LocalRunner:
     def run(self, clip: ClipRef, extra: dict[str, Any] | None = None) -> Path:
         """Process one clip end to end and return the output directory."""
         self.setup()
-        timer = StageTimer()
         t_start = time.perf_counter()
-        per_batch: list[MeshEstimates] = []
         total = clip.n_frames if clip.n_frames > 0 else None
-        bar = tqdm(total=total, desc=clip.video_id, unit="frame", disable=not self.progress, leave=False)
-        batches: Iterator[FrameBatch] = iter(self.decode(clip))
-        n_frames = 0
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            timer.seconds[type(self.decode).__name__] += time.perf_counter() - t0
-            if batch is None:
-                break
-            x: Any = batch
-            for st in self.frame_stages:
-                x = timer.call(type(st).__name__, st, x)
-            if not isinstance(x, MeshEstimates):
-                raise TypeError(f"the last frame stage must return MeshEstimates, got {type(x).__name__}")
-            per_batch.append(x)
-            n_frames += len(batch)
-            bar.update(len(batch))
-        bar.close()
-        estimates = MeshEstimates.cat(per_batch) if per_batch else None
-        sequences: list[SMPLSequence] = []
-        if estimates is not None and len(estimates):
-            tracked = timer.call(type(self.track).__name__, self.track, estimates)
-            sequences = timer.call("to_sequences", self.to_sequences, tracked)
-            if self.refine is not None:
-                sequences = [timer.call(type(self.refine).__name__, self.refine, s) for s in sequences]
-        info = dict(extra or {})
-        info.setdefault("n_frames_decoded", n_frames)
-        timings = dict(timer.seconds)
+        with tqdm(total=total, desc=clip.video_id, unit="frame", disable=not self.progress, leave=False) as bar:
+            part = run_frame_part(self.decode, self.frame_stages, clip, on_batch=bar.update)
+        timings = dict(part.timings_s)
+        sequences = run_video_part(part.estimates, self.track, self.to_sequences, self.refine, timings)
         timings["total"] = time.perf_counter() - t_start
-        result = VideoResult(clip=clip, sequences=sequences, config=self.config, timings_s=timings, extra=info)
+        result = VideoResult(clip=clip, sequences=sequences, config=self.config, timings_s=timings,
+                             extra=result_extra(part, extra))
+        timer = StageTimer()
         out = timer.call(type(self.write).__name__, self.write, result)
-        log.info("%s: %d frames, %d tracks -> %s", clip.video_id, n_frames, len(sequences), out)
+        log.info("%s: %d frames, %d tracks -> %s", clip.video_id, part.n_frames, len(sequences), out)
         return out
 
     def run_many(self, clips: Iterable[ClipRef]) -> list[Path]:

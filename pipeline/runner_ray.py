@@ -47,7 +47,8 @@ from hmrflow.pipeline.assembly import (
     stage_gpus,
 )
 from hmrflow.pipeline.results import VideoResult
-from hmrflow.pipeline.types import N_BETAS, N_JOINTS, ClipRef, MeshEstimates, SMPLSequence
+from hmrflow.pipeline.runner import run_frame_part, run_video_part
+from hmrflow.pipeline.types import N_BETAS, N_JOINTS, ClipRef, MeshEstimates
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class FramePartResult:
     n_frames: int
     timings_s: dict[str, float]
     peak_rss_mb: float = 0.0
+    camera: dict[str, Any] | None = None
 
 
 class FramePartHandler:
@@ -98,33 +100,12 @@ class FramePartHandler:
             self.setup()
         assert self._stages is not None
         decode, frame_stages = self._stages[0], self._stages[1:]
-        timings: dict[str, float] = {}
         clip = self.spec.probe(task.path, task.video_id)
-        parts: list[MeshEstimates] = []
-        n_frames = 0
-        batches = iter(decode(clip))
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            timings[type(decode).__name__] = timings.get(type(decode).__name__, 0.0) + time.perf_counter() - t0
-            if batch is None:
-                break
-            x: Any = batch
-            for st in frame_stages:
-                t0 = time.perf_counter()
-                x = st(x)
-                timings[type(st).__name__] = timings.get(type(st).__name__, 0.0) + time.perf_counter() - t0
-            if not isinstance(x, MeshEstimates):
-                raise TypeError(f"the last frame stage must return MeshEstimates, got {type(x).__name__}")
-            parts.append(x)
-            n_frames += len(batch)
-            beat(len(batch))
+        part = run_frame_part(decode, frame_stages, clip, on_batch=beat)
         columns = None
-        if parts:
-            est = MeshEstimates.cat(parts)
-            if len(est):
-                columns = {name: np.ascontiguousarray(getattr(est, name)) for name in MeshEstimates.ROW_FIELDS}
-        return FramePartResult(clip, columns, n_frames, timings, peak_rss_mb())
+        if part.estimates is not None and len(part.estimates):
+            columns = {name: np.ascontiguousarray(getattr(part.estimates, name)) for name in MeshEstimates.ROW_FIELDS}
+        return FramePartResult(clip, columns, part.n_frames, part.timings_s, peak_rss_mb(), part.camera())
 
 
 def _empty_estimate_columns(n: int) -> dict[str, np.ndarray]:
@@ -159,7 +140,7 @@ def _info_json(task: VideoTask, result: FramePartResult | None, error: str, seco
     info: dict[str, Any] = {"extra": dict(task.extra), "error": error, "seconds": seconds, "path": task.path}
     if result is not None:
         info.update(clip=result.clip.__dict__, n_frames=result.n_frames, timings=result.timings_s,
-                    peak_rss_mb=result.peak_rss_mb)
+                    peak_rss_mb=result.peak_rss_mb, camera=result.camera)
     return json.dumps(info, sort_keys=True, default=str)
 
 
@@ -251,24 +232,17 @@ class FinishVideo:
         t_start = time.perf_counter()
         clip = ClipRef(**info["clip"])
         est_rows = np.flatnonzero(kind == KIND_ESTIMATE)
-        sequences: list[SMPLSequence] = []
+        est: MeshEstimates | None = None
         if est_rows.size:
             order = est_rows[np.argsort(np.asarray(group["_row"])[est_rows], kind="stable")]
             cols = {name: np.asarray(group[name])[order] for name in MeshEstimates.ROW_FIELDS}
             cols["video_id"] = np.array([clip.video_id] * len(order), dtype=object)
             est = MeshEstimates.from_columns(cols)
-            t0 = time.perf_counter()
-            tracked = self.track(est)
-            timings[type(self.track).__name__] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sequences = self.to_sequences(tracked)
-            timings["to_sequences"] = time.perf_counter() - t0
-            if self.refine is not None:
-                t0 = time.perf_counter()
-                sequences = [self.refine(s) for s in sequences]
-                timings[type(self.refine).__name__] = time.perf_counter() - t0
+        sequences = run_video_part(est, self.track, self.to_sequences, self.refine, timings)
         extra = dict(info.get("extra", {}))
         extra.setdefault("n_frames_decoded", int(info["n_frames"]))
+        if info.get("camera") is not None:
+            extra["camera"] = info["camera"]
         timings["total"] = float(info.get("seconds", 0.0)) + time.perf_counter() - t_start
         result = VideoResult(clip=clip, sequences=sequences, config=dict(self.spec.config), timings_s=timings, extra=extra)
         return self.write(result)

@@ -128,7 +128,8 @@ class Predictions:
 
     track_id, frame_idx: (N,) int64; pts: (N,) float64; observed: (N,) bool;
     confidence: (N,) float32; joints (N, 24, 3), vertices (N, V, 3) float32 metres,
-    camera frame; boxes (N, 4) projected with the ground truth's K.
+    camera frame; boxes (N, 4) projected with the prediction's camera
+    (:func:`prediction_camera`).
     """
 
     video_id: str
@@ -228,8 +229,31 @@ def _list_column(table: Any, name: str, width: int, path: Path) -> np.ndarray:
     return values.astype(np.float32).reshape(n, width)
 
 
+def prediction_camera(video_dir: str | Path, gt: GroundTruth) -> np.ndarray:
+    """(3, 3) intrinsics the prediction's camera-frame outputs refer to, in GT pixels.
+
+    hmrflow records its pinhole camera in ``manifest.json`` (``camera``: focal_px, cx, cy,
+    width, height of the decoded frames).  Predicted meshes are projected with it so 2D
+    matching does not depend on whether the pipeline knew the true focal length; it is
+    rescaled when the pipeline decoded at another resolution.  Without a recorded camera
+    (outputs of other tools) the ground truth's K is used.
+    """
+    import json
+
+    try:
+        cam = json.loads((Path(video_dir) / "manifest.json").read_text(encoding="utf-8")).get("camera")
+    except (OSError, ValueError):
+        cam = None
+    if not cam or not cam.get("focal_px") or not cam.get("width"):
+        return gt.K
+    s = gt.width / float(cam["width"])
+    return np.array([[cam["focal_px"] * s, 0.0, cam["cx"] * s],
+                     [0.0, cam["focal_px"] * s, cam["cy"] * s],
+                     [0.0, 0.0, 1.0]], np.float64)
+
+
 def load_predictions(video_dir: str | Path, gt: GroundTruth, mesh_fn: MeshFn) -> Predictions:
-    """Read ``video_dir/tracks.parquet``; pose the bodies; box them with the GT camera.
+    """Read ``video_dir/tracks.parquet``; pose the bodies; box them with the prediction's camera.
 
     Rows whose frame_idx is outside the ground truth's frames are dropped with a warning.
     Raises :class:`EvalInputError` for a missing column or a track with two rows in
@@ -274,6 +298,6 @@ def load_predictions(video_dir: str | Path, gt: GroundTruth, mesh_fn: MeshFn) ->
     joints, verts = mesh_fn(pose, betas, transl) if len(pose) else (np.zeros((0, N_JOINTS, 3), np.float32), np.zeros((0, 0, 3), np.float32))
     return Predictions(
         video_id=gt.video_id, track_id=track, frame_idx=frame, pts=pts, observed=observed, confidence=conf,
-        joints=joints, vertices=verts, boxes=project_box(verts, gt.K, gt.width, gt.height) if len(verts) else np.zeros((0, 4)),
+        joints=joints, vertices=verts, boxes=project_box(verts, prediction_camera(video_dir, gt), gt.width, gt.height) if len(verts) else np.zeros((0, 4)),
     )
 

@@ -302,3 +302,20 @@ def test_real_synthetic_body_model_self_evaluation(tmp_path: Path) -> None:
     r = rep.per_video.loc["clip"]
     assert r["recall"] == 1.0 and r["idf1"] == 1.0
     assert r["mpjpe_mm"] == pytest.approx(0.0, abs=1e-2) and r["pve_mm"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_predictions_are_boxed_with_their_own_recorded_camera(tmp_path: Path, toy) -> None:
+    """A pipeline that assumed a 3x longer focal puts people 3x deeper: same pixels, so it
+    must match once its manifest records that camera (and not without it)."""
+    arr = gt_arrays()
+    write_gt(tmp_path / "gt", "clip", arr)
+    far = {**arr, "transl": arr["transl"] * np.array([1.0, 1.0, 3.0], np.float32)}
+    write_tracks(tmp_path / "pred", "clip", perfect_rows(far))
+    blind = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy).per_video.loc["clip"]
+    assert blind["recall"] < 0.5  # boxed with the GT focal the deep bodies are a third of the size
+    cam = {"model": "pinhole", "focal_px": 3 * float(K[0, 0]), "cx": float(K[0, 2]) / 2, "cy": float(K[1, 2]) / 2,
+           "width": W // 2, "height": H // 2}  # decoded at half resolution: rescaled to GT pixels
+    (tmp_path / "pred" / "clip" / "manifest.json").write_text(json.dumps({"camera": {**cam, "focal_px": cam["focal_px"] / 2}}))
+    seen = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy).per_video.loc["clip"]
+    assert seen["recall"] == 1.0 and seen["precision"] == 1.0
+    assert seen["pa_mpjpe_mm"] == pytest.approx(0.0, abs=1e-3)

@@ -83,6 +83,8 @@ def test_local_runner_chains_and_sets_up_once(tmp_path: Path) -> None:
     assert seq.transl[:, 0].tolist() == list(range(10))  # values flowed through every stage
     assert res.extra["n_frames_decoded"] == 10
     assert {"CountingDecode", "BrightnessToPerson", "OneTrack", "total"} <= set(res.timings_s)
+    # the camera the camera-frame outputs refer to: estimator focal, centre of the decoded 8x8 frames
+    assert res.extra["camera"] == {"model": "pinhole", "focal_px": 500.0, "cx": 4.0, "cy": 4.0, "width": 8, "height": 8}
 
 
 def test_empty_video_writes_no_tracks(tmp_path: Path) -> None:
@@ -91,6 +93,7 @@ def test_empty_video_writes_no_tracks(tmp_path: Path) -> None:
                          to_sequences=to_sequences, write=write, progress=False)
     runner.run(ClipRef("e", "e.mp4"))
     assert write.results[0].sequences == []
+    assert "camera" not in write.results[0].extra  # nobody found: no camera to record
 
 
 def test_last_frame_stage_must_return_estimates(tmp_path: Path) -> None:
