@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from WORK/last.pt")
+    p.add_argument("--input-size", type=int, nargs=2, default=(256, 192), metavar=("W", "H"),
+                   help="network input (multiples of 16); frames are letterboxed into it")
     p.add_argument("--init", default=None, help="start from these detector weights (.safetensors) with a fresh schedule")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument("--bench-frames", type=int, default=10,
@@ -102,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not ckpt.is_file():
         raise ConfigError(f"{ckpt}: no checkpoint to resume from (run without --resume first)")
     device = resolve_device(args.device)
-    spec = DetectorSpec()
+    if args.input_size[0] % 16 or args.input_size[1] % 16:
+        raise ConfigError(f"--input-size: width and height must be multiples of 16, got {args.input_size}")
+    spec = DetectorSpec(input_w=int(args.input_size[0]), input_h=int(args.input_size[1]))
     t0 = time.time()
     size = (320, 240)
     train = render_shards(work / "data", "mixed", args.frames, TRAIN_SEED + args.seed, size, shard=50, frames_per_scene=5)

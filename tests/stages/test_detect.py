@@ -258,13 +258,18 @@ def test_bundled_detector_finds_people_in_a_rendered_frame():
     assert (iou.max(1) > 0.5).all(), (data.boxes[0, people], det.boxes_xyxy)
     assert det.frame_idx.tolist() == [7] * len(det) and ((det.scores >= 0.5) & (det.scores <= 1)).all()
     assert det.masks.dtype == bool and det.masks[iou.argmax(1)].mean() > 0.2
-    # any frame size: the same frame at twice the size (and padded to another aspect) gives boxes x2
-    big = np.zeros((1, 600, 640, 3), np.uint8)
-    big[0, :480] = data.images[0].repeat(2, 0).repeat(2, 1)
+    # any frame size: the same frame at twice the size gives the same people at twice the coordinates
+    big = data.images.repeat(2, 1).repeat(2, 2)
     det2 = stage(FrameBatch("t", np.array([7]), np.array([0.0]), big)).detections
     assert len(det2) == len(det)
     pairs = box_iou_torch(torch.from_numpy((det2.boxes_xyxy + 0.5) / 2 - 0.5), torch.from_numpy(det.boxes_xyxy)).numpy()
-    assert (pairs.max(1) > 0.8).all()
+    assert (pairs.max(1) > 0.9).all()
+    # ... and padded to another aspect ratio (letterboxed at another scale) still finds them
+    tall = np.zeros((1, 600, 640, 3), np.uint8)
+    tall[0, :480] = big[0]
+    det3 = stage(FrameBatch("t", np.array([7]), np.array([0.0]), tall)).detections
+    iou3 = box_iou_torch(torch.from_numpy(data.boxes[0, people] * 2 + 0.5), torch.from_numpy(det3.boxes_xyxy)).numpy()
+    assert (iou3.max(1) > 0.5).all()
 
 
 def test_train_command_dispatches_detector_target():
