@@ -72,11 +72,14 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
+                base: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict clean features.
 
         sample: (B, T, n_feat) noisy normalised features; timestep: scalar or (B,);
-        cond: (B, T, n_cond).  Returns (B, T, n_feat).
+        cond: (B, T, n_cond); base: optional precomputed :meth:`smoothed_estimate` of ``cond``
+        (it does not depend on the timestep, so a sampler computes it once).
+        Returns (B, T, n_feat).
         """
         b, t, _ = sample.shape
         ts = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b) if not torch.is_tensor(
@@ -87,7 +90,9 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         temb = self.time_mlp(sinusoidal_embedding(ts, d))
         h = h + pos[None].to(h.dtype) + temb[:, None].to(h.dtype)
         h = self.blocks(h)
-        return self.smoothed_estimate(cond) + self.out_proj(self.norm(h))
+        if base is None:
+            base = self.smoothed_estimate(cond)
+        return base + self.out_proj(self.norm(h))
 
     def smoothed_estimate(self, cond: torch.Tensor) -> torch.Tensor:
         """Mask-aware multi-scale Gaussian average of the estimate features, (B, T, n_feat).

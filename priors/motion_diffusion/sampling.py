@@ -81,9 +81,11 @@ def sample(
     x = noise.to(device=device, dtype=torch.float32)
     x = x * scheduler.init_noise_sigma
     uncond = torch.zeros_like(cond) if guidance_scale != 1.0 else None
+    # timestep-independent part of the denoiser, computed once (when the model has one)
+    kw = {"base": model.smoothed_estimate(cond)} if hasattr(model, "smoothed_estimate") else {}
     for step_t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(x, step_t)
-        x0 = model(x_in, step_t.to(device), cond)
+        x0 = model(x_in, step_t.to(device), cond, **kw)
         if uncond is not None:
             x0_u = model(x_in, step_t.to(device), uncond)
             x0 = x0_u + guidance_scale * (x0 - x0_u)

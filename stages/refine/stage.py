@@ -60,10 +60,10 @@ def _slerp_rotmats(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(24,3,3) x2, weights (K,) -> (K,24,3,3) per-joint slerp."""
     from scipy.spatial.transform import Rotation
 
-    ra = Rotation.from_matrix(a.astype(np.float64))
-    rel = (ra.inv() * Rotation.from_matrix(b.astype(np.float64))).as_rotvec()  # (24,3)
-    out = [(ra * Rotation.from_rotvec(rel * wi)).as_matrix() for wi in w]
-    return np.stack(out).astype(np.float32)
+    ra = Rotation.from_matrix(np.broadcast_to(a.astype(np.float64), (len(w), 24, 3, 3)).reshape(-1, 3, 3))
+    rel = (Rotation.from_matrix(a.astype(np.float64)).inv() * Rotation.from_matrix(b.astype(np.float64))).as_rotvec()
+    step = Rotation.from_rotvec((np.asarray(w, np.float64)[:, None, None] * rel[None]).reshape(-1, 3))
+    return (ra * step).as_matrix().reshape(len(w), 24, 3, 3).astype(np.float32)
 
 
 def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
@@ -78,48 +78,45 @@ def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
     fi = np.asarray(seq.frame_idx, np.int64)
     n = len(fi)
     obs = np.asarray(seq.observed, bool)
+    pts = np.asarray(seq.pts, np.float64)
+    rot = np.asarray(seq.rotmats, np.float32)
+    tr = np.asarray(seq.transl, np.float32)
+    conf = np.asarray(seq.confidence, np.float32)
     if n < 2:
-        return FilledTrack(fi.copy(), np.asarray(seq.pts, np.float64).copy(), obs.copy(), seq.rotmats.copy(),
-                           seq.transl.copy(), seq.confidence.copy(), np.zeros(n, np.int64))
+        return FilledTrack(fi.copy(), pts.copy(), obs.copy(), rot.copy(), tr.copy(), conf.copy(), np.zeros(n, np.int64))
     dfi = np.diff(fi)
     step = max(1, int(np.median(dfi)))
-    pts = np.asarray(seq.pts, np.float64)
     dpts = np.diff(pts)
-    pstep = float(np.median(dpts)) if n > 1 else 0.0
-    parts: dict[str, list] = {k: [] for k in ("frame_idx", "pts", "observed", "rotmats", "transl", "confidence", "segment")}
-    seg = 0
-
-    def add(f, p, o, r, t, c):
-        parts["frame_idx"].append(np.atleast_1d(f))
-        parts["pts"].append(np.atleast_1d(p))
-        parts["observed"].append(np.atleast_1d(o))
-        parts["rotmats"].append(r.reshape(-1, 24, 3, 3))
-        parts["transl"].append(t.reshape(-1, 3))
-        parts["confidence"].append(np.atleast_1d(c))
-        parts["segment"].append(np.full(len(np.atleast_1d(f)), seg, np.int64))
-
-    for i in range(n):
-        add(fi[i], pts[i], obs[i], seq.rotmats[i], seq.transl[i], seq.confidence[i])
-        if i == n - 1:
-            break
+    pstep = float(np.median(dpts))
+    holes = np.flatnonzero(dfi > step)  # a grid frame is missing after row i
+    too_long = holes[dpts[holes] - pstep > max_gap_s + 1e-6]
+    segment = np.zeros(n, np.int64)
+    for i in too_long:
+        segment[i + 1 :] += 1
+    ins = {k: [] for k in ("frame_idx", "pts", "rotmats", "transl", "segment")}
+    for i in np.setdiff1d(holes, too_long):
         missing = np.arange(fi[i] + step, fi[i + 1], step, dtype=np.int64)
         if len(missing) == 0:
             continue
-        hole_s = dpts[i] - pstep
-        if hole_s > max_gap_s + 1e-6:
-            seg += 1  # too long: leave the hole, refine both sides separately
-            continue
         w = (missing - fi[i]) / float(fi[i + 1] - fi[i])  # (K,) in (0, 1)
-        rots = _slerp_rotmats(seq.rotmats[i], seq.rotmats[i + 1], w)
-        tr = (1 - w)[:, None] * seq.transl[i] + w[:, None] * seq.transl[i + 1]
-        add(missing, pts[i] + w * dpts[i], np.zeros(len(w), bool), rots, tr.astype(np.float32),
-            np.zeros(len(w), np.float32))
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
+        ins["frame_idx"].append(missing)
+        ins["pts"].append(pts[i] + w * dpts[i])
+        ins["rotmats"].append(_slerp_rotmats(rot[i], rot[i + 1], w))
+        ins["transl"].append(((1 - w)[:, None] * tr[i] + w[:, None] * tr[i + 1]).astype(np.float32))
+        ins["segment"].append(np.full(len(w), segment[i], np.int64))
+    if not ins["frame_idx"]:
+        return FilledTrack(fi.copy(), pts.copy(), obs.copy(), rot.copy(), tr.copy(), conf.copy(), segment)
+    m = sum(len(x) for x in ins["frame_idx"])
+    all_fi = np.concatenate([fi, *ins["frame_idx"]])
+    order = np.argsort(all_fi, kind="stable")
     return FilledTrack(
-        frame_idx=cat["frame_idx"].astype(np.int64), pts=cat["pts"].astype(np.float64),
-        observed=cat["observed"].astype(bool), rotmats=cat["rotmats"].astype(np.float32),
-        transl=cat["transl"].astype(np.float32), confidence=cat["confidence"].astype(np.float32),
-        segment=cat["segment"],
+        frame_idx=all_fi[order],
+        pts=np.concatenate([pts, *ins["pts"]])[order],
+        observed=np.concatenate([obs, np.zeros(m, bool)])[order],
+        rotmats=np.concatenate([rot, *ins["rotmats"]])[order],
+        transl=np.concatenate([tr, *ins["transl"]])[order],
+        confidence=np.concatenate([conf, np.zeros(m, np.float32)])[order],
+        segment=np.concatenate([segment, *ins["segment"]])[order],
     )
 
 
