@@ -22,6 +22,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TRAIN_SEED = 0
+CROWDED_TRAIN_SEED = 3000
 VAL_SEEDS = {"easy": 1000, "crowded": 2000}
 
 
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default="detector_train", help="cache of rendered frames and checkpoints")
     p.add_argument("--out", default=None, help="where the final weights go (default WORK/final)")
     p.add_argument("--frames", type=int, default=1500, help="training frames to render")
+    p.add_argument("--crowded-frames", type=int, default=0, help="extra training frames of crowded scenes")
     p.add_argument("--val-frames", type=int, default=150, help="held-out frames per set (easy, crowded)")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
@@ -110,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     size = (320, 240)
     train = render_shards(work / "data", "mixed", args.frames, TRAIN_SEED + args.seed, size, shard=50, frames_per_scene=5)
+    if args.crowded_frames > 0:
+        from hmrflow.jobs.train.synth_frames import DetectionFrames
+
+        extra = render_shards(work / "data", "crowded", args.crowded_frames, CROWDED_TRAIN_SEED + args.seed, size, shard=50,
+                              frames_per_scene=5)
+        train = DetectionFrames.cat([train, extra])
     val = {k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3) for k, s in VAL_SEEDS.items()}
     overlap = set(train.scene_seed.tolist()) & set(np.concatenate([v.scene_seed for v in val.values()]).tolist())
     if overlap:
