@@ -13,6 +13,7 @@ import importlib.util
 #: target -> module with add_arguments/run (targets whose module is absent are not offered).
 TARGETS: dict[str, str] = {
     "estimator": "hmrflow.jobs.bench.estimator",
+    "pipeline": "hmrflow.jobs.bench.pipeline",
     "render": "hmrflow.jobs.bench.render",
 }
 
