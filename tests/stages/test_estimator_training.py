@@ -113,13 +113,13 @@ def test_bundled_weights_beat_an_untrained_model(body) -> None:
     trained = evaluate_crops(model, crops, body, batch_size=32)
     torch.manual_seed(0)
     untrained = evaluate_crops(build_estimator("tiny", model.image_size), crops, body, batch_size=32)
-    # measured on these 32 crops: bundled (run 1) PA-MPJPE 73 mm / MPJPE 169 mm, untrained 186 / 290 mm
+    # measured on these 32 crops: bundled PA-MPJPE 69 mm / MPJPE 148 mm, untrained 186 / 297 mm
     assert untrained["pa_mpjpe_mm"] > 150
     assert trained["pa_mpjpe_mm"] < 100
     assert trained["mpjpe_mm"] < 0.6 * untrained["mpjpe_mm"]
-    # the model is more confident on the crops it gets right
+    # confidence falls as the error grows (measured correlation -0.23)
     conf, err = trained["confidence"], trained["per_crop_mpjpe_mm"]
-    assert conf[err < np.median(err)].mean() > conf[err >= np.median(err)].mean()
+    assert np.corrcoef(conf, err)[0, 1] < 0
     meta = json.loads((path.parent / "validation.json").read_text())
     assert meta["held_out_crops"]["seed"] != TrainConfig().seed
 
