@@ -13,8 +13,8 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "[bootstrap] installing torch==2.13.0 (CPU build when available)"
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-echo "[bootstrap] installing hmrflow (editable) with test and fast-path extras"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test,fast,ray]"
+echo "[bootstrap] installing hmrflow (editable) with test, fast-path, Ray and export extras"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,fast,ray,export]"
 
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 case "$what" in
