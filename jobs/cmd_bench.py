@@ -7,8 +7,8 @@ Targets are a plain dict ``name -> module``; each module exposes ``add_arguments
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+
+from hmrflow.jobs.targets import add_target_parsers, run_target
 
 #: target -> module with add_arguments/run (targets whose module is absent are not offered).
 TARGETS: dict[str, str] = {
@@ -18,27 +18,9 @@ TARGETS: dict[str, str] = {
 }
 
 
-def _available() -> dict[str, str]:
-    out = {}
-    for name, module in TARGETS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            out[name] = module
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for name, module in _available().items():
-        mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
-        mod.add_arguments(p)
-        p.set_defaults(_bench_module=module)
+    add_target_parsers(parser, TARGETS)
 
 
 def run(args: argparse.Namespace) -> int:
-    mod = importlib.import_module(args._bench_module)
-    return int(mod.run(args) or 0)
+    return run_target(args)

@@ -276,7 +276,7 @@ def test_train_command_dispatches_detector_target():
     from hmrflow.jobs.cli import build_parser
 
     args = build_parser().parse_args(["train", "detector", "--work-dir", "w", "--epochs", "2", "--resume"])
-    assert args._train_module == "hmrflow.jobs.train.detector" and args.epochs == 2 and args.resume
+    assert args._target_module == "hmrflow.jobs.train.detector" and args.epochs == 2 and args.resume
 
 
 def test_train_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
