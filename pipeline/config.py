@@ -70,8 +70,21 @@ class EstimateConfig(Strict):
     batch_size: int = Field(64, ge=1)
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    eclm: bool = False
-    tome_r: int = Field(0, ge=0, description="background tokens merged per layer (0 = off)")
+    eclm: bool = Field(
+        False,
+        description="layer-merged ViT (ECLM): with weights unset, load the bundled "
+        "estimator_<size>_eclm.safetensors; with weights set, they must be a merged checkpoint written by "
+        "`hmrflow accelerate` (a merged checkpoint in weights is detected by its header and used either way)",
+    )
+    tome_r: int = Field(
+        0, ge=0, description="Mask-ToMe: background tokens merged per ViT block (0 = off); person tokens are never merged"
+    )
+    tome_schedule: Literal["constant", "decreasing"] = Field(
+        "constant", description="Mask-ToMe merges per block: tome_r in every block, or linear 2*tome_r -> 0 (same total)"
+    )
+    tome_group_size: int = Field(
+        16, ge=0, description="Mask-ToMe: run chunks as sub-batches of this many crops of similar person size (0 = off)"
+    )
     image_size: Optional[tuple[int, int]] = Field(
         None, description="crop (H, W) of the ViT; None = from the weights' header, else 256x192"
     )

@@ -14,6 +14,18 @@ translation with HMR2.0's default focal length ``5000 / 256 * max(W, H)`` (:mod:
 seen along the viewing ray through the crop centre; the stage turns it into the camera frame
 with :func:`ray_rotation` (with the default focal the rays are within ~1.5 deg of the axis).
 
+Accelerations (:mod:`hmrflow.stages.mesh.accel`), both applied by :meth:`EstimateStage.setup`:
+
+* **ECLM** (layer merging) is a checkpoint, not a switch: a merged checkpoint written by
+  ``hmrflow accelerate`` carries its merge plan and architecture in its header and is loaded
+  as the shallower model it is (no calibration).  Such a file in ``cfg.weights`` is detected by
+  its header; ``cfg.eclm=True`` with ``cfg.weights`` unset loads the bundled merged file
+  ``estimator_<size>_eclm.safetensors`` (with ``cfg.weights`` set, it demands a merged file).
+* **Mask-ToMe** (``cfg.tome_r > 0``): background tokens are merged inside the ViT; the
+  detections' box-relative person masks become per-token coverage of each crop
+  (:func:`~hmrflow.stages.mesh.crop.make_crops`) and every token the person touches is
+  protected (never merged, nothing merged into it).
+
 Weights: ``cfg.weights`` or the bundled file ``stages/mesh/weights/estimator_<size>.safetensors``.
 hmrflow's own files carry the crop size in their safetensors header; a state dict in HMR2.0's
 published layout (keys ``backbone.blocks.*`` + ``smpl_head.*``) is imported with
@@ -47,9 +59,16 @@ log = logging.getLogger(__name__)
 WEIGHTS_FORMAT = "hmrflow.mesh_estimator.v1"
 
 
-def bundled_weights_path(size: str) -> Path:
-    """Where the package keeps the trained weights of ``size`` (the file may not exist)."""
-    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / f"estimator_{size}.safetensors"))
+def bundled_weights_path(size: str, eclm: bool = False) -> Path:
+    """Where the package keeps the trained weights of ``size`` (the file may not exist);
+    ``eclm=True``: the layer-merged variant ``estimator_<size>_eclm.safetensors``."""
+    name = f"estimator_{size}_eclm.safetensors" if eclm else f"estimator_{size}.safetensors"
+    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / name))
+
+
+def is_merged_checkpoint(header: dict[str, str]) -> bool:
+    """True for the header of a layer-merged (ECLM) checkpoint written by ``hmrflow accelerate``."""
+    return "eclm_plan" in header
 
 
 def resolve_device(device: str) -> torch.device:
@@ -186,32 +205,86 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         self.model: Optional[MeshEstimator] = None
         self.device = torch.device("cpu")
         self.weights_path: Optional[Path] = None
+        self.eclm_plan: Any = None  # ECLMPlan of a layer-merged checkpoint, else None
+        self.tome_cfg: Any = None  # MaskToMeConfig when Mask-ToMe is on, else None
 
     def setup(self) -> None:
-        """Resolve the device and load the weights (``cfg.weights`` or the bundled file)."""
+        """Resolve the device, load the weights (plain or layer-merged, see the module docstring)
+        and switch Mask-ToMe on when ``cfg.tome_r > 0``."""
         cfg = self.cfg
         self.device = resolve_device(cfg.device)
-        if cfg.weights:
-            path = Path(cfg.weights).expanduser()
+        path = self._weights_file()
+        header = read_weights_header(path)
+        if is_merged_checkpoint(header):
+            model, self.eclm_plan = self._load_merged(path)
         else:
-            path = bundled_weights_path(cfg.size)
-            if not path.is_file():
-                raise CheckpointError(
-                    f"{path}: no bundled weights for the {cfg.size!r} estimator (only 'tiny' ships); "
-                    "set estimate.weights to a weights file (hmrflow's .safetensors or HMR2.0's layout)"
+            if cfg.eclm:
+                raise ConfigError(
+                    f"estimate.eclm is true but {path} is not a layer-merged checkpoint; make one with "
+                    f"`hmrflow accelerate --weights {path} --out merged.safetensors` and set estimate.weights to it, "
+                    "or set estimate.eclm: false"
                 )
-            kind = getattr(self.body_model_cfg, "kind", "synthetic")
-            if kind != "synthetic":
-                log.warning("the bundled %s estimator was trained with the synthetic body model; its shape (betas) "
-                            "and pose outputs are not calibrated for body_model.kind=%s", cfg.size, kind)
-        model = load_estimator(cfg.size, path, cfg.image_size)
-        if cfg.tome_r or cfg.eclm:
-            log.warning("estimate.tome_r / estimate.eclm are not applied by this stage version (full ViT runs)")
+            model = load_estimator(cfg.size, path, cfg.image_size)
+            self.eclm_plan = None
+        self.tome_cfg = None
+        if cfg.tome_r > 0:
+            from hmrflow.stages.mesh.accel.tome import MaskToMeConfig, apply_mask_tome
+
+            self.tome_cfg = MaskToMeConfig(r=cfg.tome_r, schedule=cfg.tome_schedule,
+                                           group_size=cfg.tome_group_size or None)
+            apply_mask_tome(model, self.tome_cfg)
         self.model = model.to(self.device).eval()
         self.weights_path = path
         self._ready = True
         prec = str(self._autocast_dtype() or torch.float32).replace("torch.", "")
-        log.info("estimator %s (crops %dx%d, %s) on %s from %s", cfg.size, *model.image_size, prec, self.device, path)
+        accel = []
+        if self.eclm_plan is not None:
+            accel.append(f"ECLM depth {self.eclm_plan.base_depth} -> {self.eclm_plan.depth} {list(self.eclm_plan.groups)}")
+        if self.tome_cfg is not None:
+            accel.append(f"Mask-ToMe r={cfg.tome_r} {cfg.tome_schedule}")
+        log.info("estimator %s (crops %dx%d, depth %d, %s%s) on %s from %s", cfg.size, *model.image_size, self.depth,
+                 prec, "".join(", " + a for a in accel), self.device, path)
+
+    @property
+    def depth(self) -> int:
+        """Transformer blocks the loaded backbone runs (fewer than the size's depth after ECLM)."""
+        if self.model is None:
+            raise RuntimeError("EstimateStage.depth: call setup() first")
+        return len(self.model.backbone.blocks)
+
+    def _weights_file(self) -> Path:
+        """``cfg.weights``, else the bundled (merged, with ``cfg.eclm``) file; CheckpointError if none."""
+        cfg = self.cfg
+        if cfg.weights:
+            return Path(cfg.weights).expanduser()
+        path = bundled_weights_path(cfg.size, eclm=cfg.eclm)
+        if not path.is_file():
+            if cfg.eclm:
+                raise CheckpointError(
+                    f"{path}: no bundled layer-merged weights for the {cfg.size!r} estimator; make them with "
+                    "`hmrflow accelerate` and set estimate.weights, or set estimate.eclm: false"
+                )
+            raise CheckpointError(
+                f"{path}: no bundled weights for the {cfg.size!r} estimator (only 'tiny' ships); "
+                "set estimate.weights to a weights file (hmrflow's .safetensors or HMR2.0's layout)"
+            )
+        kind = getattr(self.body_model_cfg, "kind", "synthetic")
+        if kind != "synthetic":
+            log.warning("the bundled %s estimator was trained with the synthetic body model; its shape (betas) "
+                        "and pose outputs are not calibrated for body_model.kind=%s", cfg.size, kind)
+        return path
+
+    def _load_merged(self, path: Path) -> tuple[MeshEstimator, Any]:
+        """A layer-merged checkpoint -> (model with the merged blocks, its ECLMPlan); checks size and crop size."""
+        from hmrflow.stages.mesh.accel.eclm import load_estimator as load_merged
+
+        model, plan = load_merged(path)
+        if model.spec.name != self.cfg.size:
+            raise CheckpointError(f"{path}: weights of the {model.spec.name!r} estimator, but estimate.size is {self.cfg.size!r}")
+        if self.cfg.image_size is not None and tuple(self.cfg.image_size) != model.image_size:
+            raise CheckpointError(f"{path}: merged checkpoint for crops {model.image_size}, but estimate.image_size is "
+                                  f"{tuple(self.cfg.image_size)}")
+        return model, plan
 
     def _autocast_dtype(self) -> Optional[torch.dtype]:
         """bf16/fp16 on CUDA as configured; on the CPU bf16 only (fp16 -> fp32: no fast CPU fp16)."""
@@ -222,16 +295,27 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         return torch.bfloat16 if self.cfg.precision == "bf16" and self.device.type == "cpu" else None
 
     @torch.no_grad()
-    def predict_crops(self, crops: torch.Tensor) -> EstimatorOutput:
-        """Run the ViT over normalised crops (N, 3, h, w) in chunks of ``cfg.batch_size``; fp32 outputs on CPU."""
+    def predict_crops(self, crops: torch.Tensor, token_masks: Optional[torch.Tensor] = None) -> EstimatorOutput:
+        """Run the ViT over normalised crops (N, 3, h, w) in chunks of ``cfg.batch_size``; fp32 outputs on CPU.
+
+        token_masks: (N, gh, gw) person coverage per token cell (``Crops.token_masks``); with
+        Mask-ToMe on, every cell with coverage > 0 is protected from merging (None: nothing is
+        protected).  Ignored when Mask-ToMe is off.
+        """
         self.ensure_setup()
         assert self.model is not None
         amp = self._autocast_dtype()
+        use_masks = self.tome_cfg is not None and token_masks is not None
+        if use_masks and token_masks.shape[0] != crops.shape[0]:
+            raise ValueError(f"token_masks has {token_masks.shape[0]} rows for {crops.shape[0]} crops")
         outs: list[EstimatorOutput] = []
         for s in range(0, crops.shape[0], self.cfg.batch_size):
             chunk = crops[s : s + self.cfg.batch_size].to(self.device, non_blocking=True)
+            kw = {}
+            if use_masks:
+                kw["protect"] = token_masks[s : s + self.cfg.batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                o = self.model(chunk)
+                o = self.model(chunk, **kw)
             outs.append(EstimatorOutput(*(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d))))
         return EstimatorOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in
                                  ("rotmats", "betas", "pred_cam", "confidence", "pose6d")))
@@ -253,9 +337,10 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         if missing:
             raise ValueError(f"detections refer to frames not in the batch: {missing[:5]}")
         index = np.array([pos[int(f)] for f in det.frame_idx], np.int64)
-        crops = make_crops(frames.images, index, det.boxes_xyxy, None, self.model.image_size,
+        masks = det.masks if self.tome_cfg is not None else None  # per-token person coverage only for Mask-ToMe
+        crops = make_crops(frames.images, index, det.boxes_xyxy, masks, self.model.image_size,
                            self.model.token_grid, self.cfg.crop_rescale)
-        out = self.predict_crops(crops.images)
+        out = self.predict_crops(crops.images, crops.token_masks)
         h, w = frames.images.shape[1:3]
         wh = torch.tensor([float(w), float(h)])
         focal = default_focal(wh) if focal_px is None else torch.tensor(float(focal_px))

@@ -168,3 +168,21 @@ def test_errors_known_answers():
     off = gt.clone()
     off[:, 5] += torch.tensor([0.024, 0.0, 0.0], dtype=torch.float64)
     assert torch.allclose(mpjpe_mm(off, gt), torch.full((4,), 1.0, dtype=torch.float64))  # 24 mm / 24 joints
+
+
+def test_merged_checkpoint_fp16_storage(model, tmp_path):
+    plan = ECLMPlan(6, ((4, 5),))
+    x = torch.randn(2, 3, *IMG)
+    with apply_eclm(model, plan):
+        with torch.inference_mode():
+            ref = model(x)
+        p32 = save_merged_estimator(model, plan, tmp_path / "a.safetensors")
+        p16 = save_merged_estimator(model, plan, tmp_path / "b.safetensors", dtype=torch.float16)
+    assert p16.stat().st_size < 0.55 * p32.stat().st_size
+    loaded, got_plan = load_estimator(p16)
+    assert got_plan == plan and next(loaded.parameters()).dtype == torch.float32
+    with apply_eclm(model, plan):
+        want = {k: v.half().float() for k, v in model.state_dict().items()}
+    assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items())
+    with torch.inference_mode():
+        assert loaded(x).pose6d.shape == ref.pose6d.shape

@@ -490,9 +490,13 @@ def load_estimator(
 
 
 def save_merged_estimator(
-    model: MeshEstimator, plan: ECLMPlan, path: str | Path, report: Optional[dict[str, Any]] = None
+    model: MeshEstimator, plan: ECLMPlan, path: str | Path, report: Optional[dict[str, Any]] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> Path:
-    """Write the (already merged) model's weights with its spec and ``plan`` in the header."""
+    """Write the (already merged) model's weights with its spec and ``plan`` in the header.
+
+    ``dtype=torch.float16`` stores the floating-point tensors in half precision (half the file;
+    :func:`load_estimator` casts them back into the model's fp32 parameters)."""
     from hmrflow.pipeline.checkpoints import save_state_dict
 
     if len(_backbone(model).blocks) != plan.depth:
@@ -504,4 +508,8 @@ def save_merged_estimator(
     }
     if report is not None:
         meta["eclm_report"] = json.dumps(report)
-    return save_state_dict(model.state_dict(), path, metadata=meta)
+    state = model.state_dict()
+    if dtype is not None:
+        meta["dtype"] = str(dtype).replace("torch.", "")
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return save_state_dict(state, path, metadata=meta)
