@@ -6,9 +6,10 @@ all people of a batch of frames in one call of the project's torch rasteriser
 (:func:`hmrflow.stages.render.raster.rasterize`, CPU or GPU, headless) and writes an H.264
 mp4 with PyAV.  Frames keep their original timestamps; frames without tracks are copied.
 
-Camera: outputs are in the OpenCV camera frame of the clip; the intrinsics are the
+Camera: outputs are in the OpenCV camera frame of the clip; the intrinsics are the camera
+the pipeline recorded in ``manifest.json`` (rescaled to the clip's size), else the
 pipeline's default (HMR2.0: focal ``5000 / 256 * max(W, H)`` pixels, principal point at
-the image centre) unless ``focal`` is given.  Colours: :func:`hmrflow.jobs.report.colors.track_color`
+the image centre); ``focal`` overrides both.  Colours: :func:`hmrflow.jobs.report.colors.track_color`
 (stable per track id), with the id written above each person.
 
 Views: ``camera`` (the overlay only), ``side-by-side`` (overlay | the same people seen from
@@ -70,8 +71,16 @@ class OverlayOptions:
     device: str = "cpu"
 
 
-def intrinsics(width: int, height: int, focal: float | None = None) -> np.ndarray:
-    """(3, 3) camera matrix of the pipeline's default camera (see the module doc)."""
+def intrinsics(width: int, height: int, focal: float | None = None, recorded: dict[str, Any] | None = None) -> np.ndarray:
+    """(3, 3) camera matrix for a ``width`` x ``height`` clip (see the module doc).
+
+    recorded: the manifest's ``camera`` entry (focal_px, cx, cy at width x height), used
+    when no ``focal`` is given.
+    """
+    if not focal and recorded and recorded.get("focal_px") and recorded.get("width"):
+        s = width / float(recorded["width"])
+        return np.array([[recorded["focal_px"] * s, 0.0, recorded["cx"] * s],
+                         [0.0, recorded["focal_px"] * s, recorded["cy"] * s], [0.0, 0.0, 1.0]])
     f = float(focal) if focal else 5000.0 / 256.0 * max(width, height)
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
@@ -193,7 +202,7 @@ def iter_overlay_frames(video: VideoOutput, clip_path: str, body_model: Any,
 
     clip = to_clip_ref(probe_video(clip_path), video.video_id)
     width, height = clip.width, clip.height
-    K = intrinsics(width, height, opts.focal)
+    K = intrinsics(width, height, opts.focal, video.manifest.get("camera"))
     tracks = [t for t in video.tracks if len(t)]
     index = _Rows.build(tracks)
     faces = np.asarray(body_model.faces, np.int64)

@@ -105,3 +105,12 @@ def test_cli_render_top_view(scene, tmp_path: Path) -> None:
     got, _ = read_frames(dest)
     assert got.shape == (N, H, 2 * W, 3)
     assert main(["render", str(root / "nope"), "--video", str(clip)]) == 2
+
+
+def test_intrinsics_follow_the_recorded_camera_unless_overridden() -> None:
+    """The manifest's camera (decoded at half size here) is rescaled to the clip; --focal wins."""
+    rec = {"model": "pinhole", "focal_px": 400.0, "cx": 160.0, "cy": 120.0, "width": 320, "height": 240}
+    K = intrinsics(640, 480, None, rec)
+    np.testing.assert_allclose(K, [[800.0, 0, 320.0], [0, 800.0, 240.0], [0, 0, 1]])
+    np.testing.assert_allclose(intrinsics(640, 480, 500.0, rec)[0, 0], 500.0)
+    np.testing.assert_allclose(intrinsics(640, 480)[0, 0], 5000.0 / 256.0 * 640)
