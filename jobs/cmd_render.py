@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skeleton", action="store_true", help="draw skeletons instead of meshes")
     p.add_argument("--view", default="camera", choices=["camera", "side-by-side", "top"],
                    help="add a side or top view panel to the right of the overlay")
-    p.add_argument("--focal", type=float, default=None, help="focal length in pixels (default HMR2's 5000/256*max(W,H))")
+    p.add_argument("--focal", type=float, default=None, help="focal length in pixels (default: the camera recorded in manifest.json, else HMR2's 5000/256*max(W,H))")
     p.add_argument("--alpha", type=float, default=0.75, help="mesh opacity")
     p.add_argument("--no-labels", action="store_true", help="do not write track ids")
     p.add_argument("--body-model", default=None, metavar="PATH", help="real SMPL files; default the synthetic body")
