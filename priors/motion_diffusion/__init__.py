@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hmrflow.pipeline.errors import CheckpointError
+
 #: the bundled checkpoint folder (config.json + weights, train_config.json, validation.json)
 BUNDLED_PRIOR = Path(__file__).resolve().parent.parent / "weights" / "prior"
 
@@ -29,9 +31,9 @@ def load_prior(path: str | Path | None = None, device: str = "cpu"):
 
     folder = Path(path) if path is not None else BUNDLED_PRIOR
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no motion prior here (config.json missing); train one with "
+        raise CheckpointError(f"{folder}: no motion prior here (config.json missing); train one with "
                                 "'hmrflow train prior --out FOLDER'")
-    model = MotionDenoiser.from_pretrained(str(folder), local_files_only=True)
+    model = MotionDenoiser.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     return model.to(device).eval()
 
 

@@ -205,16 +205,11 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
 
     def setup(self) -> None:
         """Load the prior (``cfg.weights`` folder, default the bundled one) on the resolved device."""
-        from hmrflow.pipeline.errors import CheckpointError
-
         dev = self.cfg.device
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         if self.cfg.enabled:
-            try:
-                self.model = load_prior(self.cfg.weights, device=dev)
-            except FileNotFoundError as exc:
-                raise CheckpointError(str(exc)) from None
+            self.model = load_prior(self.cfg.weights, device=dev)  # CheckpointError names a bad folder
             self.schedule = load_schedule(self.cfg.weights)
         self._ready = True
 
