@@ -1,7 +1,7 @@
 """End-to-end throughput of the LocalRunner vs the Ray runner, and worker memory vs clip length.
 
-    python -m hmrflow.jobs.bench.batch_fps --pipeline MODULE:FUNCTION [--clips 8] [--frames 150]
-        [--size 320x240] [--ray-cpus 2] [--rss-minutes 1 10] [--json FILE]
+    python -m hmrflow.jobs.bench.batch_fps [--pipeline MODULE:FUNCTION] [--clips 8] [--frames 150]
+        [--size 320x240] [--clips-from DIR] [--ray-cpus 2] [--rss-minutes 1 10] [--json FILE]
 
 Writes ``--clips`` textured H.264 clips into a temporary folder, then times over the same
 clips: (1) the LocalRunner in this process, (2) the local batch job (ledger + supervised
@@ -53,9 +53,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                            "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _clips(root / "in", args.clips, args.frames, (w, h))
-        inputs = enumerate_inputs(root / "in")
-        total = args.clips * args.frames
+        if args.clips_from:  # existing clips, e.g. a rendered synthetic bench set
+            inputs = enumerate_inputs(args.clips_from)[: args.clips]
+            total = sum(max(probe_clip(v.path, v.video_id).n_frames, 0) for v in inputs)
+            res.update(clips=len(inputs), frames_total=total, clips_from=str(args.clips_from))
+        else:
+            _clips(root / "in", args.clips, args.frames, (w, h))
+            inputs = enumerate_inputs(root / "in")
+            total = args.clips * args.frames
 
         runner = _spec(args.pipeline, root / "local").local_runner()
         runner.setup()
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pipeline", default=None, help="module:function building the stages")
     p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--clips-from", default=None, help="use the videos under this folder (e.g. a synthetic bench set)")
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--size", default="320x240")
     p.add_argument("--ray-cpus", type=int, default=2)
