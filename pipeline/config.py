@@ -90,7 +90,10 @@ class EstimateConfig(Strict):
     )
     crop_rescale: float = Field(1.2, gt=0.5, le=3.0, description="context factor applied to detector boxes")
     focal_px: Optional[float] = Field(
-        None, gt=0, description="known focal length in pixels; None = HMR2's 5000/256*max(W,H)"
+        None, gt=0, description="known focal length in pixels; None = focal_default"
+    )
+    focal_default: Literal["diagonal", "hmr2"] = Field(
+        "diagonal", description="focal when unknown: diagonal = sqrt(W^2+H^2); hmr2 = 5000/256*max(W,H)"
     )
 
 

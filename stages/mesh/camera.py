@@ -43,6 +43,13 @@ def default_focal(image_wh: torch.Tensor | tuple[float, float]) -> torch.Tensor:
     return HMR2_FOCAL / HMR2_CROP_RES * wh.max(dim=-1).values
 
 
+def diagonal_focal(image_wh: torch.Tensor | tuple[float, float]) -> torch.Tensor:
+    """Focal length equal to the image diagonal, sqrt(W^2 + H^2) pixels (about 53 deg diagonal
+    field of view; the default of CLIFF/TRAM-style pipelines for uncalibrated video); shape (...,)."""
+    wh = torch.as_tensor(image_wh, dtype=torch.float32)
+    return wh.norm(dim=-1)
+
+
 def cam_crop_to_full(
     pred_cam: torch.Tensor,
     center: torch.Tensor,

@@ -8,9 +8,11 @@ also autocasts the ViT to bf16: measured on the bundled tiny model (256 held-out
 thread) it is 2.3x faster (1.42 s vs 3.32 s) with the same accuracy (PA-MPJPE 90.69 vs 90.68 mm;
 joints differ by 0.4 mm on average, 11 mm at most); ``fp16`` runs fp32 on the CPU and
 ``precision="fp32"`` turns autocast off everywhere.  The weak-perspective crop camera becomes a full-image SMPL
-translation with HMR2.0's default focal length ``5000 / 256 * max(W, H)`` (:mod:`.camera`);
-``focal`` is reported per row so later stages can re-project consistently.  ``cfg.focal_px``
-(a known focal length) replaces that default.  The network predicts the global orientation as
+translation with a focal length: ``cfg.focal_px`` when the camera is known, else
+``cfg.focal_default``: ``"diagonal"`` = sqrt(W^2 + H^2) (default; on the synthetic crowded set
+it gave 7 mm lower MPJPE and 10x lower jitter than HMR2's near-orthographic
+``5000 / 256 * max(W, H)``, ``"hmr2"``).  ``focal`` is reported per row so later stages can
+re-project consistently.  The network predicts the global orientation as
 seen along the viewing ray through the crop centre; the stage turns it into the camera frame
 with :func:`ray_rotation` (with the default focal the rays are within ~1.5 deg of the axis).
 
@@ -49,7 +51,7 @@ from hmrflow.pipeline.errors import CheckpointError, ConfigError
 from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates
-from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal
+from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal, diagonal_focal
 from hmrflow.stages.mesh.crop import make_crops
 from hmrflow.stages.mesh.model import DEFAULT_IMAGE_SIZE, EstimatorOutput, MeshEstimator, build_estimator
 
@@ -324,8 +326,12 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         """Crop every detected person of ``x.frames`` and estimate their SMPL bodies."""
         return self.estimate(x, self.cfg.focal_px)
 
+    def default_focal(self, wh: torch.Tensor) -> torch.Tensor:
+        """The focal length (pixels) used when none is known, per ``cfg.focal_default``."""
+        return diagonal_focal(wh) if self.cfg.focal_default == "diagonal" else default_focal(wh)
+
     def estimate(self, x: DetectedFrames, focal_px: Optional[float] = None) -> MeshEstimates:
-        """Like ``__call__`` with a known focal length in pixels (None: HMR2.0's default)."""
+        """Like ``__call__`` with a known focal length in pixels (None: ``cfg.focal_default``)."""
         self.ensure_setup()
         assert self.model is not None
         det, frames = x.detections, x.frames
@@ -343,7 +349,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         out = self.predict_crops(crops.images, crops.token_masks)
         h, w = frames.images.shape[1:3]
         wh = torch.tensor([float(w), float(h)])
-        focal = default_focal(wh) if focal_px is None else torch.tensor(float(focal_px))
+        focal = self.default_focal(wh) if focal_px is None else torch.tensor(float(focal_px))
         cam_t = cam_crop_to_full(out.pred_cam, crops.boxes.center, crops.boxes.size, wh, focal)
         rotmats = out.rotmats.clone()
         rotmats[:, 0] = ray_rotation(crops.boxes.center, wh, focal) @ rotmats[:, 0]

@@ -10,7 +10,7 @@ from hmrflow.pipeline.config import EstimateConfig
 from hmrflow.pipeline.errors import CheckpointError
 from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
-from hmrflow.stages.mesh.camera import default_focal, project_points
+from hmrflow.stages.mesh.camera import default_focal, diagonal_focal, project_points
 from hmrflow.stages.mesh.model import build_estimator
 from hmrflow.stages.mesh.stage import (
     EstimateStage,
@@ -70,7 +70,7 @@ def test_random_weights_shapes_and_columns(two_people, random_weights) -> None:
     np.testing.assert_array_equal(np.bincount(out.frame_idx)[[10, 15]], [2, 2])
     assert out.rotmats.shape == (4, 24, 3, 3) and out.betas.shape == (4, 10) and out.cam_t.shape == (4, 3)
     _check_rotations(out.rotmats)
-    np.testing.assert_allclose(out.focal, float(default_focal((W, H))))
+    np.testing.assert_allclose(out.focal, float(np.hypot(W, H)), rtol=1e-6)  # default: the image diagonal
     np.testing.assert_array_equal(out.scores, two_people.detections.scores)  # detector score kept
     assert ((out.confidence > 0) & (out.confidence < 1)).all()
     assert (out.cam_t[:, 2] > 0).all()
@@ -170,12 +170,12 @@ def test_known_focal_turns_the_root_along_the_ray(two_people, random_weights) ->
     from hmrflow.stages.mesh.crop import crop_boxes_from_xyxy
 
     boxes = crop_boxes_from_xyxy(two_people.detections.boxes_xyxy, (128, 96), 1.2)
-    ra = ray_rotation(boxes.center, (W, H), float(default_focal((W, H))))
+    ra = ray_rotation(boxes.center, (W, H), float(diagonal_focal((W, H))))
     rb = ray_rotation(boxes.center, (W, H), 300.0)
     expect = rb @ ra.transpose(1, 2) @ torch.from_numpy(a.rotmats[:, 0])
     np.testing.assert_allclose(b.rotmats[:, 0], expect.numpy(), atol=1e-5)
     # the same pixel: depth scales with the focal length
-    np.testing.assert_allclose(b.cam_t[:, 2] / a.cam_t[:, 2], 300.0 / float(default_focal((W, H))), rtol=1e-4)
+    np.testing.assert_allclose(b.cam_t[:, 2] / a.cam_t[:, 2], 300.0 / float(diagonal_focal((W, H))), rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- accelerations
@@ -314,3 +314,11 @@ def test_bundled_merged_weights(two_people) -> None:
     st = _stage(None, eclm=True)
     assert st.eclm_plan is not None and st.depth == st.eclm_plan.depth < 6
     assert len(st(two_people)) == 4
+
+
+def test_hmr2_focal_default_is_still_available(two_people, random_weights) -> None:
+    """focal_default="hmr2" gives HMR2.0's near-orthographic 5000/256*max(W,H); depth scales with it."""
+    diag = _stage(random_weights).estimate(two_people)
+    hmr2 = _stage(random_weights, focal_default="hmr2").estimate(two_people)
+    np.testing.assert_allclose(hmr2.focal, float(default_focal((W, H))))
+    np.testing.assert_allclose(hmr2.cam_t[:, 2] / diag.cam_t[:, 2], float(default_focal((W, H))) / np.hypot(W, H), rtol=1e-4)
