@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hmrflow.stages.mesh.backbone import Mlp
+
 N_JOINTS = 24
 N_BETAS = 10
 ROT6D = 6
@@ -106,19 +108,6 @@ class CrossAttention(nn.Module):
         return self.to_out(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=context_bias)))
 
 
-class FeedForward(nn.Module):
-    """fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class DecoderLayer(nn.Module):
     """Pre-norm self-attention, cross-attention and feed-forward, each residual."""
 
@@ -129,7 +118,7 @@ class DecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.cross_attn = CrossAttention(cfg.dim, cfg.context_dim, cfg.heads, cfg.dim_head)
         self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.ff = FeedForward(cfg.dim, cfg.mlp_dim)
+        self.ff = Mlp(cfg.dim, cfg.mlp_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x))
