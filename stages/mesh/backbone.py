@@ -130,6 +130,19 @@ class Attention(nn.Module):
         return self.attend(q, k, v, attn_bias)
 
 
+def init_linears_and_norms(module: nn.Module) -> None:
+    """timm-style init of every submodule: truncated-normal (std 0.02) linears with zero bias,
+    unit/zero LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU -> fc2."""
 
@@ -207,14 +220,7 @@ class ViTBackbone(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=1.0 / math.sqrt(w[0].numel()))
         nn.init.zeros_(self.patch_embed.proj.bias)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised crops (B, 3, H, W) -> patch tokens plus position embedding (B, N, C)."""

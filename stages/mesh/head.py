@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hmrflow.stages.mesh.backbone import Mlp
+from hmrflow.stages.mesh.backbone import Mlp, init_linears_and_norms
 
 N_JOINTS = 24
 N_BETAS = 10
@@ -163,14 +163,7 @@ class SMPLHead(nn.Module):
     def reset_parameters(self) -> None:
         """Truncated-normal linears; readouts near zero (xavier, gain 0.01) so the head starts
         at the mean parameters, as HMR2's ``INIT_DECODER_XAVIER`` option does."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self)
         nn.init.trunc_normal_(self.query_pos, std=0.02)
         for m in (self.decpose, self.decshape, self.deccam, self.confidence):
             nn.init.xavier_uniform_(m.weight, gain=0.01)
