@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="merged checkpoint to write (.safetensors)")
     p.add_argument("--eps", type=float, default=1.0, help="allowed calibration MPJPE increase in mm (default 1.0)")
     p.add_argument("--metric", choices=["mpjpe_mm", "pa_mpjpe_mm"], default="mpjpe_mm", help="error the budget applies to")
-    p.add_argument("--spans", default="2", help="comma-separated group sizes tried per position (default 2)")
+    p.add_argument("--spans", default="2,3", help="comma-separated group sizes tried per position (default 2,3)")
+    p.add_argument("--order", choices=["cka", "span"], default="cka",
+                   help="candidates ending at one block: highest CKA first (default) or longest group first")
     p.add_argument("--keep-first", type=int, default=1, help="never merge the first K blocks (default 1)")
     p.add_argument("--calib", default=None, help="calibration folder in the ground-truth format (default: synthetic)")
     p.add_argument("--n-calib", type=int, default=256, help="calibration crops (default 256)")
@@ -38,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", default=None, help="crop H,W when the checkpoint does not say (e.g. 256,192)")
     p.add_argument("--body-model", default="synthetic", help="body model for the joints: synthetic or smpl (default synthetic)")
     p.add_argument("--cache", default=None, help="folder to cache the rendered calibration set in")
+    p.add_argument("--fp16", action="store_true", help="store the merged weights in half precision (half the file)")
 
 
 def _parse_hw(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -75,7 +78,10 @@ def _normalise(images_u8):
 
 def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple[int, int], seed: int,
                           cache: Optional[Path] = None):
-    """A synthetic set of ``n`` single-person crops (fixed ``seed``) with GT joints and token masks."""
+    """A synthetic set of ``n`` single-person crops with GT joints and token masks, rendered like the
+    estimator's training crops (:func:`hmrflow.jobs.train.estimator_data.render_crops`, stream
+    ``default_rng([seed, 0])``; the training data uses seed 0 and its validation seed 900001).
+    Joints are in the frame of the ray through the crop centre, as the estimator predicts them."""
     import numpy as np
     import torch
 
@@ -83,15 +89,20 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
 
     file = None
     if cache is not None:
-        file = Path(cache) / f"calib_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
+        file = Path(cache) / f"calib_train_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
         if file.exists():
             d = dict(np.load(file))
             return CalibrationSet(_normalise(d["images"]), torch.from_numpy(d["joints3d"]),
                                   _token_coverage(d["masks"], token_grid))
-    from hmrflow.jobs.synth.crops import render_crops
+    from hmrflow.jobs.train.estimator_data import render_crops
 
     log.info("rendering %d synthetic calibration crops (seed %d)", n, seed)
-    d = render_crops(np.random.default_rng(seed), n, size=image_size)
+    from hmrflow.stages.mesh.train import make_batch
+
+    crops, masks = render_crops(np.random.default_rng([seed, 0]), n, image_size, with_masks=True)
+    # joints in the frame of the ray through the crop centre: what the estimator predicts from a crop
+    _, targets = make_batch(crops, np.arange(n), augment=False, ray_frame=True)
+    d = {"images": crops.images, "joints3d": targets.joints3d.numpy(), "masks": masks}
     if file is not None:
         from hmrflow.pipeline.atomic import atomic_path
 
@@ -194,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         spans = tuple(int(s) for s in str(args.spans).split(","))
     except ValueError:
         raise ConfigError(f"--spans: expected comma-separated integers, got {args.spans!r}") from None
-    cfg = ECLMConfig(eps_mm=args.eps, error_metric=args.metric, spans=spans, keep_first=args.keep_first)
+    cfg = ECLMConfig(eps_mm=args.eps, error_metric=args.metric, spans=spans, keep_first=args.keep_first,
+                      order=args.order)
     model, prior_plan = load_estimator(args.weights, size=args.size, image_size=_parse_hw(args.image_size))
     if prior_plan is not None:
         raise ConfigError(f"{args.weights}: already layer-merged ({prior_plan.groups}); start from the unmerged weights")
@@ -217,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
         **result.as_dict(),
         "flops": {"baseline": flops_base, "merged": flops_merged},
     }
-    save_merged_estimator(model, result.plan, out, report={k: report[k] for k in ("eps_mm", "metric", "baseline", "final")})
+    save_merged_estimator(model, result.plan, out, report={k: report[k] for k in ("eps_mm", "metric", "baseline", "final")},
+                          dtype=torch.float16 if args.fp16 else None)
     handle.remove()
     jpath, mpath = write_report(report, out)
     log.info("depth %d -> %d, %s %.2f -> %.2f mm; wrote %s (report %s)", result.plan.base_depth, result.plan.depth,

@@ -13,7 +13,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -76,11 +76,13 @@ class EstimateConfig(Strict):
         "estimator_<size>_eclm.safetensors; with weights set, they must be a merged checkpoint written by "
         "`hmrflow accelerate` (a merged checkpoint in weights is detected by its header and used either way)",
     )
-    tome_r: int = Field(
-        0, ge=0, description="Mask-ToMe: background tokens merged per ViT block (0 = off); person tokens are never merged"
+    tome_r: Union[int, list[int]] = Field(
+        0, description="Mask-ToMe: background tokens merged per ViT block (0 = off), or a list of per-block merge "
+        "counts (schedule 'list', e.g. [14, 7, 4]); person tokens are never merged"
     )
-    tome_schedule: Literal["constant", "decreasing"] = Field(
-        "constant", description="Mask-ToMe merges per block: tome_r in every block, or linear 2*tome_r -> 0 (same total)"
+    tome_schedule: Literal["constant", "decreasing", "list"] = Field(
+        "constant", description="Mask-ToMe merges per block: tome_r in every block, linear 2*tome_r -> 0 (same total), "
+        "or tome_r as a per-block list (set automatically when tome_r is a list)"
     )
     tome_group_size: int = Field(
         16, ge=0, description="Mask-ToMe: run chunks as sub-batches of this many crops of similar person size (0 = off)"
@@ -95,6 +97,26 @@ class EstimateConfig(Strict):
     focal_default: Literal["diagonal", "hmr2"] = Field(
         "diagonal", description="focal when unknown: diagonal = sqrt(W^2+H^2); hmr2 = 5000/256*max(W,H)"
     )
+
+
+    @model_validator(mode="after")
+    def _check_tome(self) -> "EstimateConfig":
+        if isinstance(self.tome_r, list):
+            if any(v < 0 for v in self.tome_r):
+                raise ValueError(f"tome_r: merge counts must be >= 0, got {self.tome_r}")
+            if self.tome_schedule != "list":
+                object.__setattr__(self, "tome_schedule", "list")
+        else:
+            if self.tome_r < 0:
+                raise ValueError(f"tome_r must be >= 0, got {self.tome_r}")
+            if self.tome_schedule == "list":
+                raise ValueError("tome_schedule 'list' needs tome_r as a list of per-block merge counts")
+        return self
+
+    @property
+    def tome_enabled(self) -> bool:
+        """True when Mask-ToMe merges anything."""
+        return any(v > 0 for v in self.tome_r) if isinstance(self.tome_r, list) else self.tome_r > 0
 
 
 class TrackConfig(Strict):

@@ -35,8 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="1,16,64", help="batch sizes for the tiny model (default 1,16,64)")
     p.add_argument("--huge-batches", default="1,16", help="batch sizes for ViT-H (default 1,16; 64 is slow on CPU)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (default 5)")
-    p.add_argument("--tome-r", type=int, default=None, help="Mask-ToMe mean merges per block (default: per model)")
+    p.add_argument("--tome-r", default=None,
+                   help="Mask-ToMe merges per block for the tiny model: one number (with --tome-schedule) or a "
+                        "comma-separated per-block list such as 14,7,4 (default: the archive preset's)")
     p.add_argument("--tome-schedule", default="decreasing", choices=["constant", "decreasing"])
+    p.add_argument("--huge-tome-r", type=int, default=None, help="Mask-ToMe r for ViT-H (default 192 // (2 * depth))")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                   help="autocast dtype of the timed forwards and the accuracy runs (default bf16, as the estimate "
+                        "stage runs on CPUs with bf16 support and on CUDA)")
+    p.add_argument("--spans", default="2,3", help="ECLM group sizes when searching here (default 2,3)")
+    p.add_argument("--order", choices=["cka", "span"], default="cka", help="ECLM candidate order when searching here")
+    p.add_argument("--acc-sets", default="easy", help="held-out clip sets for per-frame accuracy (comma-separated; '' = none)")
+    p.add_argument("--acc-clips", type=int, default=8, help="clips per accuracy set (default 8)")
+    p.add_argument("--frame-step", type=int, default=10, help="every n-th frame of the accuracy clips (default 10)")
     p.add_argument("--tome-group", type=int, default=16,
                    help="Mask-ToMe sub-batch size (crops sorted by person size; 0 = whole batch; default 16)")
     p.add_argument("--n-eval", type=int, default=256, help="held-out crops for accuracy (default 256)")
@@ -160,6 +171,7 @@ def _bench_model(name: str, v: _Variants, images, cover, batches: list[int], rep
 
 
 def _accuracy(v: _Variants, body, heldout, device, amp) -> dict[str, dict[str, float]]:
+    """Crop-level accuracy of the four variants on ``heldout`` (a CalibrationSet with masks)."""
     import torch
 
     from hmrflow.stages.mesh.accel.eclm import mpjpe_mm, pa_mpjpe_mm, predict_joints
@@ -168,12 +180,51 @@ def _accuracy(v: _Variants, body, heldout, device, amp) -> dict[str, dict[str, f
     for k in VARIANTS:
         v.set(k)
         masks = heldout.token_masks if k in ("tome", "both") else None
-        j = predict_joints(v.model, body, heldout.images, masks, batch_size=32, device=device,
+        j = predict_joints(v.model, body, heldout.images, masks, batch_size=64, device=device,
                            autocast_dtype=torch.bfloat16 if amp else None)
         out[k] = {"mpjpe_mm": float(mpjpe_mm(j, heldout.joints3d).mean()),
                   "pa_mpjpe_mm": float(pa_mpjpe_mm(j, heldout.joints3d).mean())}
-        log.info("accuracy %-8s MPJPE %.2f  PA-MPJPE %.2f mm", k, out[k]["mpjpe_mm"], out[k]["pa_mpjpe_mm"])
+        log.info("crop accuracy %-8s MPJPE %.2f  PA-MPJPE %.2f mm", k, out[k]["mpjpe_mm"], out[k]["pa_mpjpe_mm"])
     v.set("baseline")
+    return out
+
+
+def _clip_accuracy(sets: list[str], clips: int, frame_step: int, weights: str, eclm_weights: str,
+                   tome_r: int | list[int], tome_schedule: str, tome_group: int, precision: str,
+                   device: str) -> dict[str, Any]:
+    """Per-frame accuracy of the four variants as the estimate stage runs them (same frames, GT
+    boxes and exact person masks for all) on the held-out bench clip sets."""
+    from hmrflow.jobs.bench.estimator_eval import evaluate_set
+    from hmrflow.pipeline.config import EstimateConfig
+    from hmrflow.stages.mesh.stage import EstimateStage
+
+    tome = dict(tome_r=tome_r, tome_schedule=tome_schedule, tome_group_size=tome_group)
+    cfgs = {
+        "baseline": EstimateConfig(weights=weights, precision=precision, device=device),
+        "eclm": EstimateConfig(weights=eclm_weights, precision=precision, device=device),
+        "tome": EstimateConfig(weights=weights, precision=precision, device=device, **tome),
+        "both": EstimateConfig(weights=eclm_weights, precision=precision, device=device, **tome),
+    }
+    stages = {}
+    for k, c in cfgs.items():
+        stages[k] = EstimateStage(c)
+        stages[k].setup()
+    out: dict[str, Any] = {}
+    for name in sets:
+        t0 = time.time()
+        r = evaluate_set(name, stages, clips, frame_step)
+        out[name] = {"people_frames": r["estimated"], "detection": r["detection"],
+                     "variants": {k: {"all": d["all"], "height_ge_15pct": d["height_ge_15pct"]}
+                                  for k, d in r["variants"].items()}}
+        base = r["variants"]["baseline"]["pa_mpjpe_mm"]
+        for k, d in r["variants"].items():  # paired difference per person-frame
+            diff = d["pa_mpjpe_mm"] - base
+            out[name]["variants"][k]["delta_pa_mpjpe_mm"] = float(diff.mean()) if len(diff) else 0.0
+            out[name]["variants"][k]["delta_pa_mpjpe_se_mm"] = float(diff.std(ddof=1) / max(1, len(diff)) ** 0.5) if len(diff) > 1 else 0.0
+            log.info("clip accuracy %s %-8s PA-MPJPE %.2f MPJPE %.2f (delta PA %+.2f)", name, k,
+                     d["all"].get("pa_mpjpe_mm", float("nan")), d["all"].get("mpjpe_mm", float("nan")),
+                     out[name]["variants"][k]["delta_pa_mpjpe_mm"])
+        out[name]["seconds"] = round(time.time() - t0, 1)
     return out
 
 
@@ -189,14 +240,38 @@ def _markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {r['batch']} | {r['variant']} | {r['crops_per_s']:.1f} | {r['speedup']:.2f}x | "
                              f"{r['gflops_per_crop']:.3f} | {r['flops_ratio']:.2f}x |")
         lines.append("")
+    for set_name, acc in (report.get("clip_accuracy") or {}).items():
+        lines += [f"## Per-frame accuracy of the tiny model on held-out clips: `{set_name}` "
+                  f"({acc['people_frames']} person-frames, {acc['detection']}; the estimate stage as the pipeline runs it)", "",
+                  "| variant | PA-MPJPE mm | MPJPE mm | delta PA-MPJPE mm (paired, +- s.e.) |", "|---|---|---|---|"]
+        for k, e in acc["variants"].items():
+            a = e["all"]
+            lines.append(f"| {k} | {a['pa_mpjpe_mm']:.2f} | {a['mpjpe_mm']:.2f} | "
+                         f"{e['delta_pa_mpjpe_mm']:+.2f} +- {e['delta_pa_mpjpe_se_mm']:.2f} |")
+        lines.append("")
     if report.get("accuracy"):
         acc = report["accuracy"]
-        lines += [f"## Accuracy of the tiny model ({acc['n']} held-out synthetic crops, seed {acc['seed']}, {acc['weights']})", "",
+        lines += [f"## Crop-level accuracy of the tiny model ({acc['n']} held-out synthetic crops rendered like the training "
+                  f"crops, seed {acc['seed']}, {acc['weights']})", "",
                   "| variant | MPJPE mm | PA-MPJPE mm | delta PA-MPJPE mm |", "|---|---|---|---|"]
         base = acc["variants"]["baseline"]["pa_mpjpe_mm"]
         for k, e in acc["variants"].items():
             lines.append(f"| {k} | {e['mpjpe_mm']:.2f} | {e['pa_mpjpe_mm']:.2f} | {e['pa_mpjpe_mm'] - base:+.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _parse_tome_r(text: Optional[str], default: int | list[int]) -> int | list[int]:
+    from hmrflow.pipeline.errors import ConfigError
+
+    if text is None or str(text).strip() == "":
+        return default
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--tome-r: expected an integer or a comma-separated list, got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise ConfigError(f"--tome-r: merge counts must be >= 0, got {text!r}")
+    return vals if "," in str(text) else vals[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,9 +280,10 @@ def run(args: argparse.Namespace) -> int:
 
     from hmrflow.jobs.cmd_accelerate import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
     from hmrflow.pipeline.atomic import atomic_write_bytes
+    from hmrflow.pipeline.config import load_config
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
-    from hmrflow.stages.mesh.accel.eclm import ECLMConfig, load_estimator, search_plan
+    from hmrflow.stages.mesh.accel.eclm import ECLMConfig, apply_eclm, load_estimator, save_merged_estimator, search_plan
     from hmrflow.stages.mesh.accel.tome import MaskToMeConfig
     from hmrflow.stages.mesh.model import build_estimator
 
@@ -216,10 +292,13 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else out / "cache"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    amp = device.type == "cuda"
+    amp = args.precision == "bf16"
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if set(models) - {"tiny", "huge"}:
         raise ConfigError(f"--models: choose from tiny, huge; got {args.models!r}")
+    archive = load_config("archive").estimate
+    tome_r = _parse_tome_r(args.tome_r, archive.tome_r if archive.tome_enabled else 8)
+    tome_schedule = "list" if isinstance(tome_r, list) else args.tome_schedule
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
 
@@ -237,20 +316,25 @@ def run(args: argparse.Namespace) -> int:
     # ECLM plan of the tiny model: from a merged checkpoint, a search here (trained weights), or a
     # fixed speed-only plan (random weights: errors mean nothing)
     tiny_depth = len(tiny.backbone.blocks)
+    eclm_path: Optional[Path] = None
     if args.eclm_weights:
         _, plan = load_estimator(args.eclm_weights)
         if plan is None:
             raise ConfigError(f"{args.eclm_weights}: not a layer-merged checkpoint")
         plan_source = f"from {args.eclm_weights}"
+        eclm_path = Path(args.eclm_weights)
     elif weights is not None:
         calib = synthetic_calibration(args.n_calib, tiny.image_size, tiny.token_grid, CALIB_SEED, cache)
-        res = search_plan(tiny, body, calib, ECLMConfig(eps_mm=args.eps), device=device)
+        spans = tuple(int(v) for v in args.spans.split(","))
+        res = search_plan(tiny, body, calib, ECLMConfig(eps_mm=args.eps, spans=spans, order=args.order), device=device)
         plan, plan_source = res.plan, f"ECLM search eps {args.eps} mm on {len(calib)} calibration crops"
+        with apply_eclm(tiny, plan):
+            eclm_path = save_merged_estimator(tiny, plan, out / "estimator_tiny_eclm.safetensors", res.as_dict())
     else:
         plan, plan_source = _pairs_from_end(tiny_depth, tiny_depth // 3), "fixed pairs from the end (random weights)"
     n_tok = tiny.token_grid[0] * tiny.token_grid[1]
-    tiny_r = args.tome_r if args.tome_r is not None else max(1, n_tok // (2 * plan.depth))
-    tiny_tome = MaskToMeConfig(r=tiny_r, schedule=args.tome_schedule, group_size=args.tome_group or None)
+    tiny_tome = MaskToMeConfig(r=tuple(tome_r) if isinstance(tome_r, list) else tome_r, schedule=tome_schedule,
+                               group_size=args.tome_group or None)
 
     report: dict[str, Any] = {
         "device": str(device), "dtype": "bf16 autocast" if amp else "fp32", "threads": torch.get_num_threads(),
@@ -262,18 +346,23 @@ def run(args: argparse.Namespace) -> int:
         report["models"]["tiny"] = {
             "description": f"bundled tiny estimator, crops {tiny.image_size}, {n_tok} tokens, {weights_desc}",
             "eclm": {"base_depth": plan.base_depth, "depth": plan.depth, "groups": [list(g) for g in plan.groups], "source": plan_source},
-            "tome": f"r={tiny_r} {args.tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (synthetic masks)",
+            "tome": f"r={tome_r} {tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (exact masks)",
         }
         batches = [int(b) for b in args.batches.split(",")]
         report["throughput"] += _bench_model("tiny", v, crops_tiny, cover_tiny, batches, args.reps, device, amp)
         report["accuracy"] = {"n": len(heldout), "seed": HELDOUT_SEED, "weights": weights_desc,
                               "variants": _accuracy(v, body, heldout, device, amp)}
+        acc_sets = [a.strip() for a in args.acc_sets.split(",") if a.strip()]
+        if acc_sets and weights is not None and eclm_path is not None:
+            report["clip_accuracy"] = _clip_accuracy(
+                acc_sets, args.acc_clips, args.frame_step, str(weights), str(eclm_path), tome_r, tome_schedule,
+                args.tome_group, args.precision, str(device))
     if "huge" in models:
         huge = build_estimator("huge", (256, 192)).eval().to(device)
         # the same fraction of depth removed as the tiny model's plan (at least a third), pairs from the end
         frac = max((plan.base_depth - plan.depth) / plan.base_depth, 1 / 3)
         hplan = _pairs_from_end(32, round(32 * frac))
-        hr = args.tome_r if args.tome_r is not None else max(1, 192 // (2 * hplan.depth))
+        hr = args.huge_tome_r if args.huge_tome_r is not None else max(1, 192 // (2 * hplan.depth))
         hcfg = MaskToMeConfig(r=hr, schedule=args.tome_schedule, group_size=args.tome_group or None)
         images = F.interpolate(crops_tiny[:64], size=(256, 192), mode="bilinear", align_corners=False)
         cover = F.adaptive_avg_pool2d(F.interpolate(cover_tiny[:64, None], size=(64, 48), mode="nearest"), (16, 12))[:, 0]
@@ -281,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
             "description": "HMR2.0 ViT-H/16 + decoder size, crops (256, 192), 192 tokens, random weights (speed only)",
             "eclm": {"base_depth": 32, "depth": hplan.depth, "groups": [list(g) for g in hplan.groups],
                      "source": "fixed pairs from the end, same depth fraction as the tiny plan (random weights)"},
-            "tome": f"r={hr} {args.tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (synthetic masks, upsampled)",
+            "tome": f"r={hr} {args.tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (masks upsampled)",
         }
         hb = [int(b) for b in args.huge_batches.split(",") if b]
         report["throughput"] += _bench_model("huge", _Variants(huge, hplan, hcfg), images, cover, hb,

@@ -46,6 +46,20 @@ def _match_boxes(pred: np.ndarray, gt: np.ndarray, min_iou: float = 0.5) -> list
     return [(int(i), int(j)) for i, j in zip(r, c) if iou[i, j] >= min_iou]
 
 
+def _gt_box_masks(instance: np.ndarray, fi: np.ndarray, pi: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Exact person masks from the instance map: instance (F, H, W) int8, rows (frame ``fi``,
+    person ``pi``) with boxes (R, 4) -> (R, MASK_RES, MASK_RES) bool resampled inside the boxes."""
+    import torch
+
+    from hmrflow.pipeline.types import MASK_RES
+    from hmrflow.stages.detect.maskrcnn_adapter import masks_in_boxes
+
+    if len(fi) == 0:
+        return np.zeros((0, MASK_RES, MASK_RES), bool)
+    full = torch.from_numpy(instance[fi] == pi[:, None, None].astype(instance.dtype))
+    return masks_in_boxes(full.float(), torch.from_numpy(boxes.astype(np.float32))).numpy()
+
+
 def evaluate_set(
     name: str,
     stage: Any,
@@ -57,8 +71,12 @@ def evaluate_set(
 ) -> dict[str, Any]:
     """Per-person-frame errors of ``stage`` on the first ``clips`` clips of bench set ``name``.
 
-    Returns summary figures and the per-row arrays (``pa_mpjpe_mm``, ``mpjpe_mm``,
-    ``height_frac``, ``visible_frac``).
+    ``stage`` is one EstimateStage or a mapping ``{variant name: stage}``: every variant sees
+    the same rendered frames, boxes and person masks (exact masks from the instance map with
+    ground-truth boxes; the detector's masks with ``detector``), so their figures compare
+    person-frame by person-frame.  Returns summary figures and the per-row arrays
+    (``pa_mpjpe_mm``, ``mpjpe_mm``, ``height_frac``, ``visible_frac``) of the first variant,
+    and, for a mapping, ``variants``: ``{name: {"all": ..., "height_ge_15pct": ..., "pa_mpjpe_mm": array, ...}}``.
     """
     import torch
 
@@ -68,10 +86,13 @@ def evaluate_set(
     from hmrflow.jobs.synth.scene import sample_scene
     from hmrflow.jobs.train.synth_frames import render_scene_frames
     from hmrflow.pipeline.results import DetectedFrames
-    from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
+    from hmrflow.pipeline.types import Detections, FrameBatch
 
+    stages = dict(stage) if isinstance(stage, dict) else {"default": stage}
     body = load_body_assets("synthetic")
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("pa", "mp", "hf", "vf")}
+    rows: dict[str, dict[str, list[np.ndarray]]] = {v: {"pa": [], "mp": []} for v in stages}
+    hf_rows: list[np.ndarray] = []
+    vf_rows: list[np.ndarray] = []
     n_gt = n_matched = 0
     for spec in load_bench_set(name, n_clips=clips):
         frames = np.arange(0, spec.n_frames, frame_step)
@@ -93,10 +114,10 @@ def evaluate_set(
         if detector is None:
             fi, pi = np.nonzero(keep)
             det_boxes = boxes[fi, pi]
-            scores = np.ones(len(fi), np.float32)
+            det_masks = _gt_box_masks(fr.instance, fi, pi, det_boxes)
         else:
             found = detector(fb).detections
-            fi_l, pi_l, db = [], [], []
+            fi_l, pi_l, db, dm = [], [], [], []
             for k, f in enumerate(frames):
                 sel = np.nonzero(found.frame_idx == f)[0]
                 g = np.nonzero(keep[k])[0]
@@ -104,40 +125,52 @@ def evaluate_set(
                     fi_l.append(k)
                     pi_l.append(g[b])
                     db.append(found.boxes_xyxy[sel[a]])
+                    dm.append(found.masks[sel[a]])
             fi, pi = np.array(fi_l, np.int64), np.array(pi_l, np.int64)
             det_boxes = np.array(db, np.float32).reshape(-1, 4)
-            scores = np.ones(len(fi), np.float32)
+            det_masks = np.array(dm, bool).reshape(len(fi), *found.masks.shape[1:])
         n_gt += int(keep.sum())
         n_matched += len(fi)
         if len(fi) == 0:
             continue
         det = Detections(video_id=spec.name, frame_idx=frames[fi].astype(np.int64), pts=frames[fi] / spec.fps,
-                         boxes_xyxy=det_boxes.astype(np.float32), scores=scores,
-                         masks=np.ones((len(fi), MASK_RES, MASK_RES), bool))
-        est = stage.estimate(DetectedFrames(fb, det), float(scene.K[0, 0]) if known_focal else None)
-        with torch.no_grad():
-            pj = body.model(torch.from_numpy(est.rotmats), torch.from_numpy(est.betas)).joints.numpy()
+                         boxes_xyxy=det_boxes.astype(np.float32), scores=np.ones(len(fi), np.float32),
+                         masks=det_masks)
         g = gt_j[fi, pi]
-        rows["pa"].append(pa_mpjpe(pj, g))  # mm
-        rows["mp"].append(mpjpe(pj, g))
-        rows["hf"].append((boxes[fi, pi, 3] - boxes[fi, pi, 1]) / spec.height)
-        rows["vf"].append(vis[fi, pi])
-    pa, mp, hf, vf = (np.concatenate(rows[k]) if rows[k] else np.zeros(0) for k in ("pa", "mp", "hf", "vf"))
+        for vname, st in stages.items():
+            est = st.estimate(DetectedFrames(fb, det), float(scene.K[0, 0]) if known_focal else None)
+            with torch.no_grad():
+                pj = body.model(torch.from_numpy(est.rotmats), torch.from_numpy(est.betas)).joints.numpy()
+            rows[vname]["pa"].append(pa_mpjpe(pj, g))  # mm
+            rows[vname]["mp"].append(mpjpe(pj, g))
+        hf_rows.append((boxes[fi, pi, 3] - boxes[fi, pi, 1]) / spec.height)
+        vf_rows.append(vis[fi, pi])
+    hf, vf = (np.concatenate(r) if r else np.zeros(0) for r in (hf_rows, vf_rows))
 
-    def summary(mask: np.ndarray) -> dict[str, Any]:
+    def summary(pa: np.ndarray, mp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         if not mask.any():
             return {"n": 0}
         return {"n": int(mask.sum()), "pa_mpjpe_mm": float(pa[mask].mean()), "mpjpe_mm": float(mp[mask].mean()),
                 "pa_mpjpe_median_mm": float(np.median(pa[mask])), "mpjpe_median_mm": float(np.median(mp[mask]))}
 
-    return {
+    variants = {}
+    for vname in stages:
+        pa, mp = (np.concatenate(rows[vname][k]) if rows[vname][k] else np.zeros(0) for k in ("pa", "mp"))
+        variants[vname] = {"all": summary(pa, mp, np.ones(len(pa), bool)), "height_ge_15pct": summary(pa, mp, hf >= 0.15),
+                           "pa_mpjpe_mm": pa, "mpjpe_mm": mp}
+    first = variants[next(iter(stages))]
+    out = {
         "set": name, "clips": clips, "frame_step": frame_step, "min_visible": min_visible,
-        "detection": "oracle (ground-truth boxes of the visible pixels)" if detector is None else "bundled detector, IoU>=0.5",
+        "detection": "oracle (ground-truth boxes and masks of the visible pixels)" if detector is None
+        else "bundled detector (its boxes and masks), IoU>=0.5",
         "focal": "known (the clip's intrinsics)" if known_focal else "HMR2 default 5000/256*max(W,H)",
         "people_frames": n_gt, "estimated": n_matched,
-        "all": summary(np.ones(len(pa), bool)), "height_ge_15pct": summary(hf >= 0.15),
-        "pa_mpjpe_mm": pa, "mpjpe_mm": mp, "height_frac": hf, "visible_frac": vf,
+        "all": first["all"], "height_ge_15pct": first["height_ge_15pct"],
+        "pa_mpjpe_mm": first["pa_mpjpe_mm"], "mpjpe_mm": first["mpjpe_mm"], "height_frac": hf, "visible_frac": vf,
     }
+    if isinstance(stage, dict):
+        out["variants"] = variants
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="train on the chunks rendered so far")
     p.add_argument("--save-fp32", dest="save_fp16", action="store_false",
                    help="write fp32 final weights (default: fp16, half the size; loading casts to fp32)")
+    p.add_argument("--merge-aware", type=float, default=0.0,
+                   help="weight of the loss of a randomly ECLM-merged copy of the model per step (0 = off; "
+                        "makes the weights robust to layer merging)")
+    p.add_argument("--merge-p", type=float, default=0.6, help="merge-aware: chance of a group at each position")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
 
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from hmrflow.pipeline.atomic import atomic_write_json
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
+    from hmrflow.stages.mesh.accel.eclm import apply_eclm, deepest_plan
     from hmrflow.stages.mesh.losses import LossWeights
     from hmrflow.stages.mesh.stage import save_estimator
     from hmrflow.stages.mesh.train import EstimatorTrainer, TrainConfig, evaluate_crops, make_batch
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     render_s = time.time() - t0
 
     cfg = TrainConfig(size=args.size, image_size=hw, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=args.warmup_steps, seed=args.seed, precision=args.precision, losses=LossWeights())
+                      warmup_steps=args.warmup_steps, seed=args.seed, precision=args.precision, losses=LossWeights(),
+                      merge_aware=args.merge_aware, merge_p=args.merge_p)
     body = load_body_model("synthetic")
     init_model = None
     if args.init:
@@ -142,6 +148,14 @@ def run(args: argparse.Namespace) -> int:
                "elapsed_s": round(time.time() - train_t0, 1),
                **{f"train_{k}": v / max(1, len(bar)) for k, v in sums.items()},
                "val_pa_mpjpe_mm": ev["pa_mpjpe_mm"], "val_mpjpe_mm": ev["mpjpe_mm"]}
+        if cfg.merge_aware > 0:  # how the deepest merge of the family does on the same crops
+            ref = deepest_plan(len(trainer.model.backbone.blocks), cfg.merge_spans)
+            with apply_eclm(trainer.model, ref):
+                evm = evaluate_crops(trainer.model, val_small, body, args.batch_size, device, args.precision, cfg.ray_frame)
+            rec.update({"val_merged_plan": [list(g) for g in ref.groups], "val_merged_pa_mpjpe_mm": evm["pa_mpjpe_mm"],
+                        "val_merged_mpjpe_mm": evm["mpjpe_mm"]})
+            log.info("epoch %d: merged %s val PA-MPJPE %.1f mm, MPJPE %.1f mm", trainer.epoch, ref.groups,
+                     evm["pa_mpjpe_mm"], evm["mpjpe_mm"])
         trainer.history.append(rec)
         trainer.save(ckpt)
         log.info("epoch %d: train loss %.4f, val PA-MPJPE %.1f mm, MPJPE %.1f mm", trainer.epoch,

@@ -125,7 +125,8 @@ def render_crops(
     height_frac: tuple[float, float] = (0.15, 0.8),
     box_jitter: float = 0.06,
     body: BodyAssets | None = None,
-) -> CropSet:
+    with_masks: bool = False,
+) -> CropSet | tuple[CropSet, np.ndarray]:
     """Render ``n`` single-person crops (one rasteriser call) with their ground truth.
 
     Args:
@@ -136,6 +137,7 @@ def render_crops(
         box_jitter: std of the box centre/size noise, as a fraction of the box size
             (imitates detector boxes).
         body: preloaded body assets (default: the synthetic body model).
+        with_masks: also return the person masks (n, h, w) bool (the same crops either way).
     """
     body = body or load_body_assets("synthetic")
     W, H = FULL_WH
@@ -210,7 +212,7 @@ def render_crops(
     noise = torch.from_numpy(rng.uniform(0.5, 4.0, size=(n, 1, 1, 1))).float()
     img = img * 255.0 + torch.randn(img.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))) * noise
     j2d = (to_image(joints) - boxes.center[:, None]) / boxes.size[:, None, None]
-    return CropSet(
+    crops = CropSet(
         images=img.round().clamp(0, 255).to(torch.uint8).numpy(),
         rotmats=rot.numpy().astype(np.float32),
         betas=betas.numpy().astype(np.float32),
@@ -222,6 +224,7 @@ def render_crops(
         focal=focal.astype(np.float32),
         height_frac=((box_wh[:, 1]) / H).numpy().astype(np.float32),
     )
+    return (crops, (ras.instance >= 0).numpy()) if with_masks else crops
 
 
 def render_crop_cache(

@@ -23,7 +23,7 @@ Accelerations (:mod:`hmrflow.stages.mesh.accel`), both applied by :meth:`Estimat
   as the shallower model it is (no calibration).  Such a file in ``cfg.weights`` is detected by
   its header; ``cfg.eclm=True`` with ``cfg.weights`` unset loads the bundled merged file
   ``estimator_<size>_eclm.safetensors`` (with ``cfg.weights`` set, it demands a merged file).
-* **Mask-ToMe** (``cfg.tome_r > 0``): background tokens are merged inside the ViT; the
+* **Mask-ToMe** (``cfg.tome_r`` > 0, or a per-block list): background tokens are merged inside the ViT; the
   detections' box-relative person masks become per-token coverage of each crop
   (:func:`~hmrflow.stages.mesh.crop.make_crops`) and every token the person touches is
   protected (never merged, nothing merged into it).
@@ -212,7 +212,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
 
     def setup(self) -> None:
         """Resolve the device, load the weights (plain or layer-merged, see the module docstring)
-        and switch Mask-ToMe on when ``cfg.tome_r > 0``."""
+        and switch Mask-ToMe on when ``cfg.tome_r`` merges anything."""
         cfg = self.cfg
         self.device = resolve_device(cfg.device)
         path = self._weights_file()
@@ -229,10 +229,11 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             model = load_estimator(cfg.size, path, cfg.image_size)
             self.eclm_plan = None
         self.tome_cfg = None
-        if cfg.tome_r > 0:
+        if cfg.tome_enabled:
             from hmrflow.stages.mesh.accel.tome import MaskToMeConfig, apply_mask_tome
 
-            self.tome_cfg = MaskToMeConfig(r=cfg.tome_r, schedule=cfg.tome_schedule,
+            r = tuple(cfg.tome_r) if isinstance(cfg.tome_r, list) else cfg.tome_r
+            self.tome_cfg = MaskToMeConfig(r=r, schedule=cfg.tome_schedule,
                                            group_size=cfg.tome_group_size or None)
             apply_mask_tome(model, self.tome_cfg)
         self.model = model.to(self.device).eval()

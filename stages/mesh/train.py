@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hmrflow.stages.mesh.crop import IMAGENET_MEAN, IMAGENET_STD
+from hmrflow.stages.mesh.accel.eclm import forward_features_merged, sample_plan
 from hmrflow.stages.mesh.losses import EstimatorTargets, LossWeights, estimator_losses, joint_errors
 from hmrflow.stages.mesh.model import MeshEstimator, build_estimator
 
@@ -58,16 +59,24 @@ class TrainConfig:
     occluder_p: float = 0.3
     ray_frame: bool = True  # root orientation targets in the frame of the ray through the crop centre
     losses: LossWeights = field(default_factory=LossWeights)
+    #: merge-aware training: weight of the loss of a randomly layer-merged copy of the model
+    #: (an ECLM plan drawn per step, LaCo-merged weights, gradients into the original blocks);
+    #: 0 = off.  Makes the trained weights robust to the merges the ECLM search later accepts.
+    merge_aware: float = 0.0
+    merge_spans: tuple[int, ...] = (2, 3)
+    merge_p: float = 0.6
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
+        d["merge_spans"] = list(self.merge_spans)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["image_size"] = tuple(d.get("image_size", cls.image_size))
+        d["merge_spans"] = tuple(d.get("merge_spans", cls.merge_spans))
         d["losses"] = LossWeights(**d.get("losses", {}))
         return cls(**d)
 
@@ -191,8 +200,17 @@ class EstimatorTrainer:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             out = self.model(images)
         terms = estimator_losses(out, targets, self.body_model, self.cfg.losses)
+        total = terms["total"]
+        merged_total = None
+        if self.cfg.merge_aware > 0:
+            plan = sample_plan(len(self.model.backbone.blocks), self.gen, self.cfg.merge_spans, p_merge=self.cfg.merge_p)
+            if plan.groups:
+                with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    out_m = self.model.forward_head(forward_features_merged(self.model.backbone, images, plan))
+                merged_total = estimator_losses(out_m, targets, self.body_model, self.cfg.losses)["total"]
+                total = total + self.cfg.merge_aware * merged_total
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["total"]).backward()
+        self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
@@ -201,6 +219,8 @@ class EstimatorTrainer:
         self.step += 1
         res = {k: float(v.detach()) for k, v in terms.items() if v.ndim == 0}
         res["mpjpe_mm"] = float(terms["mpjpe"].mean()) * 1000
+        if merged_total is not None:
+            res["merged_total"] = float(merged_total.detach())
         res["grad_norm"] = float(gnorm)
         res["lr"] = float(self.scheduler.get_last_lr()[0])
         return res

@@ -186,3 +186,40 @@ def test_merged_checkpoint_fp16_storage(model, tmp_path):
     assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items())
     with torch.inference_mode():
         assert loaded(x).pose6d.shape == ref.pose6d.shape
+
+
+def test_differentiable_merged_forward_equals_applied_plan_and_reaches_every_block(model):
+    from hmrflow.stages.mesh.accel.eclm import forward_features_merged
+
+    plan = ECLMPlan(6, ((1, 2), (3, 5)))
+    x = torch.randn(3, 3, *IMG, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with apply_eclm(model, plan):
+            want = model.backbone.forward_features(x)
+        got = forward_features_merged(model.backbone, x, plan)
+    assert torch.allclose(got, want, atol=1e-5)
+    # gradients reach the blocks the merged weights depend on: all three of the span-3 group
+    # (theta_4 + theta_5 - theta_3), but not block 1 of the pair, whose LaCo merge is theta_2 exactly
+    forward_features_merged(model.backbone, x, plan).pow(2).mean().backward()
+    grads = [blk.mlp.fc1.weight.grad for blk in model.backbone.blocks]
+    for i in (0, 2, 3, 4, 5):
+        assert grads[i] is not None and grads[i].abs().sum() > 0, f"block {i} got no gradient"
+    assert grads[1] is None or grads[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="depth"):
+        forward_features_merged(model.backbone, x, ECLMPlan(4, ((1, 2),)))
+
+
+def test_sampled_plans_stay_in_the_searched_family():
+    from hmrflow.stages.mesh.accel.eclm import deepest_plan, sample_plan
+
+    g = torch.Generator().manual_seed(0)
+    plans = [sample_plan(6, g, spans=(2, 3), keep_first=1) for _ in range(300)]
+    seen = {p.groups for p in plans}
+    assert ((1, 2), (3, 5)) in seen and () in seen and len(seen) > 8
+    for p in plans:
+        assert all(a >= 1 and (b - a + 1) in (2, 3) for a, b in p.groups)
+    again = [sample_plan(6, torch.Generator().manual_seed(0)) for _ in range(1)]
+    assert again[0].groups == plans[0].groups  # same generator state -> same plan
+    assert deepest_plan(6, (2, 3)).groups == ((1, 2), (3, 5))
+    assert deepest_plan(6, (2,)).groups == ((2, 3), (4, 5))
+    assert deepest_plan(6, (2, 3)).depth == min(p.depth for p in plans)

@@ -322,3 +322,23 @@ def test_hmr2_focal_default_is_still_available(two_people, random_weights) -> No
     hmr2 = _stage(random_weights, focal_default="hmr2").estimate(two_people)
     np.testing.assert_allclose(hmr2.focal, float(default_focal((W, H))))
     np.testing.assert_allclose(hmr2.cam_t[:, 2] / diag.cam_t[:, 2], float(default_focal((W, H))) / np.hypot(W, H), rtol=1e-4)
+
+
+def test_tome_per_block_list_merges_only_in_the_listed_blocks(masked_people, random_weights) -> None:
+    from hmrflow.stages.mesh.accel.tome import protect_mask, r_schedule, tome_features
+    from hmrflow.stages.mesh.crop import make_crops
+
+    st = _stage(random_weights, precision="fp32", tome_r=[6, 3])
+    assert st.cfg.tome_schedule == "list" and st.tome_cfg.schedule == "list" and st.tome_cfg.r == (6, 3)
+    assert r_schedule(st.tome_cfg, st.depth) == [6, 3] + [0] * (st.depth - 2)
+    det, frames = masked_people.detections, masked_people.frames
+    crops = make_crops(frames.images, np.repeat([0, 1], 2), det.boxes_xyxy, det.masks, st.model.image_size,
+                       st.model.token_grid, st.cfg.crop_rescale)
+    with torch.inference_mode():
+        mt = tome_features(st.model.backbone, crops.images, r_schedule(st.tome_cfg, st.depth),
+                           protect_mask(crops.token_masks))
+    merged = [n_in - n_out for n_in, n_out in mt.block_tokens]
+    assert merged[0] > 0 and merged[1] > 0 and merged[0] <= 6 and merged[1] <= 3
+    assert all(m == 0 for m in merged[2:])
+    out = st(masked_people)
+    assert np.isfinite(out.rotmats).all() and len(out) == len(masked_people.detections)

@@ -64,3 +64,16 @@ def test_frozen_and_hash_tracks_values() -> None:
     assert a.config_hash() != b.config_hash()
     assert a.config_hash() == load_config("clip").config_hash()
     assert PipelineConfig.model_validate(a.resolved_dict()) == a
+
+
+def test_tome_r_as_a_per_block_list() -> None:
+    from hmrflow.pipeline.config import load_config
+    from hmrflow.pipeline.errors import ConfigError
+
+    c = load_config("archive", ["estimate.tome_r=[14, 7, 4]"]).estimate
+    assert c.tome_r == [14, 7, 4] and c.tome_schedule == "list" and c.tome_enabled
+    assert not load_config("clip", ["estimate.tome_r=[0, 0]"]).estimate.tome_enabled
+    with pytest.raises(ConfigError, match="tome_r"):
+        load_config("clip", ["estimate.tome_r=[4, -1]"])
+    with pytest.raises(ConfigError, match="list"):
+        load_config("clip", ["estimate.tome_schedule=list", "estimate.tome_r=4"])

@@ -148,6 +148,72 @@ def apply_eclm(model: nn.Module, plan: ECLMPlan) -> ECLMHandle:
     return ECLMHandle(bb, plan, original)
 
 
+def merged_parameters(blocks: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
+    """The LaCo-merged parameters of ``blocks`` as a differentiable function of theirs:
+    ``{name: theta_0 + sum_k (theta_k - theta_0)}`` (the same values :func:`merge_blocks`
+    stores, but gradients flow back into every merged block; used by merge-aware training)."""
+    named = [dict(b.named_parameters()) for b in blocks]
+    out = {}
+    for name, base in named[0].items():
+        acc = base
+        for other in named[1:]:
+            acc = acc + (other[name] - base)
+        out[name] = acc
+    return out
+
+
+def forward_features_merged(backbone: ViTBackbone, crops: torch.Tensor, plan: ECLMPlan) -> torch.Tensor:
+    """Backbone forward as if ``plan`` were applied, without building new modules:
+    crops (B, 3, H, W) -> last-normed tokens (B, N, C).  Equal to the output of
+    :func:`apply_eclm` (tested), and differentiable with respect to the original blocks, so a
+    training step can teach the unmerged model to survive the merge."""
+    from torch.func import functional_call
+
+    if len(backbone.blocks) != plan.base_depth:
+        raise ValueError(f"plan is for depth {plan.base_depth}, backbone has {len(backbone.blocks)} blocks")
+    x = backbone.embed(crops)
+    for group in plan.block_groups():
+        first = backbone.blocks[group[0]]
+        if len(group) == 1:
+            x = first(x)
+        else:
+            x = functional_call(first, merged_parameters([backbone.blocks[i] for i in group]), (x,))
+    return backbone.last_norm(x)
+
+
+def sample_plan(depth: int, gen: torch.Generator, spans: Sequence[int] = (2, 3), keep_first: int = 1,
+                p_merge: float = 0.6) -> ECLMPlan:
+    """A random plan of the family :func:`search_plan` explores: walking from the last block to
+    the first, a group of a random span in ``spans`` ends at the current block with probability
+    ``p_merge`` (when it fits after ``keep_first``)."""
+    groups: list[tuple[int, int]] = []
+    last = depth - 1
+    while last >= keep_first + 1:
+        fits = [int(s) for s in spans if last - int(s) + 1 >= keep_first]
+        if fits and float(torch.rand((), generator=gen)) < p_merge:
+            span = fits[int(torch.randint(len(fits), (), generator=gen))]
+            groups.append((last - span + 1, last))
+            last -= span
+        else:
+            last -= 1
+    return ECLMPlan(depth, tuple(groups))
+
+
+def deepest_plan(depth: int, spans: Sequence[int] = (2, 3), keep_first: int = 1) -> ECLMPlan:
+    """The plan of the :func:`sample_plan` family that removes the most blocks: from the last
+    block down, always the largest span that fits (depth 6, spans 2-3: groups 1..2 and 3..5)."""
+    groups: list[tuple[int, int]] = []
+    last = depth - 1
+    while last >= keep_first + 1:
+        fits = [int(s) for s in spans if last - int(s) + 1 >= keep_first]
+        if not fits:
+            break
+        span = max(fits)
+        groups.append((last - span + 1, last))
+        last -= span
+    return ECLMPlan(depth, tuple(groups))
+
+
 # ----------------------------------------------------------------------------- similarity
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA between two representations of the same M examples: x (M, C1), y (M, C2).
@@ -279,6 +345,9 @@ class ECLMConfig:
     keep_first: never merge the first ``keep_first`` blocks (they map pixels to features).
     max_merges: stop after this many accepted merges (None = no limit).
     batch_size: crops per forward during calibration.
+    order: how the candidates ending at one block are tried: ``cka`` (highest CKA first: the
+        merge that changes the representation least) or ``span`` (longest group first, CKA
+        breaking ties: the most depth removed that the budget allows).
     """
 
     eps_mm: float = 1.0
@@ -288,6 +357,7 @@ class ECLMConfig:
     keep_first: int = 1
     max_merges: Optional[int] = None
     batch_size: int = 32
+    order: str = "cka"
 
     def __post_init__(self) -> None:
         if math.isnan(self.eps_mm):
@@ -296,6 +366,8 @@ class ECLMConfig:
             raise ConfigError(f"eclm error_metric must be mpjpe_mm or pa_mpjpe_mm, got {self.error_metric!r}")
         if not self.spans or any(int(s) < 2 for s in self.spans):
             raise ConfigError(f"eclm spans must be integers >= 2, got {self.spans}")
+        if self.order not in ("cka", "span"):
+            raise ConfigError(f"eclm order must be cka or span, got {self.order!r}")
 
 
 @dataclass
@@ -337,7 +409,7 @@ def search_plan(
     progress: Optional[Callable[[ECLMStep], None]] = None,
 ) -> ECLMResult:
     """Walk from the last blocks to the first; at each position try the candidate groups
-    ending there (ranked by CKA, highest first) and accept the first whose calibration error
+    ending there (ranked by CKA, highest first, or longest first with ``cfg.order="span"``) and accept the first whose calibration error
     stays within ``cfg.eps_mm`` of the unmerged model.  The model is left unchanged."""
     bb = _backbone(model)
     depth = len(bb.blocks)
@@ -358,7 +430,10 @@ def search_plan(
             first = last - int(span) + 1
             if first >= cfg.keep_first:
                 cands.append((linear_cka(reps[first], reps[last + 1]), first))
-        cands.sort(reverse=True)
+        if cfg.order == "span":
+            cands.sort(key=lambda c: (-(last - c[1]), -c[0]))
+        else:
+            cands.sort(reverse=True)
         accepted = False
         for cka, first in cands:
             if cka < cfg.min_cka:

@@ -62,11 +62,24 @@ class Matching:
         return torch.cat([unm, b], dim=1)
 
     def merge_weighted(self, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Size-weighted average: x (B, N, C), size (B, N, 1) -> (merged x, merged size)."""
+        """Size-weighted average: x (B, N, C), size (B, N, 1) -> (merged x, merged size).
+
+        The weighted sums and the sizes travel through one gather/scatter (sizes as an extra
+        channel, in fp32 when ``x`` is half precision so token counts stay exact)."""
         if self.r == 0:
             return x, size
-        total = self.merge(size, "sum")
-        return self.merge(x * size.to(x.dtype), "sum") / total.to(x.dtype), total
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        both = self.merge(torch.cat([x.to(dtype) * size.to(dtype), size.to(dtype)], dim=-1), "sum")
+        total = both[..., -1:]
+        return (both[..., :-1] / total).to(x.dtype), total.to(size.dtype)
+
+    def keep_protected(self, protect: torch.Tensor) -> torch.Tensor:
+        """(B, N) bool -> (B, N - r) for the ``protect`` mask this matching was made with: its
+        tokens were never a source or a destination, so every output token keeps its own flag
+        (a gather; equal to :meth:`merge_mask` for that mask, tested)."""
+        if self.r == 0:
+            return protect
+        return torch.cat([protect[:, ::2].gather(1, self.unm_idx), protect[:, 1::2]], dim=1)
 
     def merge_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, N) bool -> (B, N - r): a merged token is marked if any of its parts is."""

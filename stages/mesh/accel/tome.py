@@ -188,7 +188,7 @@ def tome_block(
             x, sizes = match.merge_weighted(x, sizes)
             pos = match.new_positions()
             source = pos if state.source is None else pos.gather(1, state.source)
-            protect = None if state.protect is None else match.merge_mask(state.protect)
+            protect = None if state.protect is None else match.keep_protected(state.protect)
             state = TokenState(sizes=sizes, protect=protect, source=source)
     x = x + block.drop_path(block.mlp(block.norm2(x)))
     return x, state

@@ -1,0 +1,48 @@
+"""`hmrflow accelerate` and `hmrflow bench estimator` end to end on small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hmrflow.jobs import cli
+from hmrflow.stages.mesh.accel.eclm import load_estimator
+from hmrflow.stages.mesh.stage import bundled_weights_path
+
+pytestmark = pytest.mark.skipif(not bundled_weights_path("tiny").is_file(), reason="bundled estimator weights absent")
+
+
+def test_accelerate_budget_decides_the_depth(tmp_path) -> None:
+    w = str(bundled_weights_path("tiny"))
+    common = ["--weights", w, "--n-calib", "8", "--cache", str(tmp_path / "cache")]
+    assert cli.main(["accelerate", *common, "--eps", "1e6", "--order", "span", "--out", str(tmp_path / "loose")]) == 0
+    assert cli.main(["accelerate", *common, "--eps=-1e6", "--out", str(tmp_path / "strict"), "--fp16"]) == 0
+    loose, plan = load_estimator(tmp_path / "loose.safetensors")
+    assert plan is not None and plan.depth == len(loose.backbone.blocks) == 3  # spans 2,3: groups 1..2 and 3..5
+    strict, plan_s = load_estimator(tmp_path / "strict.safetensors")
+    assert plan_s is not None and plan_s.groups == () and len(strict.backbone.blocks) == 6
+    report = json.loads((tmp_path / "loose.report.json").read_text())
+    assert report["final_depth"] == 3 and report["flops"]["merged"]["total"] < report["flops"]["baseline"]["total"]
+    assert "| 1 |" in (tmp_path / "loose.report.md").read_text()
+    # fp16 storage: the strict (unmerged) file reproduces the original weights to half precision
+    orig, _ = load_estimator(w)
+    for a, b in zip(orig.parameters(), strict.parameters()):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_bench_estimator_reports_four_variants(tmp_path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "estimator", "--out", str(out), "--models", "tiny", "--batches", "2", "--reps", "1",
+            "--n-eval", "8", "--n-calib", "8", "--eps", "1e6", "--order", "span", "--tome-r", "4,2", "--acc-sets", "", "--precision", "fp32"]
+    assert cli.main(args) == 0
+    rep = json.loads((out / "estimator_bench.json").read_text())
+    rows = {r["variant"]: r for r in rep["throughput"]}
+    assert set(rows) == {"baseline", "eclm", "tome", "both"}
+    assert rows["both"]["gflops_per_crop"] < rows["eclm"]["gflops_per_crop"] < rows["baseline"]["gflops_per_crop"]
+    assert rows["tome"]["gflops_per_crop"] < rows["baseline"]["gflops_per_crop"]
+    assert rep["models"]["tiny"]["eclm"]["depth"] == 3
+    acc = rep["accuracy"]["variants"]
+    assert set(acc) == set(rows) and all(0 < a["pa_mpjpe_mm"] < 1000 for a in acc.values())
+    assert (out / "estimator_tiny_eclm.safetensors").is_file() and "| both |" in (out / "estimator_bench.md").read_text()
