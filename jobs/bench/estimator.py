@@ -4,9 +4,17 @@ Throughput (crops/s) and analytic FLOPs of four variants -- baseline, ECLM (laye
 Mask-ToMe (person-protecting token merging) and both -- at several batch sizes, for the tiny
 bundled model and for HMR2.0's ViT-H size (random weights: speed only).  All variants of a
 model and batch size are timed interleaved (round-robin over repetitions, median kept) in one
-run on one machine, so the ratios are fair.  Accuracy (per-frame MPJPE and PA-MPJPE, mean over
-crops) of each variant of the bundled model is measured on a held-out synthetic set (seed
-different from the calibration set).  On CUDA the estimator runs under bf16 autocast.
+run on one machine, so the ratios are fair.  ``--precision bf16`` (default) times them under
+bf16 autocast, as the estimate stage runs on CPUs with bf16 support and on CUDA.
+
+Accuracy of each variant of the bundled model, two ways:
+
+* per frame on held-out synthetic clip sets (``--acc-sets``, default ``easy``: scene seeds
+  never used in training), through :class:`~hmrflow.stages.mesh.stage.EstimateStage` exactly as
+  the pipeline runs it, with ground-truth boxes and exact person masks, the same person-frames
+  for every variant (paired differences are reported with their standard error);
+* per crop on ``--n-eval`` held-out crops rendered like the training crops (seed 2000; the
+  ECLM calibration set uses seed 1000).
 
 Writes ``OUT/estimator_bench.json`` and ``OUT/estimator_bench.md``.
 """
