@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the loss of a randomly ECLM-merged copy of the model per step (0 = off; "
                         "makes the weights robust to layer merging)")
     p.add_argument("--merge-p", type=float, default=0.6, help="merge-aware: chance of a group at each position")
+    p.add_argument("--merge-distill", type=float, default=0.0,
+                   help="merge-aware: weight of distilling the merged copy towards the full model's outputs")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
 
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(size=args.size, image_size=hw, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=args.warmup_steps, seed=args.seed, precision=args.precision, losses=LossWeights(),
-                      merge_aware=args.merge_aware, merge_p=args.merge_p)
+                      merge_aware=args.merge_aware, merge_p=args.merge_p, merge_distill=args.merge_distill)
     body = load_body_model("synthetic")
     init_model = None
     if args.init:

@@ -6,7 +6,10 @@ The data is any object with NumPy fields ``images`` (N, h, w, 3) uint8, ``rotmat
 :class:`EstimatorTrainer` owns model, AdamW optimiser and a warm-up + cosine schedule; its
 checkpoint (``save``/``load``) holds all three plus the step, epoch and RNG state, so a run
 resumed from it continues exactly.  The ViT runs under bf16/fp16 autocast on CUDA; the body
-model and the losses stay fp32.
+model and the losses stay fp32.  With ``merge_aware > 0`` every step also trains a randomly
+layer-merged copy of the model (an ECLM plan of the family the search explores, LaCo-merged
+weights built differentiably from the original blocks), so that the ECLM merges accepted later
+cost little accuracy.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class TrainConfig:
     merge_aware: float = 0.0
     merge_spans: tuple[int, ...] = (2, 3)
     merge_p: float = 0.6
+    #: in-place distillation of the merged copy towards the full model's (detached) outputs:
+    #: weight of the squared error on 6D pose, betas and camera (0 = ground truth only)
+    merge_distill: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -208,6 +214,11 @@ class EstimatorTrainer:
                 with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                     out_m = self.model.forward_head(forward_features_merged(self.model.backbone, images, plan))
                 merged_total = estimator_losses(out_m, targets, self.body_model, self.cfg.losses)["total"]
+                if self.cfg.merge_distill > 0:
+                    merged_total = merged_total + self.cfg.merge_distill * (
+                        (out_m.pose6d - out.pose6d.detach()).pow(2).mean()
+                        + (out_m.betas - out.betas.detach()).pow(2).mean()
+                        + (out_m.pred_cam - out.pred_cam.detach()).pow(2).mean())
                 total = total + self.cfg.merge_aware * merged_total
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()

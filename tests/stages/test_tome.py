@@ -50,6 +50,30 @@ def test_weighted_merge_known_answer():
     assert unmerge(merged)[0, :, 0].tolist() == pytest.approx([1.0, 2.5, 2.5, 8.0])
 
 
+@pytest.mark.parametrize("n", [11, 48, 64, 65, 130])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weighted_merge_matches_a_direct_sum_on_both_paths(n, dtype):
+    """The matmul path (N <= 64) and the index_add path (N > 64) against a per-token loop."""
+    g = torch.Generator().manual_seed(n)
+    b, c = 3, 5
+    x = torch.randn(b, n, c, generator=g).to(dtype)
+    sizes = torch.randint(1, 5, (b, n, 1), generator=g).float()
+    protect = torch.rand(b, n, generator=g) < 0.3
+    m = bipartite_soft_matching(torch.randn(b, n, 4, generator=g), n // 3, protect)
+    merged, total = m.merge_weighted(x, sizes)
+    pos = m.new_positions()
+    want_x = torch.zeros(b, m.n_out, c, dtype=torch.float64)
+    want_s = torch.zeros(b, m.n_out, 1, dtype=torch.float64)
+    for i in range(b):
+        for t in range(n):
+            want_x[i, pos[i, t]] += x[i, t].double() * sizes[i, t].double()
+            want_s[i, pos[i, t]] += sizes[i, t].double()
+    assert merged.dtype == dtype and total.dtype == torch.float32
+    assert torch.equal(total.double(), want_s)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(merged.double(), want_x / want_s, atol=tol, rtol=tol)
+
+
 def test_r_zero_is_identity(model, crops):
     x = torch.randn(2, 10, 4)
     m = bipartite_soft_matching(x, 0)
