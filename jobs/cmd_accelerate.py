@@ -79,8 +79,9 @@ def _normalise(images_u8):
 def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple[int, int], seed: int,
                           cache: Optional[Path] = None):
     """A synthetic set of ``n`` single-person crops with GT joints and token masks, rendered like the
-    estimator's training crops (:func:`hmrflow.jobs.train.estimator_data.render_crops`, stream
-    ``default_rng([seed, 0])``; the training data uses seed 0 and its validation seed 900001).
+    estimator's training crops (:func:`hmrflow.jobs.train.estimator_data.render_crops`, chunks of
+    64 from streams ``default_rng([seed, i])``; the training data uses seed 0 and its validation
+    seed 900001).
     Joints are in the frame of the ray through the crop centre, as the estimator predicts them."""
     import numpy as np
     import torch
@@ -89,17 +90,22 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
 
     file = None
     if cache is not None:
-        file = Path(cache) / f"calib_train_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
+        file = Path(cache) / f"calib_train64_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
         if file.exists():
             d = dict(np.load(file))
             return CalibrationSet(_normalise(d["images"]), torch.from_numpy(d["joints3d"]),
                                   _token_coverage(d["masks"], token_grid))
-    from hmrflow.jobs.train.estimator_data import render_crops
+    from hmrflow.jobs.train.estimator_data import CropSet, render_crops
 
     log.info("rendering %d synthetic calibration crops (seed %d)", n, seed)
     from hmrflow.stages.mesh.train import make_batch
 
-    crops, masks = render_crops(np.random.default_rng([seed, 0]), n, image_size, with_masks=True)
+    # chunks of 64 crops, each from its own stream: every chunk draws its own background images,
+    # so a set is not dominated by a handful of backgrounds
+    parts = [render_crops(np.random.default_rng([seed, i]), min(64, n - s), image_size, with_masks=True)
+             for i, s in enumerate(range(0, n, 64))]
+    crops = CropSet.cat([p[0] for p in parts])
+    masks = np.concatenate([p[1] for p in parts])
     # joints in the frame of the ray through the crop centre: what the estimator predicts from a crop
     _, targets = make_batch(crops, np.arange(n), augment=False, ray_frame=True)
     d = {"images": crops.images, "joints3d": targets.joints3d.numpy(), "masks": masks}
@@ -189,6 +195,16 @@ def write_report(report: dict, out: Path) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command, without gradients and with torch's global RNG left as it was (callers in the
+    same process, e.g. tests, see no changed global state)."""
+    import torch
+
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from hmrflow.pipeline.errors import ConfigError
@@ -218,7 +234,6 @@ def run(args: argparse.Namespace) -> int:
                                       Path(args.cache) if args.cache else None)
         source = f"synthetic seed {args.seed}"
     body = load_body_model(args.body_model)
-    torch.set_grad_enabled(False)
     result = search_plan(model, body, calib, cfg)
     flops_base = model_flops(model).as_dict()
     handle = apply_eclm(model, result.plan)

@@ -283,6 +283,16 @@ def _parse_tome_r(text: Optional[str], default: int | list[int]) -> int | list[i
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command, without gradients and with torch's global RNG left as it was (callers in the
+    same process, e.g. tests, see no changed global state)."""
+    import torch
+
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
@@ -307,8 +317,6 @@ def run(args: argparse.Namespace) -> int:
     archive = load_config("archive").estimate
     tome_r = _parse_tome_r(args.tome_r, archive.tome_r if archive.tome_enabled else 8)
     tome_schedule = "list" if isinstance(tome_r, list) else args.tome_schedule
-    torch.manual_seed(0)
-    torch.set_grad_enabled(False)
 
     weights = Path(args.weights) if args.weights else _bundled_weights()
     if weights is not None:

@@ -46,3 +46,13 @@ def test_bench_estimator_reports_four_variants(tmp_path) -> None:
     acc = rep["accuracy"]["variants"]
     assert set(acc) == set(rows) and all(0 < a["pa_mpjpe_mm"] < 1000 for a in acc.values())
     assert (out / "estimator_tiny_eclm.safetensors").is_file() and "| both |" in (out / "estimator_bench.md").read_text()
+
+
+def test_commands_leave_global_torch_state_alone(tmp_path) -> None:
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    assert cli.main(["accelerate", "--weights", str(bundled_weights_path("tiny")), "--n-calib", "8", "--eps", "1",
+                     "--cache", str(tmp_path), "--out", str(tmp_path / "w")]) == 0
+    assert torch.is_grad_enabled()
+    assert torch.equal(torch.rand(3), want)
