@@ -37,7 +37,9 @@ VARIANTS = ("baseline", "eclm", "tome", "both")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench_out/estimator", help="output folder (default bench_out/estimator)")
     p.add_argument("--weights", default=None, help="tiny estimator weights (default: the bundled ones, else random)")
-    p.add_argument("--eclm-weights", default=None, help="merged checkpoint from `hmrflow accelerate` (default: search here)")
+    p.add_argument("--eclm-weights", default=None,
+                   help="merged checkpoint from `hmrflow accelerate` (default: the bundled one when --weights is "
+                        "not given, else an ECLM search here with --eps/--spans/--order)")
     p.add_argument("--eps", type=float, default=1.0, help="ECLM budget (mm) when searching here (default 1.0)")
     p.add_argument("--models", default="tiny,huge", help="comma-separated: tiny, huge (default both)")
     p.add_argument("--batches", default="1,16,64", help="batch sizes for the tiny model (default 1,16,64)")
@@ -64,12 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
-def _bundled_weights() -> Optional[Path]:
-    from importlib import resources
+def _bundled_weights(eclm: bool = False) -> Optional[Path]:
+    """The bundled tiny estimator (or its layer-merged checkpoint), if installed."""
+    from hmrflow.stages.mesh.stage import bundled_weights_path
 
-    folder = Path(str(resources.files("hmrflow.stages.mesh"))) / "weights"
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    return files[0] if files else None
+    path = bundled_weights_path("tiny", eclm=eclm)
+    return path if path.is_file() else None
 
 
 def _pairs_from_end(depth: int, n_merges: int, keep_first: int = 1):
@@ -333,12 +335,13 @@ def _run(args: argparse.Namespace) -> int:
     # fixed speed-only plan (random weights: errors mean nothing)
     tiny_depth = len(tiny.backbone.blocks)
     eclm_path: Optional[Path] = None
-    if args.eclm_weights:
-        _, plan = load_estimator(args.eclm_weights)
+    eclm_file = args.eclm_weights or (None if args.weights else _bundled_weights(eclm=True))
+    if eclm_file:
+        _, plan = load_estimator(eclm_file)
         if plan is None:
-            raise ConfigError(f"{args.eclm_weights}: not a layer-merged checkpoint")
-        plan_source = f"from {args.eclm_weights}"
-        eclm_path = Path(args.eclm_weights)
+            raise ConfigError(f"{eclm_file}: not a layer-merged checkpoint")
+        plan_source = f"from {eclm_file}"
+        eclm_path = Path(eclm_file)
     elif weights is not None:
         calib = synthetic_calibration(args.n_calib, tiny.image_size, tiny.token_grid, CALIB_SEED, cache)
         spans = tuple(int(v) for v in args.spans.split(","))

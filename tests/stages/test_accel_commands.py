@@ -34,7 +34,9 @@ def test_accelerate_budget_decides_the_depth(tmp_path) -> None:
 
 def test_bench_estimator_reports_four_variants(tmp_path) -> None:
     out = tmp_path / "bench"
-    args = ["bench", "estimator", "--out", str(out), "--models", "tiny", "--batches", "2", "--reps", "1",
+    # --weights given: the ECLM plan is searched here (without it the bundled merged checkpoint is used)
+    args = ["bench", "estimator", "--out", str(out), "--weights", str(bundled_weights_path("tiny")),
+            "--models", "tiny", "--batches", "2", "--reps", "1",
             "--n-eval", "8", "--n-calib", "8", "--eps", "1e6", "--order", "span", "--tome-r", "4,2", "--acc-sets", "", "--precision", "fp32"]
     assert cli.main(args) == 0
     rep = json.loads((out / "estimator_bench.json").read_text())
