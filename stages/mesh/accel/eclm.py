@@ -181,37 +181,41 @@ def forward_features_merged(backbone: ViTBackbone, crops: torch.Tensor, plan: EC
     return backbone.last_norm(x)
 
 
-def sample_plan(depth: int, gen: torch.Generator, spans: Sequence[int] = (2, 3), keep_first: int = 1,
-                p_merge: float = 0.6) -> ECLMPlan:
-    """A random plan of the family :func:`search_plan` explores: walking from the last block to
-    the first, a group of a random span in ``spans`` ends at the current block with probability
-    ``p_merge`` (when it fits after ``keep_first``)."""
+def _walk_plan(depth: int, spans: Sequence[int], keep_first: int,
+               pick: Callable[[list[int]], Optional[int]]) -> ECLMPlan:
+    """Walk from the last block to the first (as :func:`search_plan` does); at each block,
+    ``pick`` chooses the span of a group ending there among those that fit after
+    ``keep_first`` (None: no group here, move one block down)."""
     groups: list[tuple[int, int]] = []
     last = depth - 1
     while last >= keep_first + 1:
         fits = [int(s) for s in spans if last - int(s) + 1 >= keep_first]
-        if fits and float(torch.rand((), generator=gen)) < p_merge:
-            span = fits[int(torch.randint(len(fits), (), generator=gen))]
-            groups.append((last - span + 1, last))
-            last -= span
-        else:
+        span = pick(fits) if fits else None
+        if span is None:
             last -= 1
-    return ECLMPlan(depth, tuple(groups))
-
-
-def deepest_plan(depth: int, spans: Sequence[int] = (2, 3), keep_first: int = 1) -> ECLMPlan:
-    """The plan of the :func:`sample_plan` family that removes the most blocks: from the last
-    block down, always the largest span that fits (depth 6, spans 2-3: groups 1..2 and 3..5)."""
-    groups: list[tuple[int, int]] = []
-    last = depth - 1
-    while last >= keep_first + 1:
-        fits = [int(s) for s in spans if last - int(s) + 1 >= keep_first]
-        if not fits:
-            break
-        span = max(fits)
+            continue
         groups.append((last - span + 1, last))
         last -= span
     return ECLMPlan(depth, tuple(groups))
+
+
+def sample_plan(depth: int, gen: torch.Generator, spans: Sequence[int] = (2, 3), keep_first: int = 1,
+                p_merge: float = 0.6) -> ECLMPlan:
+    """A random plan of the family :func:`search_plan` explores: a group of a random span in
+    ``spans`` ends at each block with probability ``p_merge``."""
+
+    def pick(fits: list[int]) -> Optional[int]:
+        if float(torch.rand((), generator=gen)) >= p_merge:
+            return None
+        return fits[int(torch.randint(len(fits), (), generator=gen))]
+
+    return _walk_plan(depth, spans, keep_first, pick)
+
+
+def deepest_plan(depth: int, spans: Sequence[int] = (2, 3), keep_first: int = 1) -> ECLMPlan:
+    """The plan of the :func:`sample_plan` family that removes the most blocks: always the
+    largest span that fits (depth 6, spans 2-3: groups 1..2 and 3..5)."""
+    return _walk_plan(depth, spans, keep_first, max)
 
 
 # ----------------------------------------------------------------------------- similarity
