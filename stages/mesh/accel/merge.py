@@ -99,7 +99,15 @@ class Matching:
 
     def new_positions(self) -> torch.Tensor:
         """(B, N) long: where each input token ends up after the merge (merged A tokens point
-        to their destination B token)."""
+        to their destination B token).  Computed once per matching (the weighted merge and the
+        source map of a block both need it)."""
+        cached = self.__dict__.get("_positions")
+        if cached is None:
+            cached = self._positions_uncached()
+            object.__setattr__(self, "_positions", cached)
+        return cached
+
+    def _positions_uncached(self) -> torch.Tensor:
         n = self.n_in
         bsz = self.unm_idx.shape[0]
         dev = self.unm_idx.device
