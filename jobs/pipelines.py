@@ -134,3 +134,18 @@ def build_spec(cfg: PipelineConfig, out_root: str | Path, pipeline: str | None =
             raise ConfigError(f"--pipeline {pipeline!r} returned {type(spec).__name__}, expected a PipelineSpec")
         return spec
     return spec_from_factories(STAGE_FACTORIES, cfg, out_root)
+
+
+def run_one(video: str | Path, out_root: str | Path, cfg: Any, progress: bool = True) -> Path:
+    """Run the full pipeline on one video with the LocalRunner; returns ``out_root/<video_id>``."""
+    from hmrflow.pipeline.errors import VideoDecodeError
+    from hmrflow.pipeline.naming import sanitize_video_id
+
+    path = Path(video)
+    if not path.is_file():
+        raise VideoDecodeError(str(path), "no such file")
+    video_id = sanitize_video_id(path)
+    spec = build_spec(cfg, out_root)
+    clip = spec.probe(str(path), video_id)
+    runner = spec.local_runner(progress=progress)
+    return runner.run(clip, extra={"seeds": {"pipeline": cfg.seed}})

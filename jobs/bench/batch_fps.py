@@ -1,6 +1,6 @@
 """End-to-end throughput of the LocalRunner vs the Ray runner, and worker memory vs clip length.
 
-    python -m hmrflow.jobs.bench.batch_fps [--pipeline MODULE:FUNCTION] [--clips 8] [--frames 150]
+    hmrflow bench batch [--pipeline MODULE:FUNCTION] [--clips 8] [--frames 150]
         [--size 320x240] [--clips-from DIR] [--ray-cpus 2] [--rss-minutes 1 10] [--json FILE]
 
 Writes ``--clips`` textured H.264 clips into a temporary folder, then times over the same
@@ -43,10 +43,10 @@ def _spec(pipeline: str | None, out: Path) -> Any:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from hmrflow.jobs.batch import BatchOptions, run_batch
+    from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import probe_clip
     from hmrflow.pipeline.assembly import VideoTask
-    from hmrflow.pipeline.inputs import enumerate_inputs
+    from hmrflow.jobs.batch.inputs import enumerate_inputs
 
     w, h = (int(x) for x in args.size.split("x"))
     res: dict[str, Any] = {"clips": args.clips, "frames_per_clip": args.frames, "size": args.size,
@@ -103,8 +103,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             out = root / f"rss_out{minutes}"
             s = run_batch(enumerate_inputs(folder), _spec(args.pipeline, out), out, BatchOptions(progress=False, qc=False))
-            from hmrflow.jobs.batch import ledger_path
-            from hmrflow.pipeline.ledger import Ledger
+            from hmrflow.jobs.batch.run import ledger_path
+            from hmrflow.jobs.batch.ledger import Ledger
 
             with Ledger(ledger_path(out)) as led:
                 (e,) = led.entries()
@@ -113,8 +113,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", default=None, help="module:function building the stages")
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--clips-from", default=None, help="use the videos under this folder (e.g. a synthetic bench set)")
@@ -126,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-size-w", type=int, default=160)
     p.add_argument("--rss-size-h", type=int, default=120)
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     res = bench(args)
     text = json.dumps(res, indent=2, sort_keys=True)
@@ -134,7 +135,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Decode throughput of the av and decord backends on generated clips.
 
-    python -m hmrflow.jobs.bench.decode_fps [--frames 300] [--sizes 640x480 1280x720] [--threads 1]
+    hmrflow bench decode [--frames 300] [--sizes 640x480 1280x720] [--threads 1]
 
 Writes H.264 test clips (``tests``-style index pattern) into a temporary folder, then
 times ``DecodeStage`` end to end (probe + decode to upright RGB uint8 batches) for each
@@ -51,12 +51,13 @@ def time_backend(path: Path, backend: str, threads: int, repeats: int = 2) -> tu
     return n / best, n
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--sizes", nargs="+", default=["640x480", "1280x720"])
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             w, h = (int(x) for x in size.split("x"))
@@ -65,7 +66,4 @@ def main() -> None:
             for backend in ("av", "decord"):
                 fps, n = time_backend(path, backend, args.threads)
                 print(f"{size:>10} {backend:>7} threads={args.threads}: {fps:7.1f} fps ({n} frames)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -298,7 +298,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from hmrflow.jobs.cmd_accelerate import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
+    from hmrflow.jobs.train.calibration import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
     from hmrflow.pipeline.atomic import atomic_write_bytes
     from hmrflow.pipeline.config import load_config
     from hmrflow.pipeline.errors import ConfigError

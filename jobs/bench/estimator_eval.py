@@ -14,7 +14,7 @@ SMPL joints, both from the same body model.
 
 Counted: people with a visible box and at least ``min_visible`` of their body unoccluded;
 figures are also given for the people at least 15 % of the frame height (box of the visible
-pixels).  Run: ``python -m hmrflow.jobs.bench.estimator_eval --sets easy far --clips 2 --out r.json``.
+pixels).  Run: ``hmrflow bench estimator-accuracy --sets easy far --clips 2 --out r.json``.
 """
 
 from __future__ import annotations
@@ -173,13 +173,7 @@ def evaluate_set(
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    import torch
-
-    from hmrflow.pipeline.config import DetectConfig, EstimateConfig
-    from hmrflow.stages.mesh.stage import EstimateStage
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--clips", type=int, default=2)
     p.add_argument("--frame-step", type=int, default=10)
@@ -189,8 +183,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--default-focal", action="store_true", help="do not give the stage the clip's focal length")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write the summary JSON here")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hmrflow.pipeline.config import DetectConfig, EstimateConfig
+    from hmrflow.stages.mesh.stage import EstimateStage
+
     torch.set_num_threads(args.threads)
     stage = EstimateStage(EstimateConfig(weights=args.weights))
     stage.setup()
@@ -210,7 +210,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

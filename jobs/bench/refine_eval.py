@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m hmrflow.jobs.bench.refine_eval [--weights DIR] [--tracks 12] [--seconds 10] [--json OUT]
+    hmrflow bench refine [--weights DIR] [--tracks 12] [--seconds 10] [--json OUT]
 
 Each track is a motion of the procedural library from seeds the prior never saw in training
 (``200_000 + i``), seen by a random camera, corrupted by the estimate noise model
@@ -146,10 +146,7 @@ def format_report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hmrflow.pipeline.config import RefineConfig
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--weights", default=None, help="prior folder (default: the bundled one)")
     ap.add_argument("--tracks", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -157,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler", choices=["ddim", "dpm"], default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the result here")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(a: argparse.Namespace) -> int:
+    from hmrflow.pipeline.config import RefineConfig
+
     cfg = RefineConfig(weights=a.weights, device="cpu")
     if a.steps:
         cfg = replace_cfg(cfg, steps=a.steps)
@@ -175,7 +175,3 @@ def main(argv: list[str] | None = None) -> int:
 def replace_cfg(cfg, **changes):
     """A copy of a frozen pydantic config with ``changes`` (validated)."""
     return type(cfg).model_validate({**cfg.model_dump(), **changes})
-
-
-if __name__ == "__main__":
-    sys.exit(main())

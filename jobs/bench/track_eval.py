@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m hmrflow.jobs.bench.track_eval [--seeds 3] [--set key=value ...]
+    hmrflow bench track [--seeds 3] [--set key=value ...]
 
 The ground truth is the set of true detections the tracker receives (people it could
 see), so the figures measure identity assignment only: a dropped true row is a miss,
@@ -138,7 +138,7 @@ def score(sim: SimResult, track_id: np.ndarray, gt_id: np.ndarray | None = None)
     return {k: float(s[k].iloc[0]) for k in s.columns}
 
 
-def run(cfg: TrackConfig, seeds: int) -> list[dict[str, float | str]]:
+def run_scenes(cfg: TrackConfig, seeds: int) -> list[dict[str, float | str]]:
     """Score every scene over ``seeds`` seeds; one row of means per scene."""
     table = []
     for scene in SCENES:
@@ -163,7 +163,7 @@ def run(cfg: TrackConfig, seeds: int) -> list[dict[str, float | str]]:
 
 
 def format_table(table: list[dict[str, float | str]]) -> str:
-    """Fixed-width text table of :func:`run`'s rows plus a mean row."""
+    """Fixed-width text table of :func:`run_scenes`'s rows plus a mean row."""
     head = (f"{'scene':<20}{'IDF1':>7}{'MOTA':>7}{'IDsw':>6}{'maxIDsw':>8}{'FP':>6}{'FN':>6}{'tracks':>8}"
             f"{'people':>7}{'IDF1*':>7}{'IDsw*':>7}{'maxIDsw*':>9}")
     lines = [head, "-" * len(head)]
@@ -182,19 +182,16 @@ def format_table(table: list[dict[str, float | str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per scene")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrackConfig override")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     overrides = {}
     for kv in args.set:
         k, v = kv.split("=", 1)
         overrides[k] = float(v) if "." in v or "e" in v else int(v)
     cfg = TrackConfig(**overrides)
-    sys.stdout.write(format_table(run(cfg, args.seeds)) + "\n")
+    sys.stdout.write(format_table(run_scenes(cfg, args.seeds)) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

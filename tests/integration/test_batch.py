@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmrflow.jobs.batch import BatchOptions, ledger_path, lock_path, run_batch
-from hmrflow.pipeline.inputs import enumerate_inputs
-from hmrflow.pipeline.ledger import Ledger
-from hmrflow.pipeline.locking import JobLock
+from hmrflow.jobs.batch.run import BatchOptions, ledger_path, lock_path, run_batch
+from hmrflow.jobs.batch.inputs import enumerate_inputs
+from hmrflow.jobs.batch.ledger import Ledger
+from hmrflow.jobs.batch.locking import JobLock
 from tests.integration.fake_stages import assert_same_outputs, fake_spec
 from tests.videos import make_video, write_garbage
 

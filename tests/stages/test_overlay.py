@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmrflow.jobs.overlay import OverlayOptions, intrinsics, render_overlay
+from hmrflow.jobs.report.overlay import OverlayOptions, intrinsics, render_overlay
 from hmrflow.jobs.report.colors import track_color
 from hmrflow.pipeline.config import WriteConfig
 from hmrflow.pipeline.results import VideoResult

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hmrflow.pipeline.inputs import InputError, enumerate_inputs
+from hmrflow.jobs.batch.inputs import InputError, enumerate_inputs
 
 
 def _touch(p: Path) -> Path:

@@ -8,8 +8,8 @@ import pytest
 
 from hmrflow.pipeline.config import load_config
 from hmrflow.pipeline.errors import ConfigError
-from hmrflow.pipeline.inputs import InputError
-from hmrflow.pipeline.job_spec import job_inputs, load_job_spec
+from hmrflow.jobs.batch.inputs import InputError
+from hmrflow.jobs.batch.job_spec import job_inputs, load_job_spec
 
 GOOD = """
 name: gait-nightly

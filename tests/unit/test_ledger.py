@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hmrflow.pipeline.ledger import DONE, FAILED, QUEUED, RUNNING, Ledger, PlannedInput
-from hmrflow.pipeline.locking import JobLock, LockHeld
+from hmrflow.jobs.batch.ledger import DONE, FAILED, QUEUED, RUNNING, Ledger, PlannedInput
+from hmrflow.jobs.batch.locking import JobLock, LockHeld
 
 
 def _video(tmp_path: Path, name: str, data: bytes = b"video-bytes") -> str:
@@ -129,7 +129,7 @@ def test_runs_table_keeps_summaries(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys, time
-from hmrflow.pipeline.ledger import Ledger, PlannedInput
+from hmrflow.jobs.batch.ledger import Ledger, PlannedInput
 led = Ledger(sys.argv[1])
 ids = [f"v{i:04d}" for i in range(2000)]
 led.plan([PlannedInput(v, "/nonexistent/" + v + ".mp4") for v in ids], "cfg", 3, "r1")
@@ -171,7 +171,7 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
 
 def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
     path = tmp_path / "lock"
-    code = ("import sys, time; from hmrflow.pipeline.locking import JobLock; "
+    code = ("import sys, time; from hmrflow.jobs.batch.locking import JobLock; "
             "JobLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     try:

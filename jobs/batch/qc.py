@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from hmrflow.pipeline.atomic import atomic_write_json, atomic_write_text
-from hmrflow.pipeline.ledger import LedgerEntry
+from hmrflow.jobs.batch.ledger import LedgerEntry
 
 log = logging.getLogger(__name__)
 

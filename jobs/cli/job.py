@@ -1,6 +1,6 @@
 """Scheduled runs from a job spec: ``hmrflow job run SPEC.yaml`` (safe to start from cron).
 
-The spec (see :mod:`hmrflow.pipeline.job_spec`) names input folders/patterns or manifests, a
+The spec (see :mod:`hmrflow.jobs.batch.job_spec`) names input folders/patterns or manifests, a
 config preset, the output root, strictness and a run name.  A run that finds the previous
 one still going (the output root's lock is held) does nothing and exits 0; otherwise it
 processes what is new or unfinished (the ledger makes runs idempotent) and writes a QC
@@ -25,11 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hmrflow.jobs.batch import BatchOptions, run_batch
+    from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
-    from hmrflow.pipeline.job_spec import job_inputs, load_job_spec
-    from hmrflow.pipeline.locking import LockHeld
+    from hmrflow.jobs.batch.job_spec import job_inputs, load_job_spec
+    from hmrflow.jobs.batch.locking import LockHeld
     from hmrflow.pipeline.provenance import config_hash
 
     spec_file = load_job_spec(args.spec)
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.spec}: valid; {len(inputs)} videos; preset {cfg.preset} (config {cfg.config_hash()}); "
               f"output {spec_file.output}; strict {spec_file.strict}")
         return 0
-    from hmrflow.jobs.batch import lock_path
-    from hmrflow.pipeline.locking import JobLock
+    from hmrflow.jobs.batch.run import lock_path
+    from hmrflow.jobs.batch.locking import JobLock
 
     try:  # cheap early check: a cron start during a long run should not even enumerate inputs
         JobLock(lock_path(spec_file.output)).acquire().release()

@@ -3,7 +3,7 @@
 :func:`run_batch` is what ``hmrflow batch`` and ``hmrflow job run`` execute:
 
 1. take the job lock of the output directory (``OUT/_job/lock``; a second job on the same
-   directory stops with :class:`~hmrflow.pipeline.locking.LockHeld`), clear temporaries
+   directory stops with :class:`~hmrflow.jobs.batch.locking.LockHeld`), clear temporaries
    left by killed writers;
 2. plan with the ledger (``OUT/_job/ledger.sqlite``): new videos queued, done ones
    skipped, failed ones retried up to ``max_attempts``, interrupted ones redone;
@@ -41,9 +41,9 @@ from hmrflow.pipeline.assembly import (
     outcome_from_output,
 )
 from hmrflow.pipeline.atomic import remove_stale_temps
-from hmrflow.pipeline.inputs import JOB_DIR, InputVideo
-from hmrflow.pipeline.ledger import Ledger, PlannedInput
-from hmrflow.pipeline.locking import JobLock
+from hmrflow.jobs.batch.inputs import JOB_DIR, InputVideo
+from hmrflow.jobs.batch.ledger import Ledger, PlannedInput
+from hmrflow.jobs.batch.locking import JobLock
 from hmrflow.pipeline.provenance import config_hash
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
@@ -289,7 +289,7 @@ def run_batch(
         for e in ledger.entries(plan.given_up):
             summary.failures[e.video_id] = f"{e.error} (gave up after {e.attempts} attempts)"
         if options.qc:
-            from hmrflow.jobs.qc import build_qc, write_qc
+            from hmrflow.jobs.batch.qc import build_qc, write_qc
 
             report = build_qc(ledger.entries([v.video_id for v in inputs]), run_id=run_id, summary=summary.to_dict())
             summary.report_dir = str(write_qc(report, job_dir(out) / REPORTS_DIR / run_id))

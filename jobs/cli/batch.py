@@ -46,10 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hmrflow.jobs.batch import BatchOptions, run_batch
+    from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
-    from hmrflow.pipeline.inputs import enumerate_inputs
+    from hmrflow.jobs.batch.inputs import enumerate_inputs
     from hmrflow.pipeline.provenance import config_hash
 
     overrides = list(args.overrides)

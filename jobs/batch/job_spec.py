@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hmrflow.pipeline.config import Strict, _format_validation_error
 from hmrflow.pipeline.errors import ConfigError
-from hmrflow.pipeline.inputs import (
+from hmrflow.jobs.batch.inputs import (
     VIDEO_EXTENSIONS,
     InputError,
     InputVideo,

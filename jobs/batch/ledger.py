@@ -15,7 +15,7 @@ whose row was not yet updated is simply redone (same bytes) on the next run.
 Resuming (:meth:`Ledger.plan`): ``done`` rows are skipped while their input, config hash
 and output are unchanged; ``failed`` rows are retried until ``max_attempts``; ``running``
 rows left by a killed run are requeued; new inputs are added as ``queued``.  Only one job
-may write a ledger at a time (see :mod:`hmrflow.pipeline.locking`).
+may write a ledger at a time (see :mod:`hmrflow.jobs.batch.locking`).
 """
 
 from __future__ import annotations

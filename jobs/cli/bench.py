@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-from hmrflow.jobs.targets import add_target_parsers, run_target
+from hmrflow.jobs.cli.targets import add_target_parsers, run_target
 
 #: target -> module with add_arguments/run (targets whose module is absent are not offered).
 TARGETS: dict[str, str] = {
     "estimator": "hmrflow.jobs.bench.estimator",
+    "estimator-accuracy": "hmrflow.jobs.bench.estimator_eval",
     "pipeline": "hmrflow.jobs.bench.pipeline",
+    "track": "hmrflow.jobs.bench.track_eval",
+    "refine": "hmrflow.jobs.bench.refine_eval",
+    "batch": "hmrflow.jobs.bench.batch_fps",
+    "decode": "hmrflow.jobs.bench.decode_fps",
     "render": "hmrflow.jobs.bench.render",
 }
 

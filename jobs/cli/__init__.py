@@ -1,6 +1,6 @@
 """The ``hmrflow`` command.
 
-Each subcommand lives in its own module ``hmrflow.jobs.cmd_<name>`` exposing
+Each subcommand lives in its own module ``hmrflow.jobs.cli.<name>`` exposing
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only lists them in one
 plain dict and turns errors into one-line messages (no traceback walls for users).
 """
@@ -21,20 +21,20 @@ log = logging.getLogger("hmrflow")
 
 #: subcommand -> (module, one-line help).  Modules import heavy packages lazily in run().
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("hmrflow.jobs.cmd_run", "run the pipeline on one video"),
-    "demo": ("hmrflow.jobs.cmd_demo", "render a synthetic clip, run the pipeline on it, score it"),
-    "probe": ("hmrflow.jobs.cmd_probe", "print container/codec/rotation/fps facts of videos"),
-    "body-model": ("hmrflow.jobs.cmd_body_model", "make or check body model files"),
-    "synth": ("hmrflow.jobs.cmd_synth", "render synthetic clips with ground truth"),
-    "eval": ("hmrflow.jobs.cmd_eval", "score hmrflow outputs against ground truth"),
-    "train": ("hmrflow.jobs.cmd_train", "train a model (detector, estimator, prior) on the synthetic world"),
-    "batch": ("hmrflow.jobs.cmd_batch", "run the pipeline over many videos (resumable ledger, QC report)"),
-    "job": ("hmrflow.jobs.cmd_job", "scheduled runs from a job spec (cron-safe lock, idempotent)"),
-    "render": ("hmrflow.jobs.cmd_render", "overlay video of the tracked meshes/skeletons over a clip"),
-    "report": ("hmrflow.jobs.cmd_report", "self-contained HTML/PNG QC report per video"),
-    "export": ("hmrflow.jobs.cmd_export", "export to OpenSim .trc/.mot, .csv, BVH or C3D"),
-    "accelerate": ("hmrflow.jobs.cmd_accelerate", "merge estimator layers within an error budget (ECLM)"),
-    "bench": ("hmrflow.jobs.cmd_bench", "benchmarks (estimator: throughput, FLOPs, accuracy of ECLM/Mask-ToMe)"),
+    "run": ("hmrflow.jobs.cli.run", "run the pipeline on one video"),
+    "demo": ("hmrflow.jobs.cli.demo", "render a synthetic clip, run the pipeline on it, score it"),
+    "probe": ("hmrflow.jobs.cli.probe", "print container/codec/rotation/fps facts of videos"),
+    "body-model": ("hmrflow.jobs.cli.body_model", "make or check body model files"),
+    "synth": ("hmrflow.jobs.cli.synth", "render synthetic clips with ground truth"),
+    "eval": ("hmrflow.jobs.cli.eval", "score hmrflow outputs against ground truth"),
+    "train": ("hmrflow.jobs.cli.train", "train a model (detector, estimator, prior) on the synthetic world"),
+    "batch": ("hmrflow.jobs.cli.batch", "run the pipeline over many videos (resumable ledger, QC report)"),
+    "job": ("hmrflow.jobs.cli.job", "scheduled runs from a job spec (cron-safe lock, idempotent)"),
+    "render": ("hmrflow.jobs.cli.render", "overlay video of the tracked meshes/skeletons over a clip"),
+    "report": ("hmrflow.jobs.cli.report", "self-contained HTML/PNG QC report per video"),
+    "export": ("hmrflow.jobs.cli.export", "export to OpenSim .trc/.mot, .csv, BVH or C3D"),
+    "accelerate": ("hmrflow.jobs.cli.accelerate", "merge estimator layers within an error budget (ECLM)"),
+    "bench": ("hmrflow.jobs.cli.bench", "benchmarks: estimator, estimator-accuracy, pipeline, track, refine, batch, decode, render"),
 }
 
 
@@ -83,6 +83,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hmrflow.jobs.export.reading import OutputReadError, is_video_output, load_video_output
-    from hmrflow.jobs.overlay import OverlayOptions, render_overlay
+    from hmrflow.jobs.report.overlay import OverlayOptions, render_overlay
     from hmrflow.priors.body_model import load_body_model
 
     vdir = Path(args.video_dir)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hmrflow.jobs.cmd_run import add_config_arguments
+    from hmrflow.jobs.cli.run import add_config_arguments
 
     parser.add_argument("--out", default="hmrflow-demo", help="output root (default ./hmrflow-demo)")
     parser.add_argument("--people", type=int, default=2)
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hmrflow.jobs.cmd_run import config_from_args, run_one
+    from hmrflow.jobs.cli.run import config_from_args
+    from hmrflow.jobs.pipelines import run_one
     from hmrflow.jobs.evaluate import evaluate
     from hmrflow.jobs.synth.clip import load_body_assets, render_clip
     from hmrflow.jobs.synth.scene import SceneSpec

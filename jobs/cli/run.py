@@ -59,24 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def run_one(video: str | Path, out_root: str | Path, cfg: Any, progress: bool = True) -> Path:
-    """Run the full pipeline on one video with the LocalRunner; returns ``out_root/<video_id>``."""
-    from hmrflow.jobs.pipelines import build_spec
-    from hmrflow.pipeline.errors import VideoDecodeError
-    from hmrflow.pipeline.naming import sanitize_video_id
-
-    path = Path(video)
-    if not path.is_file():
-        raise VideoDecodeError(str(path), "no such file")
-    video_id = sanitize_video_id(path)
-    spec = build_spec(cfg, out_root)
-    clip = spec.probe(str(path), video_id)
-    runner = spec.local_runner(progress=progress)
-    return runner.run(clip, extra={"seeds": {"pipeline": cfg.seed}})
-
-
 def run(args: argparse.Namespace) -> int:
     import json
+
+    from hmrflow.jobs.pipelines import run_one
 
     cfg = config_from_args(args)
     out = run_one(args.video, args.out, cfg)

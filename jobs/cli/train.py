@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hmrflow.jobs.targets import add_target_parsers, run_target
+from hmrflow.jobs.cli.targets import add_target_parsers, run_target
 
 #: target -> module with add_arguments/run (targets whose module is absent are not offered).
 TARGETS: dict[str, str] = {
