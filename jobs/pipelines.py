@@ -39,7 +39,7 @@ def _estimate_stage(cfg: PipelineConfig, out: Path) -> Any:
 def _refine_stage(cfg: PipelineConfig, out: Path) -> Any:
     from hmrflow.stages.refine.stage import RefineStage
 
-    return RefineStage(cfg.refine)
+    return RefineStage(cfg.refine, seed=cfg.seed)
 
 
 #: Model stages: part name -> factory (imports lazily so the CLI starts fast).

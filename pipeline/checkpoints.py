@@ -167,3 +167,22 @@ def save_state_dict(
     else:
         raise CheckpointError(f"{p}: unknown weights file type {ext!r}; use .safetensors or .pt")
     return p
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata in a ``.safetensors`` file's header ({} for other files or none).
+
+    A corrupt header also gives {}: :func:`load_state_dict` reports the damage with the file
+    name when the weights are read.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in SAFETENSORS_EXTS or not p.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "no readable header"
+        log.debug("%s: no readable safetensors header (%s)", p, exc)
+        return {}

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hmrflow.pipeline.devices import check_device_string
 from hmrflow.pipeline.errors import ConfigError
 
 
@@ -59,7 +60,7 @@ class DetectConfig(Strict):
     detections_path: Optional[str] = Field(None, description="for kind=file: MOT txt or JSON boxes")
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     batch_size: int = Field(16, ge=1)
-    device: str = "auto"
+    device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
 
 
 class EstimateConfig(Strict):
@@ -68,7 +69,7 @@ class EstimateConfig(Strict):
     size: Literal["tiny", "small", "base", "large", "huge"] = "tiny"
     weights: Optional[str] = None
     batch_size: int = Field(64, ge=1)
-    device: str = "auto"
+    device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     eclm: bool = Field(
         False,
@@ -166,11 +167,10 @@ class RefineConfig(Strict):
     steps: int = Field(5, ge=1, description="diffusion sampling steps")
     max_gap_s: float = Field(1.0, ge=0.0, description="fill gaps up to this long")
     sampler: Literal["ddim", "dpm"] = Field("ddim", description="few-step sampler (DDIM eta=0 or DPM-Solver++)")
-    seed: int = Field(0, description="seed of the CPU noise generator (combined with the track id)")
     batch_windows: int = Field(64, ge=1, description="windows per denoiser batch")
     guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance (1 = plain conditional)")
     smooth_sigma: float = Field(1.5, ge=0.0, description="Gaussian low-pass of the refined motion, frames (0 = off)")
-    device: str = "auto"
+    device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
 
 
 class WriteConfig(Strict):
@@ -180,12 +180,17 @@ class WriteConfig(Strict):
     npz: bool = True
 
 
+#: Config sections of the stages that run models (each has a ``device``).
+MODEL_SECTIONS = ("detect", "estimate", "refine")
+
+
 class PipelineConfig(Strict):
     """The whole resolved configuration of one run."""
 
     preset: str = "clip"
-    seed: int = 0
-    device: str = "auto"
+    seed: int = Field(0, description="seed of the run: refinement noise is drawn from (seed, track id)")
+    device: str = Field("auto", description="device of every model stage (auto, cpu, cuda, cuda:N) unless a "
+                        "section sets its own")
     decode: DecodeConfig = DecodeConfig()
     body_model: BodyModelConfig = BodyModelConfig()
     detect: DetectConfig = DetectConfig()
@@ -198,6 +203,20 @@ class PipelineConfig(Strict):
     def _overlap_fits(self) -> "PipelineConfig":
         if self.refine.overlap >= self.refine.window:
             raise ValueError("refine.overlap must be smaller than refine.window")
+        return self
+
+    @model_validator(mode="after")
+    def _devices(self) -> "PipelineConfig":
+        """Check every device string's form; sections without a device take the top-level one."""
+        try:
+            top = check_device_string(self.device, "device")
+            object.__setattr__(self, "device", top)
+            for name in MODEL_SECTIONS:
+                section = getattr(self, name)
+                dev = top if section.device is None else check_device_string(section.device, f"{name}.device")
+                object.__setattr__(section, "device", dev)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def resolved_dict(self) -> dict[str, Any]:
@@ -269,8 +288,10 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}")
+        elif not err["loc"]:  # a whole-config check: its message names the keys
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
     return f"{source}: invalid config: " + "; ".join(lines)
 
 

@@ -48,7 +48,7 @@ from hmrflow.pipeline.assembly import (
 )
 from hmrflow.pipeline.results import VideoResult
 from hmrflow.pipeline.runner import run_frame_part, run_video_part
-from hmrflow.pipeline.types import N_BETAS, N_JOINTS, ClipRef, MeshEstimates
+from hmrflow.pipeline.types import ClipRef, MeshEstimates
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -108,18 +108,10 @@ class FramePartHandler:
         return FramePartResult(clip, columns, part.n_frames, part.timings_s, peak_rss_mb(), part.camera())
 
 
-def _empty_estimate_columns(n: int) -> dict[str, np.ndarray]:
-    return {
-        "frame_idx": np.zeros(n, np.int64),
-        "pts": np.zeros(n, np.float64),
-        "boxes_xyxy": np.zeros((n, 4), np.float32),
-        "scores": np.zeros(n, np.float32),
-        "rotmats": np.zeros((n, N_JOINTS, 3, 3), np.float32),
-        "betas": np.zeros((n, N_BETAS), np.float32),
-        "cam_t": np.zeros((n, 3), np.float32),
-        "focal": np.zeros(n, np.float32),
-        "confidence": np.zeros(n, np.float32),
-    }
+def _placeholder_columns() -> dict[str, np.ndarray]:
+    """One row of zeros in the estimate columns (carries an info row through the same schema)."""
+    row = MeshEstimates.empty("", 1)
+    return {name: getattr(row, name) for name in MeshEstimates.ROW_FIELDS}
 
 
 def _rows(video_id: str, kind: int, start: int, cols: Mapping[str, np.ndarray], info: str) -> dict[str, np.ndarray]:
@@ -175,14 +167,14 @@ class FusedFrames:
                 res = self._one(task)
             except Exception as exc:  # per-video error record, never a failed block
                 err = str(exc) if isinstance(exc, WorkerError) else error_line(exc)
-                yield _rows(task.video_id, KIND_INFO, 0, _empty_estimate_columns(1),
+                yield _rows(task.video_id, KIND_INFO, 0, _placeholder_columns(),
                             _info_json(task, None, err, time.perf_counter() - t0))
                 continue
             n = 0 if res.columns is None else len(res.columns["frame_idx"])
             for s in range(0, n, EMIT_ROWS):
                 part = {k: v[s:s + EMIT_ROWS] for k, v in res.columns.items()}  # type: ignore[union-attr]
                 yield _rows(task.video_id, KIND_ESTIMATE, s, part, "")
-            yield _rows(task.video_id, KIND_INFO, n, _empty_estimate_columns(1),
+            yield _rows(task.video_id, KIND_INFO, n, _placeholder_columns(),
                         _info_json(task, res, "", time.perf_counter() - t0))
 
     def __del__(self) -> None:

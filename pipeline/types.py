@@ -243,6 +243,22 @@ class MeshEstimates(Columnar):
     focal: np.ndarray
     confidence: np.ndarray
 
+    @classmethod
+    def empty(cls, video_id: str, n: int = 0) -> "MeshEstimates":
+        """``n`` rows of zeros (0: no person found; more: placeholder rows of the right shapes)."""
+        return cls(
+            video_id=video_id,
+            frame_idx=np.zeros(n, np.int64),
+            pts=np.zeros(n, np.float64),
+            boxes_xyxy=np.zeros((n, 4), np.float32),
+            scores=np.zeros(n, np.float32),
+            rotmats=np.zeros((n, N_JOINTS, 3, 3), np.float32),
+            betas=np.zeros((n, N_BETAS), np.float32),
+            cam_t=np.zeros((n, 3), np.float32),
+            focal=np.zeros(n, np.float32),
+            confidence=np.zeros(n, np.float32),
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class TrackedEstimates(MeshEstimates):

@@ -4,7 +4,7 @@ For every video of the run (done, failed or skipped because already done) the re
 lists status, attempts and error, frames decoded, people (most tracks present at once) and
 tracks found, observed vs refinement-filled track frames, and the root jitter: the mean
 norm of the third finite difference of each track's translation (the SMPL root, camera
-frame) times fps^3, in m/s^3 (same definition as :func:`hmrflow.jobs.evaluate.metrics.jitter`,
+frame) times fps^3, in m/s^3 (same definition as :func:`hmrflow.priors.metrics.jitter`,
 on the root only, weighted by samples over the tracks).  Computed from the written
 ``tracks.parquet`` (no model needed).
 
@@ -66,7 +66,7 @@ class QCReport:
 
 def root_jitter(out_dir: str | Path) -> float | None:
     """Mean root jerk (m/s^3) over every track of ``OUT/<video_id>/tracks.parquet``; None if unavailable."""
-    from hmrflow.jobs.evaluate.metrics import jitter
+    from hmrflow.priors.metrics import jitter
 
     path = Path(out_dir) / TRACKS_FILE
     if not path.is_file():

@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _bundled_weights(eclm: bool = False) -> Optional[Path]:
     """The bundled tiny estimator (or its layer-merged checkpoint), if installed."""
-    from hmrflow.stages.mesh.stage import bundled_weights_path
+    from hmrflow.stages.mesh.checkpoint import bundled_weights_path
 
     path = bundled_weights_path("tiny", eclm=eclm)
     return path if path.is_file() else None
@@ -184,7 +184,8 @@ def _accuracy(v: _Variants, body, heldout, device, amp) -> dict[str, dict[str, f
     """Crop-level accuracy of the four variants on ``heldout`` (a CalibrationSet with masks)."""
     import torch
 
-    from hmrflow.stages.mesh.accel.eclm import mpjpe_mm, pa_mpjpe_mm, predict_joints
+    from hmrflow.priors.metrics import mpjpe, pa_mpjpe
+    from hmrflow.stages.mesh.accel.eclm import predict_joints
 
     out = {}
     for k in VARIANTS:
@@ -192,8 +193,8 @@ def _accuracy(v: _Variants, body, heldout, device, amp) -> dict[str, dict[str, f
         masks = heldout.token_masks if k in ("tome", "both") else None
         j = predict_joints(v.model, body, heldout.images, masks, batch_size=64, device=device,
                            autocast_dtype=torch.bfloat16 if amp else None)
-        out[k] = {"mpjpe_mm": float(mpjpe_mm(j, heldout.joints3d).mean()),
-                  "pa_mpjpe_mm": float(pa_mpjpe_mm(j, heldout.joints3d).mean())}
+        out[k] = {"mpjpe_mm": float(mpjpe(j, heldout.joints3d).mean()),
+                  "pa_mpjpe_mm": float(pa_mpjpe(j, heldout.joints3d).mean())}
         log.info("crop accuracy %-8s MPJPE %.2f  PA-MPJPE %.2f mm", k, out[k]["mpjpe_mm"], out[k]["pa_mpjpe_mm"])
     v.set("baseline")
     return out
@@ -300,18 +301,19 @@ def _run(args: argparse.Namespace) -> int:
 
     from hmrflow.jobs.train.calibration import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
     from hmrflow.pipeline.atomic import atomic_write_bytes
+    from hmrflow.pipeline.devices import resolve_device
     from hmrflow.pipeline.config import load_config
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
-    from hmrflow.stages.mesh.accel.eclm import ECLMConfig, apply_eclm, load_estimator, save_merged_estimator, search_plan
+    from hmrflow.stages.mesh.accel.eclm import ECLMConfig, apply_eclm, search_plan
+    from hmrflow.stages.mesh.checkpoint import load_estimator, save_estimator
     from hmrflow.stages.mesh.accel.tome import MaskToMeConfig
     from hmrflow.stages.mesh.model import build_estimator
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out / "cache"
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device, "--device")
     amp = args.precision == "bf16"
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if set(models) - {"tiny", "huge"}:
@@ -348,7 +350,7 @@ def _run(args: argparse.Namespace) -> int:
         res = search_plan(tiny, body, calib, ECLMConfig(eps_mm=args.eps, spans=spans, order=args.order), device=device)
         plan, plan_source = res.plan, f"ECLM search eps {args.eps} mm on {len(calib)} calibration crops"
         with apply_eclm(tiny, plan):
-            eclm_path = save_merged_estimator(tiny, plan, out / "estimator_tiny_eclm.safetensors", res.as_dict())
+            eclm_path = save_estimator(tiny, out / "estimator_tiny_eclm.safetensors", plan=plan, report=res.as_dict())
     else:
         plan, plan_source = _pairs_from_end(tiny_depth, tiny_depth // 3), "fixed pairs from the end (random weights)"
     n_tok = tiny.token_grid[0] * tiny.token_grid[1]

@@ -24,26 +24,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
+
+from hmrflow.pipeline.boxes import box_iou, match_iou
 
 log = logging.getLogger(__name__)
 
 SETS = ("easy", "crowded", "occlusion", "far")
-
-
-def _match_boxes(pred: np.ndarray, gt: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int]]:
-    """Hungarian matching of boxes (P, 4) to (G, 4) on IoU; pairs (pred, gt) with IoU >= min_iou."""
-    from scipy.optimize import linear_sum_assignment
-
-    from hmrflow.jobs.evaluate.metrics import box_iou
-
-    if len(pred) == 0 or len(gt) == 0:
-        return []
-    iou = box_iou(pred, gt)
-    r, c = linear_sum_assignment(-iou)
-    return [(int(i), int(j)) for i, j in zip(r, c) if iou[i, j] >= min_iou]
 
 
 def _gt_box_masks(instance: np.ndarray, fi: np.ndarray, pi: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -80,7 +69,7 @@ def evaluate_set(
     """
     import torch
 
-    from hmrflow.jobs.evaluate.metrics import mpjpe, pa_mpjpe
+    from hmrflow.priors.metrics import mpjpe, pa_mpjpe
     from hmrflow.jobs.synth.bench_sets import load_bench_set
     from hmrflow.jobs.synth.clip import load_body_assets, place_people
     from hmrflow.jobs.synth.scene import sample_scene
@@ -121,7 +110,7 @@ def evaluate_set(
             for k, f in enumerate(frames):
                 sel = np.nonzero(found.frame_idx == f)[0]
                 g = np.nonzero(keep[k])[0]
-                for a, b in _match_boxes(found.boxes_xyxy[sel], boxes[k, g]):
+                for a, b in match_iou(box_iou(found.boxes_xyxy[sel], boxes[k, g]), 0.5):
                     fi_l.append(k)
                     pi_l.append(g[b])
                     db.append(found.boxes_xyxy[sel[a]])

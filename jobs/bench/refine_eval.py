@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from typing import Any
 
@@ -63,7 +62,7 @@ def evaluate(tracks: list[dict], cfg, threads: int = 2) -> dict[str, Any]:
     """Run :class:`RefineStage` on ``tracks`` and score per-frame vs refined (see module docstring)."""
     import torch
 
-    from hmrflow.jobs.evaluate import metrics as M
+    from hmrflow.priors import metrics as M
     from hmrflow.pipeline.types import SMPLSequence
     from hmrflow.priors.body_model import load_body_model
     from hmrflow.stages.refine.stage import RefineStage
@@ -79,7 +78,6 @@ def evaluate(tracks: list[dict], cfg, threads: int = 2) -> dict[str, Any]:
     n_filled = 0
     for k, tr in enumerate(tracks):
         fps = tr["fps"]
-        n = len(tr["gt_rot"])
         obs = tr["observed"]
         fi = np.flatnonzero(obs).astype(np.int64)
         seq = SMPLSequence(video_id="bench", track_id=k, betas=np.zeros(10, np.float32), frame_idx=fi,

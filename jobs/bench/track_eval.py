@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from hmrflow.pipeline.config import TrackConfig
-from hmrflow.stages.track.cost import box_iou
+from hmrflow.pipeline.boxes import box_iou
 from hmrflow.stages.track.simulate import (
     PersonPath,
     SimNoise,

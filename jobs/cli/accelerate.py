@@ -67,9 +67,10 @@ def _run(args: argparse.Namespace) -> int:
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
     from hmrflow.stages.mesh.accel.eclm import (
-        ECLMConfig, apply_eclm, load_estimator, save_merged_estimator, search_plan,
+        ECLMConfig, apply_eclm, search_plan,
     )
     from hmrflow.stages.mesh.accel.flops import model_flops
+    from hmrflow.stages.mesh.checkpoint import load_estimator, save_estimator
     from hmrflow.jobs.train.calibration import (
         gt_dir_calibration, synthetic_calibration, write_report,
     )
@@ -104,8 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         **result.as_dict(),
         "flops": {"baseline": flops_base, "merged": flops_merged},
     }
-    save_merged_estimator(model, result.plan, out, report={k: report[k] for k in ("eps_mm", "metric", "baseline", "final")},
-                          dtype=torch.float16 if args.fp16 else None)
+    save_estimator(model, out, plan=result.plan, report={k: report[k] for k in ("eps_mm", "metric", "baseline", "final")},
+                   dtype=torch.float16 if args.fp16 else None)
     handle.remove()
     jpath, mpath = write_report(report, out)
     log.info("depth %d -> %d, %s %.2f -> %.2f mm; wrote %s (report %s)", result.plan.base_depth, result.plan.depth,

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-labels", action="store_true", help="do not write track ids")
     p.add_argument("--body-model", default=None, metavar="PATH", help="real SMPL files; default the synthetic body")
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
-    p.add_argument("--device", default="cpu", help="torch device for posing and rasterising (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device for posing and rasterising (auto, cpu, cuda, cuda:N)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
     clip = args.video or load_video_output(vdir).input_path
     if not clip or not Path(clip).is_file():
         raise OutputReadError(f"{vdir}: give the clip with --video (manifest input {clip!r} not found)")
-    bm = load_body_model("smpl" if args.body_model else "synthetic", args.body_model, args.gender, device=args.device)
+    from hmrflow.pipeline.devices import resolve_device
+
+    device = str(resolve_device(args.device, "--device"))
+    bm = load_body_model("smpl" if args.body_model else "synthetic", args.body_model, args.gender, device=device)
     opts = OverlayOptions(mode="skeleton" if args.skeleton else "mesh", view=args.view, focal=args.focal,
-                          alpha=args.alpha, labels=not args.no_labels, device=args.device)
+                          alpha=args.alpha, labels=not args.no_labels, device=device)
     out = render_overlay(vdir, clip, args.output or vdir / "overlay.mp4", bm, opts)
     print(out)
     return 0

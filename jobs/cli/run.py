@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-weights", help="motion prior folder")
     parser.add_argument("--body-model", help="folder with your SMPL_NEUTRAL.pkl (default: env HMRFLOW_SMPL_DIR, else the synthetic model)")
     parser.add_argument("--no-refine", action="store_true", help="skip the motion-prior refinement")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", help="device of every model stage: auto, cpu, cuda, cuda:1 ...")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -48,8 +47,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         derived += ["body_model.kind=smpl", f"body_model.path={smpl}"]
     if args.no_refine:
         derived.append("refine.enabled=false")
-    if args.device:
-        derived += [f"device={args.device}", f"detect.device={args.device}", f"estimate.device={args.device}"]
+    if args.device:  # the top-level device is every model stage's unless --set gives a section its own
+        derived.append(f"device={args.device}")
     return load_config(args.preset, [*derived, *args.overrides])
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hmrflow.jobs.evaluate.metrics import project_box
+from hmrflow.pipeline.boxes import project_box
 from hmrflow.pipeline.errors import HmrflowError
 
 log = logging.getLogger(__name__)

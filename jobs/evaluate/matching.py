@@ -31,9 +31,8 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from hmrflow.jobs.evaluate.metrics import box_iou
+from hmrflow.pipeline.boxes import box_iou, match_iou
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +58,6 @@ class FrameAssignment:
     iou: np.ndarray
 
 
-def _hungarian(iou: np.ndarray, gate: float) -> list[tuple[int, int]]:
-    """Max-IoU one-to-one assignment keeping only pairs with IoU >= gate."""
-    if iou.size == 0:
-        return []
-    # pairs under the gate get a cost no gated pair can beat, then are dropped
-    cost = np.where(iou >= gate, -iou, 1.0)
-    rows, cols = linear_sum_assignment(cost)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= gate]
-
-
 def assign_frame(iou: np.ndarray, counted: np.ndarray, gate: float = 0.5) -> FrameAssignment:
     """Match one frame's predictions to its ground-truth people (two-stage rule above).
 
@@ -82,11 +71,11 @@ def assign_frame(iou: np.ndarray, counted: np.ndarray, gate: float = 0.5) -> Fra
     best = np.zeros(n)
     cnt_cols = np.nonzero(counted)[0]
     dc_cols = np.nonzero(~counted)[0]
-    for r, c in _hungarian(iou[:, cnt_cols], gate):
+    for r, c in match_iou(iou[:, cnt_cols], gate):
         pred_to_gt[r] = cnt_cols[c]
         best[r] = iou[r, cnt_cols[c]]
     free = np.nonzero(pred_to_gt < 0)[0]
-    for r, c in _hungarian(iou[np.ix_(free, dc_cols)], gate):
+    for r, c in match_iou(iou[np.ix_(free, dc_cols)], gate):
         pred_to_gt[free[r]] = dc_cols[c]
         ignored[free[r]] = True
         best[free[r]] = iou[free[r], dc_cols[c]]

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hmrflow.jobs.evaluate import metrics as M
+from hmrflow.priors import metrics as M
 from hmrflow.jobs.evaluate.loading import (
     TRACKS_FILE,
     EvalInputError,

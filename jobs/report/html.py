@@ -5,7 +5,7 @@ Contents per video: a summary table, the track timeline (observed frames solid i
 track's colour, frames filled by refinement striped grey), and per track: a skeleton
 thumbnail at the middle frame, plots of the main joint angles over time
 (:data:`hmrflow.jobs.export.angles.MAIN_ANGLES`, degrees vs seconds) and its jitter
-(mean jerk of the 24 joints, m/s^3, :func:`hmrflow.jobs.evaluate.metrics.jitter`).
+(mean jerk of the 24 joints, m/s^3, :func:`hmrflow.priors.metrics.jitter`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def track_joints(track: TrackData, body_model: Any) -> np.ndarray:
 
 def summarize(track: TrackData, joints: np.ndarray) -> TrackSummary:
     """Counts, duration, jitter and mean confidence of one track."""
-    from hmrflow.jobs.evaluate.metrics import jitter
+    from hmrflow.priors.metrics import jitter
 
     jit = jitter(joints, track.frame_idx, fps=track.frame_rate)
     return TrackSummary(

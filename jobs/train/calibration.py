@@ -33,18 +33,6 @@ def _token_coverage(masks, token_grid: tuple[int, int]):
     return F.adaptive_avg_pool2d(m, token_grid)[:, 0]
 
 
-def _normalise(images_u8):
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 ImageNet-normalised."""
-    import torch
-
-    from hmrflow.stages.mesh.crop import IMAGENET_MEAN, IMAGENET_STD
-
-    x = torch.as_tensor(images_u8).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple[int, int], seed: int,
                           cache: Optional[Path] = None):
     """A synthetic set of ``n`` single-person crops with GT joints and token masks, rendered like the
@@ -56,13 +44,14 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
     import torch
 
     from hmrflow.stages.mesh.accel.eclm import CalibrationSet
+    from hmrflow.stages.mesh.crop import normalise_uint8
 
     file = None
     if cache is not None:
         file = Path(cache) / f"calib_train64_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
         if file.exists():
             d = dict(np.load(file))
-            return CalibrationSet(_normalise(d["images"]), torch.from_numpy(d["joints3d"]),
+            return CalibrationSet(normalise_uint8(d["images"]), torch.from_numpy(d["joints3d"]),
                                   _token_coverage(d["masks"], token_grid))
     from hmrflow.jobs.train.estimator_data import CropSet, render_crops
 
@@ -85,7 +74,7 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
         with atomic_path(file) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, images=d["images"], joints3d=d["joints3d"], masks=d["masks"])
-    return CalibrationSet(_normalise(d["images"]), torch.from_numpy(d["joints3d"]).float(),
+    return CalibrationSet(normalise_uint8(d["images"]), torch.from_numpy(d["joints3d"]).float(),
                           _token_coverage(d["masks"], token_grid))
 
 

@@ -10,7 +10,6 @@ checkpoint (``WORK/last.pt``) and a validation F1 per epoch, then write the fina
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time
@@ -96,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from hmrflow.pipeline.atomic import atomic_write_json
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.stages.detect.model import DetectorSpec
-    from hmrflow.stages.detect.stage import resolve_device, save_detector
+    from hmrflow.pipeline.devices import resolve_device
+    from hmrflow.stages.detect.stage import save_detector
     from hmrflow.stages.detect.train import DetectorTrainer, train_loop
 
     torch.set_num_threads(max(1, args.threads))
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = work / "last.pt"
     if args.resume and not ckpt.is_file():
         raise ConfigError(f"{ckpt}: no checkpoint to resume from (run without --resume first)")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.input_size[0] % 16 or args.input_size[1] % 16:
         raise ConfigError(f"--input-size: width and height must be multiples of 16, got {args.input_size}")
     spec = DetectorSpec(input_w=int(args.input_size[0]), input_h=int(args.input_size[1]))

@@ -19,9 +19,7 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
     from hmrflow.jobs.train.estimator_data import render_crop_cache
     from hmrflow.pipeline.atomic import atomic_write_json
+    from hmrflow.pipeline.devices import resolve_device
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
     from hmrflow.stages.mesh.accel.eclm import apply_eclm, deepest_plan
     from hmrflow.stages.mesh.losses import LossWeights
-    from hmrflow.stages.mesh.stage import save_estimator
+    from hmrflow.stages.mesh.checkpoint import save_estimator
     from hmrflow.stages.mesh.train import EstimatorTrainer, TrainConfig, evaluate_crops, make_batch
 
     torch.set_num_threads(max(1, args.threads))
@@ -102,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ckpt}: no checkpoint to resume from (run without --resume first)")
     if args.seed == VAL_SEED:
         raise ConfigError(f"--seed {VAL_SEED} is the validation seed; pick another")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device, "--device")
     t0 = time.time()
     tag = f"{hw[0]}x{hw[1]}"
     val = render_crop_cache(work / "data" / f"val_s{VAL_SEED}_{tag}", args.val_crops, VAL_SEED, hw)
@@ -117,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
     body = load_body_model("synthetic")
     init_model = None
     if args.init:
-        from hmrflow.stages.mesh.stage import load_estimator
+        from hmrflow.stages.mesh.checkpoint import load_estimator
 
-        init_model = load_estimator(args.size, args.init, hw)
+        init_model, _ = load_estimator(args.init, args.size, hw)
     trainer = EstimatorTrainer(cfg, body, total_steps=args.epochs * args.steps_per_epoch, device=device,
                                model=init_model)
     if args.resume:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from hmrflow.pipeline.boxes import nms
 from hmrflow.pipeline.types import MASK_RES
 from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE
 
@@ -39,33 +40,6 @@ class FrameDetections:
     boxes_xyxy: np.ndarray
     scores: np.ndarray
     masks: np.ndarray
-
-
-def box_iou_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, 4) x (M, 4) xyxy -> (N, M) IoU (0 for empty boxes)."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression; returns kept indices (int64) by decreasing score."""
-    order = torch.argsort(scores, descending=True)
-    if order.numel() == 0:
-        return order
-    iou = box_iou_torch(boxes[order], boxes[order])
-    keep: list[int] = []
-    suppressed = torch.zeros(order.numel(), dtype=torch.bool)
-    for r in range(order.numel()):
-        if suppressed[r]:
-            continue
-        keep.append(r)
-        suppressed |= iou[r] > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.int64)]
 
 
 def find_peaks(heat: torch.Tensor, score_threshold: float, max_det: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -63,7 +63,7 @@ class MaskRCNNDetector:
         if not path.is_file():
             raise CheckpointError(f"{path}: Mask R-CNN weights file not found")
         from hmrflow.pipeline.checkpoints import load_state_dict
-        from hmrflow.stages.detect.stage import resolve_device
+        from hmrflow.pipeline.devices import resolve_device
 
         state = load_state_dict(path)
         name = next((b for b, key in BUILDERS.items() if key in state), None)
@@ -74,7 +74,7 @@ class MaskRCNNDetector:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: weights do not fit {name}: {str(exc).splitlines()[0]}") from None
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "detect.device")
         self.model = model.to(self.device).eval()
         self.cfg = cfg
 

@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from hmrflow.pipeline.config import DetectConfig
+from hmrflow.pipeline.devices import resolve_device
 from hmrflow.pipeline.errors import CheckpointError, ConfigError
 from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
@@ -42,13 +43,6 @@ def bundled_weights_path() -> Path:
     return Path(str(resources.files("hmrflow.stages.detect") / "weights" / WEIGHTS_FILE))
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def save_detector(model: DenseDetector, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write weights as safetensors with the architecture (and ``extra``) in the header."""
     from hmrflow.pipeline.checkpoints import save_state_dict
@@ -60,16 +54,12 @@ def save_detector(model: DenseDetector, path: str | Path, extra: dict[str, Any] 
 
 def load_detector(path: str | Path, device: torch.device | str = "cpu") -> DenseDetector:
     """Load :func:`save_detector`'s file into an eval-mode model on ``device``."""
-    from safetensors import safe_open
-
-    from hmrflow.pipeline.checkpoints import load_state_dict
+    from hmrflow.pipeline.checkpoints import load_state_dict, read_header
 
     p = Path(path)
     state = load_state_dict(p)
     try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        spec = DetectorSpec.from_dict(json.loads(meta["spec"]))
+        spec = DetectorSpec.from_dict(json.loads(read_header(p)["spec"]))
     except (KeyError, ValueError, TypeError, OSError) as exc:
         raise CheckpointError(f"{p}: not an hmrflow detector weights file (header: {exc})") from None
     model = DenseDetector(spec)
@@ -128,7 +118,7 @@ class BundledDetector:
                 f"{path}: detector weights not found; train them with 'hmrflow train detector' "
                 "or set detect.weights=FILE"
             )
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "detect.device")
         self.model = load_detector(path, self.device)
         self.cfg = cfg
 

@@ -18,10 +18,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch.nn import functional as F
 
 from hmrflow.pipeline.atomic import atomic_path
+from hmrflow.pipeline.boxes import box_iou, match_iou
 from hmrflow.pipeline.errors import CheckpointError
 from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DenseDetector, DetectorSpec, PIXEL_MEAN, PIXEL_STD
 
@@ -245,30 +245,20 @@ def match_frame(pred: np.ndarray, gt: np.ndarray, counted: np.ndarray, iou_thres
 
     pred: (N, 4) boxes; gt: (M, 4) boxes (NaN rows = absent); counted: (M,) bool.
     """
-    from hmrflow.stages.detect.decode_boxes import box_iou_torch
-
     ok = np.isfinite(gt).all(1)
     gt, counted = gt[ok], counted[ok]
     n, m = len(pred), len(gt)
     if n == 0 or m == 0:
         return 0, n, int(counted.sum())
-    iou = box_iou_torch(torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(gt, dtype=torch.float64)).numpy()
+    iou = box_iou(pred, gt)
     matched = np.zeros(n, bool)
-    tp = 0
     cols = np.nonzero(counted)[0]
-    if len(cols):
-        cost = np.where(iou[:, cols] >= iou_threshold, -iou[:, cols], 1.0)
-        r, c = linear_sum_assignment(cost)
-        good = iou[r, cols[c]] >= iou_threshold
-        tp = int(good.sum())
-        matched[r[good]] = True
+    pairs = match_iou(iou[:, cols], iou_threshold)
+    tp = len(pairs)
+    matched[[r for r, _ in pairs]] = True
     dc = np.nonzero(~counted)[0]
     free = np.nonzero(~matched)[0]
-    ignored = 0
-    if len(dc) and len(free):
-        sub = iou[np.ix_(free, dc)]
-        r, c = linear_sum_assignment(np.where(sub >= iou_threshold, -sub, 1.0))
-        ignored = int((sub[r, c] >= iou_threshold).sum())
+    ignored = len(match_iou(iou[np.ix_(free, dc)], iou_threshold)) if len(dc) and len(free) else 0
     fp = n - tp - ignored
     fn = int(counted.sum()) - tp
     return tp, fp, fn

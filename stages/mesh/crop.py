@@ -181,9 +181,20 @@ def crop_images(
             g = grid[pick].reshape(1, len(pick) * ch, cw, 2)  # stack crops along the height
             sampled = F.grid_sample(img, g, mode="bilinear", padding_mode="zeros", align_corners=False)
             out[sel_f[pick]] = sampled.reshape(3, len(pick), ch, cw).transpose(0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1) * 255.0
-    return out.sub_(mean).div_(std)
+    return imagenet_normalise_(out)
+
+
+def imagenet_normalise_(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) float RGB on the 0..255 scale -> ImageNet-normalised, in place (returned)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).reshape(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).reshape(1, 3, 1, 1) * 255.0
+    return images.sub_(mean).div_(std)
+
+
+def normalise_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB crops -> (N, 3, H, W) float32 ImageNet-normalised (what the ViT takes)."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float()
+    return imagenet_normalise_(x)
 
 
 def crop_masks(

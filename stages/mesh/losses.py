@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hmrflow.priors.metrics import align_pelvis
 from hmrflow.stages.mesh.model import EstimatorOutput
 
 
@@ -61,34 +62,6 @@ def weak_perspective(joints: torch.Tensor, pred_cam: torch.Tensor) -> torch.Tens
     return s * (joints[..., :2] + pred_cam[:, None, 1:]) / 2
 
 
-def pelvis_aligned(joints: torch.Tensor) -> torch.Tensor:
-    """(B, K, 3) -> joints minus joint 0."""
-    return joints - joints[:, :1]
-
-
-def procrustes_aligned(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Similarity-align ``pred`` (B, K, 3) to ``gt`` (B, K, 3) (scale, rotation, translation); returns aligned pred."""
-    pred = pred.double()
-    gt = gt.double()
-    mp, mg = pred.mean(1, keepdim=True), gt.mean(1, keepdim=True)
-    p, g = pred - mp, gt - mg
-    cov = p.transpose(1, 2) @ g  # (B, 3, 3)
-    u, sv, vt = torch.linalg.svd(cov)
-    d = torch.sign(torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2)))
-    e = torch.ones_like(sv)
-    e[:, 2] = d
-    rot = vt.transpose(1, 2) @ torch.diag_embed(e) @ u.transpose(1, 2)  # maps p -> g
-    scale = (sv * e).sum(-1) / p.pow(2).sum((1, 2)).clamp_min(1e-12)
-    return (scale[:, None, None] * p @ rot.transpose(1, 2) + mg).float()
-
-
-def joint_errors(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample MPJPE (pelvis-aligned) and PA-MPJPE in the input unit: (B,), (B,)."""
-    mpjpe = (pelvis_aligned(pred) - pelvis_aligned(gt)).norm(dim=-1).mean(-1)
-    pa = (procrustes_aligned(pred, gt) - gt.float()).norm(dim=-1).mean(-1)
-    return mpjpe, pa
-
-
 def estimator_losses(
     out: EstimatorOutput,
     targets: EstimatorTargets,
@@ -101,7 +74,7 @@ def estimator_losses(
         rot, betas = out.rotmats.float(), out.betas.float()
         joints = body_model(rot, betas).joints  # (B, 24, 3), transl 0
         gt3d = targets.joints3d.float()
-        per_joint = (pelvis_aligned(joints) - pelvis_aligned(gt3d))
+        per_joint = (align_pelvis(joints) - align_pelvis(gt3d))
         l3d = per_joint.abs().sum(-1).mean()
         j2d = weak_perspective(joints, out.pred_cam.float())
         l2d = (j2d - targets.joints2d.float()).abs().sum(-1).mean()

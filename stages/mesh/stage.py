@@ -37,9 +37,7 @@ estimator's own confidence (sigmoid of its confidence readout).
 
 from __future__ import annotations
 
-import json
 import logging
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -47,71 +45,17 @@ import numpy as np
 import torch
 
 from hmrflow.pipeline.config import EstimateConfig
+from hmrflow.pipeline.devices import autocast_dtype, resolve_device
 from hmrflow.pipeline.errors import CheckpointError, ConfigError
 from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates
 from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal, diagonal_focal
+from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
 from hmrflow.stages.mesh.crop import make_crops
-from hmrflow.stages.mesh.model import DEFAULT_IMAGE_SIZE, EstimatorOutput, MeshEstimator, build_estimator
+from hmrflow.stages.mesh.model import EstimatorOutput, MeshEstimator
 
 log = logging.getLogger(__name__)
-
-#: Our weights files say this in their safetensors header.
-WEIGHTS_FORMAT = "hmrflow.mesh_estimator.v1"
-
-
-def bundled_weights_path(size: str, eclm: bool = False) -> Path:
-    """Where the package keeps the trained weights of ``size`` (the file may not exist);
-    ``eclm=True``: the layer-merged variant ``estimator_<size>_eclm.safetensors``."""
-    name = f"estimator_{size}_eclm.safetensors" if eclm else f"estimator_{size}.safetensors"
-    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / name))
-
-
-def is_merged_checkpoint(header: dict[str, str]) -> bool:
-    """True for the header of a layer-merged (ECLM) checkpoint written by ``hmrflow accelerate``."""
-    return "eclm_plan" in header
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"estimate.device: {exc}") from None
-
-
-def read_weights_header(path: str | Path) -> dict[str, str]:
-    """The string metadata of a safetensors file ({} for other files or none)."""
-    p = Path(path)
-    if p.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:  # corrupt header: load_state_dict reports it with the file name
-        log.debug("%s: no readable safetensors header (%s)", p, exc)
-        return {}
-
-
-def save_estimator(model: MeshEstimator, path: str | Path, extra: dict[str, Any] | None = None,
-                   dtype: torch.dtype = torch.float32) -> Path:
-    """Write estimator weights as safetensors with its size and crop size (and ``extra``, JSON) in the header.
-
-    ``dtype=torch.float16`` halves the file (the bundled tiny model: 4.8 MB instead of 9.6 MB);
-    loading casts back to the model's fp32 parameters.
-    """
-    from hmrflow.pipeline.checkpoints import save_state_dict
-
-    meta = {"format": WEIGHTS_FORMAT, "size": model.spec.name, "image_size": json.dumps(list(model.image_size)),
-            "dtype": str(dtype).replace("torch.", "")}
-    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    return save_state_dict(state, path, metadata=meta)
 
 
 def ray_rotation(center: torch.Tensor, image_wh: torch.Tensor | tuple[float, float],
@@ -139,57 +83,6 @@ def ray_rotation(center: torch.Tensor, image_wh: torch.Tensor | tuple[float, flo
     return eye + sin[:, None, None] * K + (1 - cos)[:, None, None] * (K @ K)
 
 
-def is_hmr2_layout(state: dict[str, torch.Tensor]) -> bool:
-    """True for a state dict in HMR2.0's published key layout (``backbone.blocks`` + ``smpl_head``)."""
-    return any(k.startswith("smpl_head.") for k in state) and any(k.startswith("backbone.blocks.") for k in state)
-
-
-def load_estimator(size: str, weights: str | Path, image_size: Optional[tuple[int, int]] = None) -> MeshEstimator:
-    """Build the ``size`` estimator and load ``weights`` (ours or HMR2.0 layout) into it.
-
-    The crop size is ``image_size`` if given, else the one in the file's header, else 256 x 192.
-    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, of another
-    size, or does not fit the model.
-    """
-    from hmrflow.pipeline.checkpoints import load_state_dict
-
-    path = Path(weights)
-    state = load_state_dict(path)
-    header = read_weights_header(path)
-    if image_size is None and "image_size" in header:
-        image_size = tuple(int(v) for v in json.loads(header["image_size"]))  # type: ignore[assignment]
-    if "size" in header and header["size"] != size:
-        raise CheckpointError(f"{path}: weights of the {header['size']!r} estimator, but estimate.size is {size!r}")
-    model = build_estimator(size, image_size or DEFAULT_IMAGE_SIZE)
-    if is_hmr2_layout(state):
-        from hmrflow.stages.mesh.hmr2_import import import_hmr2_state_dict
-
-        try:
-            import_hmr2_state_dict(state, model)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        return model
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(ours[k].shape)}" for k in ours
-             if k in state and state[k].shape != ours[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
-        raise CheckpointError(
-            f"{path}: does not fit the {size!r} estimator at crop size {model.image_size}: " + ", ".join(parts)
-            + " (check estimate.size / estimate.image_size)"
-        )
-    model.load_state_dict(state)
-    return model
-
-
 class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
     """Per-person SMPL estimates for a batch of frames (see module docstring).
 
@@ -214,20 +107,15 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         """Resolve the device, load the weights (plain or layer-merged, see the module docstring)
         and switch Mask-ToMe on when ``cfg.tome_r`` merges anything."""
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "estimate.device")
         path = self._weights_file()
-        header = read_weights_header(path)
-        if is_merged_checkpoint(header):
-            model, self.eclm_plan = self._load_merged(path)
-        else:
-            if cfg.eclm:
-                raise ConfigError(
-                    f"estimate.eclm is true but {path} is not a layer-merged checkpoint; make one with "
-                    f"`hmrflow accelerate --weights {path} --out merged.safetensors` and set estimate.weights to it, "
-                    "or set estimate.eclm: false"
-                )
-            model = load_estimator(cfg.size, path, cfg.image_size)
-            self.eclm_plan = None
+        model, self.eclm_plan = load_estimator(path, cfg.size, cfg.image_size)
+        if cfg.eclm and self.eclm_plan is None:
+            raise ConfigError(
+                f"estimate.eclm is true but {path} is not a layer-merged checkpoint; make one with "
+                f"`hmrflow accelerate --weights {path} --out merged.safetensors` and set estimate.weights to it, "
+                "or set estimate.eclm: false"
+            )
         self.tome_cfg = None
         if cfg.tome_enabled:
             from hmrflow.stages.mesh.accel.tome import MaskToMeConfig, apply_mask_tome
@@ -277,25 +165,9 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
                         "and pose outputs are not calibrated for body_model.kind=%s", cfg.size, kind)
         return path
 
-    def _load_merged(self, path: Path) -> tuple[MeshEstimator, Any]:
-        """A layer-merged checkpoint -> (model with the merged blocks, its ECLMPlan); checks size and crop size."""
-        from hmrflow.stages.mesh.accel.eclm import load_estimator as load_merged
-
-        model, plan = load_merged(path)
-        if model.spec.name != self.cfg.size:
-            raise CheckpointError(f"{path}: weights of the {model.spec.name!r} estimator, but estimate.size is {self.cfg.size!r}")
-        if self.cfg.image_size is not None and tuple(self.cfg.image_size) != model.image_size:
-            raise CheckpointError(f"{path}: merged checkpoint for crops {model.image_size}, but estimate.image_size is "
-                                  f"{tuple(self.cfg.image_size)}")
-        return model, plan
-
     def _autocast_dtype(self) -> Optional[torch.dtype]:
         """bf16/fp16 on CUDA as configured; on the CPU bf16 only (fp16 -> fp32: no fast CPU fp16)."""
-        if self.cfg.precision == "fp32":
-            return None
-        if self.device.type == "cuda":
-            return torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.bfloat16 if self.cfg.precision == "bf16" and self.device.type == "cpu" else None
+        return autocast_dtype(self.device, self.cfg.precision)
 
     @torch.no_grad()
     def predict_crops(self, crops: torch.Tensor, token_masks: Optional[torch.Tensor] = None) -> EstimatorOutput:
@@ -338,7 +210,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         det, frames = x.detections, x.frames
         n = len(det)
         if n == 0:
-            return _empty(det.video_id)
+            return MeshEstimates.empty(det.video_id)
         pos = {int(f): i for i, f in enumerate(frames.frame_idx)}
         missing = sorted({int(f) for f in det.frame_idx} - set(pos))
         if missing:
@@ -366,12 +238,3 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             focal=np.full(n, float(focal), np.float32),
             confidence=out.confidence.numpy().astype(np.float32),
         )
-
-
-def _empty(video_id: str) -> MeshEstimates:
-    return MeshEstimates(
-        video_id=video_id, frame_idx=np.zeros(0, np.int64), pts=np.zeros(0, np.float64),
-        boxes_xyxy=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
-        rotmats=np.zeros((0, 24, 3, 3), np.float32), betas=np.zeros((0, 10), np.float32),
-        cam_t=np.zeros((0, 3), np.float32), focal=np.zeros(0, np.float32), confidence=np.zeros(0, np.float32),
-    )

@@ -24,9 +24,11 @@ from typing import Any, Iterator, Optional, Protocol
 import numpy as np
 import torch
 
-from hmrflow.stages.mesh.crop import IMAGENET_MEAN, IMAGENET_STD
+from hmrflow.pipeline.devices import autocast_dtype
+from hmrflow.stages.mesh.crop import normalise_uint8
 from hmrflow.stages.mesh.accel.eclm import forward_features_merged, sample_plan
-from hmrflow.stages.mesh.losses import EstimatorTargets, LossWeights, estimator_losses, joint_errors
+from hmrflow.priors.metrics import mpjpe, pa_mpjpe
+from hmrflow.stages.mesh.losses import EstimatorTargets, LossWeights, estimator_losses
 from hmrflow.stages.mesh.model import MeshEstimator, build_estimator
 
 log = logging.getLogger(__name__)
@@ -87,14 +89,6 @@ class TrainConfig:
         return cls(**d)
 
 
-def _normalise(images_u8: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, 3) uint8 -> (B, 3, h, w) float32 ImageNet-normalised."""
-    x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def augment_images(images: torch.Tensor, gen: torch.Generator, occluder_p: float = 0.3) -> torch.Tensor:
     """Cheap photometric augmentation and random box occluders on (B, h, w, 3) uint8 -> same.
 
@@ -151,14 +145,7 @@ def make_batch(data: CropData, idx: np.ndarray, augment: bool = False, gen: Opti
         joints3d=joints3d,
         joints2d=torch.from_numpy(np.asarray(data.joints2d[idx], np.float32)),
     )
-    return _normalise(imgs), targets
-
-
-def autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
-    """The autocast dtype for the ViT on ``device`` (None = fp32: always on CPU)."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    return normalise_uint8(imgs), targets
 
 
 class EstimatorTrainer:
@@ -188,7 +175,7 @@ class EstimatorTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.np_rng = np.random.default_rng(cfg.seed + 2)
         self.history: list[dict[str, Any]] = []
-        self.amp = autocast_dtype(self.device, cfg.precision)
+        self.amp = autocast_dtype(self.device, cfg.precision, cpu_bf16=False)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
 
     def _lr_factor(self, step: int) -> float:
@@ -308,7 +295,7 @@ def evaluate_crops(model: MeshEstimator, data: CropData, body_model: torch.nn.Mo
     centre (as the stage uses it with the true focal length)."""
     device = torch.device(device)
     model.eval()
-    amp = autocast_dtype(device, precision)
+    amp = autocast_dtype(device, precision, cpu_bf16=False)
     mp, pa, conf = [], [], []
     n = len(data)
     for s in range(0, n, batch_size):
@@ -316,9 +303,9 @@ def evaluate_crops(model: MeshEstimator, data: CropData, body_model: torch.nn.Mo
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(images.to(device))
         joints = body_model.to(device)(out.rotmats.float(), out.betas.float()).joints
-        m, p = joint_errors(joints, targets.joints3d.to(device))
-        mp.append(m.cpu() * 1000)
-        pa.append(p.cpu() * 1000)
+        gt3d = targets.joints3d.to(device)
+        mp.append(mpjpe(joints, gt3d).float().cpu())
+        pa.append(pa_mpjpe(joints, gt3d).float().cpu())
         conf.append(out.confidence.float().cpu())
     mpa, paa = torch.cat(mp).numpy(), torch.cat(pa).numpy()
     return {

@@ -17,7 +17,7 @@
 3. **Shape**: a track carries one ``betas`` (the tracker's confidence-weighted median of the
    per-frame shapes); it is kept as the track's single consolidated shape.
 
-The noise seed of a track is ``(cfg.seed, track_id)``: results do not depend on batching or on
+The noise seed of a track is ``(seed, track_id)`` (``seed`` is the run's ``PipelineConfig.seed``): results do not depend on batching or on
 which other tracks are processed, and reproduce across machines.
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from hmrflow.pipeline.config import RefineConfig
+from hmrflow.pipeline.devices import resolve_device
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import SMPLSequence
 from hmrflow.priors.motion_diffusion import load_prior, load_schedule
@@ -187,7 +188,7 @@ def refine_arrays(
 
 
 def _track_seed(seed: int, track_id: int) -> int:
-    """A 63-bit seed from (cfg seed, track id) (numpy SeedSequence: stable across machines)."""
+    """A 63-bit seed from (run seed, track id) (numpy SeedSequence: stable across machines)."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(track_id) & 0xFFFFFFFF]).generate_state(2, np.uint64)[0]
                >> np.uint64(1))
 
@@ -197,19 +198,18 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
 
     resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
 
-    def __init__(self, cfg: RefineConfig = RefineConfig()) -> None:
+    def __init__(self, cfg: RefineConfig = RefineConfig(), seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.seed = int(seed)
         self.model: Optional[torch.nn.Module] = None
         self.schedule: Optional[dict] = None
 
     def setup(self) -> None:
         """Load the prior (``cfg.weights`` folder, default the bundled one) on the resolved device."""
-        dev = self.cfg.device
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = resolve_device(self.cfg.device, "refine.device")
         if self.cfg.enabled:
-            self.model = load_prior(self.cfg.weights, device=dev)  # CheckpointError names a bad folder
+            self.model = load_prior(self.cfg.weights, device=str(dev))  # CheckpointError names a bad folder
             self.schedule = load_schedule(self.cfg.weights)
         self._ready = True
 
@@ -231,7 +231,7 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
                 r, t = refine_arrays(
                     self.model, filled.rotmats[m], filled.transl[m], filled.observed[m], filled.confidence[m],
                     schedule=self.schedule, window=self.cfg.window, overlap=self.cfg.overlap, steps=self.cfg.steps,
-                    sampler=self.cfg.sampler, seed=(_track_seed(self.cfg.seed, seq.track_id) + int(s)) % 2**63,
+                    sampler=self.cfg.sampler, seed=(_track_seed(self.seed, seq.track_id) + int(s)) % 2**63,
                     batch_windows=self.cfg.batch_windows, guidance_scale=self.cfg.guidance_scale,
                     smooth_sigma=self.cfg.smooth_sigma,
                 )

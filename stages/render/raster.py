@@ -358,7 +358,6 @@ def rasterize(
         mx, my = int(round(coverage_margin * width)), int(round(coverage_margin * height))
     else:
         mx = my = 0
-    cw, ch = width + 2 * mx, height + 2 * my
 
     fidx = torch.nonzero(keep).squeeze(1)
     faces_k = _take(faces, fidx)

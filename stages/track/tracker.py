@@ -41,7 +41,8 @@ from scipy.stats import chi2
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
-from hmrflow.stages.track.cost import box_iou, gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
+from hmrflow.pipeline.boxes import box_iou
+from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
 from hmrflow.stages.track.kalman import (
     KalmanState,
     box_measurement_noise,

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from hmrflow.jobs import cli
-from hmrflow.stages.mesh.accel.eclm import load_estimator
-from hmrflow.stages.mesh.stage import bundled_weights_path
+from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
 
 pytestmark = pytest.mark.skipif(not bundled_weights_path("tiny").is_file(), reason="bundled estimator weights absent")
 

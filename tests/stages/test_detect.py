@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 
 import numpy as np
@@ -13,7 +12,8 @@ import torch
 from hmrflow.pipeline.config import DetectConfig
 from hmrflow.pipeline.errors import HmrflowError
 from hmrflow.pipeline.types import MASK_RES, FrameBatch
-from hmrflow.stages.detect.decode_boxes import decode_frame, nms, to_image_coords
+from hmrflow.pipeline.boxes import nms
+from hmrflow.stages.detect.decode_boxes import decode_frame, to_image_coords
 from hmrflow.stages.detect.file_adapter import read_detections, write_json, write_mot
 from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DetectorSpec
 from hmrflow.stages.detect.stage import DetectStage, bundled_weights_path
@@ -250,7 +250,7 @@ def test_bundled_detector_finds_people_in_a_rendered_frame():
     stage.setup()
     frames = FrameBatch("t", np.array([7]), np.array([0.0]), data.images)
     det = stage(frames).detections
-    from hmrflow.stages.detect.decode_boxes import box_iou_torch
+    from hmrflow.pipeline.boxes import box_iou_torch
 
     people = np.nonzero(data.visible_frac[0] >= 0.5)[0]
     assert len(people) >= 1

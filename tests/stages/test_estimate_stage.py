@@ -12,14 +12,8 @@ from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
 from hmrflow.stages.mesh.camera import default_focal, diagonal_focal, project_points
 from hmrflow.stages.mesh.model import build_estimator
-from hmrflow.stages.mesh.stage import (
-    EstimateStage,
-    bundled_weights_path,
-    is_hmr2_layout,
-    load_estimator,
-    ray_rotation,
-    save_estimator,
-)
+from hmrflow.stages.mesh.checkpoint import bundled_weights_path, is_hmr2_layout, load_estimator, save_estimator
+from hmrflow.stages.mesh.stage import EstimateStage, ray_rotation
 
 W, H = 320, 240
 
@@ -138,7 +132,7 @@ def test_hmr2_layout_is_detected_and_imported(tmp_path) -> None:
     state = {k: torch.randn(s, generator=gen) * 0.02 for k, s in hmr2_key_layout("tiny", (128, 96), False).items()}
     assert is_hmr2_layout(state) and not is_hmr2_layout(build_estimator("tiny", (128, 96)).state_dict())
     path = save_state_dict(state, tmp_path / "hmr2.safetensors")
-    model = load_estimator("tiny", path, (128, 96))
+    model, _ = load_estimator(path, "tiny", (128, 96))
     np.testing.assert_array_equal(model.state_dict()["head.decshape.weight"].numpy(), state["smpl_head.decshape.weight"].numpy())
 
 
@@ -277,14 +271,14 @@ def test_tome_with_everything_protected_equals_the_full_vit(masked_people, rando
 
 def test_merged_checkpoint_is_detected_and_runs_shallower(tmp_path, two_people, random_weights) -> None:
     from hmrflow.pipeline.errors import ConfigError
-    from hmrflow.stages.mesh.accel.eclm import ECLMPlan, apply_eclm, save_merged_estimator
+    from hmrflow.stages.mesh.accel.eclm import ECLMPlan, apply_eclm
 
     plain = _stage(random_weights, precision="fp32")
     assert plain.depth == 6 and plain.eclm_plan is None
-    model = load_estimator("tiny", random_weights)
+    model, _ = load_estimator(random_weights, "tiny")
     plan = ECLMPlan(6, ((2, 3), (4, 5)))
     with apply_eclm(model, plan):
-        merged_path = save_merged_estimator(model, plan, tmp_path / "m.safetensors", dtype=torch.float16)
+        merged_path = save_estimator(model, tmp_path / "m.safetensors", dtype=torch.float16, plan=plan)
     st = _stage(str(merged_path), precision="fp32")
     assert st.depth == 4 and st.eclm_plan == plan and st.model.image_size == (128, 96)
     ref = _stage(random_weights, precision="fp32")  # the same merge applied in memory

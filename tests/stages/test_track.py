@@ -10,7 +10,8 @@ from hmrflow.pipeline.config import TrackConfig, load_config
 from hmrflow.pipeline.stage import Stage
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
 from hmrflow.stages.track import TrackStage, track_video
-from hmrflow.stages.track.cost import box_iou, gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
+from hmrflow.pipeline.boxes import box_iou
+from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
 from hmrflow.stages.track.kalman import kf_init, kf_predict, kf_update, root_measurement_noise
 from hmrflow.stages.track.simulate import (
     Camera,

@@ -1,4 +1,4 @@
-"""Known-answer tests of the pure NumPy evaluation metrics (metres in, mm out)."""
+"""Known-answer tests of the metrics (metres in, mm out; NumPy and torch entry points) and box geometry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hmrflow.jobs.evaluate import metrics as M
+from hmrflow.pipeline import boxes as B
+from hmrflow.priors import metrics as M
 
 #: E[chi_3] = E||z|| for z ~ N(0, I_3) = 2 sqrt(2/pi)
 E_CHI3 = 2.0 * math.sqrt(2.0 / math.pi)
@@ -127,7 +128,7 @@ def test_jitter_of_a_cubic_is_its_constant_jerk() -> None:
 def test_box_iou_known_values() -> None:
     a = np.array([[0, 0, 2, 2], [0, 0, 1, 1], [np.nan, 0, 1, 1]], float)
     b = np.array([[1, 1, 3, 3], [0, 0, 2, 2]], float)
-    iou = M.box_iou(a, b)
+    iou = B.box_iou(a, b)
     assert iou[0, 0] == pytest.approx(1 / 7)
     assert iou[0, 1] == pytest.approx(1.0)
     assert iou[1, 1] == pytest.approx(0.25)
@@ -137,16 +138,56 @@ def test_box_iou_known_values() -> None:
 def test_project_box_known_values_and_clipping() -> None:
     K = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
     pts = np.array([[[-0.2, -0.1, 2.0], [0.2, 0.3, 2.0]]])
-    assert np.allclose(M.project_box(pts, K, 100, 80), [[40.0, 35.0, 60.0, 55.0]])
+    assert np.allclose(B.project_box(pts, K, 100, 80), [[40.0, 35.0, 60.0, 55.0]])
     far_right = pts + np.array([0.9, 0, 0])  # x from 0.7 to 1.1 m -> 85..105 px, clipped at 100
-    assert np.allclose(M.project_box(far_right, K, 100, 80), [[85.0, 35.0, 100.0, 55.0]])
+    assert np.allclose(B.project_box(far_right, K, 100, 80), [[85.0, 35.0, 100.0, 55.0]])
     behind = pts * np.array([1, 1, -1])
-    assert np.isnan(M.project_box(behind, K, 100, 80)).all()
+    assert np.isnan(B.project_box(behind, K, 100, 80)).all()
     outside = pts + np.array([5.0, 0, 0])
-    assert np.isnan(M.project_box(outside, K, 100, 80)).all()
+    assert np.isnan(B.project_box(outside, K, 100, 80)).all()
 
 
 def test_precision_recall_f1() -> None:
     assert M.precision_recall_f1(8, 2, 8) == pytest.approx((0.8, 0.5, 16 / 26))
     p, r, f = M.precision_recall_f1(0, 0, 0)
     assert math.isnan(p) and math.isnan(r) and math.isnan(f)
+
+
+# ------------------------------------------------------------------ torch path (losses, ECLM budget)
+def test_torch_path_known_answers_and_equals_numpy() -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(4, 24, 3, generator=g, dtype=torch.float64)
+    shifted = gt + torch.tensor([0.0, 0.0, 0.01], dtype=torch.float64)  # pelvis-aligned: no error
+    assert torch.allclose(M.mpjpe(shifted, gt), torch.zeros(4, dtype=torch.float64), atol=1e-9)
+    c, s = math.cos(0.7), math.sin(0.7)
+    rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    moved = 2.0 * gt @ rot.T + 0.3
+    assert torch.allclose(M.pa_mpjpe(moved, gt), torch.zeros(4, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(M.procrustes_align(moved, gt), gt, atol=1e-9)
+    off = gt.clone()
+    off[:, 5] += torch.tensor([0.024, 0.0, 0.0], dtype=torch.float64)
+    assert torch.allclose(M.mpjpe(off, gt), torch.full((4,), 1.0, dtype=torch.float64))  # 24 mm / 24 joints
+    # the same numbers through the NumPy entry points
+    noisy = gt + 0.02 * torch.randn(gt.shape, generator=g, dtype=torch.float64)
+    for fn in (M.mpjpe, M.pa_mpjpe):
+        t = fn(noisy, gt)
+        n = fn(noisy.numpy(), gt.numpy())
+        assert isinstance(n, np.ndarray) and isinstance(t, torch.Tensor)
+        np.testing.assert_allclose(t.numpy(), n, rtol=1e-12)
+        assert 10.0 < float(n.mean()) < 70.0  # 2 cm noise per axis (pelvis noisy too): tens of mm, not 0 or metres
+
+
+def test_torch_path_is_differentiable() -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    gt = torch.randn(2, 24, 3, generator=g)
+    pred = (gt + 0.05 * torch.randn(gt.shape, generator=g)).requires_grad_(True)
+    loss = M.pa_mpjpe(pred, gt).mean() + M.mpjpe(pred, gt).mean()
+    loss.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    # a loss keeps the tensor's dtype when only the pelvis is removed
+    assert M.align_pelvis(gt).dtype == torch.float32
+

@@ -11,9 +11,10 @@ accepted merge is measured with all earlier ones in place).
 
 The result is an :class:`ECLMPlan` (groups of original block indices).  :func:`apply_eclm`
 swaps a merged ``ModuleList`` into the backbone and returns a handle whose ``remove()`` puts
-the original blocks back (bit-identical outputs).  :func:`save_merged_estimator` writes the
-merged weights with the plan and the architecture in the safetensors header, so
-:func:`load_estimator` rebuilds the merged model without any calibration.
+the original blocks back (bit-identical outputs).  Checkpoints are read and written by
+:mod:`hmrflow.stages.mesh.checkpoint`: ``save_estimator(..., plan=...)`` stores the merged
+weights with the plan and the architecture in the header, so ``load_estimator`` rebuilds the
+merged model without any calibration.
 """
 
 from __future__ import annotations
@@ -22,21 +23,19 @@ import copy
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from hmrflow.pipeline.errors import CheckpointError, ConfigError
-from hmrflow.stages.mesh.backbone import ViTBackbone, ViTConfig
-from hmrflow.stages.mesh.head import HeadConfig
-from hmrflow.stages.mesh.model import SIZES, EstimatorSpec, MeshEstimator
+from hmrflow.pipeline.errors import ConfigError
+from hmrflow.priors.metrics import mpjpe, pa_mpjpe
+from hmrflow.stages.mesh.backbone import ViTBackbone
+from hmrflow.stages.mesh.model import MeshEstimator
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "hmrflow.estimator.v1"
 
 
 # ----------------------------------------------------------------------------- plan
@@ -275,29 +274,6 @@ class CalibrationSet:
         return CalibrationSet(self.images[idx], self.joints3d[idx], tm)
 
 
-def mpjpe_mm(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Pelvis-aligned MPJPE per frame: (N, J, 3) metres -> (N,) mm."""
-    pred = pred.double() - pred[:, :1].double()
-    gt = gt.double() - gt[:, :1].double()
-    return (pred - gt).norm(dim=-1).mean(-1) * 1000.0
-
-
-def pa_mpjpe_mm(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """MPJPE after per-frame similarity Procrustes alignment (no reflections): (N,) mm."""
-    p, g = pred.double(), gt.double()
-    mp, mg = p.mean(1, keepdim=True), g.mean(1, keepdim=True)
-    x, y = p - mp, g - mg
-    u, s, vt = torch.linalg.svd(x.transpose(1, 2) @ y)
-    v, ut = vt.transpose(1, 2), u.transpose(1, 2)
-    d = torch.sign(torch.linalg.det(v @ ut))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    dm = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
-    rot = v @ dm @ ut
-    scale = (s[:, 0] + s[:, 1] + d * s[:, 2]) / x.pow(2).sum((1, 2)).clamp_min(1e-20)
-    aligned = scale[:, None, None] * x @ rot.transpose(1, 2) + mg
-    return (aligned - g).norm(dim=-1).mean(-1) * 1000.0
-
-
 @torch.inference_mode()
 def predict_joints(
     model: nn.Module,
@@ -331,8 +307,8 @@ def calibration_errors(
     """Mean MPJPE and PA-MPJPE (mm) of ``model`` on ``calib``."""
     joints = predict_joints(model, body_model, calib.images, calib.token_masks if use_masks else None, **kw)
     return {
-        "mpjpe_mm": float(mpjpe_mm(joints, calib.joints3d).mean()),
-        "pa_mpjpe_mm": float(pa_mpjpe_mm(joints, calib.joints3d).mean()),
+        "mpjpe_mm": float(mpjpe(joints, calib.joints3d).mean()),
+        "pa_mpjpe_mm": float(pa_mpjpe(joints, calib.joints3d).mean()),
     }
 
 
@@ -460,135 +436,3 @@ def search_plan(
         if not accepted:
             last -= 1
     return ECLMResult(plan=plan, baseline=baseline, final=final, steps=steps)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def spec_to_dict(spec: EstimatorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "backbone": asdict(spec.backbone), "head": asdict(spec.head)}
-
-
-def spec_from_dict(d: dict[str, Any]) -> EstimatorSpec:
-    bb = dict(d["backbone"])
-    bb["image_size"] = tuple(bb["image_size"])
-    return EstimatorSpec(name=str(d.get("name", "custom")), backbone=ViTConfig(**bb), head=HeadConfig(**d["head"]))
-
-
-def _read_metadata(path: Path) -> dict[str, str]:
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:  # corrupt header: load_state_dict reports it properly
-        log.debug("%s: no metadata (%s)", path, exc)
-        return {}
-
-
-def _infer_spec(state: dict[str, torch.Tensor], meta: dict[str, str], path: Path,
-                size: Optional[str], image_size: Optional[tuple[int, int]]) -> EstimatorSpec:
-    """Architecture of a plain estimator checkpoint: from its header when written by hmrflow
-    (``spec`` JSON, or ``size`` + ``image_size``), otherwise from tensor shapes."""
-    from hmrflow.stages.mesh.model import estimator_spec
-
-    for key in ("spec", "estimator_spec"):
-        if key in meta:
-            try:
-                d = json.loads(meta[key])
-                if "backbone" in d and "head" in d:
-                    return spec_from_dict(d)
-                size = size or d.get("size") or d.get("name")
-                if d.get("image_size"):
-                    image_size = image_size or tuple(d["image_size"])
-            except (ValueError, TypeError, KeyError) as exc:
-                raise CheckpointError(f"{path}: unreadable '{key}' header entry ({exc})") from None
-    if "size" in meta and not size:
-        size = json.loads(meta["size"]) if meta["size"].startswith('"') else meta["size"]
-    if "image_size" in meta and not image_size:
-        image_size = tuple(json.loads(meta["image_size"]))
-    pos = state.get("backbone.pos_embed")
-    if pos is None:
-        raise CheckpointError(f"{path}: not a mesh estimator checkpoint (no backbone.pos_embed)")
-    dim, n_tok = int(pos.shape[-1]), int(pos.shape[-2])
-    if size is None:
-        matches = [k for k, s in SIZES.items() if s.backbone.embed_dim == dim]
-        if not matches:
-            raise CheckpointError(f"{path}: embed dim {dim} matches no estimator size ({', '.join(SIZES)})")
-        size = matches[0]
-    if image_size is None:
-        gh = round(math.sqrt(n_tok * 4 / 3))
-        gw = n_tok // max(gh, 1)
-        if gh * gw != n_tok:
-            raise CheckpointError(f"{path}: cannot infer the crop size from {n_tok} tokens; pass the image size")
-        image_size = (gh * 16, gw * 16)
-    spec = estimator_spec(size, image_size)
-    depth = len({k.split(".")[2] for k in state if k.startswith("backbone.blocks.")})
-    if depth != spec.backbone.depth:
-        from dataclasses import replace
-
-        spec = replace(spec, backbone=replace(spec.backbone, depth=depth))
-    return spec
-
-
-def load_estimator(
-    path: str | Path,
-    size: Optional[str] = None,
-    image_size: Optional[tuple[int, int]] = None,
-    device: torch.device | str = "cpu",
-) -> tuple[MeshEstimator, Optional[ECLMPlan]]:
-    """Load an estimator checkpoint (plain or ECLM-merged) into an eval-mode model.
-
-    A merged checkpoint (written by :func:`save_merged_estimator`) carries its architecture
-    and merge plan in the header: the merged structure is rebuilt and the merged weights
-    loaded, no calibration involved.  Returns (model, plan or None).
-    """
-    from hmrflow.pipeline.checkpoints import load_state_dict
-
-    p = Path(path)
-    state = load_state_dict(p)
-    meta = _read_metadata(p)
-    plan = None
-    if "eclm_plan" in meta:
-        try:
-            spec = spec_from_dict(json.loads(meta["estimator_spec"]))
-            plan = ECLMPlan.from_json(meta["eclm_plan"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{p}: merged-estimator header is incomplete ({exc})") from None
-    else:
-        spec = _infer_spec(state, meta, p, size, image_size)
-    model = MeshEstimator(spec)
-    if plan is not None:
-        apply_eclm(model, plan)  # structure only; the merged weights are loaded below
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{p}: weights do not fit the {spec.name} estimator (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return model.to(device).eval(), plan
-
-
-def save_merged_estimator(
-    model: MeshEstimator, plan: ECLMPlan, path: str | Path, report: Optional[dict[str, Any]] = None,
-    dtype: Optional[torch.dtype] = None,
-) -> Path:
-    """Write the (already merged) model's weights with its spec and ``plan`` in the header.
-
-    ``dtype=torch.float16`` stores the floating-point tensors in half precision (half the file;
-    :func:`load_estimator` casts them back into the model's fp32 parameters)."""
-    from hmrflow.pipeline.checkpoints import save_state_dict
-
-    if len(_backbone(model).blocks) != plan.depth:
-        raise ValueError(f"model has {len(_backbone(model).blocks)} blocks but the plan gives depth {plan.depth}")
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "estimator_spec": json.dumps(spec_to_dict(model.spec)),
-        "eclm_plan": plan.to_json(),
-    }
-    if report is not None:
-        meta["eclm_report"] = json.dumps(report)
-    state = model.state_dict()
-    if dtype is not None:
-        meta["dtype"] = str(dtype).replace("torch.", "")
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    return save_state_dict(state, path, metadata=meta)

@@ -1,11 +1,19 @@
-"""Pose, motion and box metrics in pure NumPy.
+"""Pose, motion and detection metrics: the one home of MPJPE, PA-MPJPE and friends.
 
-Units: every input position is in **metres**; every error this module returns is in
-**millimetres** (``mm``), accelerations in ``mm/frame^2``, jitter in ``m/s^3`` (or
-``m/frame^3`` with ``fps=1``).  Functions return one value per sample (per frame, or
-per frame and person) so callers can average, weight and split them as they need
-(e.g. observed vs refinement-filled frames); ``np.mean`` of the result is the usual
-figure.
+Evaluation (``hmrflow eval``), the benchmarks, the estimator's training losses and
+validation, and the ECLM error budget all call these functions, so a published figure and
+a training or acceleration criterion are computed by the same code.
+
+Pose metrics (:func:`mpjpe`, :func:`pa_mpjpe`, :func:`procrustes_align`, :func:`pve`,
+:func:`align_pelvis`) take NumPy arrays or torch tensors and answer in kind: NumPy in,
+NumPy float64 out; torch in, torch float64 out on the input's device, differentiable (the
+Procrustes fit goes through ``torch.linalg.svd``).  Both paths run the same torch code.
+
+Units: every input position is in **metres**; every error returned is in **millimetres**
+(``mm``), accelerations in ``mm/frame^2``, jitter in ``m/s^3`` (or ``m/frame^3`` with
+``fps=1``).  Functions return one value per sample (per frame, or per frame and person) so
+callers can average, weight and split them as they need (e.g. observed vs refinement-filled
+frames); the mean of the result is the usual figure.
 
 Alignment protocols
 -------------------
@@ -24,33 +32,56 @@ Alignment protocols
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import numpy as np
+import torch
 
 #: index of the pelvis (root) joint in the SMPL joint order
 PELVIS = 0
 M_TO_MM = 1000.0
 
 Align = Literal["pelvis", "none"]
+#: a NumPy array or a torch tensor (pose metrics answer in kind)
+Array = Union[np.ndarray, torch.Tensor]
 
 
-def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
-        raise ValueError(f"expected two (N, J, 3) arrays of equal shape, got {pred.shape} and {gt.shape}")
-    return pred, gt
+def _check_pair(pred: Array, gt: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Two (N, J, 3) arrays as float64 tensors, and whether the caller gave NumPy."""
+    is_np = not isinstance(pred, torch.Tensor)
+    p = torch.as_tensor(np.asarray(pred, np.float64)) if is_np else pred.double()
+    g = torch.as_tensor(np.asarray(gt, np.float64)) if not isinstance(gt, torch.Tensor) else gt.double()
+    if is_np:
+        g = g.detach().cpu()
+    else:
+        g = g.to(p.device)
+    if p.shape != g.shape or p.ndim != 3 or p.shape[-1] != 3:
+        raise ValueError(f"expected two (N, J, 3) arrays of equal shape, got {tuple(p.shape)} and {tuple(g.shape)}")
+    return p, g, is_np
 
 
-def align_pelvis(joints: np.ndarray, pelvis: np.ndarray | None = None) -> np.ndarray:
-    """Subtract the pelvis: joints (N, J, 3) minus pelvis (N, 3) (default: joints[:, 0])."""
-    joints = np.asarray(joints, dtype=np.float64)
-    root = joints[:, PELVIS] if pelvis is None else np.asarray(pelvis, dtype=np.float64)
+def _out(x: torch.Tensor, is_np: bool) -> Array:
+    return x.detach().cpu().numpy() if is_np else x
+
+
+def _align_pelvis_t(joints: torch.Tensor, pelvis: torch.Tensor | None = None) -> torch.Tensor:
+    root = joints[:, PELVIS] if pelvis is None else pelvis
     return joints - root[:, None, :]
 
 
-def mpjpe(pred: np.ndarray, gt: np.ndarray, align: Align = "pelvis") -> np.ndarray:
+def align_pelvis(joints: Array, pelvis: Array | None = None) -> Array:
+    """Subtract the pelvis: joints (N, J, 3) minus pelvis (N, 3) (default: joints[:, 0]).
+
+    NumPy answers in float64; a tensor keeps its dtype and stays differentiable (losses use it).
+    """
+    if isinstance(joints, torch.Tensor):
+        return _align_pelvis_t(joints, None if pelvis is None else torch.as_tensor(pelvis).to(joints))
+    j = np.asarray(joints, dtype=np.float64)
+    root = j[:, PELVIS] if pelvis is None else np.asarray(pelvis, dtype=np.float64)
+    return j - root[:, None, :]
+
+
+def mpjpe(pred: Array, gt: Array, align: Align = "pelvis") -> Array:
     """Mean per-joint position error per frame.
 
     pred, gt: (N, J, 3) metres, SMPL joint order (joint 0 = pelvis).
@@ -58,58 +89,57 @@ def mpjpe(pred: np.ndarray, gt: np.ndarray, align: Align = "pelvis") -> np.ndarr
         camera-space positions.
     Returns (N,) mm: the mean over joints of the Euclidean distance.
     """
-    pred, gt = _check_pair(pred, gt)
+    p, g, is_np = _check_pair(pred, gt)
     if align == "pelvis":
-        pred, gt = align_pelvis(pred), align_pelvis(gt)
+        p, g = _align_pelvis_t(p), _align_pelvis_t(g)
     elif align != "none":
         raise ValueError(f"align must be 'pelvis' or 'none', got {align!r}")
-    return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) * M_TO_MM
+    return _out((p - g).norm(dim=-1).mean(dim=-1) * M_TO_MM, is_np)
 
 
-def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def _procrustes_t(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    mu_p = p.mean(dim=1, keepdim=True)
+    mu_g = g.mean(dim=1, keepdim=True)
+    x, y = p - mu_p, g - mu_g
+    var_x = x.pow(2).sum(dim=(1, 2))  # (N,)
+    u, s, vt = torch.linalg.svd(x.transpose(1, 2) @ y)  # x^T y = U S V^T
+    v, ut = vt.transpose(1, 2), u.transpose(1, 2)
+    d = torch.sign(torch.linalg.det(v @ ut))  # -1 where the optimum would be a reflection
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    e = torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1)
+    rot = v @ torch.diag_embed(e) @ ut  # (N, 3, 3), maps pred -> gt
+    trace = (s * e).sum(dim=-1)
+    scale = torch.where(var_x > 1e-20, trace / var_x.clamp_min(1e-20), torch.zeros_like(var_x))
+    return scale[:, None, None] * (x @ rot.transpose(1, 2)) + mu_g
+
+
+def procrustes_align(pred: Array, gt: Array) -> Array:
     """Best similarity transform of each ``pred[i]`` onto ``gt[i]`` (Umeyama 1991).
 
     pred, gt: (N, J, 3).  Returns (N, J, 3) = s_i R_i pred_i + t_i minimising the
     squared distance to gt_i, with R_i a proper rotation (det = +1: a reflection is
     never used, even when it would fit better) and s_i >= 0.
     """
-    pred, gt = _check_pair(pred, gt)
-    mu_p = pred.mean(axis=1, keepdims=True)
-    mu_g = gt.mean(axis=1, keepdims=True)
-    x = pred - mu_p
-    y = gt - mu_g
-    var_x = (x**2).sum(axis=(1, 2))  # (N,)
-    h = np.einsum("njk,njl->nkl", x, y)  # (N, 3, 3) = x^T y
-    u, s, vt = np.linalg.svd(h)
-    v = np.swapaxes(vt, 1, 2)
-    ut = np.swapaxes(u, 1, 2)
-    d = np.sign(np.linalg.det(v @ ut))  # -1 where the optimum would be a reflection
-    d[d == 0] = 1.0
-    dmat = np.tile(np.eye(3), (len(pred), 1, 1))
-    dmat[:, 2, 2] = d
-    rot = v @ dmat @ ut  # (N, 3, 3), maps pred -> gt
-    trace = s[:, 0] + s[:, 1] + d * s[:, 2]
-    scale = np.where(var_x > 1e-20, trace / np.maximum(var_x, 1e-20), 0.0)
-    return scale[:, None, None] * np.einsum("nkl,njl->njk", rot, x) + mu_g
+    p, g, is_np = _check_pair(pred, gt)
+    return _out(_procrustes_t(p, g), is_np)
 
 
-def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def pa_mpjpe(pred: Array, gt: Array) -> Array:
     """MPJPE after per-frame similarity Procrustes alignment of pred onto gt.
 
     pred, gt: (N, J, 3) metres.  Returns (N,) mm.  Invariant to any rotation,
     translation and positive scaling of ``pred``.
     """
-    pred, gt = _check_pair(pred, gt)
-    aligned = procrustes_align(pred, gt)
-    return np.linalg.norm(aligned - gt, axis=-1).mean(axis=-1) * M_TO_MM
+    p, g, is_np = _check_pair(pred, gt)
+    return _out((_procrustes_t(p, g) - g).norm(dim=-1).mean(dim=-1) * M_TO_MM, is_np)
 
 
 def pve(
-    pred_vertices: np.ndarray,
-    gt_vertices: np.ndarray,
-    pred_pelvis: np.ndarray | None,
-    gt_pelvis: np.ndarray | None,
-) -> np.ndarray:
+    pred_vertices: Array,
+    gt_vertices: Array,
+    pred_pelvis: Array | None,
+    gt_pelvis: Array | None,
+) -> Array:
     """Per-vertex error per frame, after subtracting each mesh's pelvis joint.
 
     pred_vertices, gt_vertices: (N, V, 3) metres (same mesh topology).
@@ -117,13 +147,13 @@ def pve(
         None for camera-space vertex error.
     Returns (N,) mm: the mean over vertices of the Euclidean distance.
     """
-    pred, gt = _check_pair(pred_vertices, gt_vertices)
+    p, g, is_np = _check_pair(pred_vertices, gt_vertices)
     if (pred_pelvis is None) != (gt_pelvis is None):
         raise ValueError("give both pelvis arrays or neither")
     if pred_pelvis is not None:
-        pred = align_pelvis(pred, pred_pelvis)
-        gt = align_pelvis(gt, gt_pelvis)
-    return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) * M_TO_MM
+        p = _align_pelvis_t(p, torch.as_tensor(np.asarray(pred_pelvis, np.float64)) if is_np else pred_pelvis.double())
+        g = _align_pelvis_t(g, torch.as_tensor(np.asarray(gt_pelvis, np.float64)) if is_np else gt_pelvis.double())
+    return _out((p - g).norm(dim=-1).mean(dim=-1) * M_TO_MM, is_np)
 
 
 # ---------------------------------------------------------------------- temporal
@@ -168,7 +198,8 @@ def accel_error(
     ``a`` is the second finite difference ``x[t+1] - 2 x[t] + x[t-1]`` (per frame^2).
     Returns (M,) mm/frame^2, one value per frame that has both neighbours in its run.
     """
-    pred, gt = _check_pair(pred, gt)
+    p, g, _ = _check_pair(np.asarray(pred), np.asarray(gt))
+    pred, gt = p.numpy(), g.numpy()
     if align == "pelvis":
         pred, gt = align_pelvis(pred), align_pelvis(gt)
     elif align != "none":
@@ -217,52 +248,7 @@ def jitter(joints: np.ndarray, frame_idx: np.ndarray | None = None, fps: float =
     return np.concatenate(out) * float(fps) ** 3 if out else np.zeros(0)
 
 
-# ------------------------------------------------------------------------- boxes
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of xyxy boxes: a (N, 4), b (M, 4) -> (N, M).
-
-    A box with a NaN coordinate or zero area has IoU 0 with everything.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return np.nan_to_num(iou, nan=0.0)
-
-
-def project_box(points: np.ndarray, K: np.ndarray, width: int, height: int, min_depth: float = 1e-3) -> np.ndarray:
-    """Image box of camera-frame points projected with intrinsics K, clipped to the image.
-
-    points: (..., V, 3) metres, OpenCV camera frame; K: (3, 3).
-    Points with depth <= min_depth are ignored.  Returns (..., 4) float64 xyxy pixels;
-    NaN where no point is in front of the camera or the clipped box is empty.
-    """
-    p = np.asarray(points, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
-    z = p[..., 2]
-    front = z > min_depth
-    zs = np.where(front, z, 1.0)
-    u = K[0, 0] * p[..., 0] / zs + K[0, 1] * p[..., 1] / zs + K[0, 2]
-    v = K[1, 1] * p[..., 1] / zs + K[1, 2]
-    big = np.inf
-    x0 = np.where(front, u, big).min(axis=-1)
-    y0 = np.where(front, v, big).min(axis=-1)
-    x1 = np.where(front, u, -big).max(axis=-1)
-    y1 = np.where(front, v, -big).max(axis=-1)
-    box = np.stack([np.clip(x0, 0, width), np.clip(y0, 0, height), np.clip(x1, 0, width), np.clip(y1, 0, height)], -1)
-    empty = ~front.any(axis=-1) | (box[..., 2] <= box[..., 0]) | (box[..., 3] <= box[..., 1])
-    box[empty] = np.nan
-    return box
-
-
+# --------------------------------------------------------------------- detection
 def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     """Detection precision, recall and F1 from counts (NaN where undefined)."""
     p = tp / (tp + fp) if tp + fp else float("nan")
