@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 
 from hmrflow.pipeline.devices import check_device_string
 from hmrflow.pipeline.errors import ConfigError
@@ -77,7 +77,7 @@ class EstimateConfig(Strict):
         "estimator_<size>_eclm.safetensors; with weights set, they must be a merged checkpoint written by "
         "`hmrflow accelerate` (a merged checkpoint in weights is detected by its header and used either way)",
     )
-    tome_r: Union[int, list[int]] = Field(
+    tome_r: Union[NonNegativeInt, list[NonNegativeInt]] = Field(
         0, description="Mask-ToMe: background tokens merged per ViT block (0 = off), or a list of per-block merge "
         "counts (schedule 'list', e.g. [14, 7, 4]); person tokens are never merged"
     )
@@ -101,17 +101,12 @@ class EstimateConfig(Strict):
 
 
     @model_validator(mode="after")
-    def _check_tome(self) -> "EstimateConfig":
+    def _tome_schedule_follows_tome_r(self) -> "EstimateConfig":
+        # value ranges are in the field types; the stage's MaskToMeConfig checks the rest
         if isinstance(self.tome_r, list):
-            if any(v < 0 for v in self.tome_r):
-                raise ValueError(f"tome_r: merge counts must be >= 0, got {self.tome_r}")
-            if self.tome_schedule != "list":
-                object.__setattr__(self, "tome_schedule", "list")
-        else:
-            if self.tome_r < 0:
-                raise ValueError(f"tome_r must be >= 0, got {self.tome_r}")
-            if self.tome_schedule == "list":
-                raise ValueError("tome_schedule 'list' needs tome_r as a list of per-block merge counts")
+            object.__setattr__(self, "tome_schedule", "list")
+        elif self.tome_schedule == "list":
+            raise ValueError("tome_schedule 'list' needs tome_r as a list of per-block merge counts")
         return self
 
     @property
