@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from hmrflow.pipeline.errors import ConfigError
 from hmrflow.pipeline.runner import LocalRunner
 from hmrflow.pipeline.types import ClipRef, FrameBatch, SMPLSequence, TrackedEstimates
 
@@ -159,7 +160,7 @@ def needs_actor(stage: Any) -> bool:
 
 
 def stage_gpus(stage: Any) -> float:
-    """GPUs one worker of ``stage`` declares (``resources.gpus``; 0 when undeclared)."""
+    """Share of one GPU a worker of ``stage`` declares for running on a GPU (0 when undeclared)."""
     res = getattr(stage, "resources", None)
     return float(getattr(res, "gpus", 0.0) or 0.0)
 
@@ -168,6 +169,99 @@ def stage_cpus(stage: Any) -> float:
     """CPUs one worker of ``stage`` declares (``resources.cpus``; 1 when undeclared)."""
     res = getattr(stage, "resources", None)
     return float(getattr(res, "cpus", 1.0) or 1.0)
+
+
+def stage_device(stage: Any) -> str | None:
+    """The device ``stage`` is configured for (None: it runs no model)."""
+    fn = getattr(stage, "device_setting", None)
+    return fn() if callable(fn) else None
+
+
+def wants_gpu(device: str | None, cluster_gpus: float) -> bool:
+    """Whether a stage configured for ``device`` should be given a GPU on a cluster with
+    ``cluster_gpus`` GPUs: ``cuda``/``cuda:N`` always (ConfigError when there is none), ``auto``
+    when the cluster has any, ``cpu`` and model-free stages never."""
+    if device is None or device == "cpu":
+        return False
+    if device == "auto":
+        return cluster_gpus > 0
+    if cluster_gpus <= 0:
+        raise ConfigError(f"a stage is set to device {device!r} but the Ray cluster has no GPUs "
+                          "(set device=auto or cpu, or add GPU workers)")
+    return True
+
+
+@dataclass(frozen=True)
+class OperatorResources:
+    """What each worker of one Ray operator asks for: CPUs, GPUs (a fraction shares a GPU) and
+    whether it is an actor (kept alive: weights or GPUs) or a task."""
+
+    cpus: float
+    gpus: float
+    actor: bool
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """The Ray requests of a run: the fused frame operator (decode + detect + estimate) and the
+    finishing operator (track + refine + write)."""
+
+    frame: OperatorResources
+    finish: OperatorResources
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frame": dataclasses.asdict(self.frame), "finish": dataclasses.asdict(self.finish)}
+
+
+def plan_resources(
+    built: BuiltStages,
+    cluster_gpus: float,
+    frame_workers: int = 1,
+    finish_workers: int = 1,
+    gpus_per_worker: float | None = None,
+) -> ResourcePlan:
+    """What each Ray worker asks for, from the stages' declarations and their configured devices.
+
+    * Frame workers (decode and the frame stages run fused in one actor): CPUs = the most any of
+      its stages declares (they run one after another); GPUs = ``gpus_per_worker`` when given,
+      else the sum of the GPU shares of the stages that want a GPU (:func:`wants_gpu`), at most 1.
+    * Finish workers: CPUs likewise; GPUs = the refine stage's share when it wants a GPU and
+      the cluster has that much left after the frame workers' requests.  A refine stage on
+      ``auto`` without room runs on the CPU of its worker; one set to ``cuda`` without room is a
+      ConfigError (the job would wait for a GPU forever).
+    On a cluster without GPUs every request is 0 GPUs: nothing changes for CPU-only clusters.
+    """
+    frame_stages = built.frame_part()
+    frame_share = sum(stage_gpus(s) for s in frame_stages if wants_gpu(stage_device(s), cluster_gpus))
+    if gpus_per_worker is not None:
+        if gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+        frame_gpus = float(gpus_per_worker) if cluster_gpus > 0 else 0.0
+        if gpus_per_worker > 0 and cluster_gpus <= 0:
+            raise ConfigError(f"--gpus-per-worker {gpus_per_worker} asked for, but the Ray cluster has no GPUs")
+    else:
+        frame_gpus = min(1.0, frame_share)
+    if frame_workers * frame_gpus > cluster_gpus + 1e-9:
+        raise ConfigError(f"{frame_workers} frame workers x {frame_gpus:g} GPU need more than the cluster's "
+                          f"{cluster_gpus:g} GPU(s); lower --workers or --gpus-per-worker")
+    frame = OperatorResources(cpus=max([stage_cpus(s) for s in frame_stages] or [1.0]), gpus=frame_gpus,
+                              actor=True)
+    video = built.video_part()
+    left = cluster_gpus - frame_workers * frame_gpus
+    finish_gpus = 0.0
+    for s in video:
+        dev = stage_device(s)
+        if not wants_gpu(dev, cluster_gpus):
+            continue
+        share = stage_gpus(s)
+        if finish_workers * share <= left + 1e-9:
+            finish_gpus = max(finish_gpus, share)
+        elif dev != "auto":
+            raise ConfigError(f"a video stage is set to device {dev!r}, but the frame workers take the cluster's GPUs "
+                              f"({frame_workers} x {frame_gpus:g} of {cluster_gpus:g}); lower --gpus-per-worker")
+    finish = OperatorResources(cpus=max([stage_cpus(s) for s in video] or [1.0]), gpus=finish_gpus,
+                               actor=finish_gpus > 0 or any(needs_actor(s) for s in video))
+    return ResourcePlan(frame, finish)
 
 
 class HeartbeatDecode:

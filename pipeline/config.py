@@ -209,7 +209,8 @@ class PipelineConfig(Strict):
             for name in MODEL_SECTIONS:
                 section = getattr(self, name)
                 dev = top if section.device is None else check_device_string(section.device, f"{name}.device")
-                object.__setattr__(section, "device", dev)
+                if dev != section.device:  # a copy: default section instances are shared between configs
+                    object.__setattr__(self, name, section.model_copy(update={"device": dev}))
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return self

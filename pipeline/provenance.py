@@ -132,6 +132,13 @@ def _package_versions(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def worker_info() -> dict[str, Any]:
+    """This process: host name, pid and the GPUs it may see (``CUDA_VISIBLE_DEVICES``, which Ray
+    sets to the GPUs it assigned; None when unset)."""
+    return {"hostname": socket.gethostname(), "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def host_info() -> dict[str, Any]:
     """Where the run happened: host name, OS, CPU count and (if torch is loaded) the GPU."""
     info: dict[str, Any] = {
@@ -306,6 +313,7 @@ def build_manifest(
             "timings_s": dict(result.timings_s),
             "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "host": host_info(),
+            **{k: v for k, v in result.volatile.items() if k not in ("timings_s", "written_at", "host")},
         },
     }
     return to_jsonable(manifest)

@@ -28,6 +28,9 @@ class VideoResult:
     config: the fully resolved config (``PipelineConfig.resolved_dict()``).
     timings_s: wall seconds per stage name.
     extra: free-form provenance (seeds, model hashes, per-video metadata from a manifest).
+    volatile: provenance that may differ between two runs of the same input and config (e.g.
+        ``frame_worker``: the process that decoded and ran the models), written under the
+        manifest's ``volatile`` key.
     """
 
     clip: ClipRef
@@ -35,3 +38,4 @@ class VideoResult:
     config: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    volatile: dict[str, Any] = field(default_factory=dict)

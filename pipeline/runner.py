@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from hmrflow.pipeline.provenance import worker_info
 from hmrflow.pipeline.results import VideoResult
 from hmrflow.pipeline.types import ClipRef, FrameBatch, MeshEstimates, SMPLSequence, TrackedEstimates
 
@@ -47,13 +48,15 @@ class FramePart:
 
     estimates: all people of all batches in decode order (None when no batch had anyone).
     n_frames: frames decoded.  frame_hw: (H, W) of the decoded frames (upright, resized),
-    None for an empty video.  timings_s: seconds per stage name.
+    None for an empty video.  timings_s: seconds per stage name.  worker: the process that ran
+    the frame stages (:func:`~hmrflow.pipeline.provenance.worker_info`).
     """
 
     estimates: MeshEstimates | None
     n_frames: int
     frame_hw: tuple[int, int] | None
     timings_s: dict[str, float]
+    worker: dict[str, Any] = field(default_factory=worker_info)
 
     def camera(self) -> dict[str, Any] | None:
         """The pinhole camera the estimates' ``cam_t`` refer to (for overlays and evaluation).
@@ -174,7 +177,7 @@ class LocalRunner:
         sequences = run_video_part(part.estimates, self.track, self.to_sequences, self.refine, timings)
         timings["total"] = time.perf_counter() - t_start
         result = VideoResult(clip=clip, sequences=sequences, config=self.config, timings_s=timings,
-                             extra=result_extra(part, extra))
+                             extra=result_extra(part, extra), volatile={"frame_worker": part.worker})
         timer = StageTimer()
         out = timer.call(type(self.write).__name__, self.write, result)
         log.info("%s: %d frames, %d tracks -> %s", clip.video_id, part.n_frames, len(sequences), out)

@@ -1,31 +1,33 @@
 """Ray runner: the LocalRunner's stages as a Ray Data pipeline over many videos.
 
-Dataflow (one Ray Data row per video in, one outcome row per video out)::
+Dataflow (one Ray Data row per video in, one row per video between the operators, one
+outcome row per video out)::
 
-    from_items([{video_id, path, extra}])                     one row per video
-      .map_batches(FusedFrames, batch_size=1, actors, num_gpus)   probe -> decode -> detect -> estimate
-            (frames exist only inside this operator; it emits MeshEstimates rows + one info row)
-      .groupby("video_id").map_groups(FinishVideo)            track -> to_sequences -> refine -> write
+    from_items([{video_id, path, extra}])                       one row per video
+      .map_batches(FusedFrames, batch_size=1, actors)          probe -> decode -> detect -> estimate
+            (frames exist only inside this operator; it emits the video's estimates table)
+      .map_batches(FinishVideo, batch_size=1, actors or tasks) track -> to_sequences -> refine -> write
       -> outcome rows (ok, error, counts) streamed back to the driver
 
 * Decoded frames never enter the object store: decode and the frame stages run fused in
   one actor (optionally inside a supervised child process, see :mod:`.worker`, so a hung
   decoder is killed after ``stall_timeout_s`` and reported as a failed video).  What
-  crosses the object store is the small estimates table (about 1 KB per person and frame).
-* Stages with a ``setup`` or GPUs run as actor pools (``ActorPoolStrategy``) with the
-  GPUs they declare and an explicit batch size; the others as tasks.
+  crosses the object store is the video's small estimates table (about 1 KB per person and
+  frame), packed losslessly into one row, so the finishing stages see exactly the rows, in
+  the order, that the LocalRunner gives them: the outputs are identical.
+* No shuffle and no barrier: a video is tracked, refined and written as soon as its frames
+  are done, while the frame workers go on with the next videos.
+* Each operator asks Ray for what its stages declare for the devices they are configured for
+  (:func:`~hmrflow.pipeline.assembly.plan_resources`): CPUs, a GPU share, actor or task.
 * Exceptions are caught per video and become error outcomes; one bad video never aborts
   the dataset.
-* Tracking needs a whole video: ``groupby(video_id)``; rows are put back in decode order
-  (a ``_row`` ordinal) so the track, refine and write stages see exactly what the
-  LocalRunner gives them, and the outputs are identical.
 
-Videos go through in passes of ``videos_per_pass`` so results are committed while a long
-job runs (the groupby is a barrier within one pass).
+Videos go through in passes of ``videos_per_pass``; each pass starts its actors anew.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -41,10 +43,10 @@ from hmrflow.pipeline.assembly import (
     VideoOutcome,
     VideoTask,
     error_line,
-    needs_actor,
+    ResourcePlan,
     outcome_from_output,
+    plan_resources,
     setup_stage,
-    stage_gpus,
 )
 from hmrflow.pipeline.results import VideoResult
 from hmrflow.pipeline.runner import run_frame_part, run_video_part
@@ -52,12 +54,6 @@ from hmrflow.pipeline.types import ClipRef, MeshEstimates
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
 log = logging.getLogger(__name__)
-
-#: Row kinds of the fused operator's output.
-KIND_ESTIMATE, KIND_INFO = 0, 1
-#: Estimates rows per emitted batch (bounds one block's size for very long videos).
-EMIT_ROWS = 4096
-
 
 # ------------------------------------------------------------------ frame part
 @dataclass(frozen=True)
@@ -74,6 +70,7 @@ class FramePartResult:
     timings_s: dict[str, float]
     peak_rss_mb: float = 0.0
     camera: dict[str, Any] | None = None
+    worker: dict[str, Any] | None = None
 
 
 class FramePartHandler:
@@ -105,39 +102,42 @@ class FramePartHandler:
         columns = None
         if part.estimates is not None and len(part.estimates):
             columns = {name: np.ascontiguousarray(getattr(part.estimates, name)) for name in MeshEstimates.ROW_FIELDS}
-        return FramePartResult(clip, columns, part.n_frames, part.timings_s, peak_rss_mb(), part.camera())
+        return FramePartResult(clip, columns, part.n_frames, part.timings_s, peak_rss_mb(), part.camera(), part.worker)
 
 
-def _placeholder_columns() -> dict[str, np.ndarray]:
-    """One row of zeros in the estimate columns (carries an info row through the same schema)."""
-    row = MeshEstimates.empty("", 1)
-    return {name: getattr(row, name) for name in MeshEstimates.ROW_FIELDS}
+def pack_columns(cols: Mapping[str, np.ndarray] | None) -> bytes:
+    """Estimate columns -> one lossless blob (``.npy`` arrays in an uncompressed zip); b"" for none."""
+    if cols is None:
+        return b""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in cols.items()})
+    return buf.getvalue()
 
 
-def _rows(video_id: str, kind: int, start: int, cols: Mapping[str, np.ndarray], info: str) -> dict[str, np.ndarray]:
-    """One emitted batch: estimate columns plus the runner's bookkeeping columns."""
-    n = len(cols["frame_idx"])
-    out = {
-        "video_id": np.array([video_id] * n, dtype=object),
-        "_kind": np.full(n, kind, np.int8),
-        "_row": np.arange(start, start + n, dtype=np.int64),
-        "_info": np.array([info] * n, dtype=object),
-    }
-    for name in MeshEstimates.ROW_FIELDS:
-        out[name] = np.ascontiguousarray(cols[name])
-    return out
+def unpack_columns(blob: bytes) -> dict[str, np.ndarray] | None:
+    """Inverse of :func:`pack_columns` (None for b"")."""
+    if not blob:
+        return None
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _video_row(video_id: str, info: str, estimates: bytes) -> dict[str, np.ndarray]:
+    """The one row a video is between the two operators."""
+    return {"video_id": np.array([video_id], dtype=object), "info": np.array([info], dtype=object),
+            "estimates": np.array([estimates], dtype=object)}
 
 
 def _info_json(task: VideoTask, result: FramePartResult | None, error: str, seconds: float) -> str:
     info: dict[str, Any] = {"extra": dict(task.extra), "error": error, "seconds": seconds, "path": task.path}
     if result is not None:
         info.update(clip=result.clip.__dict__, n_frames=result.n_frames, timings=result.timings_s,
-                    peak_rss_mb=result.peak_rss_mb, camera=result.camera)
+                    peak_rss_mb=result.peak_rss_mb, camera=result.camera, worker=result.worker)
     return json.dumps(info, sort_keys=True, default=str)
 
 
 class FusedFrames:
-    """Ray actor: decode + frame stages for the videos of a batch, emitting estimate rows.
+    """Ray actor: decode + frame stages for the videos of a batch, one row per video out.
 
     isolate: run the stages in a supervised child process (hang timeouts, crash isolation).
     """
@@ -167,15 +167,9 @@ class FusedFrames:
                 res = self._one(task)
             except Exception as exc:  # per-video error record, never a failed block
                 err = str(exc) if isinstance(exc, WorkerError) else error_line(exc)
-                yield _rows(task.video_id, KIND_INFO, 0, _placeholder_columns(),
-                            _info_json(task, None, err, time.perf_counter() - t0))
+                yield _video_row(task.video_id, _info_json(task, None, err, time.perf_counter() - t0), b"")
                 continue
-            n = 0 if res.columns is None else len(res.columns["frame_idx"])
-            for s in range(0, n, EMIT_ROWS):
-                part = {k: v[s:s + EMIT_ROWS] for k, v in res.columns.items()}  # type: ignore[union-attr]
-                yield _rows(task.video_id, KIND_ESTIMATE, s, part, "")
-            yield _rows(task.video_id, KIND_INFO, n, _placeholder_columns(),
-                        _info_json(task, res, "", time.perf_counter() - t0))
+            yield _video_row(task.video_id, _info_json(task, res, "", time.perf_counter() - t0), pack_columns(res.columns))
 
     def __del__(self) -> None:
         if getattr(self, "worker", None) is not None:
@@ -183,13 +177,8 @@ class FusedFrames:
 
 
 # ------------------------------------------------------------------ video part
-def _outcome_columns(o: VideoOutcome) -> dict[str, np.ndarray]:
-    d = o.to_dict()
-    return {k: np.array([v], dtype=object if isinstance(v, str) else None) for k, v in d.items()}
-
-
 class FinishVideo:
-    """Ray map_groups UDF: one video's estimate rows -> track -> sequences -> refine -> write."""
+    """Ray UDF: one video's row (its estimates table) -> track -> sequences -> refine -> write."""
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
@@ -199,36 +188,33 @@ class FinishVideo:
         for st in built.video_part():
             setup_stage(st)
 
-    def __call__(self, group: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        kind = np.asarray(group["_kind"])
-        vid = str(group["video_id"][0])
-        infos = [json.loads(str(x)) for x in np.asarray(group["_info"])[kind == KIND_INFO]]
-        if len(infos) != 1:
-            return _outcome_columns(VideoOutcome(vid, ok=False, error=f"internal: {len(infos)} info rows for one video"))
-        info = infos[0]
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outcomes = [self._one(str(batch["video_id"][i]), json.loads(str(batch["info"][i])), batch["estimates"][i])
+                    for i in range(len(batch["video_id"]))]
+        return {k: np.array([o.to_dict()[k] for o in outcomes], dtype=object if k in _STR_FIELDS else None)
+                for k in VideoOutcome.__dataclass_fields__}
+
+    def _one(self, vid: str, info: Mapping[str, Any], blob: bytes) -> VideoOutcome:
         if info.get("error"):
-            return _outcome_columns(VideoOutcome(vid, ok=False, error=info["error"], seconds=float(info.get("seconds", 0))))
+            return VideoOutcome(vid, ok=False, error=info["error"], seconds=float(info.get("seconds", 0)))
         t0 = time.perf_counter()
         try:
-            out = self._finish(group, kind, info)
+            out = self._finish(info, blob)
         except Exception as exc:  # track/refine/write failure: an error record for this video only
             log.debug("%s failed after decoding", vid, exc_info=True)
-            return _outcome_columns(VideoOutcome(vid, ok=False, error=error_line(exc),
-                                                 seconds=float(info.get("seconds", 0)) + time.perf_counter() - t0))
-        o = outcome_from_output(vid, out, int(info["n_frames"]), float(info["seconds"]) + time.perf_counter() - t0,
-                                max(float(info.get("peak_rss_mb", 0.0)), peak_rss_mb()))
-        return _outcome_columns(o)
+            return VideoOutcome(vid, ok=False, error=error_line(exc),
+                                seconds=float(info.get("seconds", 0)) + time.perf_counter() - t0)
+        return outcome_from_output(vid, out, int(info["n_frames"]), float(info["seconds"]) + time.perf_counter() - t0,
+                                   max(float(info.get("peak_rss_mb", 0.0)), peak_rss_mb()))
 
-    def _finish(self, group: Mapping[str, np.ndarray], kind: np.ndarray, info: Mapping[str, Any]) -> Any:
+    def _finish(self, info: Mapping[str, Any], blob: bytes) -> Any:
         timings = dict(info.get("timings", {}))
         t_start = time.perf_counter()
         clip = ClipRef(**info["clip"])
-        est_rows = np.flatnonzero(kind == KIND_ESTIMATE)
+        cols = unpack_columns(bytes(blob))
         est: MeshEstimates | None = None
-        if est_rows.size:
-            order = est_rows[np.argsort(np.asarray(group["_row"])[est_rows], kind="stable")]
-            cols = {name: np.asarray(group[name])[order] for name in MeshEstimates.ROW_FIELDS}
-            cols["video_id"] = np.array([clip.video_id] * len(order), dtype=object)
+        if cols is not None:
+            cols["video_id"] = np.array([clip.video_id] * len(cols["frame_idx"]), dtype=object)
             est = MeshEstimates.from_columns(cols)
         sequences = run_video_part(est, self.track, self.to_sequences, self.refine, timings)
         extra = dict(info.get("extra", {}))
@@ -236,13 +222,26 @@ class FinishVideo:
         if info.get("camera") is not None:
             extra["camera"] = info["camera"]
         timings["total"] = float(info.get("seconds", 0.0)) + time.perf_counter() - t_start
-        result = VideoResult(clip=clip, sequences=sequences, config=dict(self.spec.config), timings_s=timings, extra=extra)
+        result = VideoResult(clip=clip, sequences=sequences, config=dict(self.spec.config), timings_s=timings, extra=extra,
+                             volatile={"frame_worker": info.get("worker")})
         return self.write(result)
 
 
+#: VideoOutcome fields that are strings (object columns in the outcome batch).
+_STR_FIELDS = tuple(k for k, f in VideoOutcome.__dataclass_fields__.items() if f.type in ("str", str))
+
+
+def finish_videos(batch: Mapping[str, np.ndarray], spec: PipelineSpec) -> dict[str, np.ndarray]:
+    """:class:`FinishVideo` as a plain task (for pipelines whose video stages need no actor)."""
+    return FinishVideo(spec)(batch)
+
+
 # ------------------------------------------------------------------ the runner
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` or start a local Ray (dashboard and usage stats off)."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
+    """Connect to ``address`` or start a local Ray (dashboard and usage stats off).
+
+    num_cpus / num_gpus: what a local instance declares (None: what Ray detects).
+    """
     import ray
 
     if ray.is_initialized():
@@ -254,7 +253,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # a local cluster's workers import what this process can (e.g. test or user stage modules)
     path = os.pathsep.join(dict.fromkeys(p for p in sys.path if p and os.path.isdir(p)))
-    ray.init(num_cpus=num_cpus, runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
 
 
 @dataclass
@@ -264,10 +263,11 @@ class RayRunner:
     frame_workers: actors of the fused decode+frame-stages operator (each holds the models).
     finish_workers: actors of the track/refine/write operator when one of those needs an actor.
     isolate: run the frame stages in a supervised child of each actor (hang timeouts).
-    videos_per_pass: videos per Ray Data execution.  The groupby is a barrier inside a pass,
-        so outcomes of a pass are committed when its decoding is over, and each pass starts
-        its actors (and loads models) anew: larger passes amortise start-up, smaller ones
-        lose less work when the driver is killed.
+    gpus_per_worker: GPUs each frame worker asks for (a fraction shares a GPU between workers);
+        None: the frame stages' declared shares when they run on GPUs (see :meth:`resource_plan`).
+    videos_per_pass: videos per Ray Data execution.  Each pass starts its actors (and loads
+        models) anew: larger passes amortise start-up; outcomes stream back as videos finish
+        either way.
     """
 
     spec: PipelineSpec
@@ -279,27 +279,26 @@ class RayRunner:
     stall_timeout_s: float = 600.0
     video_timeout_s: float | None = None
     videos_per_pass: int = 256
+    gpus_per_worker: float | None = None
     _probe_stages: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def _resources(self) -> tuple[float, bool, float]:
-        """(GPUs of the fused operator, whether finishing needs actors, GPUs of finishing)."""
-        built = self.spec.build()
-        frame_gpus = max([stage_gpus(s) for s in built.frame_part()] or [0.0])
-        video = built.video_part()
-        finish_actor = any(needs_actor(s) for s in video)
-        finish_gpus = max([stage_gpus(s) for s in video] or [0.0])
-        return frame_gpus, finish_actor, finish_gpus
+    def resource_plan(self, cluster_gpus: float | None = None) -> ResourcePlan:
+        """What each worker asks Ray for (:func:`~hmrflow.pipeline.assembly.plan_resources`);
+        ``cluster_gpus`` defaults to the connected cluster's GPU count."""
+        if cluster_gpus is None:
+            import ray
 
-    def dataset(self, tasks: Sequence[VideoTask]) -> Any:
+            cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        return plan_resources(self.spec.build(), cluster_gpus, self.frame_workers, self.finish_workers,
+                              self.gpus_per_worker)
+
+    def dataset(self, tasks: Sequence[VideoTask], plan: ResourcePlan | None = None) -> Any:
         """The Ray Data pipeline for ``tasks`` (lazy; iterate it to run)."""
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        # the pull-based sort shuffle uses plain tasks (no aggregator actors to start): the
-        # cheapest for one pass of a few dozen small per-video tables
-        ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        frame_gpus, _finish_actor, finish_gpus = self._resources()
+        plan = plan or self.resource_plan()
         items = [{"video_id": t.video_id, "path": t.path, "extra": json.dumps(dict(t.extra), sort_keys=True, default=str)}
                  for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), self.frame_workers * 2)))
@@ -309,27 +308,34 @@ class RayRunner:
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.frame_workers),
             fn_constructor_args=(self.spec, self.isolate, self.stall_timeout_s, self.video_timeout_s),
-            num_cpus=1,
-            num_gpus=frame_gpus or None,
+            num_cpus=plan.frame.cpus,
+            num_gpus=plan.frame.gpus or None,
         )
         # actors are restarted and their tasks retried when a worker dies (Ray Data's default
         # for actor pools: max_restarts=-1, max_task_retries=-1)
-        grouped = ds.groupby("video_id", num_partitions=max(1, min(len(items), 2 * self.finish_workers)))
-        return grouped.map_groups(
-            FinishVideo,
-            batch_format="numpy",
-            fn_constructor_args=(self.spec,),
-            compute=ray.data.ActorPoolStrategy(size=self.finish_workers),
-            num_gpus=finish_gpus or None,
-        )
+        if plan.finish.actor:
+            return ds.map_batches(
+                FinishVideo,
+                batch_size=1,
+                batch_format="numpy",
+                fn_constructor_args=(self.spec,),
+                compute=ray.data.ActorPoolStrategy(size=self.finish_workers),
+                num_cpus=plan.finish.cpus,
+                num_gpus=plan.finish.gpus or None,
+            )
+        # nothing to keep alive: plain tasks build the (cheap) stages per video
+        return ds.map_batches(finish_videos, batch_size=1, batch_format="numpy", fn_args=(self.spec,),
+                              num_cpus=plan.finish.cpus)
 
     def run(self, tasks: Sequence[VideoTask]) -> Iterator[VideoOutcome]:
         """Process ``tasks``; yields one :class:`VideoOutcome` per video as passes finish."""
         ensure_ray(self.address, self.num_cpus)
+        plan = self.resource_plan()
+        log.info("Ray workers ask for: frame %s, finish %s", plan.frame, plan.finish)
         tasks = list(tasks)
         for s in range(0, len(tasks), max(1, self.videos_per_pass)):
             chunk = tasks[s:s + self.videos_per_pass]
-            for row in self.dataset(chunk).iter_rows():
+            for row in self.dataset(chunk, plan).iter_rows():
                 yield VideoOutcome(**{k: _plain(row[k]) for k in VideoOutcome.__dataclass_fields__})
 
 

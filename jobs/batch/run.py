@@ -166,6 +166,7 @@ class BatchOptions:
     stall_timeout_s / video_timeout_s: fail a video with no progress / taking too long.
     isolate: local runner only: False runs in-process (no timeouts).
     address: Ray cluster address (None: start a local one); ray_workers: fused frame actors;
+    ray_gpus_per_worker: GPUs each frame actor asks for (None: what the frame stages declare);
     videos_per_pass: videos per Ray Data execution (see :class:`~hmrflow.pipeline.runner_ray.RayRunner`).
     run_name: prefix of the run id (reports folder).
     """
@@ -179,6 +180,7 @@ class BatchOptions:
     address: str | None = None
     ray_workers: int = 1
     ray_num_cpus: int | None = None
+    ray_gpus_per_worker: float | None = None
     videos_per_pass: int = 256
     run_name: str = "batch"
     progress: bool = True
@@ -381,6 +383,7 @@ def _execute_ray(
     runner = RayRunner(
         spec, address=options.address, frame_workers=options.ray_workers, num_cpus=options.ray_num_cpus,
         isolate=options.isolate, stall_timeout_s=options.stall_timeout_s, video_timeout_s=options.video_timeout_s,
+        gpus_per_worker=options.ray_gpus_per_worker,
         videos_per_pass=len(tasks),  # passes are cut here, so each runner.run() is one pass
     )
     per_pass = max(1, options.videos_per_pass)

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run on this Ray cluster (e.g. ray://head:10001 or auto); implies --ray")
     parser.add_argument("--ray", action="store_true", help="use the Ray runner (a local Ray instance without --address)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="Ray: decode+model actors (default 1)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
+                        help="Ray: GPUs each decode+model actor asks for; a fraction shares a GPU (e.g. 0.5: two "
+                             "actors per GPU). Default: one GPU per actor when the cluster has GPUs, none otherwise")
     parser.add_argument("--videos-per-pass", type=int, default=256, metavar="N",
                         help="Ray: videos per pass (results of a pass are committed together; default 256)")
     parser.add_argument("--num-cpus", type=int, default=None, metavar="N", help="Ray: CPUs of a local Ray instance")
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         ray_workers=args.workers,
         ray_num_cpus=args.num_cpus,
+        ray_gpus_per_worker=args.gpus_per_worker,
         videos_per_pass=args.videos_per_pass,
         run_name=args.name,
         progress=not args.no_progress,

@@ -35,6 +35,10 @@ from hmrflow.stages.detect.model import STRIDE, DenseDetector, DetectorSpec, nor
 
 log = logging.getLogger(__name__)
 
+#: Share of one GPU a worker of this stage asks Ray for when it runs on a GPU (detect and
+#: estimate run fused in one actor: together they ask for one GPU).
+GPU_SHARE = 0.5
+
 WEIGHTS_FILE = "detector.safetensors"
 
 
@@ -171,7 +175,7 @@ def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_th
 class DetectStage(BaseStage[FrameBatch, DetectedFrames]):
     """Stage: ``FrameBatch -> DetectedFrames`` (frames kept for the estimator)."""
 
-    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=GPU_SHARE)
 
     def __init__(self, cfg: DetectConfig) -> None:
         super().__init__()
@@ -179,6 +183,10 @@ class DetectStage(BaseStage[FrameBatch, DetectedFrames]):
             raise ConfigError(f"detect.kind: unknown detector {cfg.kind!r}; choose one of {sorted(DETECTORS)}")
         self.cfg = cfg
         self._detector: Callable[[FrameBatch], list[FrameDetections]] | None = None
+
+    def device_setting(self) -> str | None:
+        """``detect.device``; None for boxes read from a file (no model, never a GPU)."""
+        return None if self.cfg.kind == "file" else str(self.cfg.device)
 
     def setup(self) -> None:
         """Load weights / read the detections file; resolve the device."""

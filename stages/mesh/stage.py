@@ -57,6 +57,10 @@ from hmrflow.stages.mesh.model import EstimatorOutput, MeshEstimator
 
 log = logging.getLogger(__name__)
 
+#: Share of one GPU a worker of this stage asks Ray for when it runs on a GPU (detect and
+#: estimate run fused in one actor: together they ask for one GPU).
+GPU_SHARE = 0.5
+
 
 def ray_rotation(center: torch.Tensor, image_wh: torch.Tensor | tuple[float, float],
                  focal: torch.Tensor | float) -> torch.Tensor:
@@ -91,7 +95,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
     so their betas mean nothing to real SMPL (a warning says so).
     """
 
-    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=GPU_SHARE)
 
     def __init__(self, cfg: EstimateConfig, body_model_cfg: Any = None) -> None:
         super().__init__()

@@ -42,6 +42,9 @@ from hmrflow.stages.refine.windows import blend_weights, plan_windows, stitch
 
 log = logging.getLogger(__name__)
 
+#: Share of one GPU a refinement worker asks Ray for when it runs on a GPU (the prior is small).
+GPU_SHARE = 0.25
+
 
 @dataclasses.dataclass(frozen=True)
 class FilledTrack:
@@ -196,7 +199,7 @@ def _track_seed(seed: int, track_id: int) -> int:
 class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
     """Fill gaps, refine with the motion prior, keep one shape per track (see module docstring)."""
 
-    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0)
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=GPU_SHARE)
 
     def __init__(self, cfg: RefineConfig = RefineConfig(), seed: int = 0) -> None:
         super().__init__()

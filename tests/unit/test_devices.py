@@ -48,7 +48,8 @@ def test_top_level_device_reaches_every_model_stage_unless_a_section_sets_its_ow
     assert (cfg.detect.device, cfg.estimate.device, cfg.refine.device) == ("cpu", "cpu", "cpu")
     cfg = load_config("clip", ["device=cpu", "estimate.device=cuda:1"])
     assert (cfg.detect.device, cfg.estimate.device, cfg.refine.device) == ("cpu", "cuda:1", "cpu")
-    assert load_config("clip").refine.device == "auto"
+    # a config never changes another's: default section instances are shared, so they are copied
+    assert load_config("clip").refine.device == "auto" and load_config("clip").detect.device == "auto"
     with pytest.raises(ConfigError, match="refine.device: 'xx' is not a device"):
         load_config("clip", ["refine.device=xx"])
 
