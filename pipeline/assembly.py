@@ -203,22 +203,27 @@ class OperatorResources:
 
 @dataclass(frozen=True)
 class ResourcePlan:
-    """The Ray requests of a run: the fused frame operator (decode + detect + estimate) and the
-    finishing operator (track + refine + write)."""
+    """The Ray requests of a run: the frame operator (decode + detect + estimate, and the rest of
+    the pipeline too when ``fused``) and the finishing operator (track + refine + write), with
+    the number of workers of each."""
 
     frame: OperatorResources
     finish: OperatorResources
+    frame_workers: int = 1
+    finish_workers: int = 1
+    fused: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"frame": dataclasses.asdict(self.frame), "finish": dataclasses.asdict(self.finish)}
+        return dataclasses.asdict(self)
 
 
 def plan_resources(
     built: BuiltStages,
     cluster_gpus: float,
-    frame_workers: int = 1,
+    frame_workers: int | None = 1,
     finish_workers: int = 1,
     gpus_per_worker: float | None = None,
+    cluster_cpus: float = 1.0,
 ) -> ResourcePlan:
     """What each Ray worker asks for, from the stages' declarations and their configured devices.
 
@@ -229,23 +234,30 @@ def plan_resources(
       the cluster has that much left after the frame workers' requests.  A refine stage on
       ``auto`` without room runs on the CPU of its worker; one set to ``cuda`` without room is a
       ConfigError (the job would wait for a GPU forever).
-    On a cluster without GPUs every request is 0 GPUs: nothing changes for CPU-only clusters.
+    * No stage on a GPU (a CPU-only cluster, or ``device=cpu``): the plan is ``fused``, each
+      worker takes whole videos (frames, tracking, refinement, writing) and only outcomes leave
+      it; nothing is asked of GPUs.
+    * ``frame_workers`` None: as many as the cluster holds (its GPUs over the GPU request, or
+      its CPUs over the CPU request when no GPU is asked for).
     """
     frame_stages = built.frame_part()
     frame_share = sum(stage_gpus(s) for s in frame_stages if wants_gpu(stage_device(s), cluster_gpus))
     if gpus_per_worker is not None:
         if gpus_per_worker < 0:
             raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-        frame_gpus = float(gpus_per_worker) if cluster_gpus > 0 else 0.0
         if gpus_per_worker > 0 and cluster_gpus <= 0:
             raise ConfigError(f"--gpus-per-worker {gpus_per_worker} asked for, but the Ray cluster has no GPUs")
+        frame_gpus = float(gpus_per_worker)
     else:
         frame_gpus = min(1.0, frame_share)
+    frame_cpus = max([stage_cpus(s) for s in frame_stages] or [1.0])
+    if frame_workers is None:
+        frame_workers = int(cluster_gpus // frame_gpus) if frame_gpus > 0 else int(cluster_cpus // frame_cpus)
+        frame_workers = max(1, frame_workers)
     if frame_workers * frame_gpus > cluster_gpus + 1e-9:
         raise ConfigError(f"{frame_workers} frame workers x {frame_gpus:g} GPU need more than the cluster's "
                           f"{cluster_gpus:g} GPU(s); lower --workers or --gpus-per-worker")
-    frame = OperatorResources(cpus=max([stage_cpus(s) for s in frame_stages] or [1.0]), gpus=frame_gpus,
-                              actor=True)
+    frame = OperatorResources(cpus=frame_cpus, gpus=frame_gpus, actor=True)
     video = built.video_part()
     left = cluster_gpus - frame_workers * frame_gpus
     finish_gpus = 0.0
@@ -261,7 +273,7 @@ def plan_resources(
                               f"({frame_workers} x {frame_gpus:g} of {cluster_gpus:g}); lower --gpus-per-worker")
     finish = OperatorResources(cpus=max([stage_cpus(s) for s in video] or [1.0]), gpus=finish_gpus,
                                actor=finish_gpus > 0 or any(needs_actor(s) for s in video))
-    return ResourcePlan(frame, finish)
+    return ResourcePlan(frame, finish, frame_workers, finish_workers, fused=frame_gpus == 0 and finish_gpus == 0)
 
 
 class HeartbeatDecode:

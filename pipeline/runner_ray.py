@@ -74,35 +74,48 @@ class FramePartResult:
 
 
 class FramePartHandler:
-    """probe -> decode -> frame stages for one video (in an actor or its worker process)."""
+    """probe -> decode -> frame stages for one video (in an actor or its worker process).
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    finish: also track, refine and write the video here (:class:`Finisher`) and return its
+        :class:`VideoOutcome`; used when no stage needs a GPU, so a worker takes whole videos
+        and nothing but the outcome leaves it.
+    """
+
+    def __init__(self, spec: PipelineSpec, finish: bool = False) -> None:
         self.spec = spec
+        self.finish = finish
         self._stages: list[Any] | None = None
+        self._finisher: Finisher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec}
+        return {"spec": self.spec, "finish": self.finish}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["spec"])  # type: ignore[misc]
+        self.__init__(state["spec"], state["finish"])  # type: ignore[misc]
 
     def setup(self) -> None:
         built = self.spec.build()
         self._stages = built.frame_part()
         for st in self._stages:
             setup_stage(st)
+        if self.finish:
+            self._finisher = Finisher(self.spec, built)
 
-    def handle(self, task: VideoTask, beat: Callable[[int], None]) -> FramePartResult:
+    def handle(self, task: VideoTask, beat: Callable[[int], None]) -> FramePartResult | VideoOutcome:
         if self._stages is None:
             self.setup()
         assert self._stages is not None
+        t0 = time.perf_counter()
         decode, frame_stages = self._stages[0], self._stages[1:]
         clip = self.spec.probe(task.path, task.video_id)
         part = run_frame_part(decode, frame_stages, clip, on_batch=beat)
         columns = None
         if part.estimates is not None and len(part.estimates):
             columns = {name: np.ascontiguousarray(getattr(part.estimates, name)) for name in MeshEstimates.ROW_FIELDS}
-        return FramePartResult(clip, columns, part.n_frames, part.timings_s, peak_rss_mb(), part.camera(), part.worker)
+        res = FramePartResult(clip, columns, part.n_frames, part.timings_s, peak_rss_mb(), part.camera(), part.worker)
+        if self._finisher is None:
+            return res
+        return self._finisher.outcome(task.video_id, _info(task, res, "", time.perf_counter() - t0), columns)
 
 
 def pack_columns(cols: Mapping[str, np.ndarray] | None) -> bytes:
@@ -128,32 +141,43 @@ def _video_row(video_id: str, info: str, estimates: bytes) -> dict[str, np.ndarr
             "estimates": np.array([estimates], dtype=object)}
 
 
-def _info_json(task: VideoTask, result: FramePartResult | None, error: str, seconds: float) -> str:
+def _info(task: VideoTask, result: FramePartResult | None, error: str, seconds: float) -> dict[str, Any]:
+    """What the finishing stages need to know of a video besides its estimates (JSON-able)."""
     info: dict[str, Any] = {"extra": dict(task.extra), "error": error, "seconds": seconds, "path": task.path}
     if result is not None:
-        info.update(clip=result.clip.__dict__, n_frames=result.n_frames, timings=result.timings_s,
+        info.update(clip=dict(result.clip.__dict__), n_frames=result.n_frames, timings=dict(result.timings_s),
                     peak_rss_mb=result.peak_rss_mb, camera=result.camera, worker=result.worker)
-    return json.dumps(info, sort_keys=True, default=str)
+    return info
+
+
+def _outcome_batch(outcomes: Sequence[VideoOutcome]) -> dict[str, np.ndarray]:
+    """Outcome rows as a Ray Data batch (strings as object columns)."""
+    return {k: np.array([getattr(o, k) for o in outcomes], dtype=object if k in _STR_FIELDS else None)
+            for k in VideoOutcome.__dataclass_fields__}
 
 
 class FusedFrames:
     """Ray actor: decode + frame stages for the videos of a batch, one row per video out.
 
     isolate: run the stages in a supervised child process (hang timeouts, crash isolation).
+    finish: also track, refine and write each video (see :class:`FramePartHandler`); the rows
+        out are then outcome rows.
     """
 
-    def __init__(self, spec: PipelineSpec, isolate: bool, stall_timeout_s: float, video_timeout_s: float | None) -> None:
+    def __init__(self, spec: PipelineSpec, isolate: bool, stall_timeout_s: float, video_timeout_s: float | None,
+                 finish: bool = False) -> None:
         self.video_timeout_s = video_timeout_s
+        self.finish = finish
         self.worker: IsolatedWorker | None = None
         self.handler: FramePartHandler | None = None
         if isolate:
-            self.worker = IsolatedWorker(FramePartHandler(spec), stall_timeout_s=stall_timeout_s)
+            self.worker = IsolatedWorker(FramePartHandler(spec, finish), stall_timeout_s=stall_timeout_s)
             self.worker.start()
         else:
-            self.handler = FramePartHandler(spec)
+            self.handler = FramePartHandler(spec, finish)
             self.handler.setup()
 
-    def _one(self, task: VideoTask) -> FramePartResult:
+    def _one(self, task: VideoTask) -> FramePartResult | VideoOutcome:
         if self.worker is not None:
             return self.worker.call(task, total_timeout_s=self.video_timeout_s)
         assert self.handler is not None
@@ -167,9 +191,17 @@ class FusedFrames:
                 res = self._one(task)
             except Exception as exc:  # per-video error record, never a failed block
                 err = str(exc) if isinstance(exc, WorkerError) else error_line(exc)
-                yield _video_row(task.video_id, _info_json(task, None, err, time.perf_counter() - t0), b"")
+                if self.finish:
+                    yield _outcome_batch([VideoOutcome(task.video_id, ok=False, error=err,
+                                                       seconds=time.perf_counter() - t0)])
+                else:
+                    yield _video_row(task.video_id, json.dumps(_info(task, None, err, time.perf_counter() - t0)), b"")
                 continue
-            yield _video_row(task.video_id, _info_json(task, res, "", time.perf_counter() - t0), pack_columns(res.columns))
+            if isinstance(res, VideoOutcome):
+                yield _outcome_batch([res])
+            else:
+                info = _info(task, res, "", time.perf_counter() - t0)
+                yield _video_row(task.video_id, json.dumps(info, sort_keys=True, default=str), pack_columns(res.columns))
 
     def __del__(self) -> None:
         if getattr(self, "worker", None) is not None:
@@ -177,45 +209,40 @@ class FusedFrames:
 
 
 # ------------------------------------------------------------------ video part
-class FinishVideo:
-    """Ray UDF: one video's row (its estimates table) -> track -> sequences -> refine -> write."""
+class Finisher:
+    """track -> to_sequences -> refine -> write for one video, from its estimates and info."""
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    def __init__(self, spec: PipelineSpec, built: BuiltStages | None = None) -> None:
         self.spec = spec
-        built = spec.build()
+        built = built or spec.build()
         self.track, self.refine, self.write = built.track, built.refine, built.write
         self.to_sequences = built.to_sequences
         for st in built.video_part():
             setup_stage(st)
 
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outcomes = [self._one(str(batch["video_id"][i]), json.loads(str(batch["info"][i])), batch["estimates"][i])
-                    for i in range(len(batch["video_id"]))]
-        return {k: np.array([o.to_dict()[k] for o in outcomes], dtype=object if k in _STR_FIELDS else None)
-                for k in VideoOutcome.__dataclass_fields__}
-
-    def _one(self, vid: str, info: Mapping[str, Any], blob: bytes) -> VideoOutcome:
+    def outcome(self, vid: str, info: Mapping[str, Any], cols: Mapping[str, np.ndarray] | None) -> VideoOutcome:
+        """The video's outcome; a failure becomes an error outcome for this video only."""
         if info.get("error"):
             return VideoOutcome(vid, ok=False, error=info["error"], seconds=float(info.get("seconds", 0)))
         t0 = time.perf_counter()
         try:
-            out = self._finish(info, blob)
-        except Exception as exc:  # track/refine/write failure: an error record for this video only
+            out = self._finish(info, cols)
+        except Exception as exc:  # track/refine/write failure
             log.debug("%s failed after decoding", vid, exc_info=True)
             return VideoOutcome(vid, ok=False, error=error_line(exc),
                                 seconds=float(info.get("seconds", 0)) + time.perf_counter() - t0)
         return outcome_from_output(vid, out, int(info["n_frames"]), float(info["seconds"]) + time.perf_counter() - t0,
                                    max(float(info.get("peak_rss_mb", 0.0)), peak_rss_mb()))
 
-    def _finish(self, info: Mapping[str, Any], blob: bytes) -> Any:
+    def _finish(self, info: Mapping[str, Any], cols: Mapping[str, np.ndarray] | None) -> Any:
         timings = dict(info.get("timings", {}))
         t_start = time.perf_counter()
         clip = ClipRef(**info["clip"])
-        cols = unpack_columns(bytes(blob))
         est: MeshEstimates | None = None
         if cols is not None:
-            cols["video_id"] = np.array([clip.video_id] * len(cols["frame_idx"]), dtype=object)
-            est = MeshEstimates.from_columns(cols)
+            full = dict(cols)
+            full["video_id"] = np.array([clip.video_id] * len(cols["frame_idx"]), dtype=object)
+            est = MeshEstimates.from_columns(full)
         sequences = run_video_part(est, self.track, self.to_sequences, self.refine, timings)
         extra = dict(info.get("extra", {}))
         extra.setdefault("n_frames_decoded", int(info["n_frames"]))
@@ -225,6 +252,20 @@ class FinishVideo:
         result = VideoResult(clip=clip, sequences=sequences, config=dict(self.spec.config), timings_s=timings, extra=extra,
                              volatile={"frame_worker": info.get("worker")})
         return self.write(result)
+
+
+class FinishVideo:
+    """Ray UDF: video rows of :class:`FusedFrames` (estimates + info) -> outcome rows."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.finisher = Finisher(spec)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _outcome_batch([
+            self.finisher.outcome(str(batch["video_id"][i]), json.loads(str(batch["info"][i])),
+                                  unpack_columns(bytes(batch["estimates"][i])))
+            for i in range(len(batch["video_id"]))
+        ])
 
 
 #: VideoOutcome fields that are strings (object columns in the outcome batch).
@@ -260,8 +301,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
 class RayRunner:
     """Run a :class:`PipelineSpec` over many videos on Ray (see module docstring).
 
-    frame_workers: actors of the fused decode+frame-stages operator (each holds the models).
-    finish_workers: actors of the track/refine/write operator when one of those needs an actor.
+    frame_workers: actors of the fused decode+frame-stages operator (each holds the models);
+        None: as many as the cluster holds (see :meth:`resource_plan`).
+    finish_workers: actors of the track/refine/write operator when one of those needs an actor
+        (with no stage on a GPU, the frame workers do that work themselves).
     isolate: run the frame stages in a supervised child of each actor (hang timeouts).
     gpus_per_worker: GPUs each frame worker asks for (a fraction shares a GPU between workers);
         None: the frame stages' declared shares when they run on GPUs (see :meth:`resource_plan`).
@@ -273,7 +316,7 @@ class RayRunner:
     spec: PipelineSpec
     address: str | None = None
     num_cpus: int | None = None
-    frame_workers: int = 1
+    frame_workers: int | None = None
     finish_workers: int = 1
     isolate: bool = True
     stall_timeout_s: float = 600.0
@@ -282,15 +325,17 @@ class RayRunner:
     gpus_per_worker: float | None = None
     _probe_stages: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def resource_plan(self, cluster_gpus: float | None = None) -> ResourcePlan:
+    def resource_plan(self, cluster_gpus: float | None = None, cluster_cpus: float | None = None) -> ResourcePlan:
         """What each worker asks Ray for (:func:`~hmrflow.pipeline.assembly.plan_resources`);
-        ``cluster_gpus`` defaults to the connected cluster's GPU count."""
-        if cluster_gpus is None:
+        the cluster's GPUs and CPUs default to the connected cluster's."""
+        if cluster_gpus is None or cluster_cpus is None:
             import ray
 
-            cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+            res = ray.cluster_resources()
+            cluster_gpus = float(res.get("GPU", 0.0)) if cluster_gpus is None else cluster_gpus
+            cluster_cpus = float(res.get("CPU", 1.0)) if cluster_cpus is None else cluster_cpus
         return plan_resources(self.spec.build(), cluster_gpus, self.frame_workers, self.finish_workers,
-                              self.gpus_per_worker)
+                              self.gpus_per_worker, cluster_cpus)
 
     def dataset(self, tasks: Sequence[VideoTask], plan: ResourcePlan | None = None) -> Any:
         """The Ray Data pipeline for ``tasks`` (lazy; iterate it to run)."""
@@ -301,16 +346,18 @@ class RayRunner:
         plan = plan or self.resource_plan()
         items = [{"video_id": t.video_id, "path": t.path, "extra": json.dumps(dict(t.extra), sort_keys=True, default=str)}
                  for t in tasks]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), self.frame_workers * 2)))
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), plan.frame_workers * 2)))
         ds = ds.map_batches(
             FusedFrames,
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.frame_workers),
-            fn_constructor_args=(self.spec, self.isolate, self.stall_timeout_s, self.video_timeout_s),
+            compute=ray.data.ActorPoolStrategy(size=plan.frame_workers),
+            fn_constructor_args=(self.spec, self.isolate, self.stall_timeout_s, self.video_timeout_s, plan.fused),
             num_cpus=plan.frame.cpus,
             num_gpus=plan.frame.gpus or None,
         )
+        if plan.fused:  # whole videos per worker: the rows out are outcomes already
+            return ds
         # actors are restarted and their tasks retried when a worker dies (Ray Data's default
         # for actor pools: max_restarts=-1, max_task_retries=-1)
         if plan.finish.actor:
@@ -319,7 +366,7 @@ class RayRunner:
                 batch_size=1,
                 batch_format="numpy",
                 fn_constructor_args=(self.spec,),
-                compute=ray.data.ActorPoolStrategy(size=self.finish_workers),
+                compute=ray.data.ActorPoolStrategy(size=plan.finish_workers),
                 num_cpus=plan.finish.cpus,
                 num_gpus=plan.finish.gpus or None,
             )
@@ -331,7 +378,12 @@ class RayRunner:
         """Process ``tasks``; yields one :class:`VideoOutcome` per video as passes finish."""
         ensure_ray(self.address, self.num_cpus)
         plan = self.resource_plan()
-        log.info("Ray workers ask for: frame %s, finish %s", plan.frame, plan.finish)
+        if plan.fused:
+            log.info("Ray: %d workers x (%g CPU), each taking whole videos (no stage on a GPU)",
+                     plan.frame_workers, plan.frame.cpus)
+        else:
+            log.info("Ray workers ask for: %d x frame %s, %d x finish %s", plan.frame_workers, plan.frame,
+                     plan.finish_workers, plan.finish)
         tasks = list(tasks)
         for s in range(0, len(tasks), max(1, self.videos_per_pass)):
             chunk = tasks[s:s + self.videos_per_pass]

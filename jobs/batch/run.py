@@ -165,7 +165,8 @@ class BatchOptions:
     strict: stop at the first failed video (clinical runs); exit code 3.
     stall_timeout_s / video_timeout_s: fail a video with no progress / taking too long.
     isolate: local runner only: False runs in-process (no timeouts).
-    address: Ray cluster address (None: start a local one); ray_workers: fused frame actors;
+    address: Ray cluster address (None: start a local one); ray_workers: frame actors (None: as
+    many as the cluster holds);
     ray_gpus_per_worker: GPUs each frame actor asks for (None: what the frame stages declare);
     videos_per_pass: videos per Ray Data execution (see :class:`~hmrflow.pipeline.runner_ray.RayRunner`).
     run_name: prefix of the run id (reports folder).
@@ -178,7 +179,7 @@ class BatchOptions:
     video_timeout_s: float | None = None
     isolate: bool = True
     address: str | None = None
-    ray_workers: int = 1
+    ray_workers: int | None = None
     ray_num_cpus: int | None = None
     ray_gpus_per_worker: float | None = None
     videos_per_pass: int = 256

@@ -120,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--size", default="320x240")
     p.add_argument("--ray-cpus", type=int, default=2)
-    p.add_argument("--ray-workers", type=int, default=1)
+    p.add_argument("--ray-workers", type=int, default=None, help="Ray frame workers (default: as many as the cluster holds)")
     p.add_argument("--rss-minutes", type=float, nargs="*", default=[])
     p.add_argument("--rss-size-w", type=int, default=160)
     p.add_argument("--rss-size-h", type=int, default=120)

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="run on this Ray cluster (e.g. ray://head:10001 or auto); implies --ray")
     parser.add_argument("--ray", action="store_true", help="use the Ray runner (a local Ray instance without --address)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="Ray: decode+model actors (default 1)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="Ray: decode+model actors (default: as many as the cluster holds: one per GPU, or one "
+                             "per CPU when no stage runs on a GPU)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
                         help="Ray: GPUs each decode+model actor asks for; a fraction shares a GPU (e.g. 0.5: two "
                              "actors per GPU). Default: one GPU per actor when the cluster has GPUs, none otherwise")

@@ -71,3 +71,15 @@ def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(ray_one_
         # Ray gave the frame worker the declared GPU (id 0); the local run had none assigned
         assert man["volatile"]["frame_worker"]["cuda_visible_devices"] == "0"
         assert man["counts"]["tracks"] >= 2
+
+    # every stage on the CPU: no GPU asked for, each worker takes whole videos (the CPU-only path)
+    cpu_cfg = load_config("clip", ["device=cpu"])
+    plan = RayRunner(build_spec(cpu_cfg, tmp_path / "ray_cpu")).resource_plan()
+    assert plan.fused and plan.frame.gpus == 0.0 and plan.frame_workers == 2  # one per CPU of the instance
+    out = tmp_path / "ray_cpu"
+    s = run_batch(inputs, build_spec(cpu_cfg, out), out, BatchOptions(runner="ray", progress=False, qc=False))
+    assert (s.done, s.failed) == (2, 0)
+    for v in inputs:
+        assert (out / v.video_id / "tracks.parquet").read_bytes() == (tmp_path / "local" / v.video_id / "tracks.parquet").read_bytes()
+        man = json.loads((out / v.video_id / "manifest.json").read_text())
+        assert man["volatile"]["frame_worker"]["cuda_visible_devices"] in (None, "")  # no GPU was assigned

@@ -63,3 +63,18 @@ def test_declared_cpus_are_read() -> None:
     built = _built()
     built = dataclasses.replace(built, frame_stages=(*built.frame_stages, _TwoCpuStage()))
     assert plan_resources(built, cluster_gpus=0).frame.cpus == 2.0
+
+
+def test_without_gpus_workers_take_whole_videos_and_fill_the_cpus() -> None:
+    built = _built()
+    plan = plan_resources(built, cluster_gpus=0, frame_workers=None, cluster_cpus=8)
+    assert plan.fused and plan.frame_workers == 8 and plan.frame.gpus == 0.0
+    plan = plan_resources(_built("device=cpu"), cluster_gpus=4, frame_workers=None, cluster_cpus=8)
+    assert plan.fused and plan.frame_workers == 8  # every stage pinned to the CPU: GPUs unused
+
+
+def test_with_gpus_auto_workers_are_one_per_gpu_and_the_operators_stay_apart() -> None:
+    plan = plan_resources(_built(), cluster_gpus=4, frame_workers=None, cluster_cpus=64)
+    assert not plan.fused and plan.frame_workers == 4 and plan.frame.gpus == pytest.approx(1.0)
+    shared = plan_resources(_built(), cluster_gpus=4, frame_workers=None, gpus_per_worker=0.5, cluster_cpus=64)
+    assert shared.frame_workers == 8 and shared.finish.gpus == 0.0  # the GPUs are full: the prior runs on CPU
