@@ -24,6 +24,7 @@ from hmrflow.pipeline.types import ClipRef
 
 StageFn = Callable[[PipelineConfig, Path], Any]
 
+
 def _detect_stage(cfg: PipelineConfig, out: Path) -> Any:
     from hmrflow.stages.detect.stage import DetectStage
 

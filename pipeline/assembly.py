@@ -186,8 +186,10 @@ def wants_gpu(device: str | None, cluster_gpus: float) -> bool:
     if device == "auto":
         return cluster_gpus > 0
     if cluster_gpus <= 0:
-        raise ConfigError(f"a stage is set to device {device!r} but the Ray cluster has no GPUs "
-                          "(set device=auto or cpu, or add GPU workers)")
+        raise ConfigError(
+            f"a stage is set to device {device!r} but the Ray cluster has no GPUs "
+            "(set device=auto or cpu, or add GPU workers)"
+        )
     return True
 
 
@@ -255,8 +257,10 @@ def plan_resources(
         frame_workers = int(cluster_gpus // frame_gpus) if frame_gpus > 0 else int(cluster_cpus // frame_cpus)
         frame_workers = max(1, frame_workers)
     if frame_workers * frame_gpus > cluster_gpus + 1e-9:
-        raise ConfigError(f"{frame_workers} frame workers x {frame_gpus:g} GPU need more than the cluster's "
-                          f"{cluster_gpus:g} GPU(s); lower --workers or --gpus-per-worker")
+        raise ConfigError(
+            f"{frame_workers} frame workers x {frame_gpus:g} GPU need more than the cluster's "
+            f"{cluster_gpus:g} GPU(s); lower --workers or --gpus-per-worker"
+        )
     frame = OperatorResources(cpus=frame_cpus, gpus=frame_gpus, actor=True)
     video = built.video_part()
     left = cluster_gpus - frame_workers * frame_gpus
@@ -269,10 +273,15 @@ def plan_resources(
         if finish_workers * share <= left + 1e-9:
             finish_gpus = max(finish_gpus, share)
         elif dev != "auto":
-            raise ConfigError(f"a video stage is set to device {dev!r}, but the frame workers take the cluster's GPUs "
-                              f"({frame_workers} x {frame_gpus:g} of {cluster_gpus:g}); lower --gpus-per-worker")
-    finish = OperatorResources(cpus=max([stage_cpus(s) for s in video] or [1.0]), gpus=finish_gpus,
-                               actor=finish_gpus > 0 or any(needs_actor(s) for s in video))
+            raise ConfigError(
+                f"a video stage is set to device {dev!r}, but the frame workers take the cluster's GPUs "
+                f"({frame_workers} x {frame_gpus:g} of {cluster_gpus:g}); lower --gpus-per-worker"
+            )
+    finish = OperatorResources(
+        cpus=max([stage_cpus(s) for s in video] or [1.0]),
+        gpus=finish_gpus,
+        actor=finish_gpus > 0 or any(needs_actor(s) for s in video),
+    )
     return ResourcePlan(frame, finish, frame_workers, finish_workers, fused=frame_gpus == 0 and finish_gpus == 0)
 
 

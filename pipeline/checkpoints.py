@@ -90,7 +90,11 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors, got {type(obj).__name__}")
-    bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
+    bad = [
+        f"{k!r} ({type(v).__name__})"
+        for k, v in obj.items()
+        if not isinstance(v, torch.Tensor) or not isinstance(k, str)
+    ]
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(

@@ -78,12 +78,14 @@ class EstimateConfig(Strict):
         "`hmrflow accelerate` (a merged checkpoint in weights is detected by its header and used either way)",
     )
     tome_r: Union[NonNegativeInt, list[NonNegativeInt]] = Field(
-        0, description="Mask-ToMe: background tokens merged per ViT block (0 = off), or a list of per-block merge "
-        "counts (schedule 'list', e.g. [14, 7, 4]); person tokens are never merged"
+        0,
+        description="Mask-ToMe: background tokens merged per ViT block (0 = off), or a list of per-block merge "
+        "counts (schedule 'list', e.g. [14, 7, 4]); person tokens are never merged",
     )
     tome_schedule: Literal["constant", "decreasing", "list"] = Field(
-        "constant", description="Mask-ToMe merges per block: tome_r in every block, linear 2*tome_r -> 0 (same total), "
-        "or tome_r as a per-block list (set automatically when tome_r is a list)"
+        "constant",
+        description="Mask-ToMe merges per block: tome_r in every block, linear 2*tome_r -> 0 (same total), "
+        "or tome_r as a per-block list (set automatically when tome_r is a list)",
     )
     tome_group_size: int = Field(
         16, ge=0, description="Mask-ToMe: run chunks as sub-batches of this many crops of similar person size (0 = off)"
@@ -92,13 +94,10 @@ class EstimateConfig(Strict):
         None, description="crop (H, W) of the ViT; None = from the weights' header, else 256x192"
     )
     crop_rescale: float = Field(1.2, gt=0.5, le=3.0, description="context factor applied to detector boxes")
-    focal_px: Optional[float] = Field(
-        None, gt=0, description="known focal length in pixels; None = focal_default"
-    )
+    focal_px: Optional[float] = Field(None, gt=0, description="known focal length in pixels; None = focal_default")
     focal_default: Literal["diagonal", "hmr2"] = Field(
         "diagonal", description="focal when unknown: diagonal = sqrt(W^2+H^2); hmr2 = 5000/256*max(W,H)"
     )
-
 
     @model_validator(mode="after")
     def _tome_schedule_follows_tome_r(self) -> "EstimateConfig":
@@ -184,8 +183,9 @@ class PipelineConfig(Strict):
 
     preset: str = "clip"
     seed: int = Field(0, description="seed of the run: refinement noise is drawn from (seed, track id)")
-    device: str = Field("auto", description="device of every model stage (auto, cpu, cuda, cuda:N) unless a "
-                        "section sets its own")
+    device: str = Field(
+        "auto", description="device of every model stage (auto, cpu, cuda, cuda:N) unless a section sets its own"
+    )
     decode: DecodeConfig = DecodeConfig()
     body_model: BodyModelConfig = BodyModelConfig()
     detect: DetectConfig = DetectConfig()

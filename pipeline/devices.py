@@ -59,12 +59,14 @@ def resolve_device(device: Optional[str], what: str = "device") -> "torch.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"{what}: {text!r} asked for, but CUDA is not available on this machine "
-                              "(use auto or cpu)")
+            raise ConfigError(
+                f"{what}: {text!r} asked for, but CUDA is not available on this machine (use auto or cpu)"
+            )
         index = int(text[5:]) if ":" in text else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"{what}: {text!r} asked for, but this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(
+                f"{what}: {text!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return torch.device(text)
 
 

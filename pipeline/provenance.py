@@ -38,7 +38,16 @@ MANIFEST_VERSION = 1
 VOLATILE_KEY = "volatile"
 #: Distributions whose versions are recorded (those installed).
 TRACKED_PACKAGES: tuple[str, ...] = (
-    "hmrflow", "torch", "numpy", "smplx", "diffusers", "av", "decord", "ray", "pandas", "pyarrow",
+    "hmrflow",
+    "torch",
+    "numpy",
+    "smplx",
+    "diffusers",
+    "av",
+    "decord",
+    "ray",
+    "pandas",
+    "pyarrow",
 )
 _SHA256_RE = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
 
@@ -135,8 +144,11 @@ def _package_versions(names: tuple[str, ...]) -> dict[str, str]:
 def worker_info() -> dict[str, Any]:
     """This process: host name, pid and the GPUs it may see (``CUDA_VISIBLE_DEVICES``, which Ray
     sets to the GPUs it assigned; None when unset)."""
-    return {"hostname": socket.gethostname(), "pid": os.getpid(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def host_info() -> dict[str, Any]:
@@ -281,16 +293,18 @@ def build_manifest(
     tracks = []
     for s in sorted(result.sequences, key=lambda s: int(s.track_id)):
         n_obs = int(np.count_nonzero(s.observed))
-        tracks.append({
-            "track_id": int(s.track_id),
-            "n_frames": len(s),
-            "observed": n_obs,
-            "filled": len(s) - n_obs,
-            "first_frame": int(s.frame_idx[0]) if len(s) else None,
-            "last_frame": int(s.frame_idx[-1]) if len(s) else None,
-            "first_pts_s": float(s.pts[0]) if len(s) else None,
-            "last_pts_s": float(s.pts[-1]) if len(s) else None,
-        })
+        tracks.append(
+            {
+                "track_id": int(s.track_id),
+                "n_frames": len(s),
+                "observed": n_obs,
+                "filled": len(s) - n_obs,
+                "first_frame": int(s.frame_idx[0]) if len(s) else None,
+                "last_frame": int(s.frame_idx[-1]) if len(s) else None,
+                "first_pts_s": float(s.pts[0]) if len(s) else None,
+                "last_pts_s": float(s.pts[-1]) if len(s) else None,
+            }
+        )
     manifest: dict[str, Any] = {
         "format": "hmrflow.output",
         "format_version": MANIFEST_VERSION,
@@ -305,8 +319,7 @@ def build_manifest(
         "counts": _counts(result),
         "tracks": tracks,
         "files": {
-            name: {"sha256": file_sha256(p), "size_bytes": os.stat(p).st_size}
-            for name, p in sorted(files.items())
+            name: {"sha256": file_sha256(p), "size_bytes": os.stat(p).st_size} for name, p in sorted(files.items())
         },
         "extra": {k: v for k, v in result.extra.items() if k not in _KNOWN_EXTRA},
         VOLATILE_KEY: {

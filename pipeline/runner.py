@@ -67,12 +67,19 @@ class FramePart:
         if self.frame_hw is None or self.estimates is None or not len(self.estimates):
             return None
         h, w = self.frame_hw
-        return {"model": "pinhole", "focal_px": float(np.median(self.estimates.focal)),
-                "cx": w / 2.0, "cy": h / 2.0, "width": int(w), "height": int(h)}
+        return {
+            "model": "pinhole",
+            "focal_px": float(np.median(self.estimates.focal)),
+            "cx": w / 2.0,
+            "cy": h / 2.0,
+            "width": int(w),
+            "height": int(h),
+        }
 
 
-def run_frame_part(decode: Any, frame_stages: Sequence[Any], clip: ClipRef,
-                   on_batch: Callable[[int], None] | None = None) -> FramePart:
+def run_frame_part(
+    decode: Any, frame_stages: Sequence[Any], clip: ClipRef, on_batch: Callable[[int], None] | None = None
+) -> FramePart:
     """decode -> frame stages over one clip, batch by batch; returns the concatenated estimates.
 
     ``on_batch(n_frames)`` is called after every batch (progress bars, heartbeats).  Used
@@ -103,9 +110,13 @@ def run_frame_part(decode: Any, frame_stages: Sequence[Any], clip: ClipRef,
     return FramePart(estimates, n_frames, frame_hw, dict(timer.seconds))
 
 
-def run_video_part(estimates: MeshEstimates | None, track: Any,
-                   to_sequences: Callable[[TrackedEstimates], list[SMPLSequence]],
-                   refine: Any | None, timings_s: dict[str, float]) -> list[SMPLSequence]:
+def run_video_part(
+    estimates: MeshEstimates | None,
+    track: Any,
+    to_sequences: Callable[[TrackedEstimates], list[SMPLSequence]],
+    refine: Any | None,
+    timings_s: dict[str, float],
+) -> list[SMPLSequence]:
     """track -> to_sequences -> refine over one video's estimates (adds to ``timings_s``)."""
     if estimates is None or not len(estimates):
         return []
@@ -176,8 +187,14 @@ class LocalRunner:
         timings = dict(part.timings_s)
         sequences = run_video_part(part.estimates, self.track, self.to_sequences, self.refine, timings)
         timings["total"] = time.perf_counter() - t_start
-        result = VideoResult(clip=clip, sequences=sequences, config=self.config, timings_s=timings,
-                             extra=result_extra(part, extra), volatile={"frame_worker": part.worker})
+        result = VideoResult(
+            clip=clip,
+            sequences=sequences,
+            config=self.config,
+            timings_s=timings,
+            extra=result_extra(part, extra),
+            volatile={"frame_worker": part.worker},
+        )
         timer = StageTimer()
         out = timer.call(type(self.write).__name__, self.write, result)
         log.info("%s: %d frames, %d tracks -> %s", clip.video_id, part.n_frames, len(sequences), out)

@@ -39,11 +39,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from hmrflow.pipeline.assembly import (
+    BuiltStages,
     PipelineSpec,
+    ResourcePlan,
     VideoOutcome,
     VideoTask,
     error_line,
-    ResourcePlan,
     outcome_from_output,
     plan_resources,
     setup_stage,
@@ -54,6 +55,7 @@ from hmrflow.pipeline.types import ClipRef, MeshEstimates
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
 log = logging.getLogger(__name__)
+
 
 # ------------------------------------------------------------------ frame part
 @dataclass(frozen=True)
@@ -137,23 +139,34 @@ def unpack_columns(blob: bytes) -> dict[str, np.ndarray] | None:
 
 def _video_row(video_id: str, info: str, estimates: bytes) -> dict[str, np.ndarray]:
     """The one row a video is between the two operators."""
-    return {"video_id": np.array([video_id], dtype=object), "info": np.array([info], dtype=object),
-            "estimates": np.array([estimates], dtype=object)}
+    return {
+        "video_id": np.array([video_id], dtype=object),
+        "info": np.array([info], dtype=object),
+        "estimates": np.array([estimates], dtype=object),
+    }
 
 
 def _info(task: VideoTask, result: FramePartResult | None, error: str, seconds: float) -> dict[str, Any]:
     """What the finishing stages need to know of a video besides its estimates (JSON-able)."""
     info: dict[str, Any] = {"extra": dict(task.extra), "error": error, "seconds": seconds, "path": task.path}
     if result is not None:
-        info.update(clip=dict(result.clip.__dict__), n_frames=result.n_frames, timings=dict(result.timings_s),
-                    peak_rss_mb=result.peak_rss_mb, camera=result.camera, worker=result.worker)
+        info.update(
+            clip=dict(result.clip.__dict__),
+            n_frames=result.n_frames,
+            timings=dict(result.timings_s),
+            peak_rss_mb=result.peak_rss_mb,
+            camera=result.camera,
+            worker=result.worker,
+        )
     return info
 
 
 def _outcome_batch(outcomes: Sequence[VideoOutcome]) -> dict[str, np.ndarray]:
     """Outcome rows as a Ray Data batch (strings as object columns)."""
-    return {k: np.array([getattr(o, k) for o in outcomes], dtype=object if k in _STR_FIELDS else None)
-            for k in VideoOutcome.__dataclass_fields__}
+    return {
+        k: np.array([getattr(o, k) for o in outcomes], dtype=object if k in _STR_FIELDS else None)
+        for k in VideoOutcome.__dataclass_fields__
+    }
 
 
 class FusedFrames:
@@ -164,8 +177,14 @@ class FusedFrames:
         out are then outcome rows.
     """
 
-    def __init__(self, spec: PipelineSpec, isolate: bool, stall_timeout_s: float, video_timeout_s: float | None,
-                 finish: bool = False) -> None:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        isolate: bool,
+        stall_timeout_s: float,
+        video_timeout_s: float | None,
+        finish: bool = False,
+    ) -> None:
         self.video_timeout_s = video_timeout_s
         self.finish = finish
         self.worker: IsolatedWorker | None = None
@@ -192,8 +211,9 @@ class FusedFrames:
             except Exception as exc:  # per-video error record, never a failed block
                 err = str(exc) if isinstance(exc, WorkerError) else error_line(exc)
                 if self.finish:
-                    yield _outcome_batch([VideoOutcome(task.video_id, ok=False, error=err,
-                                                       seconds=time.perf_counter() - t0)])
+                    yield _outcome_batch(
+                        [VideoOutcome(task.video_id, ok=False, error=err, seconds=time.perf_counter() - t0)]
+                    )
                 else:
                     yield _video_row(task.video_id, json.dumps(_info(task, None, err, time.perf_counter() - t0)), b"")
                 continue
@@ -201,7 +221,9 @@ class FusedFrames:
                 yield _outcome_batch([res])
             else:
                 info = _info(task, res, "", time.perf_counter() - t0)
-                yield _video_row(task.video_id, json.dumps(info, sort_keys=True, default=str), pack_columns(res.columns))
+                yield _video_row(
+                    task.video_id, json.dumps(info, sort_keys=True, default=str), pack_columns(res.columns)
+                )
 
     def __del__(self) -> None:
         if getattr(self, "worker", None) is not None:
@@ -229,10 +251,16 @@ class Finisher:
             out = self._finish(info, cols)
         except Exception as exc:  # track/refine/write failure
             log.debug("%s failed after decoding", vid, exc_info=True)
-            return VideoOutcome(vid, ok=False, error=error_line(exc),
-                                seconds=float(info.get("seconds", 0)) + time.perf_counter() - t0)
-        return outcome_from_output(vid, out, int(info["n_frames"]), float(info["seconds"]) + time.perf_counter() - t0,
-                                   max(float(info.get("peak_rss_mb", 0.0)), peak_rss_mb()))
+            return VideoOutcome(
+                vid, ok=False, error=error_line(exc), seconds=float(info.get("seconds", 0)) + time.perf_counter() - t0
+            )
+        return outcome_from_output(
+            vid,
+            out,
+            int(info["n_frames"]),
+            float(info["seconds"]) + time.perf_counter() - t0,
+            max(float(info.get("peak_rss_mb", 0.0)), peak_rss_mb()),
+        )
 
     def _finish(self, info: Mapping[str, Any], cols: Mapping[str, np.ndarray] | None) -> Any:
         timings = dict(info.get("timings", {}))
@@ -249,8 +277,14 @@ class Finisher:
         if info.get("camera") is not None:
             extra["camera"] = info["camera"]
         timings["total"] = float(info.get("seconds", 0.0)) + time.perf_counter() - t_start
-        result = VideoResult(clip=clip, sequences=sequences, config=dict(self.spec.config), timings_s=timings, extra=extra,
-                             volatile={"frame_worker": info.get("worker")})
+        result = VideoResult(
+            clip=clip,
+            sequences=sequences,
+            config=dict(self.spec.config),
+            timings_s=timings,
+            extra=extra,
+            volatile={"frame_worker": info.get("worker")},
+        )
         return self.write(result)
 
 
@@ -261,11 +295,16 @@ class FinishVideo:
         self.finisher = Finisher(spec)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _outcome_batch([
-            self.finisher.outcome(str(batch["video_id"][i]), json.loads(str(batch["info"][i])),
-                                  unpack_columns(bytes(batch["estimates"][i])))
-            for i in range(len(batch["video_id"]))
-        ])
+        return _outcome_batch(
+            [
+                self.finisher.outcome(
+                    str(batch["video_id"][i]),
+                    json.loads(str(batch["info"][i])),
+                    unpack_columns(bytes(batch["estimates"][i])),
+                )
+                for i in range(len(batch["video_id"]))
+            ]
+        )
 
 
 #: VideoOutcome fields that are strings (object columns in the outcome batch).
@@ -334,8 +373,9 @@ class RayRunner:
             res = ray.cluster_resources()
             cluster_gpus = float(res.get("GPU", 0.0)) if cluster_gpus is None else cluster_gpus
             cluster_cpus = float(res.get("CPU", 1.0)) if cluster_cpus is None else cluster_cpus
-        return plan_resources(self.spec.build(), cluster_gpus, self.frame_workers, self.finish_workers,
-                              self.gpus_per_worker, cluster_cpus)
+        return plan_resources(
+            self.spec.build(), cluster_gpus, self.frame_workers, self.finish_workers, self.gpus_per_worker, cluster_cpus
+        )
 
     def dataset(self, tasks: Sequence[VideoTask], plan: ResourcePlan | None = None) -> Any:
         """The Ray Data pipeline for ``tasks`` (lazy; iterate it to run)."""
@@ -344,8 +384,10 @@ class RayRunner:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         plan = plan or self.resource_plan()
-        items = [{"video_id": t.video_id, "path": t.path, "extra": json.dumps(dict(t.extra), sort_keys=True, default=str)}
-                 for t in tasks]
+        items = [
+            {"video_id": t.video_id, "path": t.path, "extra": json.dumps(dict(t.extra), sort_keys=True, default=str)}
+            for t in tasks
+        ]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), plan.frame_workers * 2)))
         ds = ds.map_batches(
             FusedFrames,
@@ -371,22 +413,31 @@ class RayRunner:
                 num_gpus=plan.finish.gpus or None,
             )
         # nothing to keep alive: plain tasks build the (cheap) stages per video
-        return ds.map_batches(finish_videos, batch_size=1, batch_format="numpy", fn_args=(self.spec,),
-                              num_cpus=plan.finish.cpus)
+        return ds.map_batches(
+            finish_videos, batch_size=1, batch_format="numpy", fn_args=(self.spec,), num_cpus=plan.finish.cpus
+        )
 
     def run(self, tasks: Sequence[VideoTask]) -> Iterator[VideoOutcome]:
         """Process ``tasks``; yields one :class:`VideoOutcome` per video as passes finish."""
         ensure_ray(self.address, self.num_cpus)
         plan = self.resource_plan()
         if plan.fused:
-            log.info("Ray: %d workers x (%g CPU), each taking whole videos (no stage on a GPU)",
-                     plan.frame_workers, plan.frame.cpus)
+            log.info(
+                "Ray: %d workers x (%g CPU), each taking whole videos (no stage on a GPU)",
+                plan.frame_workers,
+                plan.frame.cpus,
+            )
         else:
-            log.info("Ray workers ask for: %d x frame %s, %d x finish %s", plan.frame_workers, plan.frame,
-                     plan.finish_workers, plan.finish)
+            log.info(
+                "Ray workers ask for: %d x frame %s, %d x finish %s",
+                plan.frame_workers,
+                plan.frame,
+                plan.finish_workers,
+                plan.finish,
+            )
         tasks = list(tasks)
         for s in range(0, len(tasks), max(1, self.videos_per_pass)):
-            chunk = tasks[s:s + self.videos_per_pass]
+            chunk = tasks[s : s + self.videos_per_pass]
             for row in self.dataset(chunk, plan).iter_rows():
                 yield VideoOutcome(**{k: _plain(row[k]) for k in VideoOutcome.__dataclass_fields__})
 

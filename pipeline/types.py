@@ -229,7 +229,15 @@ class MeshEstimates(Columnar):
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
-        "frame_idx", "pts", "boxes_xyxy", "scores", "rotmats", "betas", "cam_t", "focal", "confidence",
+        "frame_idx",
+        "pts",
+        "boxes_xyxy",
+        "scores",
+        "rotmats",
+        "betas",
+        "cam_t",
+        "focal",
+        "confidence",
     )
 
     video_id: str

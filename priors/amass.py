@@ -40,8 +40,9 @@ class AmassFormatError(HmrflowError, ValueError):
     """An AMASS-style .npz is missing a key or has arrays of the wrong shape."""
 
 
-def _change_frame(poses: np.ndarray, trans: np.ndarray, rot: np.ndarray, root_joint: np.ndarray | None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _change_frame(
+    poses: np.ndarray, trans: np.ndarray, rot: np.ndarray, root_joint: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``x' = rot x`` to a motion: root orientation and ``transl`` (see module doc)."""
     poses = poses.astype(np.float64).copy()
     r = Rotation.from_matrix(rot)
@@ -70,8 +71,7 @@ def _body_poses(path: Path, data: dict[str, np.ndarray]) -> np.ndarray:
         if p.ndim != 2 or p.shape[1] < 72 and p.shape[1] != _BODY_VALUES:
             raise AmassFormatError(f"{path}: 'poses' must be (T, 72+) axis-angle, got shape {p.shape}")
         if p.shape[1] not in _KNOWN_WIDTHS and p.shape[1] != _BODY_VALUES:
-            log.warning("%s: unusual pose width %d; taking the first 66 values as the 22 body joints",
-                        path, p.shape[1])
+            log.warning("%s: unusual pose width %d; taking the first 66 values as the 22 body joints", path, p.shape[1])
         body = np.zeros((p.shape[0], N_JOINTS * 3), dtype=np.float64)
         if p.shape[1] == 72:
             body[:] = p
@@ -81,20 +81,23 @@ def _body_poses(path: Path, data: dict[str, np.ndarray]) -> np.ndarray:
         ro, pb = np.asarray(data["root_orient"]), np.asarray(data["pose_body"])
         if ro.ndim != 2 or ro.shape[1] != 3 or pb.ndim != 2 or pb.shape[1] != 63 or len(ro) != len(pb):
             raise AmassFormatError(
-                f"{path}: 'root_orient' must be (T, 3) and 'pose_body' (T, 63), got {ro.shape} and {pb.shape}")
+                f"{path}: 'root_orient' must be (T, 3) and 'pose_body' (T, 63), got {ro.shape} and {pb.shape}"
+            )
         body = np.zeros((ro.shape[0], N_JOINTS * 3), dtype=np.float64)
         body[:, :3] = ro
         body[:, 3:_BODY_VALUES] = pb
     else:
-        raise AmassFormatError(f"{path}: missing key 'poses' (or 'root_orient' + 'pose_body'); "
-                               f"keys present: {sorted(data)}")
+        raise AmassFormatError(
+            f"{path}: missing key 'poses' (or 'root_orient' + 'pose_body'); keys present: {sorted(data)}"
+        )
     if not np.isfinite(body).all():
         raise AmassFormatError(f"{path}: 'poses' contains NaN or inf")
     return body.reshape(-1, N_JOINTS, 3)
 
 
-def load_amass_npz(path: str | Path, fps: float | None = None, *, root_joint: np.ndarray | None = None,
-                   name: str | None = None) -> Motion:
+def load_amass_npz(
+    path: str | Path, fps: float | None = None, *, root_joint: np.ndarray | None = None, name: str | None = None
+) -> Motion:
     """Read an AMASS-style .npz into a y-up :class:`Motion`.
 
     Args:
@@ -131,8 +134,14 @@ def load_amass_npz(path: str | Path, fps: float | None = None, *, root_joint: np
     return motion if fps is None else motion.resample(fps)
 
 
-def save_amass_npz(motion: Motion, path: str | Path, *, betas: np.ndarray | None = None, gender: str = "neutral",
-                   root_joint: np.ndarray | None = None) -> Path:
+def save_amass_npz(
+    motion: Motion,
+    path: str | Path,
+    *,
+    betas: np.ndarray | None = None,
+    gender: str = "neutral",
+    root_joint: np.ndarray | None = None,
+) -> Path:
     """Write ``motion`` as an AMASS-style z-up .npz (inverse of :func:`load_amass_npz`).
 
     Keys: ``poses`` (T, 72) float32, ``trans`` (T, 3) float32, ``mocap_framerate``, ``betas``
@@ -155,8 +164,9 @@ def save_amass_npz(motion: Motion, path: str | Path, *, betas: np.ndarray | None
     return path
 
 
-def iter_amass_dir(root: str | Path, fps: float | None = None, *, root_joint: np.ndarray | None = None,
-                   skip_errors: bool = True) -> Iterator[Motion]:
+def iter_amass_dir(
+    root: str | Path, fps: float | None = None, *, root_joint: np.ndarray | None = None, skip_errors: bool = True
+) -> Iterator[Motion]:
     """Yield every motion under ``root`` (recursively, sorted by path), resampled to ``fps``.
 
     AMASS folders also hold ``shape.npz`` files (betas only): files without a pose are skipped

@@ -38,8 +38,16 @@ from hmrflow.priors.rotations import axis_angle_to_matrix
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BodyOutput", "BodyModel", "load_body_model", "load_smpl_arrays", "find_smpl_file",
-    "validate_smpl_arrays", "arrays_sha256", "synthetic_model_arrays", "SMPL_DIR_ENV", "CACHE_ENV",
+    "BodyOutput",
+    "BodyModel",
+    "load_body_model",
+    "load_smpl_arrays",
+    "find_smpl_file",
+    "validate_smpl_arrays",
+    "arrays_sha256",
+    "synthetic_model_arrays",
+    "SMPL_DIR_ENV",
+    "CACHE_ENV",
 ]
 
 SMPL_DIR_ENV = "HMRFLOW_SMPL_DIR"
@@ -74,7 +82,9 @@ def validate_smpl_arrays(raw: Mapping[str, Any], source: str) -> dict[str, np.nd
         raise BodyModelError(f"{source}: not an SMPL model file (expected a dict of arrays, got {type(raw).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
-        raise BodyModelError(f"{source}: not an SMPL model file: missing key {missing[0]!r} (needs {', '.join(REQUIRED_KEYS)})")
+        raise BodyModelError(
+            f"{source}: not an SMPL model file: missing key {missing[0]!r} (needs {', '.join(REQUIRED_KEYS)})"
+        )
     out: dict[str, np.ndarray] = {}
     try:
         for k in REQUIRED_KEYS:
@@ -89,8 +99,12 @@ def validate_smpl_arrays(raw: Mapping[str, Any], source: str) -> dict[str, np.nd
         raise BodyModelError(f"{source}: key 'v_template' has shape {v.shape}, expected (V,3)")
     n = v.shape[0]
     expect = {
-        "shapedirs": (n, 3, None), "posedirs": (n, 3, N_POSE_BASIS), "J_regressor": (N_JOINTS, n),
-        "weights": (n, N_JOINTS), "kintree_table": (2, N_JOINTS), "f": (None, 3),
+        "shapedirs": (n, 3, None),
+        "posedirs": (n, 3, N_POSE_BASIS),
+        "J_regressor": (N_JOINTS, n),
+        "weights": (n, N_JOINTS),
+        "kintree_table": (2, N_JOINTS),
+        "f": (None, 3),
     }
     for k, shape in expect.items():
         a = out[k]
@@ -98,7 +112,9 @@ def validate_smpl_arrays(raw: Mapping[str, Any], source: str) -> dict[str, np.nd
             want = "(" + ",".join("*" if s is None else str(s) for s in shape) + ")"
             raise BodyModelError(f"{source}: key {k!r} has shape {a.shape}, expected {want} for V={n}")
     if out["shapedirs"].shape[2] < N_BETAS:
-        raise BodyModelError(f"{source}: key 'shapedirs' has {out['shapedirs'].shape[2]} shape directions, needs {N_BETAS}")
+        raise BodyModelError(
+            f"{source}: key 'shapedirs' has {out['shapedirs'].shape[2]} shape directions, needs {N_BETAS}"
+        )
     f = out["f"].astype(np.int64)
     if f.size and (f.min() < 0 or f.max() >= n):
         raise BodyModelError(f"{source}: key 'f' indexes vertices outside 0..{n - 1}")
@@ -228,8 +244,13 @@ class BodyModel(torch.nn.Module):
     Device and dtype are read from the buffers (move it with ``.to(device)``).
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], kind: str = "smpl", source: str = "",
-                 vertex_ids: Optional[Mapping[str, int]] = None) -> None:
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        kind: str = "smpl",
+        source: str = "",
+        vertex_ids: Optional[Mapping[str, int]] = None,
+    ) -> None:
         """``arrays`` as returned by :func:`validate_smpl_arrays` (validated again here)."""
         super().__init__()
         import smplx
@@ -248,7 +269,10 @@ class BodyModel(torch.nn.Module):
         struct = Struct(**{k: arrays[k] for k in REQUIRED_KEYS})
         with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a warning about 10 betas
             self.layer = smplx.SMPLLayer(
-                model_path="", data_struct=struct, num_betas=N_BETAS, batch_size=1,
+                model_path="",
+                data_struct=struct,
+                num_betas=N_BETAS,
+                batch_size=1,
                 vertex_ids=dict(vertex_ids) if vertex_ids is not None else None,
             )
         self._faces = arrays["f"].copy()
@@ -299,8 +323,9 @@ class BodyModel(torch.nn.Module):
             betas = torch.nn.functional.pad(betas, (0, N_BETAS - betas.shape[1]))
         return betas
 
-    def forward(self, rotmats: torch.Tensor, betas: Optional[torch.Tensor] = None,
-                transl: Optional[torch.Tensor] = None) -> BodyOutput:
+    def forward(
+        self, rotmats: torch.Tensor, betas: Optional[torch.Tensor] = None, transl: Optional[torch.Tensor] = None
+    ) -> BodyOutput:
         """Posed body from rotation matrices.
 
         Args:
@@ -322,13 +347,18 @@ class BodyModel(torch.nn.Module):
                 v = torch.zeros(0, self.n_vertices, 3, device=dev)
                 return BodyOutput(v, torch.zeros(0, N_JOINTS, 3, device=dev), torch.zeros(0, 21, 3, device=dev))
             out = self.layer(
-                betas=be, global_orient=rot[:, :1], body_pose=rot[:, 1:], transl=tr, pose2rot=False,
+                betas=be,
+                global_orient=rot[:, :1],
+                body_pose=rot[:, 1:],
+                transl=tr,
+                pose2rot=False,
             )
             joints = out.joints
             return BodyOutput(out.vertices, joints[:, :N_JOINTS], joints[:, N_JOINTS:])
 
-    def forward_axis_angle(self, poses: torch.Tensor, betas: Optional[torch.Tensor] = None,
-                           transl: Optional[torch.Tensor] = None) -> BodyOutput:
+    def forward_axis_angle(
+        self, poses: torch.Tensor, betas: Optional[torch.Tensor] = None, transl: Optional[torch.Tensor] = None
+    ) -> BodyOutput:
         """Same as :meth:`forward` with ``poses`` (B,72) axis-angle (24 joints x 3)."""
         if poses.ndim != 2 or poses.shape[1] != 3 * N_JOINTS:
             raise ValueError(f"poses: expected shape (B,72), got {tuple(poses.shape)}")
@@ -354,8 +384,12 @@ class BodyModel(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------- loading
-def load_body_model(kind: Any = "synthetic", path: str | os.PathLike[str] | None = None,
-                    gender: str = "neutral", device: str | torch.device = "cpu") -> BodyModel:
+def load_body_model(
+    kind: Any = "synthetic",
+    path: str | os.PathLike[str] | None = None,
+    gender: str = "neutral",
+    device: str | torch.device = "cpu",
+) -> BodyModel:
     """Build the body model.
 
     Args:

@@ -103,9 +103,7 @@ class LimitViolation:
 
 
 #: per-joint intrinsic Euler order (the largest range on the first or last axis).
-EULER_ORDERS: tuple[str, ...] = tuple(
-    "YZX" if name.endswith("_elbow") else "XYZ" for name in JOINT_NAMES
-)
+EULER_ORDERS: tuple[str, ...] = tuple("YZX" if name.endswith("_elbow") else "XYZ" for name in JOINT_NAMES)
 _SLOTS = {order: ["XYZ".index(ax) for ax in order] for order in set(EULER_ORDERS)}
 
 

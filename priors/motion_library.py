@@ -79,8 +79,9 @@ def random_params(name: str, rng: np.random.Generator) -> dict:
     if name == "jumping_jacks":
         return dict(rate=u(0.8, 1.4), hop_height=u(0.03, 0.1))
     if name == "arm_raises":
-        return dict(plane=str(rng.choice(["side", "front"])), height=u(90, 165), period=u(2.0, 4.0),
-                    alternate=bool(u() < 0.4))
+        return dict(
+            plane=str(rng.choice(["side", "front"])), height=u(90, 165), period=u(2.0, 4.0), alternate=bool(u() < 0.4)
+        )
     if name == "bend_and_reach":
         return dict(depth=u(45, 100), reach=str(rng.choice(["down", "alternate"])), period=u(2.5, 4.5))
     if name == "stand_sway":
@@ -94,8 +95,9 @@ def _mean_heading(root: np.ndarray) -> float:
     return float(np.arctan2(np.sin(h).mean(), np.cos(h).mean()))
 
 
-def crossfade(prev: Motion, nxt: Motion, *, max_blend_s: float = 1.0, min_blend_s: float = 0.3,
-              max_extra_speed: float = 5.0) -> Motion:
+def crossfade(
+    prev: Motion, nxt: Motion, *, max_blend_s: float = 1.0, min_blend_s: float = 0.3, max_extra_speed: float = 5.0
+) -> Motion:
     """Append ``nxt`` to ``prev`` with a smooth transition.
 
     ``nxt`` is rotated about +y so that its initial heading continues ``prev``'s heading at the
@@ -281,8 +283,18 @@ def random_path_motion(
     vs[vs < 1e-3] = 0.0
     style = Style.sample(rng, variation)
     labels = np.where(vs > 0.05, "walk", "stand").astype(object)
-    return gait_clip(fps, vs, hs, params=WALK, pelvis_height=pelvis_height, start_xz=tuple(start),
-                     phase=float(rng.uniform(0, 1)), style=style, name="path_walk", labels=labels)
+    return gait_clip(
+        fps,
+        vs,
+        hs,
+        params=WALK,
+        pelvis_height=pelvis_height,
+        start_xz=tuple(start),
+        phase=float(rng.uniform(0, 1)),
+        style=style,
+        name="path_walk",
+        labels=labels,
+    )
 
 
 def max_angular_speed(motion: Motion) -> float:

@@ -68,7 +68,9 @@ class ChumpyArray:
                 return np.transpose(a, st["axes"])
             if self.chumpy_class.rsplit(".", 1)[-1] in ("Ch",):
                 return a
-        raise ValueError(f"chumpy object {self.chumpy_class} holds no plain array (keys {sorted(getattr(self, 'state', {}))})")
+        raise ValueError(
+            f"chumpy object {self.chumpy_class} holds no plain array (keys {sorted(getattr(self, 'state', {}))})"
+        )
 
 
 class SparseMatrixState:
@@ -130,8 +132,21 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
 _BUILTINS: dict[str, Any] = {
     name: __builtins__[name] if isinstance(__builtins__, dict) else getattr(__builtins__, name)
     for name in (
-        "dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray",
-        "int", "float", "complex", "bool", "object", "slice", "range",
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "str",
+        "bytes",
+        "bytearray",
+        "int",
+        "float",
+        "complex",
+        "bool",
+        "object",
+        "slice",
+        "range",
     )
 }
 
@@ -225,9 +240,11 @@ def _to_plain(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, SparseMatrixState):
         return obj.to_scipy()
     if isinstance(obj, dict):
-        return type(obj)((k, _to_plain(v, _depth + 1)) for k, v in obj.items()) if isinstance(
-            obj, OrderedDict
-        ) else {k: _to_plain(v, _depth + 1) for k, v in obj.items()}
+        return (
+            type(obj)((k, _to_plain(v, _depth + 1)) for k, v in obj.items())
+            if isinstance(obj, OrderedDict)
+            else {k: _to_plain(v, _depth + 1) for k, v in obj.items()}
+        )
     if isinstance(obj, list):
         return [_to_plain(v, _depth + 1) for v in obj]
     if isinstance(obj, tuple):
@@ -268,4 +285,3 @@ def allowed_global_names() -> list[str]:
     if _ALLOWED is None:
         _ALLOWED = _allowed_globals()
     return sorted(f"{m}.{n}" for m, n in _ALLOWED)
-

@@ -126,19 +126,25 @@ def _body_primitives(J: np.ndarray) -> list[_Prim]:
         sgn = 1.0 if side == "left" else -1.0
         hip, knee, ankle, foot = (P(f"{side}_{n}") for n in ("hip", "knee", "ankle", "foot"))
         sh, el, wr, hand = (P(f"{side}_{n}") for n in ("shoulder", "elbow", "wrist", "hand"))
-        ji = lambda n: JOINT_INDEX[f"{side}_{n}"]  # noqa: E731
+        ji = lambda n: JOINT_INDEX[f"{side}_{n}"]  # noqa: E731, B023 (called within this iteration only)
         prims += [
             _Prim("cone", (hip[0] + 0.008 * sgn, hip[1] + 0.01, hip[2]), knee, 0.082, 0.054, joint=ji("hip")),
             _Prim("cone", knee, (ankle[0], ankle[1] + 0.02, ankle[2]), 0.052, 0.036, joint=ji("knee")),
             _Prim("ellipsoid", (knee[0], knee[1] - 0.13, knee[2] - 0.022), (0.050, 0.110, 0.050), joint=ji("knee")),
             _Prim(
-                "cone", (ankle[0], ankle[1] - 0.045, ankle[2] - 0.040),
-                (foot[0] + 0.004 * sgn, foot[1] - 0.005, foot[2] + 0.060), 0.040, 0.032, joint=ji("foot"),
+                "cone",
+                (ankle[0], ankle[1] - 0.045, ankle[2] - 0.040),
+                (foot[0] + 0.004 * sgn, foot[1] - 0.005, foot[2] + 0.060),
+                0.040,
+                0.032,
+                joint=ji("foot"),
             ),
             _Prim("cone", sh, el, 0.052, 0.040, joint=ji("shoulder")),
             _Prim("cone", el, wr, 0.040, 0.029, joint=ji("elbow")),
             _Prim(
-                "ellipsoid", (hand[0] + 0.005 * sgn, hand[1] - 0.002, hand[2] + 0.005), (0.092, 0.026, 0.047),
+                "ellipsoid",
+                (hand[0] + 0.005 * sgn, hand[1] - 0.002, hand[2] + 0.005),
+                (0.092, 0.026, 0.047),
                 joint=ji("hand"),
             ),
         ]
@@ -299,8 +305,15 @@ def _bone_segments(J: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     segs[0] = [(J[0], J[ji["spine1"]]), (J[ji["left_hip"]], J[ji["right_hip"]])]
     chain = {"spine1": "spine2", "spine2": "spine3", "spine3": "neck", "neck": "head"}
     for side in ("left", "right"):
-        for a, b in (("hip", "knee"), ("knee", "ankle"), ("ankle", "foot"), ("collar", "shoulder"),
-                     ("shoulder", "elbow"), ("elbow", "wrist"), ("wrist", "hand")):
+        for a, b in (
+            ("hip", "knee"),
+            ("knee", "ankle"),
+            ("ankle", "foot"),
+            ("collar", "shoulder"),
+            ("shoulder", "elbow"),
+            ("elbow", "wrist"),
+            ("wrist", "hand"),
+        ):
             chain[f"{side}_{a}"] = f"{side}_{b}"
     for a, b in chain.items():
         segs[ji[a]] = [(J[ji[a]], J[ji[b]])]
@@ -355,8 +368,9 @@ def _tree_neighbours() -> np.ndarray:
     return m
 
 
-def _skinning_weights(v: np.ndarray, faces: np.ndarray, bc: _BoneCoords, tau: float = 0.012,
-                      smooth_iters: int = 6) -> np.ndarray:
+def _skinning_weights(
+    v: np.ndarray, faces: np.ndarray, bc: _BoneCoords, tau: float = 0.012, smooth_iters: int = 6
+) -> np.ndarray:
     """(V,24) weights: softmax of bone distances among the nearest bone's tree neighbours,
     then smoothed over the mesh (rows stay convex)."""
     nearest = np.argmin(bc.dist, axis=1)
@@ -415,8 +429,9 @@ def _fade_thighs_at_crotch(v: np.ndarray, w: np.ndarray) -> np.ndarray:
     return w
 
 
-def _radial_field(v: np.ndarray, w: np.ndarray, bc: _BoneCoords, g: np.ndarray,
-                  axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+def _radial_field(
+    v: np.ndarray, w: np.ndarray, bc: _BoneCoords, g: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)
+) -> np.ndarray:
     """(V,3) displacement ``sum_j w_j g_j (v - closest_j)`` (girth change per bone)."""
     r = v[:, None, :] - bc.closest  # (V,24,3)
     mask = np.zeros(3)
@@ -444,26 +459,55 @@ def _shape_dirs(v: np.ndarray, faces: np.ndarray, J: np.ndarray, w: np.ndarray, 
     # 0 stature
     dirs.append(0.045 * (v - J[0]))
     # 1 mass: girth + belly
-    g = _girth({**{n: 0.10 for n in torso}, **{n: 0.08 for n in limbs}, "neck": 0.05, "left_collar": 0.05,
-                "left_ankle": 0.03, "left_wrist": 0.03})
+    g = _girth(
+        {
+            **{n: 0.10 for n in torso},
+            **{n: 0.08 for n in limbs},
+            "neck": 0.05,
+            "left_collar": 0.05,
+            "left_ankle": 0.03,
+            "left_wrist": 0.03,
+        }
+    )
     belly = np.zeros_like(v)
     wb = w[:, [JOINT_INDEX["spine1"], JOINT_INDEX["spine2"], JOINT_INDEX["pelvis"]]].sum(1)
     front = np.clip((v[:, 2] - 0.02) / 0.09, 0.0, 1.0)
     belly[:, 2] = 0.02 * wb * front
     dirs.append(_radial_field(v, w, bc, g) + belly)
     # 2 leg length
-    dirs.append(_translation_field(v, w, bc, _joint_offsets(J, {"left_knee": (0, -0.025, 0), "left_ankle": (0, -0.05, 0),
-                                                          "left_foot": (0, -0.05, 0)}), end))
+    dirs.append(
+        _translation_field(
+            v,
+            w,
+            bc,
+            _joint_offsets(J, {"left_knee": (0, -0.025, 0), "left_ankle": (0, -0.05, 0), "left_foot": (0, -0.05, 0)}),
+            end,
+        )
+    )
     # 3 arm length
-    dirs.append(_translation_field(v, w, bc, _joint_offsets(J, {"left_elbow": (0.02, 0, 0), "left_wrist": (0.04, 0, 0),
-                                                          "left_hand": (0.04, 0, 0)}), end))
+    dirs.append(
+        _translation_field(
+            v,
+            w,
+            bc,
+            _joint_offsets(J, {"left_elbow": (0.02, 0, 0), "left_wrist": (0.04, 0, 0), "left_hand": (0.04, 0, 0)}),
+            end,
+        )
+    )
     # 4 shoulder width
-    dirs.append(_translation_field(
-        v, w, bc, _joint_offsets(J, {"left_collar": (0.006, 0, 0), **{n: (0.02, 0, 0) for n in arm_chain}}), end))
+    dirs.append(
+        _translation_field(
+            v, w, bc, _joint_offsets(J, {"left_collar": (0.006, 0, 0), **{n: (0.02, 0, 0) for n in arm_chain}}), end
+        )
+    )
     # 5 hip width
-    t5 = _joint_offsets(J, {"left_hip": (0.015, 0, 0), "left_knee": (0.012, 0, 0), "left_ankle": (0.01, 0, 0),
-                            "left_foot": (0.01, 0, 0)})
-    dirs.append(_translation_field(v, w, bc, t5, end) + _radial_field(v, w, bc, _girth({"pelvis": 0.08, "left_hip": 0.05})))
+    t5 = _joint_offsets(
+        J,
+        {"left_hip": (0.015, 0, 0), "left_knee": (0.012, 0, 0), "left_ankle": (0.01, 0, 0), "left_foot": (0.01, 0, 0)},
+    )
+    dirs.append(
+        _translation_field(v, w, bc, t5, end) + _radial_field(v, w, bc, _girth({"pelvis": 0.08, "left_hip": 0.05}))
+    )
     # 6 torso length
     t6 = _joint_offsets(J, {"spine2": (0, 0.01, 0), "spine3": (0, 0.02, 0), **{n: (0, 0.035, 0) for n in upper}})
     dirs.append(_translation_field(v, w, bc, t6, end))
@@ -487,9 +531,22 @@ def _shape_dirs(v: np.ndarray, faces: np.ndarray, J: np.ndarray, w: np.ndarray, 
 JOINT_NAMES_STEM: tuple[str, ...] = tuple(n.replace("left_", "").replace("right_", "") for n in JOINT_NAMES)
 
 #: pose-corrective bulge amplitude (metres at a 90 degree bend) per joint name stem
-_BULGE = {"hip": 0.010, "knee": 0.012, "ankle": 0.005, "foot": 0.003, "spine1": 0.006, "spine2": 0.006,
-          "spine3": 0.006, "neck": 0.005, "collar": 0.004, "head": 0.003, "shoulder": 0.010, "elbow": 0.012,
-          "wrist": 0.005, "hand": 0.003}
+_BULGE = {
+    "hip": 0.010,
+    "knee": 0.012,
+    "ankle": 0.005,
+    "foot": 0.003,
+    "spine1": 0.006,
+    "spine2": 0.006,
+    "spine3": 0.006,
+    "neck": 0.005,
+    "collar": 0.004,
+    "head": 0.003,
+    "shoulder": 0.010,
+    "elbow": 0.012,
+    "wrist": 0.005,
+    "hand": 0.003,
+}
 
 
 def _pose_dirs(v: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) -> np.ndarray:
@@ -519,8 +576,6 @@ def _pose_dirs(v: np.ndarray, J: np.ndarray, w: np.ndarray, bc: _BoneCoords) -> 
     return out
 
 
-
-
 # --------------------------------------------------------------------------- regressor
 def _joint_regressor(v: np.ndarray, J: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(24,V) convex vertex weights whose weighted mean is each rest joint.
@@ -542,8 +597,9 @@ def _joint_regressor(v: np.ndarray, J: np.ndarray, w: np.ndarray) -> np.ndarray:
             if PARENTS[c] == j:
                 region = region + w[:, c]
         for half in (0.02, 0.035, 0.05, 0.08, 0.12):
-            sel = np.flatnonzero((np.abs((v - J[j]) @ axis) < half) & (region > 0.3)
-                                 & (np.linalg.norm(v - J[j], axis=1) < 0.25))
+            sel = np.flatnonzero(
+                (np.abs((v - J[j]) @ axis) < half) & (region > 0.3) & (np.linalg.norm(v - J[j], axis=1) < 0.25)
+            )
             if len(sel) < 8:
                 continue
             X = v[sel].T  # (3, n)
@@ -583,8 +639,9 @@ def guess_vertex_ids(v_template: np.ndarray, joints: np.ndarray) -> dict[str, in
         targets[f"{L}Heel"] = np.array([ank[0], sole, ank[2] - 0.09])
         hand = joints[ji[f"{side}_hand"]]
         pre = side[0]
-        for k, (name, dz) in enumerate((("thumb", 0.06), ("index", 0.035), ("middle", 0.012), ("ring", -0.012),
-                                        ("pinky", -0.035))):
+        for k, (name, dz) in enumerate(
+            (("thumb", 0.06), ("index", 0.035), ("middle", 0.012), ("ring", -0.012), ("pinky", -0.035))
+        ):
             dx = 0.06 if name == "thumb" else 0.1 - 0.008 * abs(k - 2)
             targets[f"{pre}{name}"] = hand + np.array([dx * s, 0.0, dz])
     ids: dict[str, int] = {}

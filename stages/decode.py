@@ -265,9 +265,7 @@ def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> 
                 prev_idx = idx
                 if not selector.accept(t) or idx <= after_idx:
                     continue
-                image = frame.to_ndarray(
-                    format="rgb24", width=sw, height=sh, interpolation=RESIZE_INTERPOLATION
-                )
+                image = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation=RESIZE_INTERPOLATION)
                 if k_rot:
                     image = np.rot90(image, k=k_rot)
                 full = builder.add(idx, t, image)
@@ -286,7 +284,11 @@ def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> 
             log.warning(
                 "%s: damaged video, delivered the %d readable frames "
                 "(%d undecodable packets, %d out-of-order frames dropped; first problem: %s)",
-                plan.path, n_decoded - dropped, bad_packets, dropped, first_problem or "?",
+                plan.path,
+                n_decoded - dropped,
+                bad_packets,
+                dropped,
+                first_problem or "?",
             )
     finally:
         container.close()

@@ -156,6 +156,7 @@ def _pick_video_stream(container: Any) -> Any | None:
         candidates.append(s)
     if not candidates:
         return None
+
     def area(s: Any) -> int:
         ctx = s.codec_context
         return int(ctx.width or 0) * int(ctx.height or 0) if ctx is not None else 0
@@ -283,7 +284,9 @@ def _scan_open_container(p: Path, container: Any, file_size: int, max_pixels: in
 
     rotation, odd = _clockwise_rotation(first_frame)
     if odd:
-        log.warning("%s: display rotation %s degrees is not a multiple of 90; using %d", p, first_frame.rotation, rotation)
+        log.warning(
+            "%s: display rotation %s degrees is not a multiple of 90; using %d", p, first_frame.rotation, rotation
+        )
 
     origin = start if start is not None else (min(ticks) if ticks else 0)
     pts_s = ticks_to_seconds(np.sort(np.asarray(ticks, np.int64)), int(origin), tb_f) if ticks else np.zeros(0)

@@ -45,17 +45,19 @@ CAMERA_TO_ZUP: np.ndarray = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 #: Arrow schema of ``tracks.parquet`` (docs/FORMATS.md).
-TRACKS_SCHEMA = pa.schema([
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("track_id", pa.int64(), nullable=False),
-    pa.field("frame_idx", pa.int64(), nullable=False),
-    pa.field("pts_s", pa.float64(), nullable=False),
-    pa.field("pose", pa.list_(pa.field("item", pa.float32(), nullable=False), N_JOINTS * 3), nullable=False),
-    pa.field("betas", pa.list_(pa.field("item", pa.float32(), nullable=False), N_BETAS), nullable=False),
-    pa.field("transl", pa.list_(pa.field("item", pa.float32(), nullable=False), 3), nullable=False),
-    pa.field("confidence", pa.float32(), nullable=False),
-    pa.field("observed", pa.bool_(), nullable=False),
-])
+TRACKS_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("frame_idx", pa.int64(), nullable=False),
+        pa.field("pts_s", pa.float64(), nullable=False),
+        pa.field("pose", pa.list_(pa.field("item", pa.float32(), nullable=False), N_JOINTS * 3), nullable=False),
+        pa.field("betas", pa.list_(pa.field("item", pa.float32(), nullable=False), N_BETAS), nullable=False),
+        pa.field("transl", pa.list_(pa.field("item", pa.float32(), nullable=False), 3), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("observed", pa.bool_(), nullable=False),
+    ]
+)
 
 
 def track_file_name(track_id: int) -> str:
@@ -179,7 +181,9 @@ class WriteStage(BaseStage[VideoResult, Path]):
     #: Leftover temporaries of killed writers older than this are removed before writing.
     STALE_TEMP_S: ClassVar[float] = 3600.0
 
-    def __init__(self, cfg: WriteConfig, out_root: str | os.PathLike[str], models: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: WriteConfig, out_root: str | os.PathLike[str], models: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.out_root = Path(out_root)
@@ -206,7 +210,9 @@ class WriteStage(BaseStage[VideoResult, Path]):
                     write_npz_deterministic(files[name], _track_arrays(seq, pose, gender, result.clip.fps))
             manifest = build_manifest(result, files, self.models)
             (tmp / MANIFEST_FILE).write_text(dumps_json(manifest), encoding="utf-8")
-        log.info("%s: wrote %d tracks (%d rows) to %s", video_id, len(sequences), sum(len(s) for s in sequences), out_dir)
+        log.info(
+            "%s: wrote %d tracks (%d rows) to %s", video_id, len(sequences), sum(len(s) for s in sequences), out_dir
+        )
         return out_dir
 
     @staticmethod
@@ -221,7 +227,11 @@ class WriteStage(BaseStage[VideoResult, Path]):
                 raise ValueError(f"{vid}: track id {s.track_id} appears twice")
             seen.add(int(s.track_id))
             if s.rotmats.shape[1:] != (N_JOINTS, 3, 3):
-                raise ValueError(f"{vid}: track {s.track_id} rotmats have shape {s.rotmats.shape}, expected (T, 24, 3, 3)")
+                raise ValueError(
+                    f"{vid}: track {s.track_id} rotmats have shape {s.rotmats.shape}, expected (T, 24, 3, 3)"
+                )
             if np.asarray(s.transl).shape[1:] != (3,):
-                raise ValueError(f"{vid}: track {s.track_id} transl has shape {np.asarray(s.transl).shape}, expected (T, 3)")
+                raise ValueError(
+                    f"{vid}: track {s.track_id} transl has shape {np.asarray(s.transl).shape}, expected (T, 3)"
+                )
         return sorted(result.sequences, key=lambda s: int(s.track_id))

@@ -33,8 +33,22 @@ log = logging.getLogger(__name__)
 
 #: Extensions (lower case, with dot) picked up when INPUT is a folder.
 VIDEO_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-    ".wmv", ".flv", ".3gp", ".ogv", ".mxf",
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".wmv",
+    ".flv",
+    ".3gp",
+    ".ogv",
+    ".mxf",
 )
 #: Manifest suffixes.
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".parquet", ".pq")
@@ -126,7 +140,9 @@ def read_manifest_table(path: Path) -> list[tuple[Path, str | None, dict[str, An
     except Exception as exc:  # pandas raises many types for unreadable files
         raise InputError(f"{path}: cannot read the manifest ({type(exc).__name__}: {exc})") from None
     if "path" not in df.columns:
-        raise InputError(f"{path}: manifest has no 'path' column (columns: {', '.join(map(str, df.columns)) or 'none'})")
+        raise InputError(
+            f"{path}: manifest has no 'path' column (columns: {', '.join(map(str, df.columns)) or 'none'})"
+        )
     rows = []
     base = path.parent
     has_id = "video_id" in df.columns
@@ -200,7 +216,9 @@ def assign_ids(rows: list[tuple[Path, str | None, dict[str, Any]]]) -> list[Inpu
     given = {full: vid for full, (vid, _meta) in by_path.items() if vid is not None}
     for full, vid in given.items():
         if not is_safe_video_id(vid) or vid.lower() in {r.lower() for r in RESERVED_IDS}:
-            raise InputError(f"{full}: video_id {vid!r} is not a safe id (letters, digits, '.', '_', '-'; not {JOB_DIR!r})")
+            raise InputError(
+                f"{full}: video_id {vid!r} is not a safe id (letters, digits, '.', '_', '-'; not {JOB_DIR!r})"
+            )
     derived = assign_video_ids([f for f in by_path if f not in given])
     ids = {**derived, **given}
     seen: dict[str, str] = {}

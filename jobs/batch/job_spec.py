@@ -31,8 +31,6 @@ from typing import Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hmrflow.pipeline.config import Strict, _format_validation_error
-from hmrflow.pipeline.errors import ConfigError
 from hmrflow.jobs.batch.inputs import (
     VIDEO_EXTENSIONS,
     InputError,
@@ -42,6 +40,8 @@ from hmrflow.jobs.batch.inputs import (
     scan_folder,
     scan_glob,
 )
+from hmrflow.pipeline.config import Strict, _format_validation_error
+from hmrflow.pipeline.errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

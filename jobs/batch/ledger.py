@@ -234,12 +234,24 @@ class Ledger:
 
     # ------------------------------------------------------------------- runs
     def start_run(self, run_id: str, info: Mapping[str, Any]) -> None:
-        self._tx([("INSERT OR REPLACE INTO runs (run_id, started_at, info) VALUES (?, ?, ?)",
-                   (run_id, time.time(), json.dumps(dict(info), sort_keys=True, default=str)))])
+        self._tx(
+            [
+                (
+                    "INSERT OR REPLACE INTO runs (run_id, started_at, info) VALUES (?, ?, ?)",
+                    (run_id, time.time(), json.dumps(dict(info), sort_keys=True, default=str)),
+                )
+            ]
+        )
 
     def finish_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
-        self._tx([("UPDATE runs SET finished_at = ?, summary = ? WHERE run_id = ?",
-                   (time.time(), json.dumps(dict(summary), sort_keys=True, default=str), run_id))])
+        self._tx(
+            [
+                (
+                    "UPDATE runs SET finished_at = ?, summary = ? WHERE run_id = ?",
+                    (time.time(), json.dumps(dict(summary), sort_keys=True, default=str), run_id),
+                )
+            ]
+        )
 
     def runs(self) -> list[dict[str, Any]]:
         out = []
@@ -264,7 +276,9 @@ class Ledger:
         if (size, mtime) == (e.input_size, e.input_mtime_ns):
             return ""
         if e.input_hash and cached_file_sha256(path) == e.input_hash:
-            self._tx([("UPDATE videos SET input_size = ?, input_mtime_ns = ? WHERE video_id = ?", (size, mtime, e.video_id))])
+            self._tx(
+                [("UPDATE videos SET input_size = ?, input_mtime_ns = ? WHERE video_id = ?", (size, mtime, e.video_id))]
+            )
             return ""
         return "input changed"
 
@@ -292,13 +306,19 @@ class Ledger:
             meta = json.dumps(dict(item.metadata), sort_keys=True, default=str)
             e = self.get(item.video_id)
             if e is None:
-                stmts.append((
-                    "INSERT INTO videos (video_id, path, status, config_hash, queued_at, metadata, run_id) "
-                    "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                    (item.video_id, str(item.path), config_hash, now, meta, run_id),
-                ))
-                stmts.append(("INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'queued', ?, '')",
-                              (item.video_id, run_id, now)))
+                stmts.append(
+                    (
+                        "INSERT INTO videos (video_id, path, status, config_hash, queued_at, metadata, run_id) "
+                        "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                        (item.video_id, str(item.path), config_hash, now, meta, run_id),
+                    )
+                )
+                stmts.append(
+                    (
+                        "INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'queued', ?, '')",
+                        (item.video_id, run_id, now),
+                    )
+                )
                 todo.append(item.video_id)
                 continue
             reason = ""
@@ -322,13 +342,19 @@ class Ledger:
                     reason = f"retry after failure ({e.attempts}/{max_attempts} attempts used)"
             if reason:
                 requeued.append(item.video_id)
-                stmts.append(("INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, ?, ?, ?)",
-                              (item.video_id, run_id, "interrupted" if e.status == RUNNING else "requeued", now, reason)))
-            stmts.append((
-                "UPDATE videos SET status = 'queued', path = ?, config_hash = ?, metadata = ?, queued_at = ?, "
-                "attempts = CASE WHEN ? THEN 0 ELSE attempts END WHERE video_id = ?",
-                (str(item.path), config_hash, meta, now, int(reset_attempts), item.video_id),
-            ))
+                stmts.append(
+                    (
+                        "INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, ?, ?, ?)",
+                        (item.video_id, run_id, "interrupted" if e.status == RUNNING else "requeued", now, reason),
+                    )
+                )
+            stmts.append(
+                (
+                    "UPDATE videos SET status = 'queued', path = ?, config_hash = ?, metadata = ?, queued_at = ?, "
+                    "attempts = CASE WHEN ? THEN 0 ELSE attempts END WHERE video_id = ?",
+                    (str(item.path), config_hash, meta, now, int(reset_attempts), item.video_id),
+                )
+            )
             todo.append(item.video_id)
         if stmts:
             self._tx(stmts)
@@ -338,12 +364,19 @@ class Ledger:
     def mark_running(self, video_id: str, run_id: str) -> int:
         """queued -> running, one more attempt; returns the attempt number."""
         now = time.time()
-        self._tx([
-            ("UPDATE videos SET status = 'running', attempts = attempts + 1, run_id = ?, started_at = ?, "
-             "finished_at = NULL, error = '' WHERE video_id = ?", (run_id, now, video_id)),
-            ("INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'started', ?, '')",
-             (video_id, run_id, now)),
-        ])
+        self._tx(
+            [
+                (
+                    "UPDATE videos SET status = 'running', attempts = attempts + 1, run_id = ?, started_at = ?, "
+                    "finished_at = NULL, error = '' WHERE video_id = ?",
+                    (run_id, now, video_id),
+                ),
+                (
+                    "INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'started', ?, '')",
+                    (video_id, run_id, now),
+                ),
+            ]
+        )
         e = self.get(video_id)
         if e is None:
             raise KeyError(f"{video_id}: not in the ledger {self.path}")
@@ -363,29 +396,53 @@ class Ledger:
             return False
         size, mtime = fingerprint(e.path)
         now = time.time()
-        self._tx([
-            ("UPDATE videos SET status = 'done', error = '', finished_at = ?, seconds = ?, frames = ?, tracks = ?, "
-             "people = ?, rows_written = ?, observed = ?, filled = ?, peak_rss_mb = ?, output = ?, input_hash = ?, "
-             "input_size = ?, input_mtime_ns = ? WHERE video_id = ?",
-             (now, float(outcome.get("seconds", 0.0)), int(outcome.get("frames", 0)), int(outcome.get("tracks", 0)),
-              int(outcome.get("people", 0)), int(outcome.get("rows", 0)), int(outcome.get("observed", 0)),
-              int(outcome.get("filled", 0)), float(outcome.get("peak_rss_mb", 0.0)), str(outcome.get("output", "")),
-              str(outcome.get("input_sha256", "")), size, mtime, video_id)),
-            ("INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'done', ?, ?)",
-             (video_id, run_id, now, str(outcome.get("output", "")))),
-        ])
+        self._tx(
+            [
+                (
+                    "UPDATE videos SET status = 'done', error = '', finished_at = ?, seconds = ?, frames = ?, tracks = ?, "
+                    "people = ?, rows_written = ?, observed = ?, filled = ?, peak_rss_mb = ?, output = ?, input_hash = ?, "
+                    "input_size = ?, input_mtime_ns = ? WHERE video_id = ?",
+                    (
+                        now,
+                        float(outcome.get("seconds", 0.0)),
+                        int(outcome.get("frames", 0)),
+                        int(outcome.get("tracks", 0)),
+                        int(outcome.get("people", 0)),
+                        int(outcome.get("rows", 0)),
+                        int(outcome.get("observed", 0)),
+                        int(outcome.get("filled", 0)),
+                        float(outcome.get("peak_rss_mb", 0.0)),
+                        str(outcome.get("output", "")),
+                        str(outcome.get("input_sha256", "")),
+                        size,
+                        mtime,
+                        video_id,
+                    ),
+                ),
+                (
+                    "INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'done', ?, ?)",
+                    (video_id, run_id, now, str(outcome.get("output", ""))),
+                ),
+            ]
+        )
         return True
 
     def mark_failed(self, video_id: str, run_id: str, error: str, seconds: float = 0.0) -> None:
         """running -> failed with a one-line reason."""
         now = time.time()
         line = (error or "unknown error").strip().splitlines()[0][:2000]
-        self._tx([
-            ("UPDATE videos SET status = 'failed', error = ?, finished_at = ?, seconds = ? WHERE video_id = ?",
-             (line, now, float(seconds), video_id)),
-            ("INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'failed', ?, ?)",
-             (video_id, run_id, now, line)),
-        ])
+        self._tx(
+            [
+                (
+                    "UPDATE videos SET status = 'failed', error = ?, finished_at = ?, seconds = ? WHERE video_id = ?",
+                    (line, now, float(seconds), video_id),
+                ),
+                (
+                    "INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'failed', ?, ?)",
+                    (video_id, run_id, now, line),
+                ),
+            ]
+        )
 
     def requeue(self, video_ids: Sequence[str], run_id: str, reason: str) -> None:
         """running -> queued (work lost, e.g. a crashed Ray pass); attempts are kept."""
@@ -393,8 +450,12 @@ class Ledger:
         stmts: list[tuple[str, Sequence[Any]]] = []
         for vid in video_ids:
             stmts.append(("UPDATE videos SET status = 'queued' WHERE video_id = ? AND status = 'running'", (vid,)))
-            stmts.append(("INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'requeued', ?, ?)",
-                          (vid, run_id, now, reason)))
+            stmts.append(
+                (
+                    "INSERT INTO events (video_id, run_id, event, at, detail) VALUES (?, ?, 'requeued', ?, ?)",
+                    (vid, run_id, now, reason),
+                )
+            )
         if stmts:
             self._tx(stmts)
 

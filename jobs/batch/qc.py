@@ -24,8 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from hmrflow.pipeline.atomic import atomic_write_json, atomic_write_text
 from hmrflow.jobs.batch.ledger import LedgerEntry
+from hmrflow.pipeline.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,24 @@ def build_qc(entries: Sequence[LedgerEntry], run_id: str, summary: Mapping[str, 
             except Exception as exc:  # a damaged output must not stop the report
                 log.warning("%s: cannot compute jitter (%s)", e.video_id, exc)
         total = e.observed + e.filled
-        videos.append(VideoQC(
-            video_id=e.video_id, path=e.path, status=e.status, attempts=e.attempts, error=e.error,
-            frames=e.frames, people=e.people, tracks=e.tracks, observed=e.observed, filled=e.filled,
-            filled_frac=round(e.filled / total, 6) if total else 0.0,
-            jitter_m_s3=None if jit is None or not math.isfinite(jit) else round(jit, 6),
-            seconds=round(e.seconds, 3), output=e.output,
-        ))
+        videos.append(
+            VideoQC(
+                video_id=e.video_id,
+                path=e.path,
+                status=e.status,
+                attempts=e.attempts,
+                error=e.error,
+                frames=e.frames,
+                people=e.people,
+                tracks=e.tracks,
+                observed=e.observed,
+                filled=e.filled,
+                filled_frac=round(e.filled / total, 6) if total else 0.0,
+                jitter_m_s3=None if jit is None or not math.isfinite(jit) else round(jit, 6),
+                seconds=round(e.seconds, 3),
+                output=e.output,
+            )
+        )
     done = [v for v in videos if v.status == "done"]
     totals = {
         "videos": len(videos),
@@ -135,8 +146,19 @@ def _fmt(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-_MD_COLUMNS = ("video_id", "status", "attempts", "frames", "people", "tracks", "observed", "filled",
-               "jitter_m_s3", "seconds", "error")
+_MD_COLUMNS = (
+    "video_id",
+    "status",
+    "attempts",
+    "frames",
+    "people",
+    "tracks",
+    "observed",
+    "filled",
+    "jitter_m_s3",
+    "seconds",
+    "error",
+)
 
 
 def qc_markdown(report: QCReport) -> str:

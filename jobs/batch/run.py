@@ -32,6 +32,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from hmrflow.jobs.batch.inputs import JOB_DIR, InputVideo
+from hmrflow.jobs.batch.ledger import Ledger, PlannedInput
+from hmrflow.jobs.batch.locking import JobLock
 from hmrflow.pipeline.assembly import (
     HeartbeatDecode,
     PipelineSpec,
@@ -41,9 +44,6 @@ from hmrflow.pipeline.assembly import (
     outcome_from_output,
 )
 from hmrflow.pipeline.atomic import remove_stale_temps
-from hmrflow.jobs.batch.inputs import JOB_DIR, InputVideo
-from hmrflow.jobs.batch.ledger import Ledger, PlannedInput
-from hmrflow.jobs.batch.locking import JobLock
 from hmrflow.pipeline.provenance import config_hash
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
@@ -278,8 +278,16 @@ def run_batch(
         plan = ledger.plan(
             [PlannedInput(v.video_id, v.path, v.metadata) for v in inputs], chash, options.max_attempts, run_id
         )
-        ledger.start_run(run_id, {"runner": options.runner, "config_hash": chash, "inputs": len(inputs),
-                                  "todo": len(plan.todo), "strict": options.strict})
+        ledger.start_run(
+            run_id,
+            {
+                "runner": options.runner,
+                "config_hash": chash,
+                "inputs": len(inputs),
+                "todo": len(plan.todo),
+                "strict": options.strict,
+            },
+        )
         summary.skipped, summary.given_up = len(plan.skipped), len(plan.given_up)
         if plan.requeued:
             log.info("%d videos requeued (interrupted, changed or retried)", len(plan.requeued))
@@ -344,8 +352,12 @@ def _execute(
     try:
         if options.runner == "local":
             outcomes = run_local(
-                tasks, spec, isolate=options.isolate, stall_timeout_s=options.stall_timeout_s,
-                video_timeout_s=options.video_timeout_s, on_frames=bar_f.update,
+                tasks,
+                spec,
+                isolate=options.isolate,
+                stall_timeout_s=options.stall_timeout_s,
+                video_timeout_s=options.video_timeout_s,
+                on_frames=bar_f.update,
                 on_start=lambda vid: ledger.mark_running(vid, run_id),
             )
             for o in outcomes:
@@ -382,14 +394,19 @@ def _execute_ray(
     from hmrflow.pipeline.runner_ray import RayRunner
 
     runner = RayRunner(
-        spec, address=options.address, frame_workers=options.ray_workers, num_cpus=options.ray_num_cpus,
-        isolate=options.isolate, stall_timeout_s=options.stall_timeout_s, video_timeout_s=options.video_timeout_s,
+        spec,
+        address=options.address,
+        frame_workers=options.ray_workers,
+        num_cpus=options.ray_num_cpus,
+        isolate=options.isolate,
+        stall_timeout_s=options.stall_timeout_s,
+        video_timeout_s=options.video_timeout_s,
         gpus_per_worker=options.ray_gpus_per_worker,
         videos_per_pass=len(tasks),  # passes are cut here, so each runner.run() is one pass
     )
     per_pass = max(1, options.videos_per_pass)
     for start in range(0, len(tasks), per_pass):
-        remaining = tasks[start:start + per_pass]
+        remaining = tasks[start : start + per_pass]
         while remaining:
             for t in remaining:
                 ledger.mark_running(t.video_id, run_id)

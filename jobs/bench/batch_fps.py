@@ -43,14 +43,18 @@ def _spec(pipeline: str | None, out: Path) -> Any:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from hmrflow.jobs.batch.inputs import enumerate_inputs
     from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import probe_clip
     from hmrflow.pipeline.assembly import VideoTask
-    from hmrflow.jobs.batch.inputs import enumerate_inputs
 
     w, h = (int(x) for x in args.size.split("x"))
-    res: dict[str, Any] = {"clips": args.clips, "frames_per_clip": args.frames, "size": args.size,
-                           "cpu_count": os.cpu_count()}
+    res: dict[str, Any] = {
+        "clips": args.clips,
+        "frames_per_clip": args.frames,
+        "size": args.size,
+        "cpu_count": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.clips_from:  # existing clips, e.g. a rendered synthetic bench set
@@ -71,8 +75,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         res["local_runner_fps"] = total / res["local_runner_s"]
 
         t0 = time.perf_counter()
-        s = run_batch(inputs, _spec(args.pipeline, root / "batch"), root / "batch",
-                      BatchOptions(progress=False, qc=False))
+        s = run_batch(
+            inputs, _spec(args.pipeline, root / "batch"), root / "batch", BatchOptions(progress=False, qc=False)
+        )
         res["local_batch_s"] = time.perf_counter() - t0
         res["local_batch_fps"] = total / res["local_batch_s"]
         res["local_batch_done"] = s.done
@@ -102,14 +107,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             _clips(folder, 1, n, (args.rss_size_w, args.rss_size_h))
             t0 = time.perf_counter()
             out = root / f"rss_out{minutes}"
-            s = run_batch(enumerate_inputs(folder), _spec(args.pipeline, out), out, BatchOptions(progress=False, qc=False))
-            from hmrflow.jobs.batch.run import ledger_path
+            s = run_batch(
+                enumerate_inputs(folder), _spec(args.pipeline, out), out, BatchOptions(progress=False, qc=False)
+            )
             from hmrflow.jobs.batch.ledger import Ledger
+            from hmrflow.jobs.batch.run import ledger_path
 
             with Ledger(ledger_path(out)) as led:
                 (e,) = led.entries()
-            res[f"rss_{minutes}min"] = {"frames": e.frames, "status": e.status, "peak_rss_mb": round(e.peak_rss_mb, 1),
-                                        "seconds": round(time.perf_counter() - t0, 1)}
+            res[f"rss_{minutes}min"] = {
+                "frames": e.frames,
+                "status": e.status,
+                "peak_rss_mb": round(e.peak_rss_mb, 1),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
     return res
 
 
@@ -120,7 +131,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--size", default="320x240")
     p.add_argument("--ray-cpus", type=int, default=2)
-    p.add_argument("--ray-workers", type=int, default=None, help="Ray frame workers (default: as many as the cluster holds)")
+    p.add_argument(
+        "--ray-workers", type=int, default=None, help="Ray frame workers (default: as many as the cluster holds)"
+    )
     p.add_argument("--rss-minutes", type=float, nargs="*", default=[])
     p.add_argument("--rss-size-w", type=int, default=160)
     p.add_argument("--rss-size-h", type=int, default=120)

@@ -37,29 +37,45 @@ VARIANTS = ("baseline", "eclm", "tome", "both")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench_out/estimator", help="output folder (default bench_out/estimator)")
     p.add_argument("--weights", default=None, help="tiny estimator weights (default: the bundled ones, else random)")
-    p.add_argument("--eclm-weights", default=None,
-                   help="merged checkpoint from `hmrflow accelerate` (default: the bundled one when --weights is "
-                        "not given, else an ECLM search here with --eps/--spans/--order)")
+    p.add_argument(
+        "--eclm-weights",
+        default=None,
+        help="merged checkpoint from `hmrflow accelerate` (default: the bundled one when --weights is "
+        "not given, else an ECLM search here with --eps/--spans/--order)",
+    )
     p.add_argument("--eps", type=float, default=1.0, help="ECLM budget (mm) when searching here (default 1.0)")
     p.add_argument("--models", default="tiny,huge", help="comma-separated: tiny, huge (default both)")
     p.add_argument("--batches", default="1,16,64", help="batch sizes for the tiny model (default 1,16,64)")
     p.add_argument("--huge-batches", default="1,16", help="batch sizes for ViT-H (default 1,16; 64 is slow on CPU)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (default 5)")
-    p.add_argument("--tome-r", default=None,
-                   help="Mask-ToMe merges per block for the tiny model: one number (with --tome-schedule) or a "
-                        "comma-separated per-block list such as 14,7,4 (default: the archive preset's)")
+    p.add_argument(
+        "--tome-r",
+        default=None,
+        help="Mask-ToMe merges per block for the tiny model: one number (with --tome-schedule) or a "
+        "comma-separated per-block list such as 14,7,4 (default: the archive preset's)",
+    )
     p.add_argument("--tome-schedule", default="decreasing", choices=["constant", "decreasing"])
     p.add_argument("--huge-tome-r", type=int, default=None, help="Mask-ToMe r for ViT-H (default 192 // (2 * depth))")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
-                   help="autocast dtype of the timed forwards and the accuracy runs (default bf16, as the estimate "
-                        "stage runs on CPUs with bf16 support and on CUDA)")
+    p.add_argument(
+        "--precision",
+        default="bf16",
+        choices=["bf16", "fp32"],
+        help="autocast dtype of the timed forwards and the accuracy runs (default bf16, as the estimate "
+        "stage runs on CPUs with bf16 support and on CUDA)",
+    )
     p.add_argument("--spans", default="2,3", help="ECLM group sizes when searching here (default 2,3)")
     p.add_argument("--order", choices=["cka", "span"], default="cka", help="ECLM candidate order when searching here")
-    p.add_argument("--acc-sets", default="easy", help="held-out clip sets for per-frame accuracy (comma-separated; '' = none)")
+    p.add_argument(
+        "--acc-sets", default="easy", help="held-out clip sets for per-frame accuracy (comma-separated; '' = none)"
+    )
     p.add_argument("--acc-clips", type=int, default=8, help="clips per accuracy set (default 8)")
     p.add_argument("--frame-step", type=int, default=10, help="every n-th frame of the accuracy clips (default 10)")
-    p.add_argument("--tome-group", type=int, default=16,
-                   help="Mask-ToMe sub-batch size (crops sorted by person size; 0 = whole batch; default 16)")
+    p.add_argument(
+        "--tome-group",
+        type=int,
+        default=16,
+        help="Mask-ToMe sub-batch size (crops sorted by person size; 0 = whole batch; default 16)",
+    )
     p.add_argument("--n-eval", type=int, default=256, help="held-out crops for accuracy (default 256)")
     p.add_argument("--n-calib", type=int, default=128, help="calibration crops for the ECLM search (default 128)")
     p.add_argument("--cache", default=None, help="folder to cache rendered synthetic sets (default OUT/cache)")
@@ -159,7 +175,9 @@ def _time(v: _Variants, x, cover, reps: int, device, amp) -> dict[str, float]:
     return {k: statistics.median(t) for k, t in times.items()}
 
 
-def _bench_model(name: str, v: _Variants, images, cover, batches: list[int], reps: int, device, amp) -> list[dict[str, Any]]:
+def _bench_model(
+    name: str, v: _Variants, images, cover, batches: list[int], reps: int, device, amp
+) -> list[dict[str, Any]]:
     import torch
 
     rows = []
@@ -170,13 +188,28 @@ def _bench_model(name: str, v: _Variants, images, cover, batches: list[int], rep
             fl = {k: _flops(v, k, x, c) for k in VARIANTS}
             secs = _time(v, x, c, reps, device, amp)
         for k in VARIANTS:
-            rows.append({
-                "model": name, "batch": b, "variant": k, "crops_per_s": b / secs[k], "sec_per_batch": secs[k],
-                "gflops_per_crop": fl[k]["total"] / 1e9, "flops": fl[k],
-                "speedup": secs["baseline"] / secs[k], "flops_ratio": fl["baseline"]["total"] / fl[k]["total"],
-            })
-            log.info("%s b=%d %-8s %8.1f crops/s  x%.2f  %.3f GFLOPs", name, b, k, b / secs[k],
-                     secs["baseline"] / secs[k], fl[k]["total"] / 1e9)
+            rows.append(
+                {
+                    "model": name,
+                    "batch": b,
+                    "variant": k,
+                    "crops_per_s": b / secs[k],
+                    "sec_per_batch": secs[k],
+                    "gflops_per_crop": fl[k]["total"] / 1e9,
+                    "flops": fl[k],
+                    "speedup": secs["baseline"] / secs[k],
+                    "flops_ratio": fl["baseline"]["total"] / fl[k]["total"],
+                }
+            )
+            log.info(
+                "%s b=%d %-8s %8.1f crops/s  x%.2f  %.3f GFLOPs",
+                name,
+                b,
+                k,
+                b / secs[k],
+                secs["baseline"] / secs[k],
+                fl[k]["total"] / 1e9,
+            )
     return rows
 
 
@@ -191,18 +224,36 @@ def _accuracy(v: _Variants, body, heldout, device, amp) -> dict[str, dict[str, f
     for k in VARIANTS:
         v.set(k)
         masks = heldout.token_masks if k in ("tome", "both") else None
-        j = predict_joints(v.model, body, heldout.images, masks, batch_size=64, device=device,
-                           autocast_dtype=torch.bfloat16 if amp else None)
-        out[k] = {"mpjpe_mm": float(mpjpe(j, heldout.joints3d).mean()),
-                  "pa_mpjpe_mm": float(pa_mpjpe(j, heldout.joints3d).mean())}
+        j = predict_joints(
+            v.model,
+            body,
+            heldout.images,
+            masks,
+            batch_size=64,
+            device=device,
+            autocast_dtype=torch.bfloat16 if amp else None,
+        )
+        out[k] = {
+            "mpjpe_mm": float(mpjpe(j, heldout.joints3d).mean()),
+            "pa_mpjpe_mm": float(pa_mpjpe(j, heldout.joints3d).mean()),
+        }
         log.info("crop accuracy %-8s MPJPE %.2f  PA-MPJPE %.2f mm", k, out[k]["mpjpe_mm"], out[k]["pa_mpjpe_mm"])
     v.set("baseline")
     return out
 
 
-def _clip_accuracy(sets: list[str], clips: int, frame_step: int, weights: str, eclm_weights: str,
-                   tome_r: int | list[int], tome_schedule: str, tome_group: int, precision: str,
-                   device: str) -> dict[str, Any]:
+def _clip_accuracy(
+    sets: list[str],
+    clips: int,
+    frame_step: int,
+    weights: str,
+    eclm_weights: str,
+    tome_r: int | list[int],
+    tome_schedule: str,
+    tome_group: int,
+    precision: str,
+    device: str,
+) -> dict[str, Any]:
     """Per-frame accuracy of the four variants as the estimate stage runs them (same frames, GT
     boxes and exact person masks for all) on the held-out bench clip sets."""
     from hmrflow.jobs.bench.estimator_eval import evaluate_set
@@ -224,17 +275,28 @@ def _clip_accuracy(sets: list[str], clips: int, frame_step: int, weights: str, e
     for name in sets:
         t0 = time.time()
         r = evaluate_set(name, stages, clips, frame_step)
-        out[name] = {"people_frames": r["estimated"], "detection": r["detection"],
-                     "variants": {k: {"all": d["all"], "height_ge_15pct": d["height_ge_15pct"]}
-                                  for k, d in r["variants"].items()}}
+        out[name] = {
+            "people_frames": r["estimated"],
+            "detection": r["detection"],
+            "variants": {
+                k: {"all": d["all"], "height_ge_15pct": d["height_ge_15pct"]} for k, d in r["variants"].items()
+            },
+        }
         base = r["variants"]["baseline"]["pa_mpjpe_mm"]
         for k, d in r["variants"].items():  # paired difference per person-frame
             diff = d["pa_mpjpe_mm"] - base
             out[name]["variants"][k]["delta_pa_mpjpe_mm"] = float(diff.mean()) if len(diff) else 0.0
-            out[name]["variants"][k]["delta_pa_mpjpe_se_mm"] = float(diff.std(ddof=1) / max(1, len(diff)) ** 0.5) if len(diff) > 1 else 0.0
-            log.info("clip accuracy %s %-8s PA-MPJPE %.2f MPJPE %.2f (delta PA %+.2f)", name, k,
-                     d["all"].get("pa_mpjpe_mm", float("nan")), d["all"].get("mpjpe_mm", float("nan")),
-                     out[name]["variants"][k]["delta_pa_mpjpe_mm"])
+            out[name]["variants"][k]["delta_pa_mpjpe_se_mm"] = (
+                float(diff.std(ddof=1) / max(1, len(diff)) ** 0.5) if len(diff) > 1 else 0.0
+            )
+            log.info(
+                "clip accuracy %s %-8s PA-MPJPE %.2f MPJPE %.2f (delta PA %+.2f)",
+                name,
+                k,
+                d["all"].get("pa_mpjpe_mm", float("nan")),
+                d["all"].get("mpjpe_mm", float("nan")),
+                out[name]["variants"][k]["delta_pa_mpjpe_mm"],
+            )
         out[name]["seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -242,29 +304,46 @@ def _clip_accuracy(sets: list[str], clips: int, frame_step: int, weights: str, e
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Estimator benchmark ({report['device']}, {report['dtype']}, {report['threads']} threads)", ""]
     for name, info in report["models"].items():
-        lines += [f"## {name}: {info['description']}", "",
-                  f"ECLM plan: depth {info['eclm']['base_depth']} -> {info['eclm']['depth']} groups {info['eclm']['groups']} ({info['eclm']['source']}); "
-                  f"Mask-ToMe: {info['tome']}", "",
-                  "| batch | variant | crops/s | speed-up | GFLOPs/crop | FLOPs ratio |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {name}: {info['description']}",
+            "",
+            f"ECLM plan: depth {info['eclm']['base_depth']} -> {info['eclm']['depth']} groups {info['eclm']['groups']} ({info['eclm']['source']}); "
+            f"Mask-ToMe: {info['tome']}",
+            "",
+            "| batch | variant | crops/s | speed-up | GFLOPs/crop | FLOPs ratio |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in report["throughput"]:
             if r["model"] == name:
-                lines.append(f"| {r['batch']} | {r['variant']} | {r['crops_per_s']:.1f} | {r['speedup']:.2f}x | "
-                             f"{r['gflops_per_crop']:.3f} | {r['flops_ratio']:.2f}x |")
+                lines.append(
+                    f"| {r['batch']} | {r['variant']} | {r['crops_per_s']:.1f} | {r['speedup']:.2f}x | "
+                    f"{r['gflops_per_crop']:.3f} | {r['flops_ratio']:.2f}x |"
+                )
         lines.append("")
     for set_name, acc in (report.get("clip_accuracy") or {}).items():
-        lines += [f"## Per-frame accuracy of the tiny model on held-out clips: `{set_name}` "
-                  f"({acc['people_frames']} person-frames, {acc['detection']}; the estimate stage as the pipeline runs it)", "",
-                  "| variant | PA-MPJPE mm | MPJPE mm | delta PA-MPJPE mm (paired, +- s.e.) |", "|---|---|---|---|"]
+        lines += [
+            f"## Per-frame accuracy of the tiny model on held-out clips: `{set_name}` "
+            f"({acc['people_frames']} person-frames, {acc['detection']}; the estimate stage as the pipeline runs it)",
+            "",
+            "| variant | PA-MPJPE mm | MPJPE mm | delta PA-MPJPE mm (paired, +- s.e.) |",
+            "|---|---|---|---|",
+        ]
         for k, e in acc["variants"].items():
             a = e["all"]
-            lines.append(f"| {k} | {a['pa_mpjpe_mm']:.2f} | {a['mpjpe_mm']:.2f} | "
-                         f"{e['delta_pa_mpjpe_mm']:+.2f} +- {e['delta_pa_mpjpe_se_mm']:.2f} |")
+            lines.append(
+                f"| {k} | {a['pa_mpjpe_mm']:.2f} | {a['mpjpe_mm']:.2f} | "
+                f"{e['delta_pa_mpjpe_mm']:+.2f} +- {e['delta_pa_mpjpe_se_mm']:.2f} |"
+            )
         lines.append("")
     if report.get("accuracy"):
         acc = report["accuracy"]
-        lines += [f"## Crop-level accuracy of the tiny model ({acc['n']} held-out synthetic crops rendered like the training "
-                  f"crops, seed {acc['seed']}, {acc['weights']})", "",
-                  "| variant | MPJPE mm | PA-MPJPE mm | delta PA-MPJPE mm |", "|---|---|---|---|"]
+        lines += [
+            f"## Crop-level accuracy of the tiny model ({acc['n']} held-out synthetic crops rendered like the training "
+            f"crops, seed {acc['seed']}, {acc['weights']})",
+            "",
+            "| variant | MPJPE mm | PA-MPJPE mm | delta PA-MPJPE mm |",
+            "|---|---|---|---|",
+        ]
         base = acc["variants"]["baseline"]["pa_mpjpe_mm"]
         for k, e in acc["variants"].items():
             lines.append(f"| {k} | {e['mpjpe_mm']:.2f} | {e['pa_mpjpe_mm']:.2f} | {e['pa_mpjpe_mm'] - base:+.2f} |")
@@ -301,13 +380,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from hmrflow.jobs.train.calibration import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
     from hmrflow.pipeline.atomic import atomic_write_bytes
-    from hmrflow.pipeline.devices import resolve_device
     from hmrflow.pipeline.config import load_config
+    from hmrflow.pipeline.devices import resolve_device
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
     from hmrflow.stages.mesh.accel.eclm import ECLMConfig, apply_eclm, search_plan
-    from hmrflow.stages.mesh.checkpoint import load_estimator, save_estimator
     from hmrflow.stages.mesh.accel.tome import MaskToMeConfig
+    from hmrflow.stages.mesh.checkpoint import load_estimator, save_estimator
     from hmrflow.stages.mesh.model import build_estimator
 
     out = Path(args.out)
@@ -354,30 +433,56 @@ def _run(args: argparse.Namespace) -> int:
     else:
         plan, plan_source = _pairs_from_end(tiny_depth, tiny_depth // 3), "fixed pairs from the end (random weights)"
     n_tok = tiny.token_grid[0] * tiny.token_grid[1]
-    tiny_tome = MaskToMeConfig(r=tuple(tome_r) if isinstance(tome_r, list) else tome_r, schedule=tome_schedule,
-                               group_size=args.tome_group or None)
+    tiny_tome = MaskToMeConfig(
+        r=tuple(tome_r) if isinstance(tome_r, list) else tome_r,
+        schedule=tome_schedule,
+        group_size=args.tome_group or None,
+    )
 
     report: dict[str, Any] = {
-        "device": str(device), "dtype": "bf16 autocast" if amp else "fp32", "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "reps": args.reps, "models": {}, "throughput": [],
+        "device": str(device),
+        "dtype": "bf16 autocast" if amp else "fp32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "reps": args.reps,
+        "models": {},
+        "throughput": [],
     }
     crops_tiny, cover_tiny = heldout.images, heldout.token_masks
     if "tiny" in models:
         v = _Variants(tiny, plan, tiny_tome)
         report["models"]["tiny"] = {
             "description": f"bundled tiny estimator, crops {tiny.image_size}, {n_tok} tokens, {weights_desc}",
-            "eclm": {"base_depth": plan.base_depth, "depth": plan.depth, "groups": [list(g) for g in plan.groups], "source": plan_source},
+            "eclm": {
+                "base_depth": plan.base_depth,
+                "depth": plan.depth,
+                "groups": [list(g) for g in plan.groups],
+                "source": plan_source,
+            },
             "tome": f"r={tome_r} {tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (exact masks)",
         }
         batches = [int(b) for b in args.batches.split(",")]
         report["throughput"] += _bench_model("tiny", v, crops_tiny, cover_tiny, batches, args.reps, device, amp)
-        report["accuracy"] = {"n": len(heldout), "seed": HELDOUT_SEED, "weights": weights_desc,
-                              "variants": _accuracy(v, body, heldout, device, amp)}
+        report["accuracy"] = {
+            "n": len(heldout),
+            "seed": HELDOUT_SEED,
+            "weights": weights_desc,
+            "variants": _accuracy(v, body, heldout, device, amp),
+        }
         acc_sets = [a.strip() for a in args.acc_sets.split(",") if a.strip()]
         if acc_sets and weights is not None and eclm_path is not None:
             report["clip_accuracy"] = _clip_accuracy(
-                acc_sets, args.acc_clips, args.frame_step, str(weights), str(eclm_path), tome_r, tome_schedule,
-                args.tome_group, args.precision, str(device))
+                acc_sets,
+                args.acc_clips,
+                args.frame_step,
+                str(weights),
+                str(eclm_path),
+                tome_r,
+                tome_schedule,
+                args.tome_group,
+                args.precision,
+                str(device),
+            )
     if "huge" in models:
         huge = build_estimator("huge", (256, 192)).eval().to(device)
         # the same fraction of depth removed as the tiny model's plan (at least a third), pairs from the end
@@ -386,16 +491,23 @@ def _run(args: argparse.Namespace) -> int:
         hr = args.huge_tome_r if args.huge_tome_r is not None else max(1, 192 // (2 * hplan.depth))
         hcfg = MaskToMeConfig(r=hr, schedule=args.tome_schedule, group_size=args.tome_group or None)
         images = F.interpolate(crops_tiny[:64], size=(256, 192), mode="bilinear", align_corners=False)
-        cover = F.adaptive_avg_pool2d(F.interpolate(cover_tiny[:64, None], size=(64, 48), mode="nearest"), (16, 12))[:, 0]
+        cover = F.adaptive_avg_pool2d(F.interpolate(cover_tiny[:64, None], size=(64, 48), mode="nearest"), (16, 12))[
+            :, 0
+        ]
         report["models"]["huge"] = {
             "description": "HMR2.0 ViT-H/16 + decoder size, crops (256, 192), 192 tokens, random weights (speed only)",
-            "eclm": {"base_depth": 32, "depth": hplan.depth, "groups": [list(g) for g in hplan.groups],
-                     "source": "fixed pairs from the end, same depth fraction as the tiny plan (random weights)"},
+            "eclm": {
+                "base_depth": 32,
+                "depth": hplan.depth,
+                "groups": [list(g) for g in hplan.groups],
+                "source": "fixed pairs from the end, same depth fraction as the tiny plan (random weights)",
+            },
             "tome": f"r={hr} {args.tome_schedule}, sub-batches {args.tome_group or 'off'}, person tokens protected (masks upsampled)",
         }
         hb = [int(b) for b in args.huge_batches.split(",") if b]
-        report["throughput"] += _bench_model("huge", _Variants(huge, hplan, hcfg), images, cover, hb,
-                                             max(2, args.reps // 2), device, amp)
+        report["throughput"] += _bench_model(
+            "huge", _Variants(huge, hplan, hcfg), images, cover, hb, max(2, args.reps // 2), device, amp
+        )
     atomic_write_bytes(out / "estimator_bench.json", json.dumps(report, indent=2).encode())
     md = _markdown(report)
     atomic_write_bytes(out / "estimator_bench.md", md.encode())

@@ -69,13 +69,13 @@ def evaluate_set(
     """
     import torch
 
-    from hmrflow.priors.metrics import mpjpe, pa_mpjpe
     from hmrflow.jobs.synth.bench_sets import load_bench_set
     from hmrflow.jobs.synth.clip import load_body_assets, place_people
     from hmrflow.jobs.synth.scene import sample_scene
     from hmrflow.jobs.train.synth_frames import render_scene_frames
     from hmrflow.pipeline.results import DetectedFrames
     from hmrflow.pipeline.types import Detections, FrameBatch
+    from hmrflow.priors.metrics import mpjpe, pa_mpjpe
 
     stages = dict(stage) if isinstance(stage, dict) else {"default": stage}
     body = load_body_assets("synthetic")
@@ -93,8 +93,11 @@ def evaluate_set(
             continue
         poses = torch.from_numpy(gt.poses[frames].reshape(-1, 72)).float()
         with torch.no_grad():
-            gt_j = body.model.forward_axis_angle(poses, torch.from_numpy(gt.betas).repeat(len(frames), 1),
-                                                 torch.from_numpy(gt.transl[frames].reshape(-1, 3))).joints.numpy()
+            gt_j = body.model.forward_axis_angle(
+                poses,
+                torch.from_numpy(gt.betas).repeat(len(frames), 1),
+                torch.from_numpy(gt.transl[frames].reshape(-1, 3)),
+            ).joints.numpy()
         gt_j = gt_j.reshape(len(frames), p, 24, 3)
         boxes = fr.boxes[:, :p]
         vis = fr.visible_frac[:, :p]
@@ -122,9 +125,14 @@ def evaluate_set(
         n_matched += len(fi)
         if len(fi) == 0:
             continue
-        det = Detections(video_id=spec.name, frame_idx=frames[fi].astype(np.int64), pts=frames[fi] / spec.fps,
-                         boxes_xyxy=det_boxes.astype(np.float32), scores=np.ones(len(fi), np.float32),
-                         masks=det_masks)
+        det = Detections(
+            video_id=spec.name,
+            frame_idx=frames[fi].astype(np.int64),
+            pts=frames[fi] / spec.fps,
+            boxes_xyxy=det_boxes.astype(np.float32),
+            scores=np.ones(len(fi), np.float32),
+            masks=det_masks,
+        )
         g = gt_j[fi, pi]
         for vname, st in stages.items():
             est = st.estimate(DetectedFrames(fb, det), float(scene.K[0, 0]) if known_focal else None)
@@ -139,23 +147,41 @@ def evaluate_set(
     def summary(pa: np.ndarray, mp: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         if not mask.any():
             return {"n": 0}
-        return {"n": int(mask.sum()), "pa_mpjpe_mm": float(pa[mask].mean()), "mpjpe_mm": float(mp[mask].mean()),
-                "pa_mpjpe_median_mm": float(np.median(pa[mask])), "mpjpe_median_mm": float(np.median(mp[mask]))}
+        return {
+            "n": int(mask.sum()),
+            "pa_mpjpe_mm": float(pa[mask].mean()),
+            "mpjpe_mm": float(mp[mask].mean()),
+            "pa_mpjpe_median_mm": float(np.median(pa[mask])),
+            "mpjpe_median_mm": float(np.median(mp[mask])),
+        }
 
     variants = {}
     for vname in stages:
         pa, mp = (np.concatenate(rows[vname][k]) if rows[vname][k] else np.zeros(0) for k in ("pa", "mp"))
-        variants[vname] = {"all": summary(pa, mp, np.ones(len(pa), bool)), "height_ge_15pct": summary(pa, mp, hf >= 0.15),
-                           "pa_mpjpe_mm": pa, "mpjpe_mm": mp}
+        variants[vname] = {
+            "all": summary(pa, mp, np.ones(len(pa), bool)),
+            "height_ge_15pct": summary(pa, mp, hf >= 0.15),
+            "pa_mpjpe_mm": pa,
+            "mpjpe_mm": mp,
+        }
     first = variants[next(iter(stages))]
     out = {
-        "set": name, "clips": clips, "frame_step": frame_step, "min_visible": min_visible,
-        "detection": "oracle (ground-truth boxes and masks of the visible pixels)" if detector is None
+        "set": name,
+        "clips": clips,
+        "frame_step": frame_step,
+        "min_visible": min_visible,
+        "detection": "oracle (ground-truth boxes and masks of the visible pixels)"
+        if detector is None
         else "bundled detector (its boxes and masks), IoU>=0.5",
         "focal": "known (the clip's intrinsics)" if known_focal else "HMR2 default 5000/256*max(W,H)",
-        "people_frames": n_gt, "estimated": n_matched,
-        "all": first["all"], "height_ge_15pct": first["height_ge_15pct"],
-        "pa_mpjpe_mm": first["pa_mpjpe_mm"], "mpjpe_mm": first["mpjpe_mm"], "height_frac": hf, "visible_frac": vf,
+        "people_frames": n_gt,
+        "estimated": n_matched,
+        "all": first["all"],
+        "height_ge_15pct": first["height_ge_15pct"],
+        "pa_mpjpe_mm": first["pa_mpjpe_mm"],
+        "mpjpe_mm": first["mpjpe_mm"],
+        "height_frac": hf,
+        "visible_frac": vf,
     }
     if isinstance(stage, dict):
         out["variants"] = variants

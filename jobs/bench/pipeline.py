@@ -29,8 +29,22 @@ VARIANTS: dict[str, list[str]] = {
     "per-frame": ["refine.enabled=false"],
     "refined": ["refine.enabled=true"],
 }
-COLUMNS = ("set", "variant", "clips", "frames", "f1", "idf1", "mota", "id_switches", "mpjpe_mm",
-           "pa_mpjpe_mm", "accel_mm_f2", "jitter_m_s3", "mpjpe_mm_filled", "fps")
+COLUMNS = (
+    "set",
+    "variant",
+    "clips",
+    "frames",
+    "f1",
+    "idf1",
+    "mota",
+    "id_switches",
+    "mpjpe_mm",
+    "pa_mpjpe_mm",
+    "accel_mm_f2",
+    "jitter_m_s3",
+    "mpjpe_mm_filled",
+    "fps",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
             out_dir = work / "outputs" / name / variant
             seconds, frames = run_variant(set_dir, out_dir, args.preset, [*VARIANTS[variant], *args.overrides])
             over = evaluate(out_dir, set_dir).overall
-            row = {"set": name, "variant": variant, "clips": len(list(out_dir.iterdir())), "frames": frames,
-                   "fps": frames / seconds if seconds > 0 else float("nan")}
+            row = {
+                "set": name,
+                "variant": variant,
+                "clips": len(list(out_dir.iterdir())),
+                "frames": frames,
+                "fps": frames / seconds if seconds > 0 else float("nan"),
+            }
             row.update({k: float(over[k]) for k in COLUMNS if k in over and k not in row})
             rows.append(row)
             log.info("%s/%s: %s", name, variant, {k: row.get(k) for k in ("f1", "idf1", "pa_mpjpe_mm")})
@@ -101,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """One markdown table, numbers with 3 significant decimals."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "-" if v != v else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")

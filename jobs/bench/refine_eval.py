@@ -45,8 +45,17 @@ def make_tracks(n_tracks: int, seconds: float, fps: float = 30.0, seed: int = HE
         r, t = random_camera(rng, tr_w.mean(0))
         rot_c, tr_c = world_to_camera(rot_w, tr_w, r, t)
         est = apply_noise(rot_c, tr_c, rng, fps, noise)
-        out.append(dict(gt_rot=rot_c, gt_transl=tr_c, rot=est.rotmats, transl=est.transl, observed=est.observed,
-                        confidence=est.confidence, fps=fps))
+        out.append(
+            dict(
+                gt_rot=rot_c,
+                gt_transl=tr_c,
+                rot=est.rotmats,
+                transl=est.transl,
+                observed=est.observed,
+                confidence=est.confidence,
+                fps=fps,
+            )
+        )
     return out
 
 
@@ -54,16 +63,23 @@ def _joints(bm, rot: np.ndarray, transl: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return bm(torch.from_numpy(np.ascontiguousarray(rot, np.float32)), None,
-                  torch.from_numpy(np.ascontiguousarray(transl, np.float32))).joints.numpy().astype(np.float64)
+        return (
+            bm(
+                torch.from_numpy(np.ascontiguousarray(rot, np.float32)),
+                None,
+                torch.from_numpy(np.ascontiguousarray(transl, np.float32)),
+            )
+            .joints.numpy()
+            .astype(np.float64)
+        )
 
 
 def evaluate(tracks: list[dict], cfg, threads: int = 2) -> dict[str, Any]:
     """Run :class:`RefineStage` on ``tracks`` and score per-frame vs refined (see module docstring)."""
     import torch
 
-    from hmrflow.priors import metrics as M
     from hmrflow.pipeline.types import SMPLSequence
+    from hmrflow.priors import metrics as M
     from hmrflow.priors.body_model import load_body_model
     from hmrflow.stages.refine.stage import RefineStage
 
@@ -71,18 +87,39 @@ def evaluate(tracks: list[dict], cfg, threads: int = 2) -> dict[str, Any]:
     bm = load_body_model("synthetic")
     stage = RefineStage(cfg)
     stage.setup()
-    acc: dict[str, list] = {k: [] for k in (
-        "in_mpjpe", "in_pa", "in_accel", "in_jitter", "out_mpjpe", "out_pa", "out_accel", "out_jitter",
-        "filled_mpjpe", "gt_jitter", "in_flip_mpjpe")}
+    acc: dict[str, list] = {
+        k: []
+        for k in (
+            "in_mpjpe",
+            "in_pa",
+            "in_accel",
+            "in_jitter",
+            "out_mpjpe",
+            "out_pa",
+            "out_accel",
+            "out_jitter",
+            "filled_mpjpe",
+            "gt_jitter",
+            "in_flip_mpjpe",
+        )
+    }
     n_frames, seconds = 0, 0.0
     n_filled = 0
     for k, tr in enumerate(tracks):
         fps = tr["fps"]
         obs = tr["observed"]
         fi = np.flatnonzero(obs).astype(np.int64)
-        seq = SMPLSequence(video_id="bench", track_id=k, betas=np.zeros(10, np.float32), frame_idx=fi,
-                           pts=fi / fps, observed=np.ones(len(fi), bool), rotmats=tr["rot"][fi],
-                           transl=tr["transl"][fi], confidence=tr["confidence"][fi])
+        seq = SMPLSequence(
+            video_id="bench",
+            track_id=k,
+            betas=np.zeros(10, np.float32),
+            frame_idx=fi,
+            pts=fi / fps,
+            observed=np.ones(len(fi), bool),
+            rotmats=tr["rot"][fi],
+            transl=tr["transl"][fi],
+            confidence=tr["confidence"][fi],
+        )
         t0 = time.perf_counter()
         out = stage(seq)
         seconds += time.perf_counter() - t0
@@ -109,10 +146,19 @@ def evaluate(tracks: list[dict], cfg, threads: int = 2) -> dict[str, Any]:
         "tracks": len(tracks),
         "frames": n_frames,
         "filled_frames": n_filled,
-        "per_frame": {"mpjpe": mean["in_mpjpe"], "pa_mpjpe": mean["in_pa"], "accel_error": mean["in_accel"],
-                      "jitter": mean["in_jitter"]},
-        "refined": {"mpjpe": mean["out_mpjpe"], "pa_mpjpe": mean["out_pa"], "accel_error": mean["out_accel"],
-                    "jitter": mean["out_jitter"], "mpjpe_filled": mean["filled_mpjpe"]},
+        "per_frame": {
+            "mpjpe": mean["in_mpjpe"],
+            "pa_mpjpe": mean["in_pa"],
+            "accel_error": mean["in_accel"],
+            "jitter": mean["in_jitter"],
+        },
+        "refined": {
+            "mpjpe": mean["out_mpjpe"],
+            "pa_mpjpe": mean["out_pa"],
+            "accel_error": mean["out_accel"],
+            "jitter": mean["out_jitter"],
+            "mpjpe_filled": mean["filled_mpjpe"],
+        },
         "gt_jitter": mean["gt_jitter"],
         "fps": n_frames / max(seconds, 1e-9),
         "threads": threads,

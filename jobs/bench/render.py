@@ -52,18 +52,40 @@ def measure(args: argparse.Namespace) -> dict:
         w0, c0 = time.perf_counter(), time.process_time()
         render_crops(rng, args.crops, size=tuple(args.crop_size), body=body, pose_pool=pool, batch=args.batch)
         w, c = time.perf_counter() - w0, time.process_time() - c0
-        res["crops"] = {"n": args.crops, "size_hw": list(args.crop_size), "wall_s": w, "cpu_s": c,
-                        "crops_per_s_wall": args.crops / w, "crops_per_cpu_s": args.crops / c}
+        res["crops"] = {
+            "n": args.crops,
+            "size_hw": list(args.crop_size),
+            "wall_s": w,
+            "cpu_s": c,
+            "crops_per_s_wall": args.crops / w,
+            "crops_per_cpu_s": args.crops / c,
+        }
     if args.clip_seconds > 0:
         W, H = args.size
-        spec = SceneSpec(name="bench_render", seed=1, people=args.people, seconds=args.clip_seconds, fps=args.fps,
-                         width=W, height=H, camera=args.camera)
+        spec = SceneSpec(
+            name="bench_render",
+            seed=1,
+            people=args.people,
+            seconds=args.clip_seconds,
+            fps=args.fps,
+            width=W,
+            height=H,
+            camera=args.camera,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             w0, c0 = time.perf_counter(), time.process_time()
             render_clip(spec, tmp, body=body, progress=False)
             w, c = time.perf_counter() - w0, time.process_time() - c0
-        res["clip"] = {"seconds": args.clip_seconds, "fps": args.fps, "people": args.people, "size_wh": [W, H],
-                       "camera": args.camera, "wall_s": w, "cpu_s": c, "frames_per_s_wall": spec.n_frames / w}
+        res["clip"] = {
+            "seconds": args.clip_seconds,
+            "fps": args.fps,
+            "people": args.people,
+            "size_wh": [W, H],
+            "camera": args.camera,
+            "wall_s": w,
+            "cpu_s": c,
+            "frames_per_s_wall": spec.n_frames / w,
+        }
     return res
 
 
@@ -72,12 +94,16 @@ def run(args: argparse.Namespace) -> int:
     rows = ["| what | n | wall s | CPU s | rate |", "|---|---|---|---|---|"]
     if "crops" in res:
         r = res["crops"]
-        rows.append(f"| crops {r['size_hw'][0]}x{r['size_hw'][1]} | {r['n']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
-                    f"{r['crops_per_s_wall']:.1f} crops/s |")
+        rows.append(
+            f"| crops {r['size_hw'][0]}x{r['size_hw'][1]} | {r['n']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
+            f"{r['crops_per_s_wall']:.1f} crops/s |"
+        )
     if "clip" in res:
         r = res["clip"]
-        rows.append(f"| clip {r['size_wh'][0]}x{r['size_wh'][1]}, {r['people']} people, {r['seconds']:g} s @ {r['fps']:g} fps "
-                    f"({r['camera']}) | 1 | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['frames_per_s_wall']:.1f} frames/s |")
+        rows.append(
+            f"| clip {r['size_wh'][0]}x{r['size_wh'][1]}, {r['people']} people, {r['seconds']:g} s @ {r['fps']:g} fps "
+            f"({r['camera']}) | 1 | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['frames_per_s_wall']:.1f} frames/s |"
+        )
     print("\n".join(rows))
     print(json.dumps(res))
     if args.json:

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.boxes import box_iou
+from hmrflow.pipeline.config import TrackConfig
 from hmrflow.stages.track.simulate import (
     PersonPath,
     SimNoise,
@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 NOISE = SimNoise(false_pos_per_frame=0.05, miss_prob=0.03)
 #: People who look alike, worse depth, more misses and false detections.
-HARD = SimNoise(false_pos_per_frame=0.2, miss_prob=0.1, betas_spread=0.4, betas=0.3, root_depth_rel=0.1,
-                box_rel=0.04, pose_rad=0.15)
+HARD = SimNoise(
+    false_pos_per_frame=0.2, miss_prob=0.1, betas_spread=0.4, betas=0.3, root_depth_rel=0.1, box_rel=0.04, pose_rad=0.15
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ SCENES: tuple[Scene, ...] = (
     Scene("crowd5_vfr", _crowd(5, "vfr")),
     Scene("crowd5_10fps", _crowd(5, "sub10")),
     Scene("crowd5_hard", _crowd(5, noise=HARD)),
-    Scene("crossing_diag_hard", lambda s: simulate(crossing_people(same_depth=True), regular_pts(6.0, 30), HARD, seed=s)),
+    Scene(
+        "crossing_diag_hard", lambda s: simulate(crossing_people(same_depth=True), regular_pts(6.0, 30), HARD, seed=s)
+    ),
 )
 
 
@@ -133,8 +136,11 @@ def score(sim: SimResult, track_id: np.ndarray, gt_id: np.ndarray | None = None)
         dist[dist > 0.5] = np.nan
         acc.update(gt_all[g].tolist(), track_id[h].tolist(), dist, frameid=int(f))
     mh = mm.metrics.create()
-    s = mh.compute(acc, metrics=["idf1", "mota", "num_switches", "num_false_positives", "num_misses",
-                                 "num_unique_objects"], name="x")
+    s = mh.compute(
+        acc,
+        metrics=["idf1", "mota", "num_switches", "num_false_positives", "num_misses", "num_unique_objects"],
+        name="x",
+    )
     return {k: float(s[k].iloc[0]) for k in s.columns}
 
 
@@ -164,8 +170,10 @@ def run_scenes(cfg: TrackConfig, seeds: int) -> list[dict[str, float | str]]:
 
 def format_table(table: list[dict[str, float | str]]) -> str:
     """Fixed-width text table of :func:`run_scenes`'s rows plus a mean row."""
-    head = (f"{'scene':<20}{'IDF1':>7}{'MOTA':>7}{'IDsw':>6}{'maxIDsw':>8}{'FP':>6}{'FN':>6}{'tracks':>8}"
-            f"{'people':>7}{'IDF1*':>7}{'IDsw*':>7}{'maxIDsw*':>9}")
+    head = (
+        f"{'scene':<20}{'IDF1':>7}{'MOTA':>7}{'IDsw':>6}{'maxIDsw':>8}{'FP':>6}{'FN':>6}{'tracks':>8}"
+        f"{'people':>7}{'IDF1*':>7}{'IDsw*':>7}{'maxIDsw*':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in table:
         lines.append(
@@ -175,10 +183,14 @@ def format_table(table: list[dict[str, float | str]]) -> str:
         )
     lines.append("-" * len(head))
     mean = lambda k: float(np.mean([r[k] for r in table]))  # noqa: E731
-    lines.append(f"{'mean':<20}{mean('idf1'):>7.3f}{mean('mota'):>7.3f}{mean('num_switches'):>6.2f}{'':>8}{'':>6}"
-                 f"{'':>6}{'':>8}{'':>7}{mean('idf1_spec'):>7.3f}{mean('switches_spec'):>7.2f}")
-    lines.append("* = ground truth split where a person is unseen for more than reid_window_s "
-                 "(a new id there is the specified behaviour)")
+    lines.append(
+        f"{'mean':<20}{mean('idf1'):>7.3f}{mean('mota'):>7.3f}{mean('num_switches'):>6.2f}{'':>8}{'':>6}"
+        f"{'':>6}{'':>8}{'':>7}{mean('idf1_spec'):>7.3f}{mean('switches_spec'):>7.2f}"
+    )
+    lines.append(
+        "* = ground truth split where a person is unseen for more than reid_window_s "
+        "(a new id there is the specified behaviour)"
+    )
     return "\n".join(lines)
 
 

@@ -34,7 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("hmrflow.jobs.cli.report", "self-contained HTML/PNG QC report per video"),
     "export": ("hmrflow.jobs.cli.export", "export to OpenSim .trc/.mot, .csv, BVH or C3D"),
     "accelerate": ("hmrflow.jobs.cli.accelerate", "merge estimator layers within an error budget (ECLM)"),
-    "bench": ("hmrflow.jobs.cli.bench", "benchmarks: estimator, estimator-accuracy, pipeline, track, refine, batch, decode, render"),
+    "bench": (
+        "hmrflow.jobs.cli.bench",
+        "benchmarks: estimator, estimator-accuracy, pipeline, track, refine, batch, decode, render",
+    ),
 }
 
 
@@ -82,4 +85,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-

@@ -20,41 +20,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="folder, glob, CSV/Parquet manifest (path column) or video file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output root (OUT/<video_id>/ per video)")
     parser.add_argument("--preset", default="archive", help="config preset name or YAML file (default: archive)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set decode.target_fps=10 (repeatable)")
-    parser.add_argument("--address", default=None, metavar="ADDR",
-                        help="run on this Ray cluster (e.g. ray://head:10001 or auto); implies --ray")
-    parser.add_argument("--ray", action="store_true", help="use the Ray runner (a local Ray instance without --address)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="Ray: decode+model actors (default: as many as the cluster holds: one per GPU, or one "
-                             "per CPU when no stage runs on a GPU)")
-    parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
-                        help="Ray: GPUs each decode+model actor asks for; a fraction shares a GPU (e.g. 0.5: two "
-                             "actors per GPU). Default: one GPU per actor when the cluster has GPUs, none otherwise")
-    parser.add_argument("--videos-per-pass", type=int, default=256, metavar="N",
-                        help="Ray: videos per pass (results of a pass are committed together; default 256)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set decode.target_fps=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="run on this Ray cluster (e.g. ray://head:10001 or auto); implies --ray",
+    )
+    parser.add_argument(
+        "--ray", action="store_true", help="use the Ray runner (a local Ray instance without --address)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray: decode+model actors (default: as many as the cluster holds: one per GPU, or one "
+        "per CPU when no stage runs on a GPU)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        metavar="X",
+        help="Ray: GPUs each decode+model actor asks for; a fraction shares a GPU (e.g. 0.5: two "
+        "actors per GPU). Default: one GPU per actor when the cluster has GPUs, none otherwise",
+    )
+    parser.add_argument(
+        "--videos-per-pass",
+        type=int,
+        default=256,
+        metavar="N",
+        help="Ray: videos per pass (results of a pass are committed together; default 256)",
+    )
     parser.add_argument("--num-cpus", type=int, default=None, metavar="N", help="Ray: CPUs of a local Ray instance")
-    parser.add_argument("--max-attempts", type=int, default=3, metavar="N",
-                        help="starts per video before it stays failed (default 3)")
-    parser.add_argument("--strict", action="store_true",
-                        help="clinical mode: damaged files are errors and the first failure stops the run")
-    parser.add_argument("--stall-timeout", type=float, default=600.0, metavar="S",
-                        help="fail a video whose decoder/stages make no progress for S seconds (default 600)")
-    parser.add_argument("--video-timeout", type=float, default=None, metavar="S",
-                        help="fail a video that takes longer than S seconds in total (default: no limit)")
-    parser.add_argument("--no-isolate", action="store_true",
-                        help="run in this process (no hang timeouts; for debugging)")
-    parser.add_argument("--pipeline", default=None, metavar="MODULE:FUNCTION",
-                        help="advanced: function (cfg, out_root) -> PipelineSpec with custom stages")
+    parser.add_argument(
+        "--max-attempts", type=int, default=3, metavar="N", help="starts per video before it stays failed (default 3)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="clinical mode: damaged files are errors and the first failure stops the run",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="fail a video whose decoder/stages make no progress for S seconds (default 600)",
+    )
+    parser.add_argument(
+        "--video-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="fail a video that takes longer than S seconds in total (default: no limit)",
+    )
+    parser.add_argument(
+        "--no-isolate", action="store_true", help="run in this process (no hang timeouts; for debugging)"
+    )
+    parser.add_argument(
+        "--pipeline",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="advanced: function (cfg, out_root) -> PipelineSpec with custom stages",
+    )
     parser.add_argument("--name", default="batch", help="run name (prefix of the run id / report folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    from hmrflow.jobs.batch.inputs import enumerate_inputs
     from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
-    from hmrflow.jobs.batch.inputs import enumerate_inputs
     from hmrflow.pipeline.provenance import config_hash
 
     overrides = list(args.overrides)
@@ -79,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         run_name=args.name,
         progress=not args.no_progress,
     )
-    log.info("%d videos from %s -> %s (%s runner, preset %s)", len(inputs), args.input, args.out, options.runner, cfg.preset)
+    log.info(
+        "%d videos from %s -> %s (%s runner, preset %s)", len(inputs), args.input, args.out, options.runner, cfg.preset
+    )
     summary = run_batch(inputs, spec, args.out, options, job_hash=job_hash)
     print(summary.table())
     return summary.exit_code

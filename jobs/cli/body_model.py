@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         j = bm.rest_joints(batch=1)[0]
         verts = bm.layer.v_template
     height = float(verts[:, 1].max() - verts[:, 1].min())
-    print(f"{bm.source}: {bm.n_vertices} vertices, {len(bm.faces)} faces, {len(bm.parents)} joints "
-          f"({', '.join(JOINT_NAMES[:3])}, ...), rest height {height:.3f} m, sha256 {bm.sha256}")
+    print(
+        f"{bm.source}: {bm.n_vertices} vertices, {len(bm.faces)} faces, {len(bm.parents)} joints "
+        f"({', '.join(JOINT_NAMES[:3])}, ...), rest height {height:.3f} m, sha256 {bm.sha256}"
+    )
     log.debug("rest joints:\n%s", j.numpy())
     return 0

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hmrflow.jobs.cli.run import config_from_args
-    from hmrflow.jobs.pipelines import run_one
     from hmrflow.jobs.evaluate import evaluate
+    from hmrflow.jobs.pipelines import run_one
     from hmrflow.jobs.synth.clip import load_body_assets, render_clip
     from hmrflow.jobs.synth.scene import SceneSpec
     from hmrflow.pipeline.errors import ConfigError
@@ -42,16 +42,34 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size must look like 640x480, got {args.size!r}") from None
     out = Path(args.out)
     gt_root, pred_root = out / "clips", out / "outputs"
-    spec = SceneSpec(name=f"demo_{args.seed}", seed=args.seed, people=args.people, seconds=args.seconds,
-                     width=w, height=h, crossing=args.people > 1, walkers=0.5)
+    spec = SceneSpec(
+        name=f"demo_{args.seed}",
+        seed=args.seed,
+        people=args.people,
+        seconds=args.seconds,
+        width=w,
+        height=h,
+        crossing=args.people > 1,
+        walkers=0.5,
+    )
     log.info("rendering a synthetic %dx%d clip with %d people (%.1f s)", w, h, args.people, args.seconds)
     clip_dir = render_clip(spec, gt_root, body=load_body_assets())
     cfg = config_from_args(args)
     log.info("running the pipeline (preset %s)", cfg.preset)
     run_one(clip_dir / f"{spec.name}.mp4", pred_root, cfg)
     report = evaluate(pred_root, gt_root)
-    cols = ["frames", "gt_people", "tracks", "f1", "idf1", "id_switches", "mpjpe_mm", "pa_mpjpe_mm",
-            "accel_mm_f2", "jitter_m_s3"]
+    cols = [
+        "frames",
+        "gt_people",
+        "tracks",
+        "f1",
+        "idf1",
+        "id_switches",
+        "mpjpe_mm",
+        "pa_mpjpe_mm",
+        "accel_mm_f2",
+        "jitter_m_s3",
+    ]
     sys.stdout.write("\nSynthetic demo (errors against exact ground truth):\n")
     sys.stdout.write(report.to_markdown(columns=[c for c in cols if c in report.per_video.columns]) + "\n")
     sys.stdout.write(f"\nclip: {clip_dir}\noutputs: {pred_root / spec.name}\n")

@@ -15,14 +15,28 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="OUT_DIR (every video in it) or OUT_DIR/<video_id>")
-    p.add_argument("--format", "-f", dest="fmt", required=True, choices=["trc", "mot", "csv", "bvh", "c3d"],
-                   help="trc: joint markers (mm, Y-up); mot/csv: joint angles (deg); bvh: SMPL skeleton; c3d: markers")
+    p.add_argument(
+        "--format",
+        "-f",
+        dest="fmt",
+        required=True,
+        choices=["trc", "mot", "csv", "bvh", "c3d"],
+        help="trc: joint markers (mm, Y-up); mot/csv: joint angles (deg); bvh: SMPL skeleton; c3d: markers",
+    )
     p.add_argument("--dest", default=None, help="folder for the files (default OUT_DIR/<video_id>/exports)")
-    p.add_argument("--markers", default="joints", choices=["joints", "joints+surface"],
-                   help="trc/c3d: 24 SMPL joints, or also 21 surface markers on the mesh")
+    p.add_argument(
+        "--markers",
+        default="joints",
+        choices=["joints", "joints+surface"],
+        help="trc/c3d: 24 SMPL joints, or also 21 surface markers on the mesh",
+    )
     p.add_argument("--units", default="mm", choices=["mm", "m"], help="trc units")
-    p.add_argument("--body-model", default=None, metavar="PATH",
-                   help="real SMPL files (folder or .pkl); default the bundled synthetic body")
+    p.add_argument(
+        "--body-model",
+        default=None,
+        metavar="PATH",
+        help="real SMPL files (folder or .pkl); default the bundled synthetic body",
+    )
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
 
 

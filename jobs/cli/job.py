@@ -25,22 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hmrflow.jobs.batch.job_spec import job_inputs, load_job_spec
+    from hmrflow.jobs.batch.locking import LockHeld
     from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
-    from hmrflow.jobs.batch.job_spec import job_inputs, load_job_spec
-    from hmrflow.jobs.batch.locking import LockHeld
     from hmrflow.pipeline.provenance import config_hash
 
     spec_file = load_job_spec(args.spec)
     cfg = load_config(spec_file.preset, spec_file.config_overrides())
     if args.job_command == "check":
         inputs = job_inputs(spec_file)
-        print(f"{args.spec}: valid; {len(inputs)} videos; preset {cfg.preset} (config {cfg.config_hash()}); "
-              f"output {spec_file.output}; strict {spec_file.strict}")
+        print(
+            f"{args.spec}: valid; {len(inputs)} videos; preset {cfg.preset} (config {cfg.config_hash()}); "
+            f"output {spec_file.output}; strict {spec_file.strict}"
+        )
         return 0
-    from hmrflow.jobs.batch.run import lock_path
     from hmrflow.jobs.batch.locking import JobLock
+    from hmrflow.jobs.batch.run import lock_path
 
     try:  # cheap early check: a cron start during a long run should not even enumerate inputs
         JobLock(lock_path(spec_file.output)).acquire().release()

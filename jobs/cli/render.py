@@ -15,9 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default=None, help="the input clip (default: the path recorded in manifest.json)")
     p.add_argument("-o", "--output", default=None, help="mp4 to write (default OUT_DIR/<video_id>/overlay.mp4)")
     p.add_argument("--skeleton", action="store_true", help="draw skeletons instead of meshes")
-    p.add_argument("--view", default="camera", choices=["camera", "side-by-side", "top"],
-                   help="add a side or top view panel to the right of the overlay")
-    p.add_argument("--focal", type=float, default=None, help="focal length in pixels (default: the camera recorded in manifest.json, else HMR2's 5000/256*max(W,H))")
+    p.add_argument(
+        "--view",
+        default="camera",
+        choices=["camera", "side-by-side", "top"],
+        help="add a side or top view panel to the right of the overlay",
+    )
+    p.add_argument(
+        "--focal",
+        type=float,
+        default=None,
+        help="focal length in pixels (default: the camera recorded in manifest.json, else HMR2's 5000/256*max(W,H))",
+    )
     p.add_argument("--alpha", type=float, default=0.75, help="mesh opacity")
     p.add_argument("--no-labels", action="store_true", help="do not write track ids")
     p.add_argument("--body-model", default=None, metavar="PATH", help="real SMPL files; default the synthetic body")
@@ -40,8 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     device = str(resolve_device(args.device, "--device"))
     bm = load_body_model("smpl" if args.body_model else "synthetic", args.body_model, args.gender, device=device)
-    opts = OverlayOptions(mode="skeleton" if args.skeleton else "mesh", view=args.view, focal=args.focal,
-                          alpha=args.alpha, labels=not args.no_labels, device=device)
+    opts = OverlayOptions(
+        mode="skeleton" if args.skeleton else "mesh",
+        view=args.view,
+        focal=args.focal,
+        alpha=args.alpha,
+        labels=not args.no_labels,
+        device=device,
+    )
     out = render_overlay(vdir, clip, args.output or vdir / "overlay.mp4", bm, opts)
     print(out)
     return 0

@@ -15,9 +15,15 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="OUT_DIR (every video in it) or OUT_DIR/<video_id>")
-    p.add_argument("--dest", default=None, help="write the reports here (<dest>/<video_id>/) instead of beside the outputs")
-    p.add_argument("--body-model", default=None, metavar="PATH",
-                   help="real SMPL files (folder or .pkl); default the bundled synthetic body")
+    p.add_argument(
+        "--dest", default=None, help="write the reports here (<dest>/<video_id>/) instead of beside the outputs"
+    )
+    p.add_argument(
+        "--body-model",
+        default=None,
+        metavar="PATH",
+        help="real SMPL files (folder or .pkl); default the bundled synthetic body",
+    )
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
 
 

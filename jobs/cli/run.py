@@ -19,12 +19,21 @@ log = logging.getLogger(__name__)
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the pipeline (run, demo)."""
     parser.add_argument("--preset", default="clip", help="preset name (clip, archive, clinical) or a YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set decode.max_side=720 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set decode.max_side=720 (repeatable)",
+    )
     parser.add_argument("--weights", help="mesh estimator weights (.safetensors/.pt; HMR2.0 layout accepted)")
     parser.add_argument("--detector-weights", help="person detector weights")
     parser.add_argument("--prior-weights", help="motion prior folder")
-    parser.add_argument("--body-model", help="folder with your SMPL_NEUTRAL.pkl (default: env HMRFLOW_SMPL_DIR, else the synthetic model)")
+    parser.add_argument(
+        "--body-model",
+        help="folder with your SMPL_NEUTRAL.pkl (default: env HMRFLOW_SMPL_DIR, else the synthetic model)",
+    )
     parser.add_argument("--no-refine", action="store_true", help="skip the motion-prior refinement")
     parser.add_argument("--device", help="device of every model stage: auto, cpu, cuda, cuda:1 ...")
 
@@ -67,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
     out = run_one(args.video, args.out, cfg)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     counts = manifest.get("counts", {})
-    log.info("wrote %s: %s tracks, %s frames decoded, %s rows (%s filled)", out, counts.get("tracks"),
-             counts.get("frames_decoded"), counts.get("rows"), counts.get("filled"))
+    log.info(
+        "wrote %s: %s tracks, %s frames decoded, %s rows (%s filled)",
+        out,
+        counts.get("tracks"),
+        counts.get("frames_decoded"),
+        counts.get("rows"),
+        counts.get("filled"),
+    )
     return 0

@@ -73,9 +73,20 @@ def run(args: argparse.Namespace) -> int:
         out = out / args.bench if out.name != args.bench else out
     else:
         w, h = args.size
-        specs = [SceneSpec(name=args.name or f"synth_{args.seed}", seed=args.seed, people=args.people,
-                           seconds=args.seconds, fps=args.fps, width=w, height=h, camera=args.camera,
-                           occluders=args.occluders, walkers=0.5 if not args.occluders else 0.75)]
+        specs = [
+            SceneSpec(
+                name=args.name or f"synth_{args.seed}",
+                seed=args.seed,
+                people=args.people,
+                seconds=args.seconds,
+                fps=args.fps,
+                width=w,
+                height=h,
+                camera=args.camera,
+                occluders=args.occluders,
+                walkers=0.5 if not args.occluders else 0.75,
+            )
+        ]
     for spec in specs:
         d = render_clip(spec, out, body=body)
         log.info("rendered %s", d)

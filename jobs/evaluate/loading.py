@@ -65,7 +65,10 @@ class TorchBodyModelFn:
         with torch.no_grad():
             for a in range(0, n, self.batch_size):
                 b = slice(a, a + self.batch_size)
-                t = [torch.as_tensor(np.ascontiguousarray(x[b]), dtype=torch.float32, device=device) for x in (poses, betas, transl)]
+                t = [
+                    torch.as_tensor(np.ascontiguousarray(x[b]), dtype=torch.float32, device=device)
+                    for x in (poses, betas, transl)
+                ]
                 out = self.model.forward_axis_angle(*t)
                 joints.append(out.joints[:, :N_JOINTS].float().cpu().numpy())
                 verts.append(out.vertices.float().cpu().numpy())
@@ -148,9 +151,14 @@ class Predictions:
     @classmethod
     def empty(cls, video_id: str) -> "Predictions":
         return cls(
-            video_id=video_id, track_id=np.zeros(0, np.int64), frame_idx=np.zeros(0, np.int64),
-            pts=np.zeros(0), observed=np.zeros(0, bool), confidence=np.zeros(0, np.float32),
-            joints=np.zeros((0, N_JOINTS, 3), np.float32), vertices=np.zeros((0, 0, 3), np.float32),
+            video_id=video_id,
+            track_id=np.zeros(0, np.int64),
+            frame_idx=np.zeros(0, np.int64),
+            pts=np.zeros(0),
+            observed=np.zeros(0, bool),
+            confidence=np.zeros(0, np.float32),
+            joints=np.zeros((0, N_JOINTS, 3), np.float32),
+            vertices=np.zeros((0, 0, 3), np.float32),
             boxes=np.zeros((0, 4)),
         )
 
@@ -164,7 +172,9 @@ def find_gt_videos(gt_dir: str | Path) -> list[Path]:
     if not found and (root / GT_FILE).is_file():
         found = [root]
     if not found:
-        raise EvalInputError(f"{root}: no <video_id>/{GT_FILE} found (expected a synthetic set made by `hmrflow synth`)")
+        raise EvalInputError(
+            f"{root}: no <video_id>/{GT_FILE} found (expected a synthetic set made by `hmrflow synth`)"
+        )
     return found
 
 
@@ -199,20 +209,30 @@ def load_ground_truth(video_dir: str | Path, mesh_fn: MeshFn) -> GroundTruth:
     model_sha = getattr(mesh_fn, "sha256", None)
     gt_sha = str(_scalar(data["body_model_sha256"])) if "body_model_sha256" in data else None
     if model_sha and gt_sha and model_sha != gt_sha:
-        log.warning("%s: ground truth was made with body model %s..., evaluating with %s...",
-                    path, gt_sha[:12], model_sha[:12])
+        log.warning(
+            "%s: ground truth was made with body model %s..., evaluating with %s...", path, gt_sha[:12], model_sha[:12]
+        )
     if "joints3d" in data and data["joints3d"].shape == joints.shape and joints.size:
         diff = float(np.abs(data["joints3d"] - joints).max())
         if diff > 5e-3:
             log.warning(
                 "%s: joints3d differ from the evaluation body model's joints by up to %.1f mm; "
                 "is this the body model that made the ground truth (%s)?",
-                path, diff * 1000, _scalar(data.get("body_model", np.array("?"))),
+                path,
+                diff * 1000,
+                _scalar(data.get("body_model", np.array("?"))),
             )
     return GroundTruth(
-        video_id=video_id, fps=float(_scalar(data["fps"])), width=width, height=height,
-        pts=np.asarray(data["pts"], np.float64), K=K, person_id=np.asarray(data["person_id"], np.int64),
-        visible_frac=np.asarray(data["visible_frac"], np.float32), joints=joints, vertices=verts,
+        video_id=video_id,
+        fps=float(_scalar(data["fps"])),
+        width=width,
+        height=height,
+        pts=np.asarray(data["pts"], np.float64),
+        K=K,
+        person_id=np.asarray(data["person_id"], np.int64),
+        visible_frac=np.asarray(data["visible_frac"], np.float32),
+        joints=joints,
+        vertices=verts,
         boxes=project_box(verts, K, width, height),
     )
 
@@ -247,9 +267,10 @@ def prediction_camera(video_dir: str | Path, gt: GroundTruth) -> np.ndarray:
     if not cam or not cam.get("focal_px") or not cam.get("width"):
         return gt.K
     s = gt.width / float(cam["width"])
-    return np.array([[cam["focal_px"] * s, 0.0, cam["cx"] * s],
-                     [0.0, cam["focal_px"] * s, cam["cy"] * s],
-                     [0.0, 0.0, 1.0]], np.float64)
+    return np.array(
+        [[cam["focal_px"] * s, 0.0, cam["cx"] * s], [0.0, cam["focal_px"] * s, cam["cy"] * s], [0.0, 0.0, 1.0]],
+        np.float64,
+    )
 
 
 def load_predictions(video_dir: str | Path, gt: GroundTruth, mesh_fn: MeshFn) -> Predictions:
@@ -279,8 +300,12 @@ def load_predictions(video_dir: str | Path, gt: GroundTruth, mesh_fn: MeshFn) ->
     transl = _list_column(table, "transl", 3, path)
     inside = (frame >= 0) & (frame < gt.n_frames)
     if not inside.all():
-        log.warning("%s: %d rows have frame_idx outside the %d ground-truth frames; ignored",
-                    path, int((~inside).sum()), gt.n_frames)
+        log.warning(
+            "%s: %d rows have frame_idx outside the %d ground-truth frames; ignored",
+            path,
+            int((~inside).sum()),
+            gt.n_frames,
+        )
     order = np.lexsort((frame, track))
     order = order[inside[order]]
     track, frame, pts, observed, conf = track[order], frame[order], pts[order], observed[order], conf[order]
@@ -293,11 +318,26 @@ def load_predictions(video_dir: str | Path, gt: GroundTruth, mesh_fn: MeshFn) ->
         dt = np.abs(pts - gt.pts[frame])
         half = 0.5 / gt.fps if gt.fps > 0 else np.inf
         if float(dt.max()) > half:
-            log.warning("%s: pts_s differs from the ground truth's pts by up to %.3f s: frames may be misaligned",
-                        path, float(dt.max()))
-    joints, verts = mesh_fn(pose, betas, transl) if len(pose) else (np.zeros((0, N_JOINTS, 3), np.float32), np.zeros((0, 0, 3), np.float32))
-    return Predictions(
-        video_id=gt.video_id, track_id=track, frame_idx=frame, pts=pts, observed=observed, confidence=conf,
-        joints=joints, vertices=verts, boxes=project_box(verts, prediction_camera(video_dir, gt), gt.width, gt.height) if len(verts) else np.zeros((0, 4)),
+            log.warning(
+                "%s: pts_s differs from the ground truth's pts by up to %.3f s: frames may be misaligned",
+                path,
+                float(dt.max()),
+            )
+    joints, verts = (
+        mesh_fn(pose, betas, transl)
+        if len(pose)
+        else (np.zeros((0, N_JOINTS, 3), np.float32), np.zeros((0, 0, 3), np.float32))
     )
-
+    return Predictions(
+        video_id=gt.video_id,
+        track_id=track,
+        frame_idx=frame,
+        pts=pts,
+        observed=observed,
+        confidence=conf,
+        joints=joints,
+        vertices=verts,
+        boxes=project_box(verts, prediction_camera(video_dir, gt), gt.width, gt.height)
+        if len(verts)
+        else np.zeros((0, 4)),
+    )

@@ -38,9 +38,21 @@ log = logging.getLogger(__name__)
 
 #: motmetrics metric names reported per video (and overall)
 TRACKING_METRICS: tuple[str, ...] = (
-    "idf1", "idp", "idr", "mota", "motp", "num_switches", "num_misses", "num_false_positives",
-    "num_objects", "num_predictions", "num_matches", "num_unique_objects", "mostly_tracked",
-    "mostly_lost", "num_fragmentations",
+    "idf1",
+    "idp",
+    "idr",
+    "mota",
+    "motp",
+    "num_switches",
+    "num_misses",
+    "num_false_positives",
+    "num_objects",
+    "num_predictions",
+    "num_matches",
+    "num_unique_objects",
+    "mostly_tracked",
+    "mostly_lost",
+    "num_fragmentations",
 )
 
 
@@ -174,7 +186,9 @@ def match_video(
     # people and tracks that never matched
     counted_frames = {int(person_id[p]): int(gt_counted[:, p].sum()) for p in range(n_people)}
     matched_counted = set(pg[pc].tolist())
-    missed = [int(person_id[p]) for p in range(n_people) if counted_frames[int(person_id[p])] and p not in matched_counted]
+    missed = [
+        int(person_id[p]) for p in range(n_people) if counted_frames[int(person_id[p])] and p not in matched_counted
+    ]
     tracks = np.unique(pred_track)
     hit_tracks = set(pred_track[matched_rows].tolist())
     false_tracks = [int(t) for t in tracks if int(t) not in hit_tracks]
@@ -188,9 +202,19 @@ def match_video(
         k = int(np.argmax(counts))
         best[int(person_id[p])] = (int(ids[k]), int(counts[k]))
     return VideoMatching(
-        pair_pred=pr.astype(np.int64), pair_frame=pf.astype(np.int64), pair_gt=pg.astype(np.int64),
-        pair_counted=pc.astype(bool), tp=tp, fp=fp, fn=fn, ignored=ign, missed_people=missed,
-        false_tracks=false_tracks, best_track=best, counted_frames=counted_frames, accumulator=acc,
+        pair_pred=pr.astype(np.int64),
+        pair_frame=pf.astype(np.int64),
+        pair_gt=pg.astype(np.int64),
+        pair_counted=pc.astype(bool),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        ignored=ign,
+        missed_people=missed,
+        false_tracks=false_tracks,
+        best_track=best,
+        counted_frames=counted_frames,
+        accumulator=acc,
     )
 
 

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hmrflow.priors import metrics as M
 from hmrflow.jobs.evaluate.loading import (
     TRACKS_FILE,
     EvalInputError,
@@ -52,15 +51,33 @@ from hmrflow.jobs.evaluate.loading import (
     resolve_body_model,
 )
 from hmrflow.jobs.evaluate.matching import match_video, tracking_metrics
+from hmrflow.priors import metrics as M
 
 log = logging.getLogger(__name__)
 
 POSE_METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "cam_mpjpe_mm", "accel_mm_f2")
 #: columns shown by :meth:`EvalReport.to_markdown` by default
 SUMMARY_COLUMNS = (
-    "frames", "gt_people", "tracks", "precision", "recall", "f1", "fp", "fn", "missed_people", "false_tracks",
-    "idf1", "mota", "id_switches", "pairs", "mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "accel_mm_f2",
-    "mpjpe_mm_filled", "jitter_m_s3",
+    "frames",
+    "gt_people",
+    "tracks",
+    "precision",
+    "recall",
+    "f1",
+    "fp",
+    "fn",
+    "missed_people",
+    "false_tracks",
+    "idf1",
+    "mota",
+    "id_switches",
+    "pairs",
+    "mpjpe_mm",
+    "pa_mpjpe_mm",
+    "pve_mm",
+    "accel_mm_f2",
+    "mpjpe_mm_filled",
+    "jitter_m_s3",
 )
 RATIO_COLUMNS = {"precision", "recall", "f1", "idf1", "mota", "coverage"}
 OVERALL = "overall"
@@ -80,7 +97,9 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if len(x) else float("nan")
 
 
-def _pose_samples(gt: GroundTruth, pred: Predictions, pr: np.ndarray, pf: np.ndarray, pg: np.ndarray) -> dict[str, np.ndarray]:
+def _pose_samples(
+    gt: GroundTruth, pred: Predictions, pr: np.ndarray, pf: np.ndarray, pg: np.ndarray
+) -> dict[str, np.ndarray]:
     """Errors of matched pairs: rows pr of pred vs (frame pf, person pg) of gt -> per-pair arrays."""
     pj = pred.joints[pr].astype(np.float64)
     gj = gt.joints[pf, pg].astype(np.float64)
@@ -126,13 +145,18 @@ def _split(samples: dict[str, np.ndarray]) -> dict[str, float]:
 def _jitter_samples(gt: GroundTruth, pred: Predictions) -> tuple[np.ndarray, np.ndarray]:
     """Jerk samples (m/s^3) of the predicted tracks and of the ground-truth people."""
     fps = gt.fps if gt.fps > 0 else 1.0
-    pj = [M.jitter(pred.joints[pred.track_id == t], pred.frame_idx[pred.track_id == t], fps) for t in np.unique(pred.track_id)]
+    pj = [
+        M.jitter(pred.joints[pred.track_id == t], pred.frame_idx[pred.track_id == t], fps)
+        for t in np.unique(pred.track_id)
+    ]
     gj = [M.jitter(gt.joints[:, p], fps=fps) for p in range(gt.joints.shape[1])]
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
     return cat(pj), cat(gj)
 
 
-def evaluate_video(gt: GroundTruth, pred: Predictions, visibility: float = 0.3, iou_threshold: float = 0.5) -> VideoEval:
+def evaluate_video(
+    gt: GroundTruth, pred: Predictions, visibility: float = 0.3, iou_threshold: float = 0.5
+) -> VideoEval:
     """Score one video's predictions against its ground truth (see the module doc)."""
     counted = gt.visible_frac >= visibility
     vm = match_video(pred.frame_idx, pred.track_id, pred.boxes, gt.boxes, counted, gt.person_id, gate=iou_threshold)
@@ -140,12 +164,23 @@ def evaluate_video(gt: GroundTruth, pred: Predictions, visibility: float = 0.3, 
     samples["jitter_m_s3"], samples["gt_jitter_m_s3"] = _jitter_samples(gt, pred)
     precision, recall, f1 = M.precision_recall_f1(vm.tp, vm.fp, vm.fn)
     row: dict[str, Any] = {
-        "video_id": gt.video_id, "frames": gt.n_frames, "gt_people": len(gt.person_id),
-        "tracks": int(len(np.unique(pred.track_id))), "pred_rows": len(pred), "gt_instances": int(counted.sum()),
-        "tp": vm.tp, "fp": vm.fp, "fn": vm.fn, "ignored": vm.ignored,
-        "precision": precision, "recall": recall, "f1": f1,
-        "missed_people": len(vm.missed_people), "false_tracks": len(vm.false_tracks),
-        "pairs": len(vm.pair_pred), "pairs_filled": int((~samples["observed"]).sum()),
+        "video_id": gt.video_id,
+        "frames": gt.n_frames,
+        "gt_people": len(gt.person_id),
+        "tracks": int(len(np.unique(pred.track_id))),
+        "pred_rows": len(pred),
+        "gt_instances": int(counted.sum()),
+        "tp": vm.tp,
+        "fp": vm.fp,
+        "fn": vm.fn,
+        "ignored": vm.ignored,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "missed_people": len(vm.missed_people),
+        "false_tracks": len(vm.false_tracks),
+        "pairs": len(vm.pair_pred),
+        "pairs_filled": int((~samples["observed"]).sum()),
     }
     row.update(_split(samples))
     row["jitter_m_s3"] = _mean(samples["jitter_m_s3"])
@@ -158,14 +193,19 @@ def evaluate_video(gt: GroundTruth, pred: Predictions, visibility: float = 0.3, 
         n_counted = vm.counted_frames[pid]
         covered = int(counted[frames, p].sum()) if len(frames) else 0
         ps = _pose_samples(gt, pred, rows, frames, np.full(len(rows), p, np.int64))
-        people.append({
-            "video_id": gt.video_id, "person_id": pid, "counted_frames": n_counted,
-            "matched_frames": int(((vm.pair_gt == p) & vm.pair_counted).sum()),
-            "best_track": best, "best_track_frames": len(rows),
-            "coverage": covered / n_counted if n_counted else float("nan"),
-            "missed": pid in vm.missed_people,
-            **{k: _mean(ps[k]) for k in POSE_METRICS},
-        })
+        people.append(
+            {
+                "video_id": gt.video_id,
+                "person_id": pid,
+                "counted_frames": n_counted,
+                "matched_frames": int(((vm.pair_gt == p) & vm.pair_counted).sum()),
+                "best_track": best,
+                "best_track_frames": len(rows),
+                "coverage": covered / n_counted if n_counted else float("nan"),
+                "missed": pid in vm.missed_people,
+                **{k: _mean(ps[k]) for k in POSE_METRICS},
+            }
+        )
     return VideoEval(row=row, samples=samples, people=people, accumulator=vm.accumulator)
 
 
@@ -229,7 +269,9 @@ class EvalReport:
         return {
             "settings": self.settings,
             "overall": {k: _clean(v) for k, v in self.overall.items()},
-            "videos": [{k: _clean(v) for k, v in r.items()} for r in self.per_video.reset_index().to_dict(orient="records")],
+            "videos": [
+                {k: _clean(v) for k, v in r.items()} for r in self.per_video.reset_index().to_dict(orient="records")
+            ],
             "people": [{k: _clean(v) for k, v in r.items()} for r in self.people.to_dict(orient="records")],
         }
 
@@ -248,12 +290,30 @@ class EvalReport:
 def _overall(videos: list[VideoEval], mot: pd.DataFrame) -> dict[str, Any]:
     rows = pd.DataFrame([v.row for v in videos])
     out: dict[str, Any] = {}
-    for c in ("frames", "gt_people", "tracks", "pred_rows", "gt_instances", "tp", "fp", "fn", "ignored",
-              "missed_people", "false_tracks", "pairs", "pairs_filled"):
+    for c in (
+        "frames",
+        "gt_people",
+        "tracks",
+        "pred_rows",
+        "gt_instances",
+        "tp",
+        "fp",
+        "fn",
+        "ignored",
+        "missed_people",
+        "false_tracks",
+        "pairs",
+        "pairs_filled",
+    ):
         out[c] = int(rows[c].sum())
     out["precision"], out["recall"], out["f1"] = M.precision_recall_f1(out["tp"], out["fp"], out["fn"])
-    for c, src in (("idf1", "idf1"), ("mota", "mota"), ("id_switches", "num_switches"),
-                   ("mot_misses", "num_misses"), ("mot_false_positives", "num_false_positives")):
+    for c, src in (
+        ("idf1", "idf1"),
+        ("mota", "mota"),
+        ("id_switches", "num_switches"),
+        ("mot_misses", "num_misses"),
+        ("mot_false_positives", "num_false_positives"),
+    ):
         v = mot.loc["OVERALL", src]
         out[c] = float(v) if c in ("idf1", "mota") else int(v)
     cat = {k: np.concatenate([v.samples[k] for v in videos]) for k in videos[0].samples}
@@ -306,14 +366,26 @@ def evaluate(
     mot = tracking_metrics({r.row["video_id"]: r.accumulator for r in results})
     for r in results:
         m = mot.loc[r.row["video_id"]]
-        r.row.update(idf1=float(m["idf1"]), mota=float(m["mota"]), id_switches=int(m["num_switches"]),
-                     mot_misses=int(m["num_misses"]), mot_false_positives=int(m["num_false_positives"]))
+        r.row.update(
+            idf1=float(m["idf1"]),
+            mota=float(m["mota"]),
+            id_switches=int(m["num_switches"]),
+            mot_misses=int(m["num_misses"]),
+            mot_false_positives=int(m["num_false_positives"]),
+        )
     per_video = pd.DataFrame([r.row for r in results]).set_index("video_id")
     people = pd.DataFrame([p for r in results for p in r.people])
     settings = {
-        "pred_dir": str(pred_root), "gt_dir": str(gt_dir), "visibility": visibility, "iou_threshold": iou_threshold,
-        "body_model": "synthetic" if body_model is None else str(body_model) if isinstance(body_model, (str, Path)) else type(body_model).__name__,
+        "pred_dir": str(pred_root),
+        "gt_dir": str(gt_dir),
+        "visibility": visibility,
+        "iou_threshold": iou_threshold,
+        "body_model": "synthetic"
+        if body_model is None
+        else str(body_model)
+        if isinstance(body_model, (str, Path))
+        else type(body_model).__name__,
         "protocol": "boxes = projected meshes with GT K; MPJPE/PVE/accel pelvis-aligned; PA = similarity Procrustes; "
-                    "jitter = mean |third difference| * fps^3, camera frame",
+        "jitter = mean |third difference| * fps^3, camera frame",
     }
     return EvalReport(per_video=per_video, overall=_overall(results, mot), people=people, settings=settings)

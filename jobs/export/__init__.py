@@ -24,12 +24,26 @@ log = logging.getLogger(__name__)
 FORMATS: tuple[str, ...] = ("trc", "mot", "csv", "bvh", "c3d")
 ExportFormat = Literal["trc", "mot", "csv", "bvh", "c3d"]
 
-__all__ = ["FORMATS", "export_track", "export_video", "find_video_outputs", "load_video_output",
-           "TrackData", "VideoOutput"]
+__all__ = [
+    "FORMATS",
+    "export_track",
+    "export_video",
+    "find_video_outputs",
+    "load_video_output",
+    "TrackData",
+    "VideoOutput",
+]
 
 
-def export_track(track: TrackData, video_id: str, fmt: str, dest: Path, body_model: Any = None,
-                 markers: str = "joints", units: str = "mm") -> Path:
+def export_track(
+    track: TrackData,
+    video_id: str,
+    fmt: str,
+    dest: Path,
+    body_model: Any = None,
+    markers: str = "joints",
+    units: str = "mm",
+) -> Path:
     """Write one track in ``fmt`` to ``dest/<video_id>_track<id>.<fmt>``; returns the path.
 
     ``body_model`` (a :class:`~hmrflow.priors.body_model.BodyModel`) is needed for trc, bvh
@@ -54,7 +68,9 @@ def export_track(track: TrackData, video_id: str, fmt: str, dest: Path, body_mod
     if fmt == "bvh":
         from hmrflow.jobs.export.bvh import write_bvh
 
-        return write_bvh(path, track.rotmats(), track.transl, positions.rest_joints(track, body_model), track.frame_rate)
+        return write_bvh(
+            path, track.rotmats(), track.transl, positions.rest_joints(track, body_model), track.frame_rate
+        )
     names = positions.marker_names(markers)  # type: ignore[arg-type]
     pos = positions.track_positions(track, body_model, markers)  # type: ignore[arg-type]
     if fmt == "trc":
@@ -66,8 +82,14 @@ def export_track(track: TrackData, video_id: str, fmt: str, dest: Path, body_mod
     return write_c3d(path, names, pos, track.frame_rate, first_frame=int(track.frame_idx[0]) if len(track) else 0)
 
 
-def export_video(video_dir: str | Path, fmt: str, dest: str | Path | None = None, body_model: Any = None,
-                 markers: str = "joints", units: str = "mm") -> list[Path]:
+def export_video(
+    video_dir: str | Path,
+    fmt: str,
+    dest: str | Path | None = None,
+    body_model: Any = None,
+    markers: str = "joints",
+    units: str = "mm",
+) -> list[Path]:
     """Export every track of ``OUT/<video_id>/``; ``dest`` defaults to ``<video_dir>/exports``."""
     out = load_video_output(video_dir)
     folder = Path(dest) if dest is not None else out.path / "exports"

@@ -107,25 +107,54 @@ def _side_groups(side: str) -> list[AngleGroup]:
     # D^T: rest arm horizontal -> hanging; R_anat = R @ D^T with D = Rz(-90 s)
     d_t = _rz(90.0 * s)
     return [
-        AngleGroup(f"hip{suffix}", (j("hip"),), "XZY", (
-            (f"hip_flexion{suffix}", 0, -1.0), (f"hip_adduction{suffix}", 1, -s), (f"hip_rotation{suffix}", 2, -s))),
+        AngleGroup(
+            f"hip{suffix}",
+            (j("hip"),),
+            "XZY",
+            ((f"hip_flexion{suffix}", 0, -1.0), (f"hip_adduction{suffix}", 1, -s), (f"hip_rotation{suffix}", 2, -s)),
+        ),
         AngleGroup(f"knee{suffix}", (j("knee"),), "XZY", ((f"knee_flexion{suffix}", 0, 1.0),)),
-        AngleGroup(f"ankle{suffix}", (j("ankle"),), "XZY", (
-            (f"ankle_dorsiflexion{suffix}", 0, -1.0), (f"ankle_inversion{suffix}", 1, -s))),
-        AngleGroup(f"shoulder{suffix}", (j("collar"), j("shoulder")), "XZY", (
-            (f"shoulder_flexion{suffix}", 0, -1.0), (f"shoulder_abduction{suffix}", 1, s),
-            (f"shoulder_rotation{suffix}", 2, -s)), post=d_t),
-        AngleGroup(f"elbow{suffix}", (j("elbow"),), "YZX", (
-            (f"elbow_flexion{suffix}", 0, -s), (f"elbow_pronation{suffix}", 2, s))),
+        AngleGroup(
+            f"ankle{suffix}",
+            (j("ankle"),),
+            "XZY",
+            ((f"ankle_dorsiflexion{suffix}", 0, -1.0), (f"ankle_inversion{suffix}", 1, -s)),
+        ),
+        AngleGroup(
+            f"shoulder{suffix}",
+            (j("collar"), j("shoulder")),
+            "XZY",
+            (
+                (f"shoulder_flexion{suffix}", 0, -1.0),
+                (f"shoulder_abduction{suffix}", 1, s),
+                (f"shoulder_rotation{suffix}", 2, -s),
+            ),
+            post=d_t,
+        ),
+        AngleGroup(
+            f"elbow{suffix}",
+            (j("elbow"),),
+            "YZX",
+            ((f"elbow_flexion{suffix}", 0, -s), (f"elbow_pronation{suffix}", 2, s)),
+        ),
     ]
 
 
 #: Every exported angle group, in column order.
 ANGLE_GROUPS: tuple[AngleGroup, ...] = (
-    AngleGroup("pelvis", (0,), "XZY", (("pelvis_tilt", 0, 1.0), ("pelvis_list", 1, 1.0), ("pelvis_rotation", 2, 1.0)),
-               camera=True),
-    AngleGroup("trunk", (JOINT_INDEX["spine1"], JOINT_INDEX["spine2"], JOINT_INDEX["spine3"]), "XZY", (
-        ("trunk_flexion", 0, 1.0), ("trunk_bending", 1, -1.0), ("trunk_rotation", 2, 1.0))),
+    AngleGroup(
+        "pelvis",
+        (0,),
+        "XZY",
+        (("pelvis_tilt", 0, 1.0), ("pelvis_list", 1, 1.0), ("pelvis_rotation", 2, 1.0)),
+        camera=True,
+    ),
+    AngleGroup(
+        "trunk",
+        (JOINT_INDEX["spine1"], JOINT_INDEX["spine2"], JOINT_INDEX["spine3"]),
+        "XZY",
+        (("trunk_flexion", 0, 1.0), ("trunk_bending", 1, -1.0), ("trunk_rotation", 2, 1.0)),
+    ),
     *_side_groups("left"),
     *_side_groups("right"),
 )
@@ -133,7 +162,12 @@ ANGLE_GROUPS: tuple[AngleGroup, ...] = (
 ANGLE_NAMES: tuple[str, ...] = tuple(name for g in ANGLE_GROUPS for name, _, _ in g.outputs)
 #: The angles the QC report plots.
 MAIN_ANGLES: tuple[str, ...] = (
-    "hip_flexion_l", "hip_flexion_r", "knee_flexion_l", "knee_flexion_r", "elbow_flexion_l", "elbow_flexion_r",
+    "hip_flexion_l",
+    "hip_flexion_r",
+    "knee_flexion_l",
+    "knee_flexion_r",
+    "elbow_flexion_l",
+    "elbow_flexion_r",
 )
 
 

@@ -107,13 +107,18 @@ def motion_values(rotmats: np.ndarray, transl: np.ndarray, rest_joints_m: np.nda
     return np.concatenate(cols, axis=1) if t else np.zeros((0, 6 + 3 * 23))
 
 
-def write_bvh(path: str | Path, rotmats: np.ndarray, transl: np.ndarray, rest_joints_m: np.ndarray,
-              frame_rate: float) -> Path:
+def write_bvh(
+    path: str | Path, rotmats: np.ndarray, transl: np.ndarray, rest_joints_m: np.ndarray, frame_rate: float
+) -> Path:
     """Write one track as BVH (see the module doc for units and axes)."""
     path = Path(path)
     vals = motion_values(rotmats, transl, rest_joints_m)
-    lines = [hierarchy_text(rest_joints_m), "MOTION", f"Frames: {len(vals)}",
-             f"Frame Time: {1.0 / float(frame_rate):.8f}"]
+    lines = [
+        hierarchy_text(rest_joints_m),
+        "MOTION",
+        f"Frames: {len(vals)}",
+        f"Frame Time: {1.0 / float(frame_rate):.8f}",
+    ]
     for row in vals:
         lines.append(" ".join("%.6f" % v for v in row))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

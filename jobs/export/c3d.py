@@ -29,8 +29,9 @@ def ezc3d_available() -> bool:
     return importlib.util.find_spec("ezc3d") is not None
 
 
-def write_c3d(path: str | Path, names: Sequence[str], positions_cam: np.ndarray, rate: float,
-              first_frame: int = 0) -> Path:
+def write_c3d(
+    path: str | Path, names: Sequence[str], positions_cam: np.ndarray, rate: float, first_frame: int = 0
+) -> Path:
     """Write (T, M, 3) camera-frame metre positions as a C3D file (mm, Y-up).
 
     Raises:

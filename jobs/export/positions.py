@@ -18,10 +18,27 @@ from hmrflow.priors.skeleton import JOINT_NAMES
 
 #: smplx's order of the 21 vertex keypoints (``VertexJointSelector``: face, feet, left tips, right tips).
 SURFACE_MARKERS: tuple[str, ...] = (
-    "nose", "right_eye", "left_eye", "right_ear", "left_ear",
-    "left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel",
-    "left_thumb_tip", "left_index_tip", "left_middle_tip", "left_ring_tip", "left_pinky_tip",
-    "right_thumb_tip", "right_index_tip", "right_middle_tip", "right_ring_tip", "right_pinky_tip",
+    "nose",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+    "left_big_toe",
+    "left_small_toe",
+    "left_heel",
+    "right_big_toe",
+    "right_small_toe",
+    "right_heel",
+    "left_thumb_tip",
+    "left_index_tip",
+    "left_middle_tip",
+    "left_ring_tip",
+    "left_pinky_tip",
+    "right_thumb_tip",
+    "right_index_tip",
+    "right_middle_tip",
+    "right_ring_tip",
+    "right_pinky_tip",
 )
 MarkerSet = Literal["joints", "joints+surface"]
 
@@ -52,8 +69,11 @@ def track_positions(track: TrackData, body_model: Any, markers: MarkerSet = "joi
     with torch.no_grad():
         for a in range(0, t, chunk):
             b = min(t, a + chunk)
-            res = body_model(torch.from_numpy(rot[a:b]), torch.from_numpy(np.ascontiguousarray(betas[a:b])),
-                             torch.from_numpy(np.ascontiguousarray(track.transl[a:b], np.float32)))
+            res = body_model(
+                torch.from_numpy(rot[a:b]),
+                torch.from_numpy(np.ascontiguousarray(betas[a:b])),
+                torch.from_numpy(np.ascontiguousarray(track.transl[a:b], np.float32)),
+            )
             pts = res.joints if markers == "joints" else torch.cat([res.joints, res.extra_joints], dim=1)
             out[a:b] = pts.double().cpu().numpy()
     return out

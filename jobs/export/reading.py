@@ -96,7 +96,8 @@ class VideoOutput:
 def is_video_output(path: Path) -> bool:
     """True when ``path`` looks like ``OUT/<video_id>/`` (has tracks.parquet, npz or manifest)."""
     return path.is_dir() and (
-        (path / TRACKS_FILE).is_file() or (path / MANIFEST_FILE).is_file()
+        (path / TRACKS_FILE).is_file()
+        or (path / MANIFEST_FILE).is_file()
         or any(_NPZ_RE.match(p.name) for p in path.iterdir())
     )
 
@@ -153,10 +154,18 @@ def _tracks_from_parquet(path: Path) -> list[TrackData]:
     for t in np.unique(tid):
         rows = np.nonzero(tid == t)[0]
         rows = rows[np.argsort(fidx[rows], kind="stable")]
-        out.append(TrackData(
-            track_id=int(t), frame_idx=fidx[rows], pts=pts[rows], poses=pose[rows], transl=transl[rows],
-            betas=betas[rows[0]].copy(), observed=obs[rows], confidence=conf[rows],
-        ))
+        out.append(
+            TrackData(
+                track_id=int(t),
+                frame_idx=fidx[rows],
+                pts=pts[rows],
+                poses=pose[rows],
+                transl=transl[rows],
+                betas=betas[rows[0]].copy(),
+                observed=obs[rows],
+                confidence=conf[rows],
+            )
+        )
     return out
 
 
@@ -171,8 +180,11 @@ def _track_from_npz(path: Path, track_id: int) -> TrackData:
             raise OutputReadError(f"{path}: missing key {key!r}")
     t = len(d["frame_idx"])
     return TrackData(
-        track_id=track_id, frame_idx=d["frame_idx"].astype(np.int64), pts=d["pts"].astype(np.float64),
-        poses=d["poses"].astype(np.float32).reshape(t, 72), transl=d["trans"].astype(np.float32).reshape(t, 3),
+        track_id=track_id,
+        frame_idx=d["frame_idx"].astype(np.int64),
+        pts=d["pts"].astype(np.float64),
+        poses=d["poses"].astype(np.float32).reshape(t, 72),
+        transl=d["trans"].astype(np.float32).reshape(t, 3),
         betas=d["betas"].astype(np.float32).reshape(-1)[:10],
         observed=d.get("observed", np.ones(t, bool)).astype(bool),
         confidence=d.get("confidence", np.ones(t, np.float32)).astype(np.float32),

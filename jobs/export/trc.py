@@ -36,8 +36,15 @@ def camera_to_yup_points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points, np.float64) @ CAMERA_TO_YUP.T
 
 
-def write_trc(path: str | Path, names: Sequence[str], positions_cam: np.ndarray, frame_idx: np.ndarray,
-              pts: np.ndarray, rate: float, units: Units = "mm") -> Path:
+def write_trc(
+    path: str | Path,
+    names: Sequence[str],
+    positions_cam: np.ndarray,
+    frame_idx: np.ndarray,
+    pts: np.ndarray,
+    rate: float,
+    units: Units = "mm",
+) -> Path:
     """Write markers to ``path``.
 
     Args:

@@ -69,9 +69,13 @@ def summarize(track: TrackData, joints: np.ndarray) -> TrackSummary:
 
     jit = jitter(joints, track.frame_idx, fps=track.frame_rate)
     return TrackSummary(
-        track_id=track.track_id, n_frames=len(track), n_observed=int(track.observed.sum()),
-        first_frame=int(track.frame_idx[0]), last_frame=int(track.frame_idx[-1]),
-        duration_s=float(track.pts[-1] - track.pts[0]), jitter_m_s3=float(jit.mean()) if jit.size else float("nan"),
+        track_id=track.track_id,
+        n_frames=len(track),
+        n_observed=int(track.observed.sum()),
+        first_frame=int(track.frame_idx[0]),
+        last_frame=int(track.frame_idx[-1]),
+        duration_s=float(track.pts[-1] - track.pts[0]),
+        jitter_m_s3=float(jit.mean()) if jit.size else float("nan"),
         mean_confidence=float(np.mean(track.confidence)),
     )
 
@@ -84,15 +88,25 @@ def _angle_plot(track: TrackData, angles: dict[str, np.ndarray]) -> str:
         x = np.insert(x, gaps, np.nan)
         ser = {n: np.insert(v, gaps, np.nan) for n, v in ser.items()}
     colors = {n: _ANGLE_COLORS[n.split("_")[0]] for n in MAIN_ANGLES}
-    return svg.line_plot(x, ser, colors, title=f"Track {track.track_id}: joint angles", xlabel="time (s)",
-                         ylabel="degrees", css_class="plot angles", dashed=[n for n in MAIN_ANGLES if n.endswith("_r")])
+    return svg.line_plot(
+        x,
+        ser,
+        colors,
+        title=f"Track {track.track_id}: joint angles",
+        xlabel="time (s)",
+        ylabel="degrees",
+        css_class="plot angles",
+        dashed=[n for n in MAIN_ANGLES if n.endswith("_r")],
+    )
 
 
 def _fmt(v: float, digits: int = 2) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
-def render_html(video: VideoOutput, summaries: list[TrackSummary], plots: dict[int, str], thumbs: dict[int, str]) -> str:
+def render_html(
+    video: VideoOutput, summaries: list[TrackSummary], plots: dict[int, str], thumbs: dict[int, str]
+) -> str:
     """The report page (a complete HTML document, UTF-8, no external resources)."""
     tracks = [t for t in video.tracks if len(t)]
     inp = video.manifest.get("input", {}) if isinstance(video.manifest.get("input"), dict) else {}
@@ -103,39 +117,51 @@ def render_html(video: VideoOutput, summaries: list[TrackSummary], plots: dict[i
         f0, f1 = 0, max(f1, n_frames - 1)
     rows = [(f"track {t.track_id}", hex_color(track_color(t.track_id)), t.frame_idx, t.observed) for t in tracks]
     head = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>hmrflow QC: {escape(video.video_id)}</title><style>{_CSS}</style></head><body>",
         f"<h1>hmrflow QC report: {escape(video.video_id)}</h1>",
         f'<p class="meta">input: {escape(str(inp.get("path", "?")))} &middot; {escape(str(inp.get("width", "?")))}x'
-        f'{escape(str(inp.get("height", "?")))} &middot; {escape(str(inp.get("fps", "?")))} fps &middot; '
+        f"{escape(str(inp.get('height', '?')))} &middot; {escape(str(inp.get('fps', '?')))} fps &middot; "
         f"{len(tracks)} track(s) &middot; generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
     ]
-    table = ["<h2>Tracks</h2><table><tr><th>track</th><th>frames</th><th>observed</th><th>filled</th>"
-             "<th>first&ndash;last frame</th><th>duration (s)</th><th>jitter (m/s&sup3;)</th><th>mean confidence</th></tr>"]
+    table = [
+        "<h2>Tracks</h2><table><tr><th>track</th><th>frames</th><th>observed</th><th>filled</th>"
+        "<th>first&ndash;last frame</th><th>duration (s)</th><th>jitter (m/s&sup3;)</th><th>mean confidence</th></tr>"
+    ]
     for s in summaries:
         col = hex_color(track_color(s.track_id))
         table.append(
             f'<tr><td><span class="swatch" style="background:{col}"></span> <a href="#track-{s.track_id}">{s.track_id}</a></td>'
             f"<td>{s.n_frames}</td><td>{s.n_observed} ({100 * s.n_observed / max(s.n_frames, 1):.0f}%)</td>"
             f"<td>{s.n_frames - s.n_observed}</td><td>{s.first_frame}&ndash;{s.last_frame}</td>"
-            f"<td>{_fmt(s.duration_s)}</td><td>{_fmt(s.jitter_m_s3, 1)}</td><td>{_fmt(s.mean_confidence)}</td></tr>")
+            f"<td>{_fmt(s.duration_s)}</td><td>{_fmt(s.jitter_m_s3, 1)}</td><td>{_fmt(s.mean_confidence)}</td></tr>"
+        )
     table.append("</table>")
     if not tracks:
         table = ["<h2>Tracks</h2><p>No tracks in this output.</p>"]
-    body = [*head, *table, "<h2>Timeline</h2>", svg.timeline(rows, (f0, f1)) if rows else "",
-            '<p class="meta">solid: observed (person detected); striped: filled by refinement.</p>',
-            "<h2>Per track</h2>"]
+    body = [
+        *head,
+        *table,
+        "<h2>Timeline</h2>",
+        svg.timeline(rows, (f0, f1)) if rows else "",
+        '<p class="meta">solid: observed (person detected); striped: filled by refinement.</p>',
+        "<h2>Per track</h2>",
+    ]
     for s in summaries:
-        body.append(f'<section class="track" id="track-{s.track_id}">'
-                    f'<img class="thumb" alt="track {s.track_id} pose" src="{thumbs[s.track_id]}" width="120" height="160">'
-                    f'<div>{plots[s.track_id]}<div class="meta">jitter {_fmt(s.jitter_m_s3, 1)} m/s&sup3; &middot; '
-                    "left solid, right dashed; angle definitions: docs/exports.md</div></div></section>")
+        body.append(
+            f'<section class="track" id="track-{s.track_id}">'
+            f'<img class="thumb" alt="track {s.track_id} pose" src="{thumbs[s.track_id]}" width="120" height="160">'
+            f'<div>{plots[s.track_id]}<div class="meta">jitter {_fmt(s.jitter_m_s3, 1)} m/s&sup3; &middot; '
+            "left solid, right dashed; angle definitions: docs/exports.md</div></div></section>"
+        )
     body.append("</body></html>")
     return "\n".join(body)
 
 
-def render_png(video: VideoOutput, summaries: list[TrackSummary], angles: dict[int, dict[str, np.ndarray]],
-               width: int = 900) -> "Any":
+def render_png(
+    video: VideoOutput, summaries: list[TrackSummary], angles: dict[int, dict[str, np.ndarray]], width: int = 900
+) -> "Any":
     """A PIL image: title, timeline bars and per-track knee flexion curves."""
     from PIL import Image, ImageDraw
 

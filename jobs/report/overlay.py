@@ -71,7 +71,9 @@ class OverlayOptions:
     device: str = "cpu"
 
 
-def intrinsics(width: int, height: int, focal: float | None = None, recorded: dict[str, Any] | None = None) -> np.ndarray:
+def intrinsics(
+    width: int, height: int, focal: float | None = None, recorded: dict[str, Any] | None = None
+) -> np.ndarray:
     """(3, 3) camera matrix for a ``width`` x ``height`` clip (see the module doc).
 
     recorded: the manifest's ``camera`` entry (focal_px, cx, cy at width x height), used
@@ -79,8 +81,13 @@ def intrinsics(width: int, height: int, focal: float | None = None, recorded: di
     """
     if not focal and recorded and recorded.get("focal_px") and recorded.get("width"):
         s = width / float(recorded["width"])
-        return np.array([[recorded["focal_px"] * s, 0.0, recorded["cx"] * s],
-                         [0.0, recorded["focal_px"] * s, recorded["cy"] * s], [0.0, 0.0, 1.0]])
+        return np.array(
+            [
+                [recorded["focal_px"] * s, 0.0, recorded["cx"] * s],
+                [0.0, recorded["focal_px"] * s, recorded["cy"] * s],
+                [0.0, 0.0, 1.0],
+            ]
+        )
     f = float(focal) if focal else 5000.0 / 256.0 * max(width, height)
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
@@ -100,7 +107,9 @@ class _Rows:
         return cls(by)
 
 
-def panel_camera(tracks: list[TrackData], view: str, K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def panel_camera(
+    tracks: list[TrackData], view: str, K: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(R, t) mapping camera-frame points into the extra panel's camera: ``p' = R p + t``."""
     rot = PANEL_ROTATIONS[view]
     roots = np.concatenate([t.transl for t in tracks]).astype(np.float64) if tracks else np.zeros((1, 3))
@@ -125,8 +134,17 @@ def _batch_bodies(rows: list[tuple[TrackData, int]], body_model: Any) -> tuple[n
     return out.vertices.float().cpu().numpy(), out.joints.float().cpu().numpy()
 
 
-def _rasterize_people(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, image_of: np.ndarray, n_images: int,
-                      K: np.ndarray, width: int, height: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+def _rasterize_people(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    colors: np.ndarray,
+    image_of: np.ndarray,
+    n_images: int,
+    K: np.ndarray,
+    width: int,
+    height: int,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """Shaded RGB (B, H, W, 3) float in [0, 1] and mask (B, H, W) of N people over B images.
 
     verts: (N, V, 3) camera frame; faces: (F, 3); colors: (N, 3) in [0, 1]; image_of: (N,) image index.
@@ -138,14 +156,30 @@ def _rasterize_people(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, 
     n, v = verts.shape[:2]
     f = faces.shape[0]
     vt = torch.from_numpy(verts.reshape(n * v, 3)).to(device)
-    ft = (torch.from_numpy(faces.astype(np.int64))[None] + (torch.arange(n) * v)[:, None, None]).reshape(n * f, 3).to(device)
+    ft = (
+        (torch.from_numpy(faces.astype(np.int64))[None] + (torch.arange(n) * v)[:, None, None])
+        .reshape(n * f, 3)
+        .to(device)
+    )
     vert_image = torch.from_numpy(np.repeat(image_of.astype(np.int64), v)).to(device)
     face_instance = torch.arange(n, device=device).repeat_interleave(f)
     face_colors = torch.from_numpy(np.repeat(colors.astype(np.float32), f, axis=0)).to(device)
     with torch.no_grad():
-        res = rasterize(vt, ft, torch.from_numpy(K).float(), height, width, vert_image=vert_image, n_images=n_images,
-                        face_instance=face_instance, n_instances=n, face_colors=face_colors, cull_backfaces=True,
-                        ambient=torch.tensor([0.45, 0.45, 0.45]), light_color=torch.tensor([0.65, 0.65, 0.65]))
+        res = rasterize(
+            vt,
+            ft,
+            torch.from_numpy(K).float(),
+            height,
+            width,
+            vert_image=vert_image,
+            n_images=n_images,
+            face_instance=face_instance,
+            n_instances=n,
+            face_colors=face_colors,
+            cull_backfaces=True,
+            ambient=torch.tensor([0.45, 0.45, 0.45]),
+            light_color=torch.tensor([0.65, 0.65, 0.65]),
+        )
     return res.rgb.cpu().numpy(), res.mask.cpu().numpy()
 
 
@@ -157,8 +191,16 @@ def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.where(z > 0.05, uv, np.nan)
 
 
-def _draw_layer(images: np.ndarray, rows: list[tuple[TrackData, int]], image_of: np.ndarray, verts: np.ndarray,
-                joints: np.ndarray, faces: np.ndarray, K: np.ndarray, opts: OverlayOptions) -> np.ndarray:
+def _draw_layer(
+    images: np.ndarray,
+    rows: list[tuple[TrackData, int]],
+    image_of: np.ndarray,
+    verts: np.ndarray,
+    joints: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    opts: OverlayOptions,
+) -> np.ndarray:
     """Draw the people onto (B, H, W, 3) uint8 images (a copy is returned)."""
     from PIL import Image, ImageDraw
 
@@ -193,8 +235,9 @@ def _draw_layer(images: np.ndarray, rows: list[tuple[TrackData, int]], image_of:
     return np.stack([np.asarray(p) for p in pil])
 
 
-def iter_overlay_frames(video: VideoOutput, clip_path: str, body_model: Any,
-                        opts: OverlayOptions = OverlayOptions()) -> Iterator[tuple[int, float, np.ndarray]]:
+def iter_overlay_frames(
+    video: VideoOutput, clip_path: str, body_model: Any, opts: OverlayOptions = OverlayOptions()
+) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield (frame_idx, pts, image (H, W', 3) uint8) for every decoded frame of the clip."""
     from hmrflow.pipeline.config import DecodeConfig
     from hmrflow.stages.decode import DecodeStage
@@ -233,8 +276,14 @@ def iter_overlay_frames(video: VideoOutput, clip_path: str, body_model: Any,
             yield int(batch.frame_idx[b]), float(batch.pts[b]), images[b]
 
 
-def render_overlay(video_dir: str | Path, clip_path: str | Path, dest: str | Path, body_model: Any = None,
-                   opts: OverlayOptions = OverlayOptions(), progress: bool = True) -> Path:
+def render_overlay(
+    video_dir: str | Path,
+    clip_path: str | Path,
+    dest: str | Path,
+    body_model: Any = None,
+    opts: OverlayOptions = OverlayOptions(),
+    progress: bool = True,
+) -> Path:
     """Write the overlay mp4 of ``OUT/<video_id>/`` over ``clip_path`` to ``dest``; returns ``dest``.
 
     Raises:
@@ -266,7 +315,9 @@ def render_overlay(video_dir: str | Path, clip_path: str | Path, dest: str | Pat
             for fidx, pts, img in iter_overlay_frames(video, str(clip_path), body_model, opts):
                 h, w = img.shape[:2]
                 if stream is None:
-                    stream = container.add_stream("libx264", rate=Fraction(round(info.fps or 30.0, 3)).limit_denominator(1001))
+                    stream = container.add_stream(
+                        "libx264", rate=Fraction(round(info.fps or 30.0, 3)).limit_denominator(1001)
+                    )
                     stream.width, stream.height = w + (w % 2), h + (h % 2)
                     stream.pix_fmt = "yuv420p"
                     stream.time_base = _TIME_BASE
@@ -289,8 +340,12 @@ def render_overlay(video_dir: str | Path, clip_path: str | Path, dest: str | Pat
         if stream is None:
             raise HmrflowError(f"{clip_path}: no frames decoded")
         if last_track_frame > last_seen:
-            log.warning("%s: tracks reach frame %d but the clip ends at frame %d (is this the right clip?)",
-                        video.video_id, last_track_frame, last_seen)
+            log.warning(
+                "%s: tracks reach frame %d but the clip ends at frame %d (is this the right clip?)",
+                video.video_id,
+                last_track_frame,
+                last_seen,
+            )
         tmp.replace(dest)
     finally:
         if tmp.exists():

@@ -10,8 +10,14 @@ import numpy as np
 from hmrflow.priors.skeleton import PARENTS
 
 
-def draw_skeleton(draw, points_xy: np.ndarray, color: tuple[int, int, int], width: int = 3, radius: int = 3,
-                  valid: np.ndarray | None = None) -> None:
+def draw_skeleton(
+    draw,
+    points_xy: np.ndarray,
+    color: tuple[int, int, int],
+    width: int = 3,
+    radius: int = 3,
+    valid: np.ndarray | None = None,
+) -> None:
     """Draw bones (joint to parent) and joint dots on a ``PIL.ImageDraw.Draw``.
 
     points_xy: (24, 2) pixel coordinates; valid: (24,) bool (False: the joint is skipped).
@@ -28,7 +34,9 @@ def draw_skeleton(draw, points_xy: np.ndarray, color: tuple[int, int, int], widt
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color, outline=(20, 20, 20))
 
 
-def skeleton_thumbnail(joints_cam: np.ndarray, color: tuple[int, int, int], size: tuple[int, int] = (120, 160)) -> bytes:
+def skeleton_thumbnail(
+    joints_cam: np.ndarray, color: tuple[int, int, int], size: tuple[int, int] = (120, 160)
+) -> bytes:
     """PNG bytes of one pose seen from the camera (orthographic, joints (24, 3) camera frame)."""
     from PIL import Image, ImageDraw
 

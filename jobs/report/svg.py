@@ -26,9 +26,19 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def line_plot(x: np.ndarray, series: Mapping[str, np.ndarray], colors: Mapping[str, str], *,
-              title: str = "", xlabel: str = "", ylabel: str = "", width: int = 640, height: int = 240,
-              css_class: str = "plot", dashed: Sequence[str] = ()) -> str:
+def line_plot(
+    x: np.ndarray,
+    series: Mapping[str, np.ndarray],
+    colors: Mapping[str, str],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    width: int = 640,
+    height: int = 240,
+    css_class: str = "plot",
+    dashed: Sequence[str] = (),
+) -> str:
     """An inline ``<svg>`` line plot of ``series`` (name -> (N,) values, NaN = gap) over ``x`` (N,)."""
     ml, mr, mt, mb = 52, 130, 24 if title else 10, 34
     pw, ph = width - ml - mr, height - mt - mb
@@ -43,24 +53,34 @@ def line_plot(x: np.ndarray, series: Mapping[str, np.ndarray], colors: Mapping[s
     y0, y1 = y0 - pad, y1 + pad
     sx = lambda v: ml + (v - x0) / (x1 - x0) * pw  # noqa: E731
     sy = lambda v: mt + (1 - (v - y0) / (y1 - y0)) * ph  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="{escape(css_class)}" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{escape(css_class)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>',
+    ]
     if title:
         out.append(f'<text x="{ml}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>')
     for t in nice_ticks(y0, y1):
         yy = sy(t)
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e3e3e3"/>'
-                   f'<text x="{ml - 4}" y="{yy + 4:.1f}" font-size="10" text-anchor="end">{_fmt(t)}</text>')
+        out.append(
+            f'<line x1="{ml}" x2="{ml + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e3e3e3"/>'
+            f'<text x="{ml - 4}" y="{yy + 4:.1f}" font-size="10" text-anchor="end">{_fmt(t)}</text>'
+        )
     for t in nice_ticks(x0, x1):
         xx = sx(t)
-        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#666"/>'
-                   f'<text x="{xx:.1f}" y="{mt + ph + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>')
+        out.append(
+            f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#666"/>'
+            f'<text x="{xx:.1f}" y="{mt + ph + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>'
+        )
     if xlabel:
-        out.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 4}" font-size="11" text-anchor="middle">{escape(xlabel)}</text>')
+        out.append(
+            f'<text x="{ml + pw / 2:.0f}" y="{height - 4}" font-size="11" text-anchor="middle">{escape(xlabel)}</text>'
+        )
     if ylabel:
-        out.append(f'<text x="12" y="{mt + ph / 2:.0f}" font-size="11" text-anchor="middle" '
-                   f'transform="rotate(-90 12 {mt + ph / 2:.0f})">{escape(ylabel)}</text>')
+        out.append(
+            f'<text x="12" y="{mt + ph / 2:.0f}" font-size="11" text-anchor="middle" '
+            f'transform="rotate(-90 12 {mt + ph / 2:.0f})">{escape(ylabel)}</text>'
+        )
     for k, (name, y) in enumerate(zip(series, ys)):
         col = colors.get(name, "#333")
         dash = ' stroke-dasharray="5 3"' if name in dashed else ""
@@ -71,11 +91,15 @@ def line_plot(x: np.ndarray, series: Mapping[str, np.ndarray], colors: Mapping[s
             breaks = np.nonzero(np.diff(idx) > 1)[0] + 1
             for run in np.split(idx, breaks):
                 pts = " ".join(f"{sx(x[i]):.1f},{sy(y[i]):.1f}" for i in run)
-                out.append(f'<polyline class="series" data-name="{escape(name)}" fill="none" stroke="{col}" '
-                           f'stroke-width="1.6"{dash} points="{pts}"/>')
+                out.append(
+                    f'<polyline class="series" data-name="{escape(name)}" fill="none" stroke="{col}" '
+                    f'stroke-width="1.6"{dash} points="{pts}"/>'
+                )
         ly = mt + 12 + 16 * k
-        out.append(f'<line x1="{ml + pw + 10}" x2="{ml + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" stroke="{col}" '
-                   f'stroke-width="2"{dash}/><text x="{ml + pw + 32}" y="{ly}" font-size="11">{escape(name)}</text>')
+        out.append(
+            f'<line x1="{ml + pw + 10}" x2="{ml + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" stroke="{col}" '
+            f'stroke-width="2"{dash}/><text x="{ml + pw + 32}" y="{ly}" font-size="11">{escape(name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -87,8 +111,14 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.nonzero(d == 1)[0].tolist(), np.nonzero(d == -1)[0].tolist()))
 
 
-def timeline(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], frame_range: tuple[int, int], *,
-             width: int = 900, row_h: int = 18, title: str = "Track timeline") -> str:
+def timeline(
+    rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]],
+    frame_range: tuple[int, int],
+    *,
+    width: int = 900,
+    row_h: int = 18,
+    title: str = "Track timeline",
+) -> str:
     """Inline ``<svg>``: one row per track, observed frames solid, filled frames light/striped.
 
     rows: (label, colour, frame_idx (T,), observed (T,) bool) per track.
@@ -99,12 +129,14 @@ def timeline(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], frame_rang
     pw = width - ml - mr
     height = mt + mb + row_h * max(len(rows), 1)
     sx = lambda f: ml + (f - f0) / (f1 + 1 - f0) * pw  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           '<defs><pattern id="filled" width="6" height="6" patternUnits="userSpaceOnUse" '
-           'patternTransform="rotate(45)"><rect width="6" height="6" fill="#ddd"/>'
-           '<line x1="0" y1="0" x2="0" y2="6" stroke="#888" stroke-width="2"/></pattern></defs>',
-           f'<text x="{ml}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        '<defs><pattern id="filled" width="6" height="6" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="6" height="6" fill="#ddd"/>'
+        '<line x1="0" y1="0" x2="0" y2="6" stroke="#888" stroke-width="2"/></pattern></defs>',
+        f'<text x="{ml}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
+    ]
     for k, (label, col, fidx, obs) in enumerate(rows):
         y = mt + k * row_h
         out.append(f'<text x="{ml - 6}" y="{y + row_h - 5}" font-size="11" text-anchor="end">{escape(label)}</text>')
@@ -117,11 +149,15 @@ def timeline(rows: Sequence[tuple[str, str, np.ndarray, np.ndarray]], frame_rang
                 a, b = int(fidx[seg[0]]), int(fidx[seg[-1]]) + 1
                 fill = col if obs[seg[0]] else "url(#filled)"
                 cls = "observed" if obs[seg[0]] else "filled"
-                out.append(f'<rect class="{cls}" x="{sx(a):.1f}" y="{y + 2}" width="{max(sx(b) - sx(a), 0.8):.1f}" '
-                           f'height="{row_h - 4}" fill="{fill}"><title>{escape(label)}: frames {a}-{b - 1} {cls}</title></rect>')
+                out.append(
+                    f'<rect class="{cls}" x="{sx(a):.1f}" y="{y + 2}" width="{max(sx(b) - sx(a), 0.8):.1f}" '
+                    f'height="{row_h - 4}" fill="{fill}"><title>{escape(label)}: frames {a}-{b - 1} {cls}</title></rect>'
+                )
     yb = mt + row_h * max(len(rows), 1)
     for t in nice_ticks(f0, f1):
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{yb}" y2="{yb + 4}" stroke="#666"/>'
-                   f'<text x="{sx(t):.1f}" y="{yb + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>')
+        out.append(
+            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{yb}" y2="{yb + 4}" stroke="#666"/>'
+            f'<text x="{sx(t):.1f}" y="{yb + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>'
+        )
     out.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 3}" font-size="11" text-anchor="middle">frame</text></svg>')
     return "".join(out)

@@ -22,7 +22,9 @@ TILE_KINDS = ("checker", "stripes", "bricks", "noise", "gradient")
 def _color(rng: np.random.Generator, v_lo: float = 0.15, v_hi: float = 0.95) -> torch.Tensor:
     import colorsys
 
-    return torch.tensor(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.8), rng.uniform(v_lo, v_hi)), dtype=torch.float32)
+    return torch.tensor(
+        colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.8), rng.uniform(v_lo, v_hi)), dtype=torch.float32
+    )
 
 
 def _value_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> torch.Tensor:
@@ -44,7 +46,9 @@ def _value_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> torch
 def make_tile(rng: np.random.Generator, kind: str, size: int = TILE) -> torch.Tensor:
     """A seamless (3, size, size) float32 texture tile in [0, 1] of the given kind."""
     c1, c2 = _color(rng), _color(rng)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32) / size, torch.arange(size, dtype=torch.float32) / size, indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32) / size, torch.arange(size, dtype=torch.float32) / size, indexing="ij"
+    )
     if kind == "checker":
         n = int(rng.integers(1, 5)) * 2
         m = ((torch.floor(xx * n) + torch.floor(yy * n)) % 2).float()
@@ -99,7 +103,9 @@ class BackgroundBank:
         return int(self.ground.shape[0])
 
 
-def sample_backgrounds(rng: np.random.Generator, n: int = 1, wall_radius: tuple[float, float] = (14.0, 30.0)) -> BackgroundBank:
+def sample_backgrounds(
+    rng: np.random.Generator, n: int = 1, wall_radius: tuple[float, float] = (14.0, 30.0)
+) -> BackgroundBank:
     """Sample ``n`` backgrounds (textures, wall size, sky, fog)."""
     g, w, gs, ws, wr, wh, st, sh, fog = [], [], [], [], [], [], [], [], []
     for _ in range(n):
@@ -113,7 +119,9 @@ def sample_backgrounds(rng: np.random.Generator, n: int = 1, wall_radius: tuple[
         sh.append(_color(rng, 0.6, 1.0))
         fog.append(rng.uniform(0.0, 0.04))
     f = lambda x: torch.tensor(np.array(x), dtype=torch.float32)  # noqa: E731
-    return BackgroundBank(torch.stack(g), f(gs), torch.stack(w), f(ws), f(wr), f(wh), torch.stack(st), torch.stack(sh), f(fog))
+    return BackgroundBank(
+        torch.stack(g), f(gs), torch.stack(w), f(ws), f(wr), f(wh), torch.stack(st), torch.stack(sh), f(fog)
+    )
 
 
 def _sample_tile(tiles: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -157,7 +165,9 @@ def render_backgrounds(
         small = render_backgrounds(bank, S @ K, R, t, hs, ws, index, 1)
         up = F.interpolate(small.permute(0, 3, 1, 2), scale_factor=scale, mode="bilinear", align_corners=False)
         return up[:, :, :height, :width].permute(0, 2, 3, 1)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     pix = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # (H, W, 3)
     d_cam = torch.einsum("bij,hwj->bhwi", torch.linalg.inv(K), pix)
     d = torch.einsum("bji,bhwj->bhwi", R, d_cam)  # R^T d_cam

@@ -94,7 +94,9 @@ def place_people(scene: Scene, body: BodyAssets) -> ClipGroundTruth:
     n, p = scene.spec.n_frames, len(scene.people)
     if p == 0:
         z = np.zeros((n, 0, 72), np.float32)
-        return ClipGroundTruth(np.zeros((0, 10), np.float32), z, np.zeros((n, 0, 3), np.float32), z, np.zeros((n, 0, 3), np.float32))
+        return ClipGroundTruth(
+            np.zeros((0, 10), np.float32), z, np.zeros((n, 0, 3), np.float32), z, np.zeros((n, 0, 3), np.float32)
+        )
     betas = torch.from_numpy(np.stack([q.betas for q in scene.people])).float()
     poses = torch.from_numpy(np.stack([q.poses for q in scene.people], 1)).float()  # (F, P, 24, 3)
     trans = torch.from_numpy(np.stack([q.trans for q in scene.people], 1)).float()  # (F, P, 3)
@@ -145,8 +147,9 @@ class VideoWriter:
         self.container.close()
 
 
-def render_clip(spec: SceneSpec, out_dir: str | Path, body: BodyAssets | None = None, chunk: int = 8,
-                progress: bool = True) -> Path:
+def render_clip(
+    spec: SceneSpec, out_dir: str | Path, body: BodyAssets | None = None, chunk: int = 8, progress: bool = True
+) -> Path:
     """Render one clip into ``out_dir/<spec.name>/`` and return that folder.
 
     Args:
@@ -166,7 +169,9 @@ def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int
 
     spec = scene.spec
     if spec.width % 2 or spec.height % 2:
-        raise ConfigError(f"scene {spec.name!r}: width and height must be even for yuv420p, got {spec.width}x{spec.height}")
+        raise ConfigError(
+            f"scene {spec.name!r}: width and height must be even for yuv420p, got {spec.width}x{spec.height}"
+        )
     gt = place_people(scene, body)
     clip_dir = Path(out_dir) / spec.name
     clip_dir.mkdir(parents=True, exist_ok=True)
@@ -182,9 +187,15 @@ def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int
     person_cols = [torch.from_numpy(q.palette)[body.part_labels] for q in scene.people]
     occ = [box_mesh(o.centre_xz, o.size, o.yaw) for o in scene.occluders]
     occ_v = torch.from_numpy(np.concatenate([v for v, _ in occ])).float() if occ else torch.zeros(0, 3)
-    occ_f = torch.from_numpy(np.concatenate([f + 8 * i for i, (_, f) in enumerate(occ)])) if occ else torch.zeros(0, 3, dtype=torch.int64)
+    occ_f = (
+        torch.from_numpy(np.concatenate([f + 8 * i for i, (_, f) in enumerate(occ)]))
+        if occ
+        else torch.zeros(0, 3, dtype=torch.int64)
+    )
     occ_inst = torch.from_numpy(np.repeat(np.arange(len(occ)), 12)) if occ else torch.zeros(0, dtype=torch.int64)
-    occ_col = torch.tensor([o.color for o in scene.occluders]).float().repeat_interleave(12, 0) if occ else torch.zeros(0, 3)
+    occ_col = (
+        torch.tensor([o.color for o in scene.occluders]).float().repeat_interleave(12, 0) if occ else torch.zeros(0, 3)
+    )
     light_w = torch.tensor(scene.light.direction).float()
 
     joints2d = np.zeros((n, p, 24, 2), np.float32)
@@ -210,7 +221,9 @@ def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int
             nv_total = 0
             if p:
                 with torch.no_grad():
-                    out = body.model(rotmats[s:e].reshape(c * p, 24, 3, 3), betas.repeat(c, 1), wtrans[s:e].reshape(c * p, 3))
+                    out = body.model(
+                        rotmats[s:e].reshape(c * p, 24, 3, 3), betas.repeat(c, 1), wtrans[s:e].reshape(c * p, 3)
+                    )
                 nvb = out.vertices.shape[1]
                 vw = out.vertices.reshape(c, p * nvb, 3)
                 vc = torch.einsum("cij,cvj->cvi", R, vw) + t[:, None]
@@ -220,7 +233,13 @@ def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int
                 joints2d[s:e] = project(jc, K).numpy()
                 vcp = vc.reshape(c, p, nvb, 3)
                 uv = project(vcp, K)
-                ok = (vcp[..., 2] > NEAR) & (uv[..., 0] >= -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] < H - 0.5)
+                ok = (
+                    (vcp[..., 2] > NEAR)
+                    & (uv[..., 0] >= -0.5)
+                    & (uv[..., 0] < W - 0.5)
+                    & (uv[..., 1] >= -0.5)
+                    & (uv[..., 1] < H - 0.5)
+                )
                 in_frame[s:e] = ok.any(-1).numpy()
                 verts_list.append(vc.reshape(-1, 3))
                 vimg_list.append(torch.arange(c).repeat_interleave(p * nvb))
@@ -239,13 +258,22 @@ def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int
                 col_list.append(occ_col.repeat(c, 1))
             if verts_list:
                 ras = rasterize(
-                    torch.cat(verts_list), torch.cat(faces_list), K, H, W,
-                    vert_image=torch.cat(vimg_list), n_images=c,
-                    face_instance=torch.cat(inst_list), n_instances=c * p,
+                    torch.cat(verts_list),
+                    torch.cat(faces_list),
+                    K,
+                    H,
+                    W,
+                    vert_image=torch.cat(vimg_list),
+                    n_images=c,
+                    face_instance=torch.cat(inst_list),
+                    n_instances=c * p,
                     face_colors=torch.cat(col_list),
                     light_dir=torch.einsum("cij,j->ci", R, light_w),
-                    light_color=torch.tensor(scene.light.color), ambient=torch.tensor(scene.light.ambient),
-                    near=NEAR, cull_backfaces=True, coverage_margin=COVERAGE_MARGIN if p else None,
+                    light_color=torch.tensor(scene.light.color),
+                    ambient=torch.tensor(scene.light.ambient),
+                    near=NEAR,
+                    cull_backfaces=True,
+                    coverage_margin=COVERAGE_MARGIN if p else None,
                 )
                 fg = ras.rgb
                 # person index per pixel; -1 background, p for a pillar
@@ -308,9 +336,14 @@ def scene_record(scene: Scene) -> dict:
         "pixel_convention": "opencv: pixel centres at integer coordinates; boxes = visible pixel extents",
         "people": [{"person_id": q.person_id, "role": q.role} for q in scene.people],
         "occluders": [
-            {"centre_xz": list(o.centre_xz), "size": list(o.size), "yaw": o.yaw, "color": list(o.color)} for o in scene.occluders
+            {"centre_xz": list(o.centre_xz), "size": list(o.size), "yaw": o.yaw, "color": list(o.color)}
+            for o in scene.occluders
         ],
-        "light": {"direction": list(scene.light.direction), "color": list(scene.light.color), "ambient": list(scene.light.ambient)},
+        "light": {
+            "direction": list(scene.light.direction),
+            "color": list(scene.light.color),
+            "ambient": list(scene.light.ambient),
+        },
         "background_seed": scene.background_seed,
     }
 

@@ -150,7 +150,9 @@ def _render_batch(rng, b, size, body, pose_pool, bank, p_occ, p_trunc, noise) ->
             k = np.arange(b, nb)
             d_occ = depth[tgt] * rng.uniform(0.55, 0.9, n_occ_p)
             side = rng.choice([-1.0, 1.0], n_occ_p) * rng.uniform(0.25, 0.6, n_occ_p)
-            root_c[k] = root_c[tgt] * (d_occ / depth[tgt])[:, None] + np.stack([side, rng.uniform(-0.2, 0.2, n_occ_p), np.zeros(n_occ_p)], -1)
+            root_c[k] = root_c[tgt] * (d_occ / depth[tgt])[:, None] + np.stack(
+                [side, rng.uniform(-0.2, 0.2, n_occ_p), np.zeros(n_occ_p)], -1
+            )
             f[k], full_h[k], full_w[k] = f[tgt], full_h[tgt], full_w[tgt]
         transl = torch.from_numpy(root_c).float() - j0
         out = model(rot, betas_t, transl)
@@ -171,7 +173,9 @@ def _render_batch(rng, b, size, body, pose_pool, bank, p_occ, p_trunc, noise) ->
     shift = rng.normal(0, 0.04, (b, 2)) + trunc[:, None] * rng.uniform(-0.25, 0.25, (b, 2))
     centre = centre + shift * box_h[:, None]
     box_w = box_h / aspect
-    box = np.stack([centre[:, 0] - box_w / 2, centre[:, 1] - box_h / 2, centre[:, 0] + box_w / 2, centre[:, 1] + box_h / 2], -1)
+    box = np.stack(
+        [centre[:, 0] - box_w / 2, centre[:, 1] - box_h / 2, centre[:, 0] + box_w / 2, centre[:, 1] + box_h / 2], -1
+    )
     s = H / box_h  # full pixels -> crop pixels
     K_crop = np.zeros((b, 3, 3))
     K_crop[:, 0, 0] = K_crop[:, 1, 1] = f[:b] * s
@@ -194,7 +198,9 @@ def _render_batch(rng, b, size, body, pose_pool, bank, p_occ, p_trunc, noise) ->
     for i in np.nonzero(has_box_occ)[0]:
         d = root_c[i, 2] * rng.uniform(0.5, 0.9)
         side = rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5)
-        bv, bf = box_mesh((0.0, 0.0), (rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.2), rng.uniform(0.2, 0.5)), rng.uniform(-1, 1))
+        bv, bf = box_mesh(
+            (0.0, 0.0), (rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.2), rng.uniform(0.2, 0.5)), rng.uniform(-1, 1)
+        )
         bv = bv - np.array([0.0, bv[:, 1].max() / 2, 0.0])
         bv = bv @ _rot_x(np.array(rng.uniform(-0.3, 0.3))).T
         bv = bv + root_c[i] * (d / root_c[i, 2]) + np.array([side, rng.uniform(-0.5, 0.6), 0.0])
@@ -206,22 +212,48 @@ def _render_batch(rng, b, size, body, pose_pool, bank, p_occ, p_trunc, noise) ->
         cols.append(torch.from_numpy(rng.uniform(0.1, 0.9, (1, 3))).float().expand(12, 3))
     lights = np.stack([_light(rng) for _ in range(b)])  # (b, 3, 3): dir, color, ambient
     ras = rasterize(
-        torch.cat(v_list), torch.cat(f_list), Kc, H, W, vert_image=torch.cat(vimg), n_images=b,
-        face_instance=torch.cat(inst), n_instances=b, face_colors=torch.cat(cols),
-        light_dir=torch.from_numpy(lights[:, 0]).float(), light_color=torch.from_numpy(lights[:, 1]).float(),
-        ambient=torch.from_numpy(lights[:, 2]).float(), near=NEAR, cull_backfaces=True, coverage_margin=0.5,
+        torch.cat(v_list),
+        torch.cat(f_list),
+        Kc,
+        H,
+        W,
+        vert_image=torch.cat(vimg),
+        n_images=b,
+        face_instance=torch.cat(inst),
+        n_instances=b,
+        face_colors=torch.cat(cols),
+        light_dir=torch.from_numpy(lights[:, 0]).float(),
+        light_color=torch.from_numpy(lights[:, 1]).float(),
+        ambient=torch.from_numpy(lights[:, 2]).float(),
+        near=NEAR,
+        cull_backfaces=True,
+        coverage_margin=0.5,
     )
     # ---- backgrounds: a few per batch, each seen from a random camera --------------------
     n_bg = bank.n
     cam_h = rng.uniform(0.8, 2.5, b)
     ang = rng.uniform(-math.pi, math.pi, b)
-    R_bg = np.einsum("nij,njk->nik", _rot_x(-np.radians(rng.uniform(-5, 30, b))), np.einsum("ij,njk->nik", FLIP.numpy() @ np.diag([1.0, 1.0, 1.0]), _rot_y(ang)))
+    R_bg = np.einsum(
+        "nij,njk->nik",
+        _rot_x(-np.radians(rng.uniform(-5, 30, b))),
+        np.einsum("ij,njk->nik", FLIP.numpy() @ np.diag([1.0, 1.0, 1.0]), _rot_y(ang)),
+    )
     t_bg = -np.einsum("nij,nj->ni", R_bg, np.stack([np.zeros(b), cam_h, np.zeros(b)], -1))
-    bg = render_backgrounds(bank, Kc, torch.from_numpy(R_bg).float(), torch.from_numpy(t_bg).float(), H, W,
-                            torch.from_numpy(rng.integers(0, n_bg, b)), scale=2)
+    bg = render_backgrounds(
+        bank,
+        Kc,
+        torch.from_numpy(R_bg).float(),
+        torch.from_numpy(t_bg).float(),
+        H,
+        W,
+        torch.from_numpy(rng.integers(0, n_bg, b)),
+        scale=2,
+    )
     img = torch.where(ras.mask[..., None], ras.rgb, bg).mul_(255.0)
     if noise > 0:
-        img += torch.from_numpy(rng.normal(0, noise, (1, H, W, 3)).astype(np.float32)) * torch.from_numpy(rng.uniform(0, 1, (b, 1, 1, 1)).astype(np.float32))
+        img += torch.from_numpy(rng.normal(0, noise, (1, H, W, 3)).astype(np.float32)) * torch.from_numpy(
+            rng.uniform(0, 1, (b, 1, 1, 1)).astype(np.float32)
+        )
     images = img.add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
     mask = (ras.instance == torch.arange(b)[:, None, None]).numpy()
     visible = mask.reshape(b, -1).sum(1) / np.maximum(ras.coverage.numpy(), 1)

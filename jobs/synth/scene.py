@@ -150,7 +150,16 @@ class Scene:
     extra: dict = field(default_factory=dict)
 
 
-IN_PLACE_MOTIONS = ("turn", "squat", "sit_to_stand", "lunge", "jumping_jacks", "arm_raises", "bend_and_reach", "stand_sway")
+IN_PLACE_MOTIONS = (
+    "turn",
+    "squat",
+    "sit_to_stand",
+    "lunge",
+    "jumping_jacks",
+    "arm_raises",
+    "bend_and_reach",
+    "stand_sway",
+)
 
 
 def _idle_motion(rng: np.random.Generator, seconds: float, fps: float, yaw_deg: float, start_xz: tuple[float, float]):
@@ -161,13 +170,23 @@ def _idle_motion(rng: np.random.Generator, seconds: float, fps: float, yaw_deg: 
     return ml.compose_motion(rng, seconds, fps, names=names, direction=yaw_deg, start_xz=start_xz)
 
 
-def _path_motion(rng: np.random.Generator, seconds: float, fps: float, start_xz, goal_xz, on_arrival: str,
-                 speed: float):
+def _path_motion(
+    rng: np.random.Generator, seconds: float, fps: float, start_xz, goal_xz, on_arrival: str, speed: float
+):
     """Walk from ``start_xz`` to ``goal_xz`` (``on_arrival`` "return" walks back and forth)."""
     from hmrflow.priors import motion_library as ml
 
-    return ml.random_path_motion(rng, seconds, fps, tuple(start_xz), tuple(goal_xz), speed=speed,
-                                 waypoints=int(rng.integers(0, 2)), wander=0.5, on_arrival=on_arrival)
+    return ml.random_path_motion(
+        rng,
+        seconds,
+        fps,
+        tuple(start_xz),
+        tuple(goal_xz),
+        speed=speed,
+        waypoints=int(rng.integers(0, 2)),
+        wander=0.5,
+        on_arrival=on_arrival,
+    )
 
 
 def _fix_length(poses: np.ndarray, trans: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +194,9 @@ def _fix_length(poses: np.ndarray, trans: np.ndarray, n: int) -> tuple[np.ndarra
     if poses.shape[0] >= n:
         return poses[:n], trans[:n]
     pad = n - poses.shape[0]
-    return np.concatenate([poses, np.repeat(poses[-1:], pad, 0)]), np.concatenate([trans, np.repeat(trans[-1:], pad, 0)])
+    return np.concatenate([poses, np.repeat(poses[-1:], pad, 0)]), np.concatenate(
+        [trans, np.repeat(trans[-1:], pad, 0)]
+    )
 
 
 def sample_betas(rng: np.random.Generator, scale: float = 2.0) -> np.ndarray:
@@ -251,8 +272,15 @@ def sample_scene(spec: SceneSpec) -> Scene:
             else:
                 dist = speed * duration
                 x0 = -direction * 0.5 * dist * rng.uniform(0.6, 1.2) + rng.uniform(-0.2, 0.2) * half_w
-                m = _path_motion(rng, duration, spec.fps, (x0, depth - dz / 2), (x0 + direction * dist, depth + dz / 2),
-                                 "continue", speed)
+                m = _path_motion(
+                    rng,
+                    duration,
+                    spec.fps,
+                    (x0, depth - dz / 2),
+                    (x0 + direction * dist, depth + dz / 2),
+                    "continue",
+                    speed,
+                )
                 walker_paths.append((depth, x0, direction, speed))
         poses, trans = _fix_length(m.poses, m.trans, n)
         people.append(Person(pid, betas, palette, poses.astype(np.float32), trans.astype(np.float32), role))

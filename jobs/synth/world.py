@@ -41,7 +41,9 @@ def ground_offset_y(model, poses0: torch.Tensor, betas: torch.Tensor, transl0: t
     return -out.vertices[..., 1].amin(dim=1)
 
 
-def box_mesh(centre_xz: tuple[float, float], size: tuple[float, float, float], yaw: float) -> tuple[np.ndarray, np.ndarray]:
+def box_mesh(
+    centre_xz: tuple[float, float], size: tuple[float, float, float], yaw: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A box standing on the ground: (8, 3) world vertices and (12, 3) outward CCW faces."""
     w, h, d = size
     x = np.array([-w / 2, w / 2])

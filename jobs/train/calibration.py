@@ -33,8 +33,9 @@ def _token_coverage(masks, token_grid: tuple[int, int]):
     return F.adaptive_avg_pool2d(m, token_grid)[:, 0]
 
 
-def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple[int, int], seed: int,
-                          cache: Optional[Path] = None):
+def synthetic_calibration(
+    n: int, image_size: tuple[int, int], token_grid: tuple[int, int], seed: int, cache: Optional[Path] = None
+):
     """A synthetic set of ``n`` single-person crops with GT joints and token masks, rendered like the
     estimator's training crops (:func:`hmrflow.jobs.train.estimator_data.render_crops`, chunks of
     64 from streams ``default_rng([seed, i])``; the training data uses seed 0 and its validation
@@ -51,8 +52,9 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
         file = Path(cache) / f"calib_train64_{seed}_{n}_{image_size[0]}x{image_size[1]}.npz"
         if file.exists():
             d = dict(np.load(file))
-            return CalibrationSet(normalise_uint8(d["images"]), torch.from_numpy(d["joints3d"]),
-                                  _token_coverage(d["masks"], token_grid))
+            return CalibrationSet(
+                normalise_uint8(d["images"]), torch.from_numpy(d["joints3d"]), _token_coverage(d["masks"], token_grid)
+            )
     from hmrflow.jobs.train.estimator_data import CropSet, render_crops
 
     log.info("rendering %d synthetic calibration crops (seed %d)", n, seed)
@@ -60,8 +62,10 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
 
     # chunks of 64 crops, each from its own stream: every chunk draws its own background images,
     # so a set is not dominated by a handful of backgrounds
-    parts = [render_crops(np.random.default_rng([seed, i]), min(64, n - s), image_size, with_masks=True)
-             for i, s in enumerate(range(0, n, 64))]
+    parts = [
+        render_crops(np.random.default_rng([seed, i]), min(64, n - s), image_size, with_masks=True)
+        for i, s in enumerate(range(0, n, 64))
+    ]
     crops = CropSet.cat([p[0] for p in parts])
     masks = np.concatenate([p[1] for p in parts])
     # joints in the frame of the ray through the crop centre: what the estimator predicts from a crop
@@ -74,12 +78,18 @@ def synthetic_calibration(n: int, image_size: tuple[int, int], token_grid: tuple
         with atomic_path(file) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, images=d["images"], joints3d=d["joints3d"], masks=d["masks"])
-    return CalibrationSet(normalise_uint8(d["images"]), torch.from_numpy(d["joints3d"]).float(),
-                          _token_coverage(d["masks"], token_grid))
+    return CalibrationSet(
+        normalise_uint8(d["images"]), torch.from_numpy(d["joints3d"]).float(), _token_coverage(d["masks"], token_grid)
+    )
 
 
-def gt_dir_calibration(folder: Path, image_size: tuple[int, int], token_grid: tuple[int, int],
-                       max_crops: int = 256, min_visible: float = 0.5):
+def gt_dir_calibration(
+    folder: Path,
+    image_size: tuple[int, int],
+    token_grid: tuple[int, int],
+    max_crops: int = 256,
+    min_visible: float = 0.5,
+):
     """Crops of the people in a ground-truth folder (``<clip>/gt.npz`` + ``<clip>.mp4``) with
     visible fraction >= ``min_visible``, evenly subsampled to ``max_crops``.  No token masks
     (the format has none), so Mask-ToMe accuracy is not measured on such sets."""
@@ -137,16 +147,22 @@ def write_report(report: dict, out: Path) -> tuple[Path, Path]:
     atomic_write_bytes(jpath, json.dumps(report, indent=2).encode())
     r = report
     lines = [
-        f"# ECLM report: {r['weights']}", "",
-        f"budget: +{r['eps_mm']} mm {r['metric']} on {r['calibration']['n']} calibration crops ({r['calibration']['source']})", "",
-        f"depth {r['base_depth']} -> {r['final_depth']}; merged groups {r['plan']['groups']}", "",
-        f"GFLOPs per crop {r['flops']['baseline']['total'] / 1e9:.3f} -> {r['flops']['merged']['total'] / 1e9:.3f}", "",
+        f"# ECLM report: {r['weights']}",
+        "",
+        f"budget: +{r['eps_mm']} mm {r['metric']} on {r['calibration']['n']} calibration crops ({r['calibration']['source']})",
+        "",
+        f"depth {r['base_depth']} -> {r['final_depth']}; merged groups {r['plan']['groups']}",
+        "",
+        f"GFLOPs per crop {r['flops']['baseline']['total'] / 1e9:.3f} -> {r['flops']['merged']['total'] / 1e9:.3f}",
+        "",
         "| step | blocks | CKA | MPJPE mm | PA-MPJPE mm | increase mm | accepted |",
         "|---|---|---|---|---|---|---|",
         f"| baseline | - | - | {r['baseline']['mpjpe_mm']:.2f} | {r['baseline']['pa_mpjpe_mm']:.2f} | 0 | - |",
     ]
     for i, s in enumerate(r["steps"], 1):
-        lines.append(f"| {i} | {s['group'][0]}..{s['group'][1]} | {s['cka']:.3f} | {s['mpjpe_mm']:.2f} | "
-                     f"{s['pa_mpjpe_mm']:.2f} | {s['increase_mm']:+.2f} | {'yes' if s['accepted'] else 'no'} |")
+        lines.append(
+            f"| {i} | {s['group'][0]}..{s['group'][1]} | {s['cka']:.3f} | {s['mpjpe_mm']:.2f} | "
+            f"{s['pa_mpjpe_mm']:.2f} | {s['increase_mm']:+.2f} | {'yes' if s['accepted'] else 'no'} |"
+        )
     atomic_write_bytes(mpath, ("\n".join(lines) + "\n").encode())
     return jpath, mpath

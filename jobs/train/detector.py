@@ -38,12 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from WORK/last.pt")
-    p.add_argument("--input-size", type=int, nargs=2, default=(256, 192), metavar=("W", "H"),
-                   help="network input (multiples of 16); frames are letterboxed into it")
-    p.add_argument("--init", default=None, help="start from these detector weights (.safetensors) with a fresh schedule")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        default=(256, 192),
+        metavar=("W", "H"),
+        help="network input (multiples of 16); frames are letterboxed into it",
+    )
+    p.add_argument(
+        "--init", default=None, help="start from these detector weights (.safetensors) with a fresh schedule"
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
-    p.add_argument("--bench-frames", type=int, default=10,
-                   help="frames per clip of the easy/crowded benchmark sets scored at the end (0 = skip)")
+    p.add_argument(
+        "--bench-frames",
+        type=int,
+        default=10,
+        help="frames per clip of the easy/crowded benchmark sets scored at the end (0 = skip)",
+    )
 
 
 def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 0.5, batch: int = 32) -> dict[str, Any]:
@@ -55,7 +67,9 @@ def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 
     for name, data in sets.items():
         boxes = []
         for s in range(0, len(data), batch):
-            boxes += [d.boxes_xyxy for d in detect_images(model, data.images[s:s + batch], score_threshold, device=device)]
+            boxes += [
+                d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], score_threshold, device=device)
+            ]
         r = detection_f1(boxes, data.boxes, data.visible_frac)
         out.update({f"{name}_{k}": v for k, v in r.items()})
     return out
@@ -72,7 +86,9 @@ def bench_validation(model, work: Path, frames_per_clip: int, device, train_seed
         if shared:
             raise ConfigError(f"bench set {name}: scene seeds {sorted(shared)} were used in training")
     r = evaluate_sets(model, sets, device)
-    return {name: {m: r[f"{name}_{m}"] for m in ("f1", "precision", "recall", "tp", "fp", "fn", "frames")} for name in sets}
+    return {
+        name: {m: r[f"{name}_{m}"] for m in ("f1", "precision", "recall", "tp", "fp", "fn", "frames")} for name in sets
+    }
 
 
 def _json_safe(x: Any) -> Any:
@@ -93,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
     from hmrflow.jobs.train.synth_frames import MAX_PEOPLE, render_shards
     from hmrflow.pipeline.atomic import atomic_write_json
+    from hmrflow.pipeline.devices import resolve_device
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.stages.detect.model import DetectorSpec
-    from hmrflow.pipeline.devices import resolve_device
     from hmrflow.stages.detect.stage import save_detector
     from hmrflow.stages.detect.train import DetectorTrainer, train_loop
 
@@ -111,21 +127,39 @@ def run(args: argparse.Namespace) -> int:
     spec = DetectorSpec(input_w=int(args.input_size[0]), input_h=int(args.input_size[1]))
     t0 = time.time()
     size = (320, 240)
-    train = render_shards(work / "data", "mixed", args.frames, TRAIN_SEED + args.seed, size, shard=50, frames_per_scene=5)
+    train = render_shards(
+        work / "data", "mixed", args.frames, TRAIN_SEED + args.seed, size, shard=50, frames_per_scene=5
+    )
     if args.crowded_frames > 0:
         from hmrflow.jobs.train.synth_frames import DetectionFrames
 
-        extra = render_shards(work / "data", "crowded", args.crowded_frames, CROWDED_TRAIN_SEED + args.seed, size, shard=50,
-                              frames_per_scene=5)
+        extra = render_shards(
+            work / "data",
+            "crowded",
+            args.crowded_frames,
+            CROWDED_TRAIN_SEED + args.seed,
+            size,
+            shard=50,
+            frames_per_scene=5,
+        )
         train = DetectionFrames.cat([train, extra])
-    val = {k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3) for k, s in VAL_SEEDS.items()}
+    val = {
+        k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3)
+        for k, s in VAL_SEEDS.items()
+    }
     overlap = set(train.scene_seed.tolist()) & set(np.concatenate([v.scene_seed for v in val.values()]).tolist())
     if overlap:
         raise ConfigError(f"held-out scenes share seeds with training scenes: {sorted(overlap)[:5]}")
     t_data = time.time() - t0
     steps_per_epoch = len(train) // args.batch_size
-    trainer = DetectorTrainer(spec, lr=args.lr, total_steps=steps_per_epoch * args.epochs, seed=args.seed,
-                              device=str(device), n_people=MAX_PEOPLE)
+    trainer = DetectorTrainer(
+        spec,
+        lr=args.lr,
+        total_steps=steps_per_epoch * args.epochs,
+        seed=args.seed,
+        device=str(device),
+        n_people=MAX_PEOPLE,
+    )
     if args.init and not args.resume:
         from hmrflow.stages.detect.stage import load_detector
 
@@ -136,33 +170,60 @@ def run(args: argparse.Namespace) -> int:
         log.info("resumed from %s at epoch %d, step %d", ckpt, trainer.state.epoch, trainer.state.step)
     t1 = time.time()
     state = train_loop(
-        trainer, train.images, train.instance, args.epochs, args.batch_size, ckpt,
-        validate=lambda m: evaluate_sets(m, val, device), max_steps=args.max_steps,
+        trainer,
+        train.images,
+        train.instance,
+        args.epochs,
+        args.batch_size,
+        ckpt,
+        validate=lambda m: evaluate_sets(m, val, device),
+        max_steps=args.max_steps,
     )
     t_train = time.time() - t1
     final = evaluate_sets(trainer.model, val, device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_detector(trainer.model.cpu(), out_dir / "detector.safetensors", extra={"epochs": state.epoch, "steps": state.step})
+    save_detector(
+        trainer.model.cpu(), out_dir / "detector.safetensors", extra={"epochs": state.epoch, "steps": state.step}
+    )
     config = {
-        "command": "hmrflow train detector", "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-        "spec": spec.to_dict(), "render_size": list(size), "train_frames": len(train), "train_seed": TRAIN_SEED + args.seed,
-        "val_seeds": VAL_SEEDS, "val_frames_per_set": args.val_frames, "steps": state.step, "epochs_done": state.epoch,
-        "device": str(device), "threads": args.threads, "torch": torch.__version__, "host": platform.machine(),
-        "seconds_render": round(t_data, 1), "seconds_train_this_run": round(t_train, 1),
+        "command": "hmrflow train detector",
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "spec": spec.to_dict(),
+        "render_size": list(size),
+        "train_frames": len(train),
+        "train_seed": TRAIN_SEED + args.seed,
+        "val_seeds": VAL_SEEDS,
+        "val_frames_per_set": args.val_frames,
+        "steps": state.step,
+        "epochs_done": state.epoch,
+        "device": str(device),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "host": platform.machine(),
+        "seconds_render": round(t_data, 1),
+        "seconds_train_this_run": round(t_train, 1),
     }
     validation = {
         "metric": "detection F1, IoU >= 0.5, people with visible_frac >= 0.3 counted, others don't care; score >= 0.5",
-        "sets": {k: {m: final[f"{k}_{m}"] for m in ("f1", "precision", "recall", "tp", "fp", "fn", "frames")} for k in val},
+        "sets": {
+            k: {m: final[f"{k}_{m}"] for m in ("f1", "precision", "recall", "tp", "fp", "fn", "frames")} for k in val
+        },
         "history": state.history,
     }
     if args.bench_frames > 0:
-        validation["bench_sets"] = bench_validation(trainer.model, work, args.bench_frames, device, set(train.scene_seed.tolist()))
-        validation["bench_sets_note"] = (f"{args.bench_frames} evenly spaced frames of each of the 8 clips of configs/bench/easy.yaml "
-                                         "and crowded.yaml (640x480), same seeds as 'hmrflow synth --bench'")
+        validation["bench_sets"] = bench_validation(
+            trainer.model, work, args.bench_frames, device, set(train.scene_seed.tolist())
+        )
+        validation["bench_sets_note"] = (
+            f"{args.bench_frames} evenly spaced frames of each of the 8 clips of configs/bench/easy.yaml "
+            "and crowded.yaml (640x480), same seeds as 'hmrflow synth --bench'"
+        )
     atomic_write_json(out_dir / "train_config.json", _json_safe(config))
     atomic_write_json(out_dir / "validation.json", _json_safe(validation))
     for k in val:
-        log.info("held-out %s: F1 %.4f (P %.4f, R %.4f)", k, final[f"{k}_f1"], final[f"{k}_precision"], final[f"{k}_recall"])
+        log.info(
+            "held-out %s: F1 %.4f (P %.4f, R %.4f)", k, final[f"{k}_f1"], final[f"{k}_precision"], final[f"{k}_recall"]
+        )
     for k, r in validation.get("bench_sets", {}).items():
         log.info("bench %s: F1 %.4f (P %.4f, R %.4f)", k, r["f1"], r["precision"], r["recall"])
     log.info("weights -> %s", out_dir)

@@ -20,7 +20,6 @@ import platform
 import time
 from pathlib import Path
 
-
 log = logging.getLogger(__name__)
 
 VAL_SEED = 900001
@@ -46,14 +45,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from WORK/last.pt")
     p.add_argument("--init", default=None, help="start from these estimator weights (fine-tuning)")
     p.add_argument("--no-wait", action="store_true", help="train on the chunks rendered so far")
-    p.add_argument("--save-fp32", dest="save_fp16", action="store_false",
-                   help="write fp32 final weights (default: fp16, half the size; loading casts to fp32)")
-    p.add_argument("--merge-aware", type=float, default=0.0,
-                   help="weight of the loss of a randomly ECLM-merged copy of the model per step (0 = off; "
-                        "makes the weights robust to layer merging)")
+    p.add_argument(
+        "--save-fp32",
+        dest="save_fp16",
+        action="store_false",
+        help="write fp32 final weights (default: fp16, half the size; loading casts to fp32)",
+    )
+    p.add_argument(
+        "--merge-aware",
+        type=float,
+        default=0.0,
+        help="weight of the loss of a randomly ECLM-merged copy of the model per step (0 = off; "
+        "makes the weights robust to layer merging)",
+    )
     p.add_argument("--merge-p", type=float, default=0.6, help="merge-aware: chance of a group at each position")
-    p.add_argument("--merge-distill", type=float, default=0.0,
-                   help="merge-aware: weight of distilling the merged copy towards the full model's outputs")
+    p.add_argument(
+        "--merge-distill",
+        type=float,
+        default=0.0,
+        help="merge-aware: weight of distilling the merged copy towards the full model's outputs",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
 
@@ -88,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from hmrflow.pipeline.errors import ConfigError
     from hmrflow.priors.body_model import load_body_model
     from hmrflow.stages.mesh.accel.eclm import apply_eclm, deepest_plan
-    from hmrflow.stages.mesh.losses import LossWeights
     from hmrflow.stages.mesh.checkpoint import save_estimator
+    from hmrflow.stages.mesh.losses import LossWeights
     from hmrflow.stages.mesh.train import EstimatorTrainer, TrainConfig, evaluate_crops, make_batch
 
     torch.set_num_threads(max(1, args.threads))
@@ -109,17 +120,29 @@ def run(args: argparse.Namespace) -> int:
     train = None if args.no_wait else render_crop_cache(train_dir, args.crops, args.seed, hw)
     render_s = time.time() - t0
 
-    cfg = TrainConfig(size=args.size, image_size=hw, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=args.warmup_steps, seed=args.seed, precision=args.precision, losses=LossWeights(),
-                      merge_aware=args.merge_aware, merge_p=args.merge_p, merge_distill=args.merge_distill)
+    cfg = TrainConfig(
+        size=args.size,
+        image_size=hw,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        precision=args.precision,
+        losses=LossWeights(),
+        merge_aware=args.merge_aware,
+        merge_p=args.merge_p,
+        merge_distill=args.merge_distill,
+    )
     body = load_body_model("synthetic")
     init_model = None
     if args.init:
         from hmrflow.stages.mesh.checkpoint import load_estimator
 
         init_model, _ = load_estimator(args.init, args.size, hw)
-    trainer = EstimatorTrainer(cfg, body, total_steps=args.epochs * args.steps_per_epoch, device=device,
-                               model=init_model)
+    trainer = EstimatorTrainer(
+        cfg, body, total_steps=args.epochs * args.steps_per_epoch, device=device, model=init_model
+    )
     if args.resume:
         trainer.load(ckpt)
         log.info("resumed from %s at epoch %d step %d", ckpt, trainer.epoch, trainer.step)
@@ -144,22 +167,44 @@ def run(args: argparse.Namespace) -> int:
                 break
         trainer.epoch += 1
         ev = evaluate_crops(trainer.model, val_small, body, args.batch_size, device, args.precision, cfg.ray_frame)
-        rec = {"epoch": trainer.epoch, "step": trainer.step, "train_crops_available": len(train),
-               "elapsed_s": round(time.time() - train_t0, 1),
-               **{f"train_{k}": v / max(1, len(bar)) for k, v in sums.items()},
-               "val_pa_mpjpe_mm": ev["pa_mpjpe_mm"], "val_mpjpe_mm": ev["mpjpe_mm"]}
+        rec = {
+            "epoch": trainer.epoch,
+            "step": trainer.step,
+            "train_crops_available": len(train),
+            "elapsed_s": round(time.time() - train_t0, 1),
+            **{f"train_{k}": v / max(1, len(bar)) for k, v in sums.items()},
+            "val_pa_mpjpe_mm": ev["pa_mpjpe_mm"],
+            "val_mpjpe_mm": ev["mpjpe_mm"],
+        }
         if cfg.merge_aware > 0:  # how the deepest merge of the family does on the same crops
             ref = deepest_plan(len(trainer.model.backbone.blocks), cfg.merge_spans)
             with apply_eclm(trainer.model, ref):
-                evm = evaluate_crops(trainer.model, val_small, body, args.batch_size, device, args.precision, cfg.ray_frame)
-            rec.update({"val_merged_plan": [list(g) for g in ref.groups], "val_merged_pa_mpjpe_mm": evm["pa_mpjpe_mm"],
-                        "val_merged_mpjpe_mm": evm["mpjpe_mm"]})
-            log.info("epoch %d: merged %s val PA-MPJPE %.1f mm, MPJPE %.1f mm", trainer.epoch, ref.groups,
-                     evm["pa_mpjpe_mm"], evm["mpjpe_mm"])
+                evm = evaluate_crops(
+                    trainer.model, val_small, body, args.batch_size, device, args.precision, cfg.ray_frame
+                )
+            rec.update(
+                {
+                    "val_merged_plan": [list(g) for g in ref.groups],
+                    "val_merged_pa_mpjpe_mm": evm["pa_mpjpe_mm"],
+                    "val_merged_mpjpe_mm": evm["mpjpe_mm"],
+                }
+            )
+            log.info(
+                "epoch %d: merged %s val PA-MPJPE %.1f mm, MPJPE %.1f mm",
+                trainer.epoch,
+                ref.groups,
+                evm["pa_mpjpe_mm"],
+                evm["mpjpe_mm"],
+            )
         trainer.history.append(rec)
         trainer.save(ckpt)
-        log.info("epoch %d: train loss %.4f, val PA-MPJPE %.1f mm, MPJPE %.1f mm", trainer.epoch,
-                 rec["train_total"], rec["val_pa_mpjpe_mm"], rec["val_mpjpe_mm"])
+        log.info(
+            "epoch %d: train loss %.4f, val PA-MPJPE %.1f mm, MPJPE %.1f mm",
+            trainer.epoch,
+            rec["train_total"],
+            rec["val_pa_mpjpe_mm"],
+            rec["val_mpjpe_mm"],
+        )
         if args.max_steps is not None and trainer.step >= args.max_steps:
             break
 
@@ -170,20 +215,43 @@ def run(args: argparse.Namespace) -> int:
                 p_.copy_(p_.half().float())
     final = evaluate_crops(trainer.model, val, body, args.batch_size, device, args.precision, cfg.ray_frame)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = save_estimator(trainer.model, out_dir / f"estimator_{args.size}.safetensors",
-                             dtype=torch.float16 if args.save_fp16 else torch.float32)
-    atomic_write_json(out_dir / "train_config.json", {
-        **cfg.to_dict(), "steps_per_epoch": args.steps_per_epoch, "train_crops": args.crops,
-        "train_seed": args.seed, "val_seed": VAL_SEED, "val_crops": len(val), "device": str(device),
-        "threads": args.threads, "init": args.init, "machine": platform.machine(), "torch": torch.__version__,
-        "render_s": round(render_s, 1), "train_s": round(time.time() - train_t0, 1),
-        "data": "jobs/train/estimator_data.py render_crops (synthetic body, motion library poses)",
-    })
-    atomic_write_json(out_dir / "validation.json", {
-        "held_out_crops": {"seed": VAL_SEED, "n": final["n"], "pa_mpjpe_mm": final["pa_mpjpe_mm"],
-                           "mpjpe_mm": final["mpjpe_mm"], "pa_mpjpe_median_mm": final["pa_mpjpe_median_mm"],
-                           "mpjpe_median_mm": final["mpjpe_median_mm"]},
-        "per_epoch": trainer.history,
-    })
+    weights = save_estimator(
+        trainer.model,
+        out_dir / f"estimator_{args.size}.safetensors",
+        dtype=torch.float16 if args.save_fp16 else torch.float32,
+    )
+    atomic_write_json(
+        out_dir / "train_config.json",
+        {
+            **cfg.to_dict(),
+            "steps_per_epoch": args.steps_per_epoch,
+            "train_crops": args.crops,
+            "train_seed": args.seed,
+            "val_seed": VAL_SEED,
+            "val_crops": len(val),
+            "device": str(device),
+            "threads": args.threads,
+            "init": args.init,
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "render_s": round(render_s, 1),
+            "train_s": round(time.time() - train_t0, 1),
+            "data": "jobs/train/estimator_data.py render_crops (synthetic body, motion library poses)",
+        },
+    )
+    atomic_write_json(
+        out_dir / "validation.json",
+        {
+            "held_out_crops": {
+                "seed": VAL_SEED,
+                "n": final["n"],
+                "pa_mpjpe_mm": final["pa_mpjpe_mm"],
+                "mpjpe_mm": final["mpjpe_mm"],
+                "pa_mpjpe_median_mm": final["pa_mpjpe_median_mm"],
+                "mpjpe_median_mm": final["mpjpe_median_mm"],
+            },
+            "per_epoch": trainer.history,
+        },
+    )
     log.info("wrote %s (val PA-MPJPE %.1f mm, MPJPE %.1f mm)", weights, final["pa_mpjpe_mm"], final["mpjpe_mm"])
     return 0

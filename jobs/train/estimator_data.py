@@ -89,8 +89,12 @@ class CropSet:
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> "CropSet":
         d = Path(folder)
-        return cls(**{f.name: np.load(d / f"{f.name}.npy", mmap_mode="r" if (mmap and f.name == "images") else None)
-                      for f in fields(cls)})
+        return cls(
+            **{
+                f.name: np.load(d / f"{f.name}.npy", mmap_mode="r" if (mmap and f.name == "images") else None)
+                for f in fields(cls)
+            }
+        )
 
 
 def _rot_x(a: float) -> np.ndarray:
@@ -198,11 +202,21 @@ def render_crops(
     lights = [sample_light(rng) for _ in range(n)]
     light_dir = torch.einsum("nij,nj->ni", R, torch.tensor([lt.direction for lt in lights]).float())
     ras = rasterize(
-        verts.reshape(-1, 3), (faces[None] + offs).reshape(-1, 3), K, ch, cw,
-        vert_image=torch.arange(n).repeat_interleave(nv), n_images=n,
-        face_instance=torch.arange(n).repeat_interleave(nf), n_instances=n, face_colors=cols,
-        light_dir=light_dir, light_color=torch.tensor([lt.color for lt in lights]).float(),
-        ambient=torch.tensor([lt.ambient for lt in lights]).float(), near=NEAR, cull_backfaces=True,
+        verts.reshape(-1, 3),
+        (faces[None] + offs).reshape(-1, 3),
+        K,
+        ch,
+        cw,
+        vert_image=torch.arange(n).repeat_interleave(nv),
+        n_images=n,
+        face_instance=torch.arange(n).repeat_interleave(nf),
+        n_instances=n,
+        face_colors=cols,
+        light_dir=light_dir,
+        light_color=torch.tensor([lt.color for lt in lights]).float(),
+        ambient=torch.tensor([lt.ambient for lt in lights]).float(),
+        near=NEAR,
+        cull_backfaces=True,
     )
     n_bg = max(1, min(8, n // 4))
     bank = sample_backgrounds(rng, n_bg)
@@ -210,7 +224,9 @@ def render_crops(
     bg = render_backgrounds(bank, K, R, t_wc, ch, cw, index=torch.from_numpy(rng.integers(0, n_bg, n)))
     img = torch.where((ras.instance >= 0)[..., None], ras.rgb, bg)
     noise = torch.from_numpy(rng.uniform(0.5, 4.0, size=(n, 1, 1, 1))).float()
-    img = img * 255.0 + torch.randn(img.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))) * noise
+    img = (
+        img * 255.0 + torch.randn(img.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))) * noise
+    )
     j2d = (to_image(joints) - boxes.center[:, None]) / boxes.size[:, None, None]
     crops = CropSet(
         images=img.round().clamp(0, 255).to(torch.uint8).numpy(),
@@ -256,7 +272,9 @@ def render_crop_cache(
             parts.append(CropSet.load(part_dir, mmap=False))
             continue
         body = body or load_body_assets("synthetic")
-        part = render_crops(np.random.default_rng([seed, i]), min(chunk, n - i * chunk), crop_hw, height_frac, body=body)
+        part = render_crops(
+            np.random.default_rng([seed, i]), min(chunk, n - i * chunk), crop_hw, height_frac, body=body
+        )
         part.save(part_dir)
         parts.append(part)
     CropSet.cat(parts).save(merged)

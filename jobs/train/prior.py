@@ -42,8 +42,10 @@ def validate(out: Path, tracks: int, seconds: float, threads: int) -> dict:
     from hmrflow.pipeline.config import RefineConfig
 
     res = evaluate(make_tracks(tracks, seconds), RefineConfig(weights=str(out), device="cpu"), threads)
-    res["note"] = ("held-out library seeds 200000+, noise model defaults; per-frame figures on observed frames; "
-                   "fps measured on the shared build machine")
+    res["note"] = (
+        "held-out library seeds 200000+, noise model defaults; per-frame figures on observed frames; "
+        "fps measured on the shared build machine"
+    )
     tmp = out / "validation.json.tmp"
     tmp.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / "validation.json")
@@ -56,10 +58,20 @@ def run(args: argparse.Namespace) -> int:
     from hmrflow.priors.motion_diffusion.train import TrainConfig, train_prior
 
     cfg = TrainConfig()
-    changes = {k: v for k, v in dict(
-        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        max_minutes=args.max_minutes, n_motions=args.motions, amass_dir=args.amass_dir, seed=args.seed,
-        threads=args.threads).items() if v is not None}
+    changes = {
+        k: v
+        for k, v in dict(
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size,
+            max_minutes=args.max_minutes,
+            n_motions=args.motions,
+            amass_dir=args.amass_dir,
+            seed=args.seed,
+            threads=args.threads,
+        ).items()
+        if v is not None
+    }
     cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
     out = Path(args.out) if args.out else BUNDLED_PRIOR
     train_prior(cfg, out, Path(args.work_dir), resume=args.resume)

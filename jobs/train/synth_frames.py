@@ -78,18 +78,37 @@ def scene_spec_for(kind: str, rng: np.random.Generator, seed: int, width: int, h
     """A random :class:`SceneSpec` of one scenario family (``easy``, ``crowded``, ``mixed``)."""
     if kind == "mixed":
         kind = str(rng.choice(["easy", "crowded", "between"], p=[0.3, 0.4, 0.3]))
-    common = dict(name=f"det{seed}", seed=int(seed), seconds=1.5, fps=10.0, width=width, height=height,
-                  camera=str(rng.choice(["static", "pan", "dolly"])), noise=float(rng.uniform(0.5, 3.0)))
+    common = dict(
+        name=f"det{seed}",
+        seed=int(seed),
+        seconds=1.5,
+        fps=10.0,
+        width=width,
+        height=height,
+        camera=str(rng.choice(["static", "pan", "dolly"])),
+        noise=float(rng.uniform(0.5, 3.0)),
+    )
     if kind == "easy":
         return SceneSpec(people=int(rng.integers(1, 3)), height_frac=(0.3, 0.6), walkers=0.5, occluders=0, **common)
     if kind == "crowded":
-        return SceneSpec(people=int(rng.integers(4, 7)), height_frac=(0.15, 0.6), walkers=0.7, crossing=True,
-                         occluders=int(rng.integers(1, 3)), **common)
+        return SceneSpec(
+            people=int(rng.integers(4, 7)),
+            height_frac=(0.15, 0.6),
+            walkers=0.7,
+            crossing=True,
+            occluders=int(rng.integers(1, 3)),
+            **common,
+        )
     if kind == "between":
         lo = float(rng.uniform(0.1, 0.4))
-        return SceneSpec(people=int(rng.integers(1, 7)), height_frac=(lo, lo + float(rng.uniform(0.1, 0.5))),
-                         walkers=float(rng.uniform(0, 1)), crossing=bool(rng.integers(2)),
-                         occluders=int(rng.integers(0, 3)), **common)
+        return SceneSpec(
+            people=int(rng.integers(1, 7)),
+            height_frac=(lo, lo + float(rng.uniform(0.1, 0.5))),
+            walkers=float(rng.uniform(0, 1)),
+            crossing=bool(rng.integers(2)),
+            occluders=int(rng.integers(0, 3)),
+            **common,
+        )
     raise ValueError(f"unknown scenario kind {kind!r}; choose one of {KINDS}")
 
 
@@ -110,7 +129,11 @@ def render_scene_frames(spec: SceneSpec, frames: np.ndarray, body: BodyAssets) -
     if p:
         rot = axis_angle_to_matrix(torch.from_numpy(gt.world_poses[frames]).reshape(c * p, 24, 3))
         with torch.no_grad():
-            out = body.model(rot, torch.from_numpy(gt.betas).repeat(c, 1), torch.from_numpy(gt.world_transl[frames]).reshape(c * p, 3))
+            out = body.model(
+                rot,
+                torch.from_numpy(gt.betas).repeat(c, 1),
+                torch.from_numpy(gt.world_transl[frames]).reshape(c * p, 3),
+            )
         nvb = out.vertices.shape[1]
         vc = torch.einsum("cij,cvj->cvi", R, out.vertices.reshape(c, p * nvb, 3)) + t[:, None]
         verts.append(vc.reshape(-1, 3))
@@ -140,10 +163,21 @@ def render_scene_frames(spec: SceneSpec, frames: np.ndarray, body: BodyAssets) -
     if verts:
         light_w = torch.tensor(scene.light.direction).float()
         ras = rasterize(
-            torch.cat(verts), torch.cat(faces), K, H, W, vert_image=torch.cat(vimg), n_images=c,
-            face_instance=torch.cat(inst), n_instances=c * n_inst, face_colors=torch.cat(cols),
-            light_dir=torch.einsum("cij,j->ci", R, light_w), light_color=torch.tensor(scene.light.color),
-            ambient=torch.tensor(scene.light.ambient), near=NEAR, cull_backfaces=True,
+            torch.cat(verts),
+            torch.cat(faces),
+            K,
+            H,
+            W,
+            vert_image=torch.cat(vimg),
+            n_images=c,
+            face_instance=torch.cat(inst),
+            n_instances=c * n_inst,
+            face_colors=torch.cat(cols),
+            light_dir=torch.einsum("cij,j->ci", R, light_w),
+            light_color=torch.tensor(scene.light.color),
+            ambient=torch.tensor(scene.light.ambient),
+            near=NEAR,
+            cull_backfaces=True,
             coverage_margin=COVERAGE_MARGIN if p else None,
         )
         local = torch.where(ras.instance >= 0, ras.instance % n_inst, ras.instance)
@@ -164,7 +198,9 @@ def render_scene_frames(spec: SceneSpec, frames: np.ndarray, body: BodyAssets) -
     img = img * 255.0 + torch.randn(img.shape, generator=noise_rng) * spec.noise
     return DetectionFrames(
         images=img.round().clamp(0, 255).to(torch.uint8).numpy(),
-        instance=person.clamp(max=MAX_PEOPLE - 1).to(torch.int8).numpy() if p <= MAX_PEOPLE else person.to(torch.int8).numpy(),
+        instance=person.clamp(max=MAX_PEOPLE - 1).to(torch.int8).numpy()
+        if p <= MAX_PEOPLE
+        else person.to(torch.int8).numpy(),
         boxes=boxes,
         visible_frac=visible,
         scene_seed=np.full(c, spec.seed, np.int64),
@@ -237,8 +273,9 @@ def render_shards(
             parts.append(DetectionFrames.load(path))
             continue
         body = body or load_body_assets("synthetic")
-        part = render_detection_frames(np.random.default_rng([seed, i]), min(shard, n - i * shard), size, kind,
-                                       frames_per_scene, body)
+        part = render_detection_frames(
+            np.random.default_rng([seed, i]), min(shard, n - i * shard), size, kind, frames_per_scene, body
+        )
         part.save(path)
         parts.append(part)
     return DetectionFrames.cat(parts)

@@ -31,8 +31,9 @@ def load_prior(path: str | Path | None = None, device: str = "cpu"):
 
     folder = Path(path) if path is not None else BUNDLED_PRIOR
     if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: no motion prior here (config.json missing); train one with "
-                                "'hmrflow train prior --out FOLDER'")
+        raise CheckpointError(
+            f"{folder}: no motion prior here (config.json missing); train one with 'hmrflow train prior --out FOLDER'"
+        )
     model = MotionDenoiser.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     return model.to(device).eval()
 

@@ -61,8 +61,13 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         self.in_proj = nn.Linear(n_feat + n_cond, d_model)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, dim_feedforward=ff_mult * d_model, dropout=dropout, activation="gelu",
-            batch_first=True, norm_first=True,
+            d_model,
+            n_heads,
+            dim_feedforward=ff_mult * d_model,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
@@ -72,8 +77,13 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
-                base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        cond: torch.Tensor,
+        base: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Predict clean features.
 
         sample: (B, T, n_feat) noisy normalised features; timestep: scalar or (B,);
@@ -82,8 +92,11 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         Returns (B, T, n_feat).
         """
         b, t, _ = sample.shape
-        ts = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b) if not torch.is_tensor(
-            timestep) or timestep.numel() == 1 else timestep.to(sample.device)
+        ts = (
+            torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+            if not torch.is_tensor(timestep) or timestep.numel() == 1
+            else timestep.to(sample.device)
+        )
         d = self.config.d_model
         h = self.in_proj(torch.cat([sample, cond], dim=-1))
         pos = sinusoidal_embedding(torch.arange(t, device=sample.device), d)

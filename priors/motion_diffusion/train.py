@@ -108,8 +108,9 @@ def synthetic_motions(seeds: Iterable[int], seconds: float, fps: float, path_fra
         rng = np.random.default_rng([12345, int(s)])
         if rng.random() < path_fraction:
             goal = rng.uniform(-6, 6, size=2)
-            m = random_path_motion(rng, seconds, fps, (0.0, 0.0), (float(goal[0]), float(goal[1])),
-                                   waypoints=int(rng.integers(0, 3)))
+            m = random_path_motion(
+                rng, seconds, fps, (0.0, 0.0), (float(goal[0]), float(goal[1])), waypoints=int(rng.integers(0, 3))
+            )
         else:
             m = compose_motion(rng, seconds, fps, direction=float(rng.uniform(0, 360)))
         yield _motion_arrays(m.poses, m.trans)
@@ -134,8 +135,9 @@ def build_bank(cfg: TrainConfig, seeds: Iterable[int]) -> ClipBank:
     return ClipBank(rots, trs)
 
 
-def sample_windows(bank: ClipBank, rng: np.random.Generator, n: int, window: int, fps: float,
-                   noise: NoiseConfig) -> dict[str, torch.Tensor]:
+def sample_windows(
+    bank: ClipBank, rng: np.random.Generator, n: int, window: int, fps: float, noise: NoiseConfig
+) -> dict[str, torch.Tensor]:
     """``n`` random camera-frame windows with their simulated per-frame estimates.
 
     Returns tensors: clean_rot (n, W, 24, 3, 3), clean_transl (n, W, 3), rot, transl (noisy),
@@ -152,8 +154,14 @@ def sample_windows(bank: ClipBank, rng: np.random.Generator, n: int, window: int
         r, t = random_camera(rng, tr_w.mean(0))
         rot_c, tr_c = world_to_camera(rot_w, tr_w, r, t)
         est = apply_noise(rot_c, tr_c, rng, fps, noise)
-        for key, val in (("clean_rot", rot_c), ("clean_transl", tr_c), ("rot", est.rotmats),
-                         ("transl", est.transl), ("observed", est.observed), ("confidence", est.confidence)):
+        for key, val in (
+            ("clean_rot", rot_c),
+            ("clean_transl", tr_c),
+            ("rot", est.rotmats),
+            ("transl", est.transl),
+            ("observed", est.observed),
+            ("confidence", est.confidence),
+        ):
             out[key].append(val)
     return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
 
@@ -186,8 +194,15 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def diffusion_loss(model: MotionDenoiser, scheduler, x0: torch.Tensor, cond: torch.Tensor,
-                   gen: torch.Generator, vel_weight: float, cond_drop: float) -> torch.Tensor:
+def diffusion_loss(
+    model: MotionDenoiser,
+    scheduler,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    gen: torch.Generator,
+    vel_weight: float,
+    cond_drop: float,
+) -> torch.Tensor:
     """DDPM x0 loss: MSE on features + ``vel_weight`` x MSE on frame differences."""
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=gen)
@@ -203,8 +218,9 @@ def diffusion_loss(model: MotionDenoiser, scheduler, x0: torch.Tensor, cond: tor
     return loss
 
 
-def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, resume: bool = False,
-                progress: bool = True) -> Path:
+def train_prior(
+    cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, resume: bool = False, progress: bool = True
+) -> Path:
     """Train (or resume) the motion prior; export it to ``out_dir`` after every epoch.
 
     Returns ``out_dir``.  Writes ``out_dir/config.json`` + weights, ``scheduler_config.json``,
@@ -217,8 +233,12 @@ def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, res
     resume_path = work_dir / "resume.pt"
     t0 = time.monotonic()
     bank = build_bank(cfg, range(cfg.seed, cfg.seed + cfg.n_motions))
-    log.info("motion bank: %d motions, %d frames (%.0f s)", len(bank), sum(len(r) for r in bank.rotmats),
-             time.monotonic() - t0)
+    log.info(
+        "motion bank: %d motions, %d frames (%.0f s)",
+        len(bank),
+        sum(len(r) for r in bank.rotmats),
+        time.monotonic() - t0,
+    )
     state = None
     if resume and resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -229,8 +249,16 @@ def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, res
     else:
         mean, std = feature_stats(bank, cfg)
         torch.manual_seed(cfg.seed)
-        model = MotionDenoiser(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, ff_mult=cfg.ff_mult,
-                               window=cfg.window, fps=cfg.fps, feat_mean=mean.tolist(), feat_std=std.tolist())
+        model = MotionDenoiser(
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            ff_mult=cfg.ff_mult,
+            window=cfg.window,
+            fps=cfg.fps,
+            feat_mean=mean.tolist(),
+            feat_std=std.tolist(),
+        )
     scheduler = training_scheduler()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
@@ -246,18 +274,28 @@ def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, res
         elif start_epoch < cfg.epochs:
             # extended run: a second, smaller one-cycle over the added epochs (warm restart)
             lr_sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=cfg.lr * cfg.extend_lr_factor, total_steps=(cfg.epochs - start_epoch) * cfg.steps_per_epoch,
-                pct_start=0.1)
-            log.info("extending training from %d to %d epochs (max lr %.2g)", start_epoch, cfg.epochs,
-                     cfg.lr * cfg.extend_lr_factor)
+                opt,
+                max_lr=cfg.lr * cfg.extend_lr_factor,
+                total_steps=(cfg.epochs - start_epoch) * cfg.steps_per_epoch,
+                pct_start=0.1,
+            )
+            log.info(
+                "extending training from %d to %d epochs (max lr %.2g)",
+                start_epoch,
+                cfg.epochs,
+                cfg.lr * cfg.extend_lr_factor,
+            )
         log.info("resumed from %s at epoch %d", resume_path, start_epoch)
     mean, std = model.norm_mean, model.norm_std
     n_params = sum(p.numel() for p in model.parameters())
     log.info("denoiser: %.2fM parameters", n_params / 1e6)
     # fixed held-out batch for a loss curve (library seeds far from the training seeds)
-    val_bank = build_bank(dataclasses.replace(cfg, amass_dir=None), range(cfg.seed + 100_000, cfg.seed + 100_000 + cfg.val_motions))
-    val_x0, val_cond = prepare(sample_windows(val_bank, np.random.default_rng([cfg.seed, 7]), 128, cfg.window,
-                                              cfg.fps, cfg.noise), mean, std)
+    val_bank = build_bank(
+        dataclasses.replace(cfg, amass_dir=None), range(cfg.seed + 100_000, cfg.seed + 100_000 + cfg.val_motions)
+    )
+    val_x0, val_cond = prepare(
+        sample_windows(val_bank, np.random.default_rng([cfg.seed, 7]), 128, cfg.window, cfg.fps, cfg.noise), mean, std
+    )
     t_start = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -283,12 +321,28 @@ def train_prior(cfg: TrainConfig, out_dir: str | Path, work_dir: str | Path, res
             vgen = torch.Generator().manual_seed(1)
             val_loss = float(diffusion_loss(model, scheduler, val_x0, val_cond, vgen, cfg.vel_weight, 0.0))
         minutes = minutes_before + (time.monotonic() - t_start) / 60.0
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                        "minutes": round(minutes, 2)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "val_loss": val_loss,
+                "minutes": round(minutes, 2),
+            }
+        )
         log.info("epoch %d: train %.4f val %.4f (%.1f min)", epoch + 1, np.mean(losses), val_loss, minutes)
-        _atomic_torch_save({"model": model.state_dict(), "model_config": dict(model.config), "opt": opt.state_dict(),
-                            "lr_sched": lr_sched.state_dict(), "epoch": epoch + 1, "history": history,
-                            "minutes": minutes, "train_config": cfg.to_dict()}, resume_path)
+        _atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "model_config": dict(model.config),
+                "opt": opt.state_dict(),
+                "lr_sched": lr_sched.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "minutes": minutes,
+                "train_config": cfg.to_dict(),
+            },
+            resume_path,
+        )
         export(model, out_dir, cfg, history, n_params)
         if minutes >= cfg.max_minutes:
             log.warning("stopping after epoch %d: time budget of %.0f min reached", epoch + 1, cfg.max_minutes)
@@ -300,8 +354,13 @@ def export(model: MotionDenoiser, out_dir: Path, cfg: TrainConfig, history: list
     """Write the model (config.json + safetensors), scheduler_config.json and train_config.json."""
     model.save_pretrained(out_dir, safe_serialization=True)
     training_scheduler().save_config(out_dir)
-    info = {"train_config": cfg.to_dict(), "schedule": TRAIN_SCHEDULE, "parameters": n_params,
-            "epochs_done": history[-1]["epoch"] if history else 0, "history": history}
+    info = {
+        "train_config": cfg.to_dict(),
+        "schedule": TRAIN_SCHEDULE,
+        "parameters": n_params,
+        "epochs_done": history[-1]["epoch"] if history else 0,
+        "history": history,
+    }
     tmp = out_dir / "train_config.json.tmp"
     tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out_dir / "train_config.json")

@@ -17,10 +17,10 @@ from hmrflow.priors.motions.core import Motion, smootherstep
 from hmrflow.priors.motions.kinematics import REFERENCE_PELVIS_HEIGHT, plant_feet
 from hmrflow.priors.motions.posing import (
     J,
+    Style,
     X,
     Y,
     Z,
-    Style,
     add_bilateral,
     assemble,
     frame_times,
@@ -58,8 +58,14 @@ def _finish(
     return m.transformed(float(np.deg2rad(direction)), start_xz)
 
 
-def _sagittal_legs(e: np.ndarray, side: str, thigh: np.ndarray, knee: np.ndarray, tilt: np.ndarray,
-                   foot_pitch: np.ndarray | float = 0.0) -> None:
+def _sagittal_legs(
+    e: np.ndarray,
+    side: str,
+    thigh: np.ndarray,
+    knee: np.ndarray,
+    tilt: np.ndarray,
+    foot_pitch: np.ndarray | float = 0.0,
+) -> None:
     """Pose one leg from world-frame angles (degrees).
 
     ``thigh``: forward angle of the thigh from vertical; ``knee``: flexion; ``tilt``: forward tilt
@@ -172,8 +178,9 @@ def sit_to_stand(
     e[:, J["neck"], X] -= 0.3 * np.maximum(tilt, 0)
     e[:, J["head"], X] -= 0.3 * np.maximum(tilt, 0)
     labels = _phase_labels(u, "sit", "stand_up", "stand", "sit_down")
-    return _finish("sit_to_stand", fps, e, tilt, pelvis_height=pelvis_height, direction=direction,
-                   start_xz=start_xz, labels=labels)
+    return _finish(
+        "sit_to_stand", fps, e, tilt, pelvis_height=pelvis_height, direction=direction, start_xz=start_xz, labels=labels
+    )
 
 
 def lunge(
@@ -219,8 +226,14 @@ def lunge(
     b_pitch = np.maximum(56.0 * smootherstep(s / 0.8), 86.0 * s - 33.0)  # back heel rises (ankle <= 33 deg)
     e = standing_euler(n, style)
     for side, is_front in (("left", front_left), ("right", ~front_left)):
-        _sagittal_legs(e, side, np.where(is_front, f_thigh, b_thigh), np.where(is_front, f_knee, b_knee), tilt,
-                       foot_pitch=np.where(is_front, -10.0 * lift, b_pitch))
+        _sagittal_legs(
+            e,
+            side,
+            np.where(is_front, f_thigh, b_thigh),
+            np.where(is_front, f_knee, b_knee),
+            tilt,
+            foot_pitch=np.where(is_front, -10.0 * lift, b_pitch),
+        )
         e[:, J[f"{side}_foot"], X] = np.where(is_front, 0.0, -40.0 * smootherstep(s / 0.8))
     set_bilateral(e, "elbow", Y, -(style.elbow_rest_deg + 20.0 * s))
     add_bilateral(e, "shoulder", X, -10.0 * s)
@@ -228,8 +241,7 @@ def lunge(
     w = np.zeros((n, N_JOINTS))
     w[front_left, J["right_foot"]] = 1.0
     w[~front_left, J["left_foot"]] = 1.0
-    return _finish("lunge", fps, e, tilt, pelvis_height=pelvis_height, direction=direction, start_xz=start_xz,
-                   anchor=w)
+    return _finish("lunge", fps, e, tilt, pelvis_height=pelvis_height, direction=direction, start_xz=start_xz, anchor=w)
 
 
 def jumping_jacks(
@@ -270,8 +282,16 @@ def jumping_jacks(
     add_bilateral(e, "hip", Z, spread)
     add_bilateral(e, "ankle", Z, -spread)  # soles stay flat
     flight = hop_height * amplitude * np.sin(2 * np.pi * cyc) ** 2
-    return _finish("jumping_jacks", fps, e, np.zeros(n), pelvis_height=pelvis_height, direction=direction,
-                   start_xz=start_xz, lift=flight)
+    return _finish(
+        "jumping_jacks",
+        fps,
+        e,
+        np.zeros(n),
+        pelvis_height=pelvis_height,
+        direction=direction,
+        start_xz=start_xz,
+        lift=flight,
+    )
 
 
 def arm_raises(
@@ -320,8 +340,9 @@ def arm_raises(
     set_bilateral(e, "collar", Z, elev(ul), elev(ur))
     set_bilateral(e, "elbow", Y, -0.5 * style.elbow_rest_deg * np.ones(n))
     e[:, J["spine3"], X] -= 3.0 * np.maximum(ul, ur)  # slight arch with the arms overhead
-    return _finish("arm_raises", fps, e, np.zeros(n), pelvis_height=pelvis_height, direction=direction,
-                   start_xz=start_xz)
+    return _finish(
+        "arm_raises", fps, e, np.zeros(n), pelvis_height=pelvis_height, direction=direction, start_xz=start_xz
+    )
 
 
 def bend_and_reach(
@@ -371,12 +392,12 @@ def bend_and_reach(
     set_bilateral(e, "shoulder", X, -reach_l, -reach_r)
     add_bilateral(e, "shoulder", Z, 12.0 * u)
     set_bilateral(e, "elbow", Y, -style.elbow_rest_deg * (1.0 - 0.5 * u))
-    return _finish("bend_and_reach", fps, e, tilt, pelvis_height=pelvis_height, direction=direction,
-                   start_xz=start_xz)
+    return _finish("bend_and_reach", fps, e, tilt, pelvis_height=pelvis_height, direction=direction, start_xz=start_xz)
 
 
-def _smooth_noise(rng: np.random.Generator, t: np.ndarray, freq_hz: tuple[float, float], n_waves: int = 3
-                  ) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, t: np.ndarray, freq_hz: tuple[float, float], n_waves: int = 3
+) -> np.ndarray:
     """Band-limited random signal in about [-1, 1]: a sum of sinusoids with random frequencies."""
     out = np.zeros_like(t)
     for _ in range(n_waves):
@@ -422,11 +443,22 @@ def stand_sway(
     e[:, J["neck"], Y] = 0.4 * look_around * _smooth_noise(rng, t, (0.05, 0.2))
     e[:, J["head"], Y] = 0.6 * look_around * _smooth_noise(rng, t, (0.05, 0.2))
     e[:, J["head"], X] += 6.0 * _smooth_noise(rng, t, (0.05, 0.15))
-    add_bilateral(e, "shoulder", X, -4.0 * _smooth_noise(rng, t, (0.05, 0.2)), -4.0 * _smooth_noise(rng, t, (0.05, 0.2)))
+    add_bilateral(
+        e, "shoulder", X, -4.0 * _smooth_noise(rng, t, (0.05, 0.2)), -4.0 * _smooth_noise(rng, t, (0.05, 0.2))
+    )
     add_bilateral(e, "elbow", Y, -5.0 * (1 + _smooth_noise(rng, t, (0.05, 0.2))))
     w = np.zeros((n, N_JOINTS))  # the loaded foot is planted
     wl = 0.5 + 0.5 * np.tanh(3.0 * shift)
     w[:, J["left_ankle"]] = wl
     w[:, J["right_ankle"]] = 1.0 - wl
-    return _finish("stand_sway", fps, e, np.zeros(n), pelvis_height=pelvis_height, direction=direction,
-                   start_xz=start_xz, roll_deg=roll, anchor=w)
+    return _finish(
+        "stand_sway",
+        fps,
+        e,
+        np.zeros(n),
+        pelvis_height=pelvis_height,
+        direction=direction,
+        start_xz=start_xz,
+        roll_deg=roll,
+        anchor=w,
+    )

@@ -30,10 +30,10 @@ from hmrflow.priors.motions.core import Motion, smootherstep
 from hmrflow.priors.motions.kinematics import REFERENCE_PELVIS_HEIGHT, contact_heights, ground_offset
 from hmrflow.priors.motions.posing import (
     J,
+    Style,
     X,
     Y,
     Z,
-    Style,
     add_bilateral,
     assemble,
     eval_periodic,
@@ -175,13 +175,18 @@ def gait_clip(
     set_bilateral(e, "ankle", X, -L["ankle"], -R["ankle"])
     set_bilateral(e, "foot", X, -L["toe"], -R["toe"])
     # hips abduct slightly in swing and adduct in stance (pelvic drop)
-    set_bilateral(e, "hip", Z, 3.0 * g_body * np.cos(2 * np.pi * (ph - 0.75)),
-                  3.0 * g_body * np.cos(2 * np.pi * (ph + 0.5 - 0.75)))
+    set_bilateral(
+        e,
+        "hip",
+        Z,
+        3.0 * g_body * np.cos(2 * np.pi * (ph - 0.75)),
+        3.0 * g_body * np.cos(2 * np.pi * (ph + 0.5 - 0.75)),
+    )
     # pelvis: yaw (left side forward at left heel strike), roll (swing side drops), tilt
     yaw = -p.pelvis_yaw * g_body * np.cos(2 * np.pi * ph)
     roll = p.pelvis_roll * g_body * np.sin(2 * np.pi * ph)
     # thorax counter-rotates; neck and head keep the gaze on the heading
-    for k, jn in enumerate(("spine1", "spine2", "spine3")):
+    for jn in ("spine1", "spine2", "spine3"):
         e[:, J[jn], Y] = -0.55 * yaw
         e[:, J[jn], Z] = -0.3 * roll
         e[:, J[jn], X] += (p.spine_lean * np.clip(a, 0, 1)) / 3.0
@@ -196,10 +201,16 @@ def gait_clip(
     arm_l = p.arm_forward * g_body + p.arm_swing * swing * L["arm"]
     arm_r = p.arm_forward * g_body + p.arm_swing * swing * R["arm"]
     set_bilateral(e, "shoulder", X, -arm_l, -arm_r)
-    elbow_l = style.elbow_rest_deg + (p.elbow_base - style.elbow_rest_deg) * np.clip(g_body, 0, 1) \
+    elbow_l = (
+        style.elbow_rest_deg
+        + (p.elbow_base - style.elbow_rest_deg) * np.clip(g_body, 0, 1)
         + p.elbow_swing * swing * np.clip(L["arm"], 0, None)
-    elbow_r = style.elbow_rest_deg + (p.elbow_base - style.elbow_rest_deg) * np.clip(g_body, 0, 1) \
+    )
+    elbow_r = (
+        style.elbow_rest_deg
+        + (p.elbow_base - style.elbow_rest_deg) * np.clip(g_body, 0, 1)
         + p.elbow_swing * swing * np.clip(R["arm"], 0, None)
+    )
     set_bilateral(e, "elbow", Y, -elbow_l, -elbow_r)
 
     root = root_rotvec(heading, tilt_deg=tilt, yaw_deg=yaw, roll_deg=roll)
@@ -217,8 +228,9 @@ def gait_clip(
     return assemble(name or p.name, fps, e, root, pos, labels)
 
 
-def _pelvis_height_track(poses: np.ndarray, fps: float, pelvis_height: float, phase: np.ndarray,
-                         toe_off: float | None) -> np.ndarray:
+def _pelvis_height_track(
+    poses: np.ndarray, fps: float, pelvis_height: float, phase: np.ndarray, toe_off: float | None
+) -> np.ndarray:
     """``(T,)`` pelvis height from foot contact: the lowest contact point of the feet on the
     ground (walking: always one foot down), or, with ``toe_off`` (running), only the stance
     foot on the ground and a smooth (Hermite) flight arc between take-off and landing."""
@@ -300,9 +312,20 @@ def walk(
     style = Style.sample(rng, variation)
     ph = float(rng.uniform(0, 1)) if phase is None else float(phase)
     heading = _heading0(direction) + np.deg2rad(turn_rate) * t
-    return gait_clip(fps, np.full(t.shape, float(speed)), heading, params=WALK, pelvis_height=pelvis_height,
-                     start_xz=start_xz, phase=ph, amplitude=amplitude, step_length=step_length,
-                     cadence=cadence, style=style, name="walk")
+    return gait_clip(
+        fps,
+        np.full(t.shape, float(speed)),
+        heading,
+        params=WALK,
+        pelvis_height=pelvis_height,
+        start_xz=start_xz,
+        phase=ph,
+        amplitude=amplitude,
+        step_length=step_length,
+        cadence=cadence,
+        style=style,
+        name="walk",
+    )
 
 
 def run(
@@ -326,9 +349,20 @@ def run(
     style = Style.sample(rng, variation)
     ph = float(rng.uniform(0, 1)) if phase is None else float(phase)
     heading = _heading0(direction) + np.deg2rad(turn_rate) * t
-    return gait_clip(fps, np.full(t.shape, float(speed)), heading, params=RUN, pelvis_height=pelvis_height,
-                     start_xz=start_xz, phase=ph, amplitude=amplitude, step_length=step_length,
-                     cadence=cadence, style=style, name="run")
+    return gait_clip(
+        fps,
+        np.full(t.shape, float(speed)),
+        heading,
+        params=RUN,
+        pelvis_height=pelvis_height,
+        start_xz=start_xz,
+        phase=ph,
+        amplitude=amplitude,
+        step_length=step_length,
+        cadence=cadence,
+        style=style,
+        name="run",
+    )
 
 
 def turn(
@@ -364,8 +398,19 @@ def turn(
         v = np.zeros_like(t)
         # step on the spot while turning (plus a short lead-in and settle)
         ip = np.clip(smootherstep((t / t[-1] - 0.05) / 0.15) - smootherstep((t / t[-1] - 0.8) / 0.15), 0, 1)
-    return gait_clip(fps, v, heading, params=WALK, pelvis_height=pelvis_height, start_xz=start_xz, phase=ph,
-                     amplitude=amplitude, in_place=ip, style=style, name="turn")
+    return gait_clip(
+        fps,
+        v,
+        heading,
+        params=WALK,
+        pelvis_height=pelvis_height,
+        start_xz=start_xz,
+        phase=ph,
+        amplitude=amplitude,
+        in_place=ip,
+        style=style,
+        name="turn",
+    )
 
 
 def side_step(

@@ -92,8 +92,9 @@ def add_bilateral(e: np.ndarray, name: str, axis: int, left: np.ndarray, right: 
     e[:, J[f"right_{name}"], axis] += sign * np.asarray(right)
 
 
-def root_rotvec(heading_rad: np.ndarray, tilt_deg: np.ndarray = 0.0, yaw_deg: np.ndarray = 0.0,
-                roll_deg: np.ndarray = 0.0) -> np.ndarray:
+def root_rotvec(
+    heading_rad: np.ndarray, tilt_deg: np.ndarray = 0.0, yaw_deg: np.ndarray = 0.0, roll_deg: np.ndarray = 0.0
+) -> np.ndarray:
     """``(T, 3)`` global orientation: heading about y, then pelvis yaw, forward tilt (about x,
     > 0 leans forward) and roll (about z, > 0 drops the body's right side)."""
     heading_rad = np.atleast_1d(np.asarray(heading_rad, dtype=np.float64))
@@ -109,8 +110,9 @@ def root_rotvec(heading_rad: np.ndarray, tilt_deg: np.ndarray = 0.0, yaw_deg: np
     return Rotation.from_euler("YXZ", ang).as_rotvec()
 
 
-def assemble(name: str, fps: float, euler_deg: np.ndarray, root: np.ndarray, trans: np.ndarray,
-             labels: object = None) -> Motion:
+def assemble(
+    name: str, fps: float, euler_deg: np.ndarray, root: np.ndarray, trans: np.ndarray, labels: object = None
+) -> Motion:
     """Euler channels ``(T, 24, 3)`` (row 0 ignored) + root axis-angle ``(T, 3)`` -> Motion."""
     poses = euler_to_rotvec(euler_deg)
     poses[:, 0] = root

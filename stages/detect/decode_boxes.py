@@ -42,7 +42,9 @@ class FrameDetections:
     masks: np.ndarray
 
 
-def find_peaks(heat: torch.Tensor, score_threshold: float, max_det: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def find_peaks(
+    heat: torch.Tensor, score_threshold: float, max_det: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local maxima of a (h, w) probability map: (rows (K,), cols (K,), scores (K,)), strongest first."""
     pooled = F.max_pool2d(heat[None, None], 3, stride=1, padding=1)[0, 0]
     is_peak = (heat >= pooled) & (heat >= score_threshold)

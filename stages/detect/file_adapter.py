@@ -71,7 +71,9 @@ def read_mot(path: str | Path) -> dict[int, np.ndarray]:
         except ValueError:
             raise DetectionsFileError(f"{where}: not a number in {line!r}") from None
         if frame < 1 or float(parts[0]) != frame:
-            raise DetectionsFileError(f"{where}: frame must be an integer >= 1 (MOT frames are 1-based), got {parts[0]!r}")
+            raise DetectionsFileError(
+                f"{where}: frame must be an integer >= 1 (MOT frames are 1-based), got {parts[0]!r}"
+            )
         if score == -1:
             score = 1.0
         out.setdefault(frame - 1, []).append(_box_row([x, y, x + w, y + h, score], where))
@@ -90,12 +92,16 @@ def read_json(path: str | Path) -> dict[int, np.ndarray]:
     except json.JSONDecodeError as exc:
         raise DetectionsFileError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(data, list):
-        raise DetectionsFileError(f"{p}: top level must be a list of {{frame_idx, boxes}} records, got {type(data).__name__}")
+        raise DetectionsFileError(
+            f"{p}: top level must be a list of {{frame_idx, boxes}} records, got {type(data).__name__}"
+        )
     out: dict[int, list[list[float]]] = {}
     for i, rec in enumerate(data):
         where = f"{p}: record {i}"
         if not isinstance(rec, dict) or "frame_idx" not in rec or "boxes" not in rec:
-            raise DetectionsFileError(f"{where}: expected {{'frame_idx': int, 'boxes': [[x1, y1, x2, y2, score], ...]}}")
+            raise DetectionsFileError(
+                f"{where}: expected {{'frame_idx': int, 'boxes': [[x1, y1, x2, y2, score], ...]}}"
+            )
         f = rec["frame_idx"]
         if isinstance(f, bool) or not isinstance(f, int) or f < 0:
             raise DetectionsFileError(f"{where}: frame_idx must be an integer >= 0, got {f!r}")
@@ -104,7 +110,11 @@ def read_json(path: str | Path) -> dict[int, np.ndarray]:
         rows = out.setdefault(f, [])
         for j, b in enumerate(rec["boxes"]):
             bw = f"{where}, box {j}"
-            if not isinstance(b, list) or len(b) not in (4, 5) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
+            if (
+                not isinstance(b, list)
+                or len(b) not in (4, 5)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+            ):
                 raise DetectionsFileError(f"{bw}: expected [x1, y1, x2, y2] or [x1, y1, x2, y2, score], got {b!r}")
             vals = [float(v) for v in b] + ([1.0] if len(b) == 4 else [])
             rows.append(_box_row(vals, bw))
@@ -123,8 +133,13 @@ def write_mot(path: str | Path, per_frame: dict[int, np.ndarray]) -> Path:
 
 def write_json(path: str | Path, per_frame: dict[int, np.ndarray]) -> Path:
     """Write ``{frame_idx: (N, 5)}`` in the JSON format of the module docstring."""
-    recs = [{"frame_idx": int(f), "boxes": [[round(float(v), 4) for v in row] for row in np.asarray(per_frame[f]).reshape(-1, 5)]}
-            for f in sorted(per_frame)]
+    recs = [
+        {
+            "frame_idx": int(f),
+            "boxes": [[round(float(v), 4) for v in row] for row in np.asarray(per_frame[f]).reshape(-1, 5)],
+        }
+        for f in sorted(per_frame)
+    ]
     Path(path).write_text(json.dumps(recs, indent=1), encoding="utf-8")
     return Path(path)
 
@@ -157,6 +172,11 @@ class FileDetector:
             boxes = rows[:, :4].copy()
             boxes[:, 0::2] = boxes[:, 0::2].clip(-0.5, w - 0.5)
             boxes[:, 1::2] = boxes[:, 1::2].clip(-0.5, h - 0.5)
-            out.append(FrameDetections(boxes.astype(np.float32), rows[:, 4].astype(np.float32),
-                                       np.ones((len(rows), MASK_RES, MASK_RES), bool)))
+            out.append(
+                FrameDetections(
+                    boxes.astype(np.float32),
+                    rows[:, 4].astype(np.float32),
+                    np.ones((len(rows), MASK_RES, MASK_RES), bool),
+                )
+            )
         return out

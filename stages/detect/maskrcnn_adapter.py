@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 PERSON_LABEL = 1  # COCO category id of "person" in torchvision's detection models
 #: builder name -> how to recognise its state dict (v2 has a box head with conv layers)
-BUILDERS = {"maskrcnn_resnet50_fpn_v2": "roi_heads.box_head.0.0.weight", "maskrcnn_resnet50_fpn": "roi_heads.box_head.fc6.weight"}
+BUILDERS = {
+    "maskrcnn_resnet50_fpn_v2": "roi_heads.box_head.0.0.weight",
+    "maskrcnn_resnet50_fpn": "roi_heads.box_head.fc6.weight",
+}
 
 
 def _import_torchvision():
@@ -47,7 +50,9 @@ def masks_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, res: int = MASK_RES
     t = (torch.arange(res, dtype=torch.float32) + 0.5) / res
     ex = (boxes[:, 0, None] + 0.5) + t[None] * (boxes[:, 2] - boxes[:, 0])[:, None]  # edge coordinates
     ey = (boxes[:, 1, None] + 0.5) + t[None] * (boxes[:, 3] - boxes[:, 1])[:, None]
-    grid = torch.stack([(ex / w * 2 - 1)[:, None, :].expand(n, res, res), (ey / h * 2 - 1)[:, :, None].expand(n, res, res)], -1)
+    grid = torch.stack(
+        [(ex / w * 2 - 1)[:, None, :].expand(n, res, res), (ey / h * 2 - 1)[:, :, None].expand(n, res, res)], -1
+    )
     s = F.grid_sample(masks[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return s[:, 0] > 0.5
 
@@ -58,7 +63,9 @@ class MaskRCNNDetector:
     def __init__(self, cfg: DetectConfig) -> None:
         tv = _import_torchvision()
         if not cfg.weights:
-            raise HmrflowError("detect.weights: kind=maskrcnn needs a Mask R-CNN weights file (hmrflow downloads nothing)")
+            raise HmrflowError(
+                "detect.weights: kind=maskrcnn needs a Mask R-CNN weights file (hmrflow downloads nothing)"
+            )
         path = Path(cfg.weights)
         if not path.is_file():
             raise CheckpointError(f"{path}: Mask R-CNN weights file not found")
@@ -82,13 +89,20 @@ class MaskRCNNDetector:
     def __call__(self, frames: FrameBatch) -> list[FrameDetections]:
         out: list[FrameDetections] = []
         for s in range(0, len(frames), self.cfg.batch_size):
-            imgs = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255).to(self.device)
-                    for im in frames.images[s:s + self.cfg.batch_size]]
+            imgs = [
+                torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255).to(self.device)
+                for im in frames.images[s : s + self.cfg.batch_size]
+            ]
             for r in self.model(imgs):
                 keep = r["labels"] == PERSON_LABEL
                 boxes = r["boxes"][keep].float().cpu()
                 masks = masks_in_boxes(r["masks"][keep][:, 0].float().cpu(), boxes)
                 # torchvision boxes are in edge coordinates (0..W); hmrflow uses pixel centres
-                out.append(FrameDetections((boxes - 0.5).numpy().astype(np.float32),
-                                           r["scores"][keep].float().cpu().numpy().clip(0, 1).astype(np.float32), masks.numpy()))
+                out.append(
+                    FrameDetections(
+                        (boxes - 0.5).numpy().astype(np.float32),
+                        r["scores"][keep].float().cpu().numpy().clip(0, 1).astype(np.float32),
+                        masks.numpy(),
+                    )
+                )
         return out

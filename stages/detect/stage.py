@@ -69,7 +69,9 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu") -> Dense
     model = DenseDetector(spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{p}: weights do not fit the detector (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{p}: weights do not fit the detector (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.to(device).eval()
 
 
@@ -105,9 +107,20 @@ def detect_images(
     size, offset, vote = out["size"].float().cpu(), out["offset"].float().cpu(), out["vote"].float().cpu()
     results = []
     for i in range(b):
-        boxes, scores, masks = decode_frame(heat[i], size[i], offset[i], fg[i], vote[i], stride=STRIDE,
-                                            score_threshold=score_threshold, max_det=max_det, nms_iou=nms_iou)
-        results.append(FrameDetections(to_image_coords(boxes, scale, w, h), scores.numpy().astype(np.float32), masks.numpy()))
+        boxes, scores, masks = decode_frame(
+            heat[i],
+            size[i],
+            offset[i],
+            fg[i],
+            vote[i],
+            stride=STRIDE,
+            score_threshold=score_threshold,
+            max_det=max_det,
+            nms_iou=nms_iou,
+        )
+        results.append(
+            FrameDetections(to_image_coords(boxes, scale, w, h), scores.numpy().astype(np.float32), masks.numpy())
+        )
     return results
 
 
@@ -129,8 +142,9 @@ class BundledDetector:
     def __call__(self, frames: FrameBatch) -> list[FrameDetections]:
         out: list[FrameDetections] = []
         for s in range(0, len(frames), self.cfg.batch_size):
-            out += detect_images(self.model, frames.images[s:s + self.cfg.batch_size], self.cfg.score_threshold,
-                                 device=self.device)
+            out += detect_images(
+                self.model, frames.images[s : s + self.cfg.batch_size], self.cfg.score_threshold, device=self.device
+            )
         return out
 
 
@@ -161,14 +175,25 @@ def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_th
         keep = det.scores >= score_threshold
         k = int(keep.sum())
         if k:
-            rows.append((np.full(k, frames.frame_idx[f], np.int64), np.full(k, frames.pts[f], np.float64),
-                         det.boxes_xyxy[keep], det.scores[keep], det.masks[keep]))
+            rows.append(
+                (
+                    np.full(k, frames.frame_idx[f], np.int64),
+                    np.full(k, frames.pts[f], np.float64),
+                    det.boxes_xyxy[keep],
+                    det.scores[keep],
+                    det.masks[keep],
+                )
+            )
     if not rows:
         return Detections.empty(frames.video_id)
     cols = [np.concatenate(c) for c in zip(*rows)]
     return Detections(
-        video_id=frames.video_id, frame_idx=cols[0], pts=cols[1], boxes_xyxy=cols[2].astype(np.float32),
-        scores=np.clip(cols[3], 0, 1).astype(np.float32), masks=cols[4].astype(bool).reshape(-1, MASK_RES, MASK_RES),
+        video_id=frames.video_id,
+        frame_idx=cols[0],
+        pts=cols[1],
+        boxes_xyxy=cols[2].astype(np.float32),
+        scores=np.clip(cols[3], 0, 1).astype(np.float32),
+        masks=cols[4].astype(bool).reshape(-1, MASK_RES, MASK_RES),
     )
 
 

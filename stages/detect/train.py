@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from hmrflow.pipeline.atomic import atomic_path
 from hmrflow.pipeline.boxes import box_iou, match_iou
 from hmrflow.pipeline.errors import CheckpointError
-from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DenseDetector, DetectorSpec, PIXEL_MEAN, PIXEL_STD
+from hmrflow.stages.detect.model import PIXEL_MEAN, PIXEL_STD, STRIDE, VOTE_SCALE, DenseDetector, DetectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def augment(
 
 
 # ----------------------------------------------------------------------- targets
-def build_targets(inst: torch.Tensor, n_people: int, stride: int = STRIDE, min_pixels: int = MIN_PIXELS) -> dict[str, torch.Tensor]:
+def build_targets(
+    inst: torch.Tensor, n_people: int, stride: int = STRIDE, min_pixels: int = MIN_PIXELS
+) -> dict[str, torch.Tensor]:
     """Dense training targets from instance maps.
 
     Args:
@@ -109,7 +111,9 @@ def build_targets(inst: torch.Tensor, n_people: int, stride: int = STRIDE, min_p
     cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride  # (B, P) in cells
     bw, bh = (x1 - x0) / stride, (y1 - y0) / stride
     valid = counts >= min_pixels
-    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
+    gy, gx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij"
+    )
     for bi, pi in zip(*torch.nonzero(valid, as_tuple=True)):
         sx = max(0.5, float(bw[bi, pi]) / 6)
         sy = max(0.5, float(bh[bi, pi]) / 6)
@@ -125,7 +129,9 @@ def build_targets(inst: torch.Tensor, n_people: int, stride: int = STRIDE, min_p
     bcx = torch.gather(cx, 1, best.reshape(b, -1)).reshape(b, h, w)
     bcy = torch.gather(cy, 1, best.reshape(b, -1)).reshape(b, h, w)
     vote = torch.stack([(bcx - gx) / VOTE_SCALE, (bcy - gy) / VOTE_SCALE], 1)
-    vote_w = (best_frac >= 0.25).float()[:, None] * torch.gather(valid.float(), 1, best.reshape(b, -1)).reshape(b, 1, h, w)
+    vote_w = (best_frac >= 0.25).float()[:, None] * torch.gather(valid.float(), 1, best.reshape(b, -1)).reshape(
+        b, 1, h, w
+    )
     vote = torch.where(vote_w > 0, vote, torch.zeros_like(vote))
     return {"heat": heat, "size": size, "offset": offset, "centre": centre, "fg": fg, "vote": vote, "vote_w": vote_w}
 
@@ -145,7 +151,10 @@ def detector_loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) ->
     vw = tgt["vote_w"]
     l_vote = (F.l1_loss(out["vote"], tgt["vote"], reduction="none") * vw).sum() / vw.sum().clamp_min(1)
     loss = l_heat + l_size + l_off + l_fg + l_vote
-    parts = {k: float(v.detach()) for k, v in (("heat", l_heat), ("size", l_size), ("offset", l_off), ("fg", l_fg), ("vote", l_vote))}
+    parts = {
+        k: float(v.detach())
+        for k, v in (("heat", l_heat), ("size", l_size), ("offset", l_off), ("fg", l_fg), ("vote", l_vote))
+    }
     return loss, parts
 
 
@@ -167,8 +176,15 @@ class DetectorTrainer:
         seed: seeds initial weights and augmentation.
     """
 
-    def __init__(self, spec: DetectorSpec, lr: float = 2e-3, total_steps: int = 1000, seed: int = 0,
-                 device: str = "cpu", n_people: int = 8) -> None:
+    def __init__(
+        self,
+        spec: DetectorSpec,
+        lr: float = 2e-3,
+        total_steps: int = 1000,
+        seed: int = 0,
+        device: str = "cpu",
+        n_people: int = 8,
+    ) -> None:
         torch.manual_seed(seed)
         self.spec = spec
         self.device = torch.device(device)
@@ -239,7 +255,9 @@ class DetectorTrainer:
 
 
 # ---------------------------------------------------------------------- scoring
-def match_frame(pred: np.ndarray, gt: np.ndarray, counted: np.ndarray, iou_threshold: float = 0.5) -> tuple[int, int, int]:
+def match_frame(
+    pred: np.ndarray, gt: np.ndarray, counted: np.ndarray, iou_threshold: float = 0.5
+) -> tuple[int, int, int]:
     """(tp, fp, fn) of one frame: one-to-one max-IoU matching to counted people first, then
     left-over predictions that match a don't-care person are ignored (neither tp nor fp).
 
@@ -311,10 +329,12 @@ def train_loop(
         epoch_start = int(trainer.state.history[-1]["step"]) if trainer.state.history else 0
         done_in_epoch = trainer.state.step - epoch_start
         sums: dict[str, float] = {}
-        bar = tqdm(range(max(0, done_in_epoch), per_epoch), desc=f"epoch {e + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            range(max(0, done_in_epoch), per_epoch), desc=f"epoch {e + 1}/{epochs}", disable=not progress, leave=False
+        )
         k = 0
         for bi in bar:
-            idx = np.sort(order[bi * batch_size:(bi + 1) * batch_size])
+            idx = np.sort(order[bi * batch_size : (bi + 1) * batch_size])
             parts = trainer.step(images[idx], instance[idx])
             for key, v in parts.items():
                 sums[key] = sums.get(key, 0.0) + v

@@ -160,7 +160,12 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True, norm_eps: float = 1e-6,
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_hidden: int,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
@@ -191,7 +196,9 @@ class PatchEmbed(nn.Module):
 class ViTBackbone(nn.Module):
     """ViT without class token: ``forward_features(crops) -> tokens (B, N, C)``."""
 
-    def __init__(self, cfg: ViTConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, cfg: ViTConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         c = cfg.embed_dim

@@ -87,8 +87,12 @@ def save_estimator(
         depth); the file is then a merged checkpoint.  report: the ECLM search summary stored
         beside the plan.
     """
-    meta = {"format": WEIGHTS_FORMAT, "size": model.spec.name, "image_size": json.dumps(list(model.image_size)),
-            "estimator_spec": json.dumps(spec_to_dict(model.spec))}
+    meta = {
+        "format": WEIGHTS_FORMAT,
+        "size": model.spec.name,
+        "image_size": json.dumps(list(model.image_size)),
+        "estimator_spec": json.dumps(spec_to_dict(model.spec)),
+    }
     if plan is not None:
         depth = len(model.backbone.blocks)
         if depth != plan.depth:
@@ -111,8 +115,13 @@ def _header_size(header: dict[str, str]) -> Optional[str]:
     return json.loads(raw) if raw.startswith('"') else raw
 
 
-def _infer_spec(state: dict[str, torch.Tensor], header: dict[str, str], path: Path,
-                size: Optional[str], image_size: Optional[tuple[int, int]]) -> EstimatorSpec:
+def _infer_spec(
+    state: dict[str, torch.Tensor],
+    header: dict[str, str],
+    path: Path,
+    size: Optional[str],
+    image_size: Optional[tuple[int, int]],
+) -> EstimatorSpec:
     """Architecture of a plain checkpoint: the header's spec, else its size and crop size, else
     the tensor shapes (embedding width -> size, position embeddings -> crop size, blocks -> depth)."""
     if "estimator_spec" in header and image_size is None:
@@ -153,8 +162,11 @@ def _load_exact(model: MeshEstimator, state: dict[str, torch.Tensor], path: Path
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(ours[k].shape)}" for k in ours
-             if k in state and state[k].shape != ours[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(ours[k].shape)}"
+        for k in ours
+        if k in state and state[k].shape != ours[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -165,7 +177,8 @@ def _load_exact(model: MeshEstimator, state: dict[str, torch.Tensor], path: Path
             parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
         raise CheckpointError(
             f"{path}: does not fit the {model.spec.name!r} estimator at crop size {model.image_size}: "
-            + ", ".join(parts) + " (check estimate.size / estimate.image_size)"
+            + ", ".join(parts)
+            + " (check estimate.size / estimate.image_size)"
         )
     model.load_state_dict(state)
 
@@ -201,8 +214,10 @@ def load_estimator(
         if size is not None and spec.name != size:
             raise CheckpointError(f"{p}: weights of the {spec.name!r} estimator, but estimate.size is {size!r}")
         if image_size is not None and tuple(image_size) != spec.backbone.image_size:
-            raise CheckpointError(f"{p}: merged checkpoint for crops {spec.backbone.image_size}, but "
-                                  f"estimate.image_size is {tuple(image_size)}")
+            raise CheckpointError(
+                f"{p}: merged checkpoint for crops {spec.backbone.image_size}, but "
+                f"estimate.image_size is {tuple(image_size)}"
+            )
         model = MeshEstimator(spec)
         apply_eclm(model, plan)  # structure only; the merged weights are loaded next
         _load_exact(model, state, p)

@@ -219,7 +219,9 @@ def crop_masks(
     det = det.to(torch.float32).reshape(-1, 4)
     n = len(boxes)
     if m.ndim != 3 or m.shape[0] != n or det.shape[0] != n:
-        raise ValueError(f"masks (N, R, R) and boxes (N, 4) must match {n} crop boxes, got {tuple(m.shape)}, {tuple(det.shape)}")
+        raise ValueError(
+            f"masks (N, R, R) and boxes (N, 4) must match {n} crop boxes, got {tuple(m.shape)}, {tuple(det.shape)}"
+        )
     gh, gw = token_grid
     cell = (crop_hw[0] / gh, crop_hw[1] / gw)
     pts = _pixel_centres(token_grid, cell, supersample).expand(n, -1, -1, -1)

@@ -99,7 +99,9 @@ class CrossAttention(nn.Module):
         self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_bias: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """x (B, Q, dim), context (B, N, context_dim), context_bias (B, 1, 1, N) additive -> (B, Q, dim)."""
         q = _split_heads(self.to_q(x), self.heads)
         k, v = (_split_heads(t, self.heads) for t in self.to_kv(context).chunk(2, dim=-1))
@@ -120,7 +122,9 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.ff = Mlp(cfg.dim, cfg.mlp_dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_bias: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x))
         x = x + self.cross_attn(self.norm2(x), context, context_bias)
         return x + self.ff(self.norm3(x))

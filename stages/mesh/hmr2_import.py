@@ -152,11 +152,17 @@ def _model_entries(spec: EstimatorSpec) -> dict[str, _Entry]:
     for i in range(b.depth):
         k = f"backbone.blocks.{i}."
         for name, shape in (
-            ("norm1.weight", (c,)), ("norm1.bias", (c,)),
-            ("attn.qkv.weight", (3 * c, c)), ("attn.proj.weight", (c, c)), ("attn.proj.bias", (c,)),
-            ("norm2.weight", (c,)), ("norm2.bias", (c,)),
-            ("mlp.fc1.weight", (hid, c)), ("mlp.fc1.bias", (hid,)),
-            ("mlp.fc2.weight", (c, hid)), ("mlp.fc2.bias", (c,)),
+            ("norm1.weight", (c,)),
+            ("norm1.bias", (c,)),
+            ("attn.qkv.weight", (3 * c, c)),
+            ("attn.proj.weight", (c, c)),
+            ("attn.proj.bias", (c,)),
+            ("norm2.weight", (c,)),
+            ("norm2.bias", (c,)),
+            ("mlp.fc1.weight", (hid, c)),
+            ("mlp.fc1.bias", (hid,)),
+            ("mlp.fc2.weight", (c, hid)),
+            ("mlp.fc2.bias", (c,)),
         ):
             add(k + name, shape, k + name)
         if b.qkv_bias:
@@ -196,27 +202,42 @@ def _model_entries(spec: EstimatorSpec) -> dict[str, _Entry]:
 def _training_layout() -> dict[str, Shape]:
     """Keys of the published checkpoint outside the estimator (see module docstring)."""
     out: dict[str, Shape] = {
-        "discriminator.D_conv1.weight": (32, 9, 1, 1), "discriminator.D_conv1.bias": (32,),
-        "discriminator.D_conv2.weight": (32, 32, 1, 1), "discriminator.D_conv2.bias": (32,),
-        "discriminator.betas_fc1.weight": (10, 10), "discriminator.betas_fc1.bias": (10,),
-        "discriminator.betas_fc2.weight": (5, 10), "discriminator.betas_fc2.bias": (5,),
-        "discriminator.betas_out.weight": (1, 5), "discriminator.betas_out.bias": (1,),
+        "discriminator.D_conv1.weight": (32, 9, 1, 1),
+        "discriminator.D_conv1.bias": (32,),
+        "discriminator.D_conv2.weight": (32, 32, 1, 1),
+        "discriminator.D_conv2.bias": (32,),
+        "discriminator.betas_fc1.weight": (10, 10),
+        "discriminator.betas_fc1.bias": (10,),
+        "discriminator.betas_fc2.weight": (5, 10),
+        "discriminator.betas_fc2.bias": (5,),
+        "discriminator.betas_out.weight": (1, 5),
+        "discriminator.betas_out.bias": (1,),
         "discriminator.D_alljoints_fc1.weight": (1024, 32 * _N_DISC_JOINTS),
         "discriminator.D_alljoints_fc1.bias": (1024,),
-        "discriminator.D_alljoints_fc2.weight": (1024, 1024), "discriminator.D_alljoints_fc2.bias": (1024,),
-        "discriminator.D_alljoints_out.weight": (1, 1024), "discriminator.D_alljoints_out.bias": (1,),
+        "discriminator.D_alljoints_fc2.weight": (1024, 1024),
+        "discriminator.D_alljoints_fc2.bias": (1024,),
+        "discriminator.D_alljoints_out.weight": (1, 1024),
+        "discriminator.D_alljoints_out.bias": (1,),
     }
     for j in range(_N_DISC_JOINTS):
         out[f"discriminator.pose_out.{j}.weight"] = (1, 32)
         out[f"discriminator.pose_out.{j}.bias"] = (1,)
     v = _SMPL_VERTS
-    out.update({
-        "smpl.shapedirs": (v, 3, 10), "smpl.faces_tensor": (13776, 3), "smpl.v_template": (v, 3),
-        "smpl.J_regressor": (24, v), "smpl.posedirs": (207, v * 3), "smpl.parents": (24,),
-        "smpl.lbs_weights": (v, 24), "smpl.vertex_joint_selector.extra_joints_idxs": (21,),
-        "smpl.joint_regressor_extra": (19, v), "smpl.joint_map": (25,),
-        "initialized": (),
-    })
+    out.update(
+        {
+            "smpl.shapedirs": (v, 3, 10),
+            "smpl.faces_tensor": (13776, 3),
+            "smpl.v_template": (v, 3),
+            "smpl.J_regressor": (24, v),
+            "smpl.posedirs": (207, v * 3),
+            "smpl.parents": (24,),
+            "smpl.lbs_weights": (v, 24),
+            "smpl.vertex_joint_selector.extra_joints_idxs": (21,),
+            "smpl.joint_regressor_extra": (19, v),
+            "smpl.joint_map": (25,),
+            "initialized": (),
+        }
+    )
     return out
 
 
@@ -270,7 +291,7 @@ def import_hmr2_state_dict(
             f"{', '.join(absent[:5])}{more} (is it an HMR2.0 checkpoint of this size?)"
         )
     unknown: list[str] = []
-    for key, value in state_dict.items():
+    for key in state_dict:
         if key in entries:
             continue
         reason = _ignore_reason(key)

@@ -53,7 +53,9 @@ class EstimatorTargets:
     joints2d: torch.Tensor
 
     def to(self, device: torch.device | str) -> "EstimatorTargets":
-        return EstimatorTargets(*(t.to(device, non_blocking=True) for t in (self.rotmats, self.betas, self.joints3d, self.joints2d)))
+        return EstimatorTargets(
+            *(t.to(device, non_blocking=True) for t in (self.rotmats, self.betas, self.joints3d, self.joints2d))
+        )
 
 
 def weak_perspective(joints: torch.Tensor, pred_cam: torch.Tensor) -> torch.Tensor:
@@ -74,7 +76,7 @@ def estimator_losses(
         rot, betas = out.rotmats.float(), out.betas.float()
         joints = body_model(rot, betas).joints  # (B, 24, 3), transl 0
         gt3d = targets.joints3d.float()
-        per_joint = (align_pelvis(joints) - align_pelvis(gt3d))
+        per_joint = align_pelvis(joints) - align_pelvis(gt3d)
         l3d = per_joint.abs().sum(-1).mean()
         j2d = weak_perspective(joints, out.pred_cam.float())
         l2d = (j2d - targets.joints2d.float()).abs().sum(-1).mean()
@@ -83,7 +85,19 @@ def estimator_losses(
         mpjpe = per_joint.detach().norm(dim=-1).mean(-1)
         conf_target = torch.exp(-mpjpe / weights.conf_scale)
         lconf = F.binary_cross_entropy(out.confidence.float().clamp(1e-6, 1 - 1e-6), conf_target)
-        total = (weights.joints3d * l3d + weights.joints2d * l2d + weights.rotmats * lrot
-                 + weights.betas * lbeta + weights.confidence * lconf)
-    return {"total": total, "joints3d": l3d, "joints2d": l2d, "rotmats": lrot, "betas": lbeta,
-            "confidence": lconf, "mpjpe": mpjpe}
+        total = (
+            weights.joints3d * l3d
+            + weights.joints2d * l2d
+            + weights.rotmats * lrot
+            + weights.betas * lbeta
+            + weights.confidence * lconf
+        )
+    return {
+        "total": total,
+        "joints3d": l3d,
+        "joints2d": l2d,
+        "rotmats": lrot,
+        "betas": lbeta,
+        "confidence": lconf,
+        "mpjpe": mpjpe,
+    }

@@ -62,8 +62,9 @@ log = logging.getLogger(__name__)
 GPU_SHARE = 0.5
 
 
-def ray_rotation(center: torch.Tensor, image_wh: torch.Tensor | tuple[float, float],
-                 focal: torch.Tensor | float) -> torch.Tensor:
+def ray_rotation(
+    center: torch.Tensor, image_wh: torch.Tensor | tuple[float, float], focal: torch.Tensor | float
+) -> torch.Tensor:
     """(N, 3, 3) rotations taking the optical axis (0, 0, 1) to the viewing ray through each crop centre.
 
     The estimator predicts the body's global orientation as seen along that ray (a crop shows
@@ -125,8 +126,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             from hmrflow.stages.mesh.accel.tome import MaskToMeConfig, apply_mask_tome
 
             r = tuple(cfg.tome_r) if isinstance(cfg.tome_r, list) else cfg.tome_r
-            self.tome_cfg = MaskToMeConfig(r=r, schedule=cfg.tome_schedule,
-                                           group_size=cfg.tome_group_size or None)
+            self.tome_cfg = MaskToMeConfig(r=r, schedule=cfg.tome_schedule, group_size=cfg.tome_group_size or None)
             apply_mask_tome(model, self.tome_cfg)
         self.model = model.to(self.device).eval()
         self.weights_path = path
@@ -134,11 +134,21 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         prec = str(self._autocast_dtype() or torch.float32).replace("torch.", "")
         accel = []
         if self.eclm_plan is not None:
-            accel.append(f"ECLM depth {self.eclm_plan.base_depth} -> {self.eclm_plan.depth} {list(self.eclm_plan.groups)}")
+            accel.append(
+                f"ECLM depth {self.eclm_plan.base_depth} -> {self.eclm_plan.depth} {list(self.eclm_plan.groups)}"
+            )
         if self.tome_cfg is not None:
             accel.append(f"Mask-ToMe r={cfg.tome_r} {cfg.tome_schedule}")
-        log.info("estimator %s (crops %dx%d, depth %d, %s%s) on %s from %s", cfg.size, *model.image_size, self.depth,
-                 prec, "".join(", " + a for a in accel), self.device, path)
+        log.info(
+            "estimator %s (crops %dx%d, depth %d, %s%s) on %s from %s",
+            cfg.size,
+            *model.image_size,
+            self.depth,
+            prec,
+            "".join(", " + a for a in accel),
+            self.device,
+            path,
+        )
 
     @property
     def depth(self) -> int:
@@ -165,8 +175,12 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             )
         kind = getattr(self.body_model_cfg, "kind", "synthetic")
         if kind != "synthetic":
-            log.warning("the bundled %s estimator was trained with the synthetic body model; its shape (betas) "
-                        "and pose outputs are not calibrated for body_model.kind=%s", cfg.size, kind)
+            log.warning(
+                "the bundled %s estimator was trained with the synthetic body model; its shape (betas) "
+                "and pose outputs are not calibrated for body_model.kind=%s",
+                cfg.size,
+                kind,
+            )
         return path
 
     def _autocast_dtype(self) -> Optional[torch.dtype]:
@@ -195,9 +209,15 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
                 kw["protect"] = token_masks[s : s + self.cfg.batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 o = self.model(chunk, **kw)
-            outs.append(EstimatorOutput(*(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d))))
-        return EstimatorOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in
-                                 ("rotmats", "betas", "pred_cam", "confidence", "pose6d")))
+            outs.append(
+                EstimatorOutput(*(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d)))
+            )
+        return EstimatorOutput(
+            *(
+                torch.cat([getattr(o, f) for o in outs])
+                for f in ("rotmats", "betas", "pred_cam", "confidence", "pose6d")
+            )
+        )
 
     def __call__(self, x: DetectedFrames) -> MeshEstimates:
         """Crop every detected person of ``x.frames`` and estimate their SMPL bodies."""
@@ -221,8 +241,15 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             raise ValueError(f"detections refer to frames not in the batch: {missing[:5]}")
         index = np.array([pos[int(f)] for f in det.frame_idx], np.int64)
         masks = det.masks if self.tome_cfg is not None else None  # per-token person coverage only for Mask-ToMe
-        crops = make_crops(frames.images, index, det.boxes_xyxy, masks, self.model.image_size,
-                           self.model.token_grid, self.cfg.crop_rescale)
+        crops = make_crops(
+            frames.images,
+            index,
+            det.boxes_xyxy,
+            masks,
+            self.model.image_size,
+            self.model.token_grid,
+            self.cfg.crop_rescale,
+        )
         out = self.predict_crops(crops.images, crops.token_masks)
         h, w = frames.images.shape[1:3]
         wh = torch.tensor([float(w), float(h)])

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from hmrflow.pipeline.devices import autocast_dtype
-from hmrflow.stages.mesh.crop import normalise_uint8
-from hmrflow.stages.mesh.accel.eclm import forward_features_merged, sample_plan
 from hmrflow.priors.metrics import mpjpe, pa_mpjpe
+from hmrflow.stages.mesh.accel.eclm import forward_features_merged, sample_plan
+from hmrflow.stages.mesh.crop import normalise_uint8
 from hmrflow.stages.mesh.losses import EstimatorTargets, LossWeights, estimator_losses
 from hmrflow.stages.mesh.model import MeshEstimator, build_estimator
 
@@ -117,8 +117,14 @@ def augment_images(images: torch.Tensor, gen: torch.Generator, occluder_p: float
 FULL_IMAGE_WH = (640.0, 480.0)
 
 
-def make_batch(data: CropData, idx: np.ndarray, augment: bool = False, gen: Optional[torch.Generator] = None,
-               occluder_p: float = 0.3, ray_frame: bool = True) -> tuple[torch.Tensor, EstimatorTargets]:
+def make_batch(
+    data: CropData,
+    idx: np.ndarray,
+    augment: bool = False,
+    gen: Optional[torch.Generator] = None,
+    occluder_p: float = 0.3,
+    ray_frame: bool = True,
+) -> tuple[torch.Tensor, EstimatorTargets]:
     """Rows ``idx`` of ``data`` -> normalised crops (B, 3, h, w) and :class:`EstimatorTargets`.
 
     ``ray_frame``: express the global orientation and the 3D joints in the frame of the viewing
@@ -134,8 +140,11 @@ def make_batch(data: CropData, idx: np.ndarray, augment: bool = False, gen: Opti
     if ray_frame:
         from hmrflow.stages.mesh.stage import ray_rotation
 
-        r_t = ray_rotation(torch.from_numpy(np.asarray(data.center[idx], np.float32)), FULL_IMAGE_WH,
-                           torch.from_numpy(np.asarray(data.focal[idx], np.float32))).transpose(1, 2)
+        r_t = ray_rotation(
+            torch.from_numpy(np.asarray(data.center[idx], np.float32)),
+            FULL_IMAGE_WH,
+            torch.from_numpy(np.asarray(data.focal[idx], np.float32)),
+        ).transpose(1, 2)
         rotmats = rotmats.clone()
         rotmats[:, 0] = r_t @ rotmats[:, 0]
         joints3d = joints3d @ r_t.transpose(1, 2)
@@ -154,8 +163,14 @@ class EstimatorTrainer:
     ``total_steps`` fixes the cosine schedule (epochs x steps per epoch).
     """
 
-    def __init__(self, cfg: TrainConfig, body_model: torch.nn.Module, total_steps: int,
-                 device: torch.device | str = "cpu", model: Optional[MeshEstimator] = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        body_model: torch.nn.Module,
+        total_steps: int,
+        device: torch.device | str = "cpu",
+        model: Optional[MeshEstimator] = None,
+    ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         torch.manual_seed(cfg.seed)
@@ -166,7 +181,8 @@ class EstimatorTrainer:
             (no_decay if p.ndim < 2 or "pos_embed" in name or "query_pos" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.999),
+            lr=cfg.lr,
+            betas=(0.9, 0.999),
         )
         self.total_steps = max(1, int(total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -196,7 +212,9 @@ class EstimatorTrainer:
         total = terms["total"]
         merged_total = None
         if self.cfg.merge_aware > 0:
-            plan = sample_plan(len(self.model.backbone.blocks), self.gen, self.cfg.merge_spans, p_merge=self.cfg.merge_p)
+            plan = sample_plan(
+                len(self.model.backbone.blocks), self.gen, self.cfg.merge_spans, p_merge=self.cfg.merge_p
+            )
             if plan.groups:
                 with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                     out_m = self.model.forward_head(forward_features_merged(self.model.backbone, images, plan))
@@ -205,7 +223,8 @@ class EstimatorTrainer:
                     merged_total = merged_total + self.cfg.merge_distill * (
                         (out_m.pose6d - out.pose6d.detach()).pow(2).mean()
                         + (out_m.betas - out.betas.detach()).pow(2).mean()
-                        + (out_m.pred_cam - out.pred_cam.detach()).pow(2).mean())
+                        + (out_m.pred_cam - out.pred_cam.detach()).pow(2).mean()
+                    )
                 total = total + self.cfg.merge_aware * merged_total
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -287,8 +306,15 @@ class EstimatorTrainer:
 
 
 @torch.no_grad()
-def evaluate_crops(model: MeshEstimator, data: CropData, body_model: torch.nn.Module, batch_size: int = 64,
-                   device: torch.device | str = "cpu", precision: str = "bf16", ray_frame: bool = True) -> dict[str, Any]:
+def evaluate_crops(
+    model: MeshEstimator,
+    data: CropData,
+    body_model: torch.nn.Module,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "bf16",
+    ray_frame: bool = True,
+) -> dict[str, Any]:
     """Per-crop MPJPE (pelvis-aligned) and PA-MPJPE in mm over ``data``: means, medians and arrays.
 
     With ``ray_frame`` the model's orientation is compared in the frame of the ray through the crop
@@ -309,8 +335,12 @@ def evaluate_crops(model: MeshEstimator, data: CropData, body_model: torch.nn.Mo
         conf.append(out.confidence.float().cpu())
     mpa, paa = torch.cat(mp).numpy(), torch.cat(pa).numpy()
     return {
-        "mpjpe_mm": float(mpa.mean()), "pa_mpjpe_mm": float(paa.mean()),
-        "mpjpe_median_mm": float(np.median(mpa)), "pa_mpjpe_median_mm": float(np.median(paa)),
-        "n": int(n), "per_crop_mpjpe_mm": mpa, "per_crop_pa_mpjpe_mm": paa,
+        "mpjpe_mm": float(mpa.mean()),
+        "pa_mpjpe_mm": float(paa.mean()),
+        "mpjpe_median_mm": float(np.median(mpa)),
+        "pa_mpjpe_median_mm": float(np.median(paa)),
+        "n": int(n),
+        "per_crop_mpjpe_mm": mpa,
+        "per_crop_pa_mpjpe_mm": paa,
         "confidence": torch.cat(conf).numpy(),
     }

@@ -173,8 +173,15 @@ def refine_arrays(
     outs = []
     for b0 in range(0, k, batch_windows):
         sched = inference_scheduler(sampler, schedule)  # type: ignore[arg-type]
-        x = sample(model, cond[b0 : b0 + batch_windows].to(device), sched, steps, cpu_generator(seed),
-                   guidance_scale=guidance_scale, noise=noise[b0 : b0 + batch_windows])
+        x = sample(
+            model,
+            cond[b0 : b0 + batch_windows].to(device),
+            sched,
+            steps,
+            cpu_generator(seed),
+            guidance_scale=guidance_scale,
+            noise=noise[b0 : b0 + batch_windows],
+        )
         outs.append(x.cpu())
     feats = torch.cat(outs) * std + mean  # denormalise (B, W, n_feat)
     out_rot, out_tr = decanonicalise(feats, frame)
@@ -192,8 +199,10 @@ def refine_arrays(
 
 def _track_seed(seed: int, track_id: int) -> int:
     """A 63-bit seed from (run seed, track id) (numpy SeedSequence: stable across machines)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(track_id) & 0xFFFFFFFF]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(track_id) & 0xFFFFFFFF]).generate_state(2, np.uint64)[0]
+        >> np.uint64(1)
+    )
 
 
 class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
@@ -224,23 +233,43 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
             step = float(np.median(np.diff(filled.pts)))
             model_fps = float(self.model.config.fps)
             if step > 0 and abs(1.0 / step - model_fps) > 0.25 * model_fps:
-                log.warning("track %d of %s: %.1f fps, the prior was trained at %.0f fps; refinement may be "
-                            "less accurate (resample with decode.target_fps)", seq.track_id, seq.video_id,
-                            1.0 / step, model_fps)
+                log.warning(
+                    "track %d of %s: %.1f fps, the prior was trained at %.0f fps; refinement may be "
+                    "less accurate (resample with decode.target_fps)",
+                    seq.track_id,
+                    seq.video_id,
+                    1.0 / step,
+                    model_fps,
+                )
         rot, tr = filled.rotmats.copy(), filled.transl.copy()
         if self.cfg.enabled and self.model is not None and len(filled.frame_idx) > 0:
             for s in np.unique(filled.segment):
                 m = filled.segment == s
                 r, t = refine_arrays(
-                    self.model, filled.rotmats[m], filled.transl[m], filled.observed[m], filled.confidence[m],
-                    schedule=self.schedule, window=self.cfg.window, overlap=self.cfg.overlap, steps=self.cfg.steps,
-                    sampler=self.cfg.sampler, seed=(_track_seed(self.seed, seq.track_id) + int(s)) % 2**63,
-                    batch_windows=self.cfg.batch_windows, guidance_scale=self.cfg.guidance_scale,
+                    self.model,
+                    filled.rotmats[m],
+                    filled.transl[m],
+                    filled.observed[m],
+                    filled.confidence[m],
+                    schedule=self.schedule,
+                    window=self.cfg.window,
+                    overlap=self.cfg.overlap,
+                    steps=self.cfg.steps,
+                    sampler=self.cfg.sampler,
+                    seed=(_track_seed(self.seed, seq.track_id) + int(s)) % 2**63,
+                    batch_windows=self.cfg.batch_windows,
+                    guidance_scale=self.cfg.guidance_scale,
                     smooth_sigma=self.cfg.smooth_sigma,
                 )
                 rot[m], tr[m] = r, t
         return SMPLSequence(
-            video_id=seq.video_id, track_id=seq.track_id, betas=np.asarray(seq.betas, np.float32).copy(),
-            frame_idx=filled.frame_idx, pts=filled.pts, observed=filled.observed,
-            rotmats=rot.astype(np.float32), transl=tr.astype(np.float32), confidence=filled.confidence,
+            video_id=seq.video_id,
+            track_id=seq.track_id,
+            betas=np.asarray(seq.betas, np.float32).copy(),
+            frame_idx=filled.frame_idx,
+            pts=filled.pts,
+            observed=filled.observed,
+            rotmats=rot.astype(np.float32),
+            transl=tr.astype(np.float32),
+            confidence=filled.confidence,
         )

@@ -144,8 +144,9 @@ class _CoverageBuffers:
     """One byte per pixel of each instance's bounding box (on the enlarged canvas): marks the
     pixels an instance covers ignoring all others."""
 
-    def __init__(self, inst: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor,
-                 y1: torch.Tensor, n: int) -> None:
+    def __init__(
+        self, inst: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, n: int
+    ) -> None:
         dev = inst.device
         counted = inst < n
         inst, x0, y0, x1, y1 = inst[counted], x0[counted], y0[counted], x1[counted], y1[counted]
@@ -166,12 +167,19 @@ class _CoverageBuffers:
         """Mark pixels (px, py) of instances ``inst`` (ids >= n are ignored)."""
         sel = torch.nonzero(inst < self.n).squeeze(1)
         i = _take(inst, sel)
-        self.buf[_take(self.off, i) + (_take(py, sel) - _take(self.iy0, i)) * _take(self.iw, i) + _take(px, sel) - _take(self.ix0, i)] = 1
+        self.buf[
+            _take(self.off, i)
+            + (_take(py, sel) - _take(self.iy0, i)) * _take(self.iw, i)
+            + _take(px, sel)
+            - _take(self.ix0, i)
+        ] = 1
 
     def counts(self) -> torch.Tensor:
         """(n,) int64 marked pixels per instance."""
         owner = torch.repeat_interleave(torch.arange(self.n, device=self.buf.device), self.size)
-        return torch.zeros(self.n, dtype=torch.int64, device=self.buf.device).index_add_(0, owner, self.buf.to(torch.int64))
+        return torch.zeros(self.n, dtype=torch.int64, device=self.buf.device).index_add_(
+            0, owner, self.buf.to(torch.int64)
+        )
 
 
 def _face_planes(
@@ -369,10 +377,24 @@ def rasterize(
     bw = (x1 - x0 + 1).clamp_min(0)
     bh = (y1 - y0 + 1).clamp_min(0)
     sel = torch.nonzero((bw * bh) > 0).squeeze(1)
-    fidx, tri, x0, y0, bw, bh = _take(fidx, sel), _take(tri, sel), _take(x0, sel), _take(y0, sel), _take(bw, sel), _take(bh, sel)
+    fidx, tri, x0, y0, bw, bh = (
+        _take(fidx, sel),
+        _take(tri, sel),
+        _take(x0, sel),
+        _take(y0, sel),
+        _take(bw, sel),
+        _take(bh, sel),
+    )
     table, ok = _face_planes(tri, _take_rows(z[:, None], _take(faces_k, sel))[..., 0], x0, y0)
     sel = torch.nonzero(ok).squeeze(1)
-    fidx, table, x0, y0, bw, bh = _take(fidx, sel), _take(table, sel), _take(x0, sel), _take(y0, sel), _take(bw, sel), _take(bh, sel)
+    fidx, table, x0, y0, bw, bh = (
+        _take(fidx, sel),
+        _take(table, sel),
+        _take(x0, sel),
+        _take(y0, sel),
+        _take(bw, sel),
+        _take(bh, sel),
+    )
     counts = bw * bh  # upper bound of candidates, used for chunking
     cov = None
     if coverage_margin is not None:
@@ -402,7 +424,13 @@ def rasterize(
         if cov is not None:
             cov.mark(_take(face_instance, _take(fidx, rep_g)), px, py)
             in_img = torch.nonzero((px >= 0) & (px < width) & (py >= 0) & (py < height)).squeeze(1)
-            px, py, rep_g, lx, ly = _take(px, in_img), _take(py, in_img), _take(rep_g, in_img), _take(lx, in_img), _take(ly, in_img)
+            px, py, rep_g, lx, ly = (
+                _take(px, in_img),
+                _take(py, in_img),
+                _take(rep_g, in_img),
+                _take(lx, in_img),
+                _take(ly, in_img),
+            )
         gface = _take(fidx, rep_g)
         zt = table[:, 9:].index_select(0, rep_g)
         inv_z = zt[:, 0] * lx.to(torch.float32) + zt[:, 1] * ly.to(torch.float32) + zt[:, 2]
@@ -416,7 +444,9 @@ def rasterize(
     valid = zkey != _KEY_EMPTY
     face_map = torch.where(valid, zkey & 0xFFFFFFFF, torch.full_like(zkey, -1))
     depth_map = torch.where(
-        valid, (zkey >> 32).to(torch.int32).view(torch.float32), torch.full_like(zkey, float("inf"), dtype=torch.float32)
+        valid,
+        (zkey >> 32).to(torch.int32).view(torch.float32),
+        torch.full_like(zkey, float("inf"), dtype=torch.float32),
     )
     inst_map = torch.full_like(zkey, -1)
     rgb = torch.zeros(b * hw, 3, dtype=torch.float32, device=device)
@@ -425,7 +455,14 @@ def rasterize(
         vis_faces = _take(face_map, vidx)
         uf, inv = torch.unique(vis_faces, return_inverse=True)
         fi = _take(face_img, uf)
-        shaded = shade_faces(_take(normals, uf), _take(centres, uf), _take(face_colors, uf), _take(ldir, fi), _take(lcol, fi), _take(amb, fi))
+        shaded = shade_faces(
+            _take(normals, uf),
+            _take(centres, uf),
+            _take(face_colors, uf),
+            _take(ldir, fi),
+            _take(lcol, fi),
+            _take(amb, fi),
+        )
         rgb[vidx] = shaded[inv]
         inst_map[vidx] = face_instance[vis_faces]
     return RasterOutput(

@@ -10,7 +10,6 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 
-
 def mahalanobis_sq(mean: np.ndarray, cov: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distances of measurements to predicted ones.
 

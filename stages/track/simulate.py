@@ -142,8 +142,9 @@ def _covered_fraction(box: np.ndarray, covers: list[np.ndarray], n: int = 16) ->
     return float(inside.mean())
 
 
-def _pose(person: PersonPath, t: float, yaw: float, base: np.ndarray, rng: np.random.Generator,
-          noise: float) -> np.ndarray:
+def _pose(
+    person: PersonPath, t: float, yaw: float, base: np.ndarray, rng: np.random.Generator, noise: float
+) -> np.ndarray:
     """(24, 3, 3) noisy walking pose: root faces ``yaw``; hips/knees/shoulders swing."""
     aa = base.copy()  # (24, 3)
     speed = float(np.linalg.norm(person.velocity(t)))
@@ -187,8 +188,9 @@ def simulate(
         own = rng.normal(0, noise.betas_spread, N_BETAS)
         shapes[p.person_id] = np.asarray(p.betas, np.float64) if p.betas is not None else own
         bases[p.person_id] = rng.normal(0, 0.1, (N_JOINTS, 3))
-    cols: dict[str, list] = {k: [] for k in ("frame_idx", "pts", "boxes_xyxy", "scores", "rotmats", "betas",
-                                               "cam_t", "focal", "confidence")}
+    cols: dict[str, list] = {
+        k: [] for k in ("frame_idx", "pts", "boxes_xyxy", "scores", "rotmats", "betas", "cam_t", "focal", "confidence")
+    }
     gt: list[int] = []
     img = np.array([0, 0, cam.width, cam.height], np.float64)
 
@@ -241,10 +243,21 @@ def simulate(
             y0 = rng.uniform(0, cam.height - h)
             box = np.array([x0, y0, x0 + h / 3, y0 + h])
             z = cam.focal * 1.75 / h
-            cam_t = np.array([(x0 + h / 6 - cam.width / 2) * z / cam.focal, (y0 + h / 2 - cam.height / 2) * z / cam.focal, z])
+            cam_t = np.array(
+                [(x0 + h / 6 - cam.width / 2) * z / cam.focal, (y0 + h / 2 - cam.height / 2) * z / cam.focal, z]
+            )
             rot = Rotation.from_rotvec(rng.normal(0, 0.5, (N_JOINTS, 3))).as_matrix()
-            frame_rows.append((box, float(rng.uniform(0.5, 0.7)), rot, rng.normal(0, 1, N_BETAS), cam_t,
-                               float(rng.uniform(0.2, 0.6)), -1))
+            frame_rows.append(
+                (
+                    box,
+                    float(rng.uniform(0.5, 0.7)),
+                    rot,
+                    rng.normal(0, 1, N_BETAS),
+                    cam_t,
+                    float(rng.uniform(0.2, 0.6)),
+                    -1,
+                )
+            )
         for j in rng.permutation(len(frame_rows)):
             emit(fi, t, *frame_rows[j])
 
@@ -279,9 +292,15 @@ def crossing_people(duration_s: float = 6.0, same_depth: bool = False) -> list[P
     return [a, b]
 
 
-def random_walk(person_id: int, duration_s: float, rng: np.random.Generator,
-                x_range: tuple[float, float] = (-2.5, 2.5), z_range: tuple[float, float] = (3.5, 9.0),
-                speed: tuple[float, float] = (0.6, 1.5), pause_prob: float = 0.2) -> PersonPath:
+def random_walk(
+    person_id: int,
+    duration_s: float,
+    rng: np.random.Generator,
+    x_range: tuple[float, float] = (-2.5, 2.5),
+    z_range: tuple[float, float] = (3.5, 9.0),
+    speed: tuple[float, float] = (0.6, 1.5),
+    pause_prob: float = 0.2,
+) -> PersonPath:
     """A person walking between random targets in a floor rectangle, sometimes pausing."""
     t = 0.0
     x, z = rng.uniform(*x_range), rng.uniform(*z_range)
@@ -314,7 +333,14 @@ def leave_and_return(away_s: float, duration_s: float = 8.0) -> list[PersonPath]
     out_x, edge_x, speed = 4.0, 3.2, 1.2
     t_out = (out_x - 0.0) / speed
     t_back = t_out + away_s - 2 * (out_x - edge_x) / speed
-    a = PersonPath(0, ((0.0, 0.0, 5.0), (t_out, out_x, 5.0), (max(t_back, t_out), out_x, 5.0),
-                       (max(t_back, t_out) + 3.0, out_x - 3.6, 5.0)))
+    a = PersonPath(
+        0,
+        (
+            (0.0, 0.0, 5.0),
+            (t_out, out_x, 5.0),
+            (max(t_back, t_out), out_x, 5.0),
+            (max(t_back, t_out) + 3.0, out_x - 3.6, 5.0),
+        ),
+    )
     b = PersonPath(1, ((0.0, -1.5, 7.0), (duration_s, -0.5, 7.5)))
     return [a, b]

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import chi2
 
+from hmrflow.pipeline.boxes import box_iou
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
-from hmrflow.pipeline.boxes import box_iou
 from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
 from hmrflow.stages.track.kalman import (
     KalmanState,
@@ -354,8 +354,12 @@ def track_video(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndarray, Track
         return ids, TrackStats(0, 0, 0, 0, 0, 0, 0)
     ok = valid_rows(est)
     if not ok.all():
-        log.warning("%s: %d of %d estimate rows are invalid (non-finite or behind the camera); not tracked",
-                    est.video_id, int((~ok).sum()), n)
+        log.warning(
+            "%s: %d of %d estimate rows are invalid (non-finite or behind the camera); not tracked",
+            est.video_id,
+            int((~ok).sum()),
+            n,
+        )
     order = frame_order(est)
     order = order[ok[order]]
     tracker = _Tracker(cfg, est)
@@ -404,6 +408,13 @@ class TrackStage(BaseStage[MeshEstimates, TrackedEstimates]):
 
     def __call__(self, est: MeshEstimates) -> TrackedEstimates:
         track_id, stats = track_video(est, self.cfg)
-        log.info("%s: %d rows, %d frames -> %d tracks (%d started, %d re-identified)", est.video_id,
-                 stats.n_rows, stats.n_frames, stats.n_tracks_kept, stats.n_tracks_started, stats.n_reidentified)
+        log.info(
+            "%s: %d rows, %d frames -> %d tracks (%d started, %d re-identified)",
+            est.video_id,
+            stats.n_rows,
+            stats.n_frames,
+            stats.n_tracks_kept,
+            stats.n_tracks_started,
+            stats.n_reidentified,
+        )
         return attach_track_ids(est, track_id)

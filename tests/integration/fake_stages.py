@@ -92,9 +92,16 @@ class PixelEstimate(BaseStage):
         side = (det.boxes_xyxy[:, 0] > 0).astype(np.float32)
         cam_t = np.stack([side * 1.0 + green, 0.1 * red, np.full(n, 5.0, np.float32)], 1).astype(np.float32)
         return MeshEstimates(
-            video_id=det.video_id, frame_idx=det.frame_idx, pts=det.pts, boxes_xyxy=det.boxes_xyxy,
-            scores=det.scores, rotmats=rot, betas=np.outer(green, self.weights).astype(np.float32),
-            cam_t=cam_t, focal=np.full(n, 500.0, np.float32), confidence=det.scores,
+            video_id=det.video_id,
+            frame_idx=det.frame_idx,
+            pts=det.pts,
+            boxes_xyxy=det.boxes_xyxy,
+            scores=det.scores,
+            rotmats=rot,
+            betas=np.outer(green, self.weights).astype(np.float32),
+            cam_t=cam_t,
+            focal=np.full(n, 500.0, np.float32),
+            confidence=det.scores,
         )
 
 
@@ -114,11 +121,19 @@ def side_sequences(tr: TrackedEstimates) -> list[SMPLSequence]:
     out = []
     for k in np.unique(tr.track_id):
         rows = np.flatnonzero(tr.track_id == k)
-        out.append(SMPLSequence(
-            video_id=tr.video_id, track_id=int(k), betas=tr.betas[rows].mean(0).astype(np.float32),
-            frame_idx=tr.frame_idx[rows], pts=tr.pts[rows], observed=np.ones(rows.size, bool),
-            rotmats=tr.rotmats[rows], transl=tr.cam_t[rows], confidence=tr.confidence[rows],
-        ))
+        out.append(
+            SMPLSequence(
+                video_id=tr.video_id,
+                track_id=int(k),
+                betas=tr.betas[rows].mean(0).astype(np.float32),
+                frame_idx=tr.frame_idx[rows],
+                pts=tr.pts[rows],
+                observed=np.ones(rows.size, bool),
+                rotmats=tr.rotmats[rows],
+                transl=tr.cam_t[rows],
+                confidence=tr.confidence[rows],
+            )
+        )
     return out
 
 
@@ -164,9 +179,15 @@ class FaultyDecode(BaseStage):
             yield batch
 
 
-def fake_spec(out_root: str | os.PathLike[str], config: dict[str, Any] | None = None, delay_s: float = 0.0,
-              batch_size: int = 8, refine: bool = True, decode_cfg: Any = None,
-              pid_dir: str | None = None) -> PipelineSpec:
+def fake_spec(
+    out_root: str | os.PathLike[str],
+    config: dict[str, Any] | None = None,
+    delay_s: float = 0.0,
+    batch_size: int = 8,
+    refine: bool = True,
+    decode_cfg: Any = None,
+    pid_dir: str | None = None,
+) -> PipelineSpec:
     """Real probe/decode/write around the fake model stages."""
     from hmrflow.jobs.pipelines import probe_clip
     from hmrflow.pipeline.config import DecodeConfig, WriteConfig

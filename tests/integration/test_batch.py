@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmrflow.jobs.batch.run import BatchOptions, ledger_path, lock_path, run_batch
 from hmrflow.jobs.batch.inputs import enumerate_inputs
 from hmrflow.jobs.batch.ledger import Ledger
 from hmrflow.jobs.batch.locking import JobLock
+from hmrflow.jobs.batch.run import BatchOptions, ledger_path, lock_path, run_batch
 from tests.integration.fake_stages import assert_same_outputs, fake_spec
 from tests.videos import make_video, write_garbage
 
@@ -41,8 +41,10 @@ def test_bad_hung_and_crashing_videos_do_not_stop_the_others(tmp_path: Path) -> 
     src = tmp_path / "in"
     _videos(src, ["v0", "v1", "bad", "crash_me", "hang_me"])
     manifest = tmp_path / "list.csv"
-    manifest.write_text("path,subject\n" + "".join(f"in/{n}.mp4,S{i}\n" for i, n in
-                                                   enumerate(["v0", "v1", "bad", "crash_me", "hang_me"])))
+    manifest.write_text(
+        "path,subject\n"
+        + "".join(f"in/{n}.mp4,S{i}\n" for i, n in enumerate(["v0", "v1", "bad", "crash_me", "hang_me"]))
+    )
     out = tmp_path / "out"
     inputs = enumerate_inputs(manifest)
     spec = fake_spec(out)
@@ -54,7 +56,12 @@ def test_bad_hung_and_crashing_videos_do_not_stop_the_others(tmp_path: Path) -> 
     with Ledger(ledger_path(out)) as led:
         rows = {e.video_id: e for e in led.entries()}
         assert {k: e.status for k, e in rows.items()} == {
-            "v0": "done", "v1": "done", "bad": "failed", "crash_me": "failed", "hang_me": "failed"}
+            "v0": "done",
+            "v1": "done",
+            "bad": "failed",
+            "crash_me": "failed",
+            "hang_me": "failed",
+        }
         assert rows["bad"].error.startswith("VideoDecodeError: ") and "bad.mp4" in rows["bad"].error
         assert rows["crash_me"].error == "worker process died (killed by signal SIGKILL)"
         assert rows["hang_me"].error.startswith("timed out: no progress for 3 s")
@@ -91,13 +98,15 @@ def test_strict_run_stops_at_the_first_failure(tmp_path: Path) -> None:
     src = tmp_path / "in"
     _videos(src, ["bad0", "c1", "c2"])
     out = tmp_path / "out"
-    s = run_batch(enumerate_inputs(src), fake_spec(out), out,
-                  BatchOptions(strict=True, isolate=False, progress=False))
+    s = run_batch(enumerate_inputs(src), fake_spec(out), out, BatchOptions(strict=True, isolate=False, progress=False))
     assert s.strict_stop and s.exit_code == 3 and s.failed == 1 and s.done == 0 and s.not_started == 2
     assert "STRICT" in s.table()
     with Ledger(ledger_path(out)) as led:
         assert {e.video_id: (e.status, e.attempts) for e in led.entries()} == {
-            "bad0": ("failed", 1), "c1": ("queued", 0), "c2": ("queued", 0)}
+            "bad0": ("failed", 1),
+            "c1": ("queued", 0),
+            "c2": ("queued", 0),
+        }
     assert not (out / "c1").exists()
 
 
@@ -106,8 +115,9 @@ def test_job_run_leaves_quietly_while_a_previous_run_holds_the_lock(tmp_path: Pa
 
     _videos(tmp_path / "in", ["v"])
     spec = tmp_path / "job.yaml"
-    spec.write_text("name: nightly\ninputs:\n  - folder: in\noutput: out\n"
-                    "pipeline: tests.integration.fake_stages:make_spec\n")
+    spec.write_text(
+        "name: nightly\ninputs:\n  - folder: in\noutput: out\npipeline: tests.integration.fake_stages:make_spec\n"
+    )
     with JobLock(lock_path(tmp_path / "out"), what="nightly-earlier"):
         assert cli.main(["job", "run", str(spec), "--no-progress"]) == 0
     assert "previous run still going" in capsys.readouterr().out
@@ -139,10 +149,29 @@ def test_kill_9_mid_run_loses_nothing_and_resume_does_each_video_once(tmp_path: 
     src, out = tmp_path / "in", tmp_path / "out"
     names = [f"clip{i}" for i in range(5)]
     _videos(src, names, n_frames=24)
-    cmd = [sys.executable, "-m", "hmrflow.jobs.cli", "-q", "batch", str(src), "--out", str(out), "--preset", "clip",
-           "--set", "decode.batch_size=8", "--pipeline", "tests.integration.fake_stages:make_spec", "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               HMRFLOW_FAKE_DELAY_S="0.4", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "hmrflow.jobs.cli",
+        "-q",
+        "batch",
+        str(src),
+        "--out",
+        str(out),
+        "--preset",
+        "clip",
+        "--set",
+        "decode.batch_size=8",
+        "--pipeline",
+        "tests.integration.fake_stages:make_spec",
+        "--no-progress",
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        HMRFLOW_FAKE_DELAY_S="0.4",
+        OMP_NUM_THREADS="1",
+    )
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     done = 0

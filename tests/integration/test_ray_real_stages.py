@@ -41,14 +41,19 @@ def clips(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("clips")
     for seed, people in ((31, 2), (32, 3)):
-        d = render_clip(SceneSpec(name=f"r{seed}", seed=seed, people=people, seconds=1.5, width=320, height=240),
-                        folder / "gt", progress=False)
+        d = render_clip(
+            SceneSpec(name=f"r{seed}", seed=seed, people=people, seconds=1.5, width=320, height=240),
+            folder / "gt",
+            progress=False,
+        )
         (folder / "in").mkdir(exist_ok=True)
         (folder / "in" / f"r{seed}.mp4").write_bytes((d / f"r{seed}.mp4").read_bytes())
     return folder / "in"
 
 
-def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(ray_one_gpu, clips: Path, tmp_path: Path) -> None:
+def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(
+    ray_one_gpu, clips: Path, tmp_path: Path
+) -> None:
     cfg = load_config("clip")
     inputs = enumerate_inputs(clips)
     local = build_spec(cfg, tmp_path / "local").local_runner()
@@ -65,7 +70,9 @@ def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(ray_one_
     assert (s.done, s.failed) == (2, 0) and s.tracks >= 4
     for v in inputs:
         # byte-identical tables: the same stages, the same rows in the same order
-        assert (out / v.video_id / "tracks.parquet").read_bytes() == (tmp_path / "local" / v.video_id / "tracks.parquet").read_bytes()
+        assert (out / v.video_id / "tracks.parquet").read_bytes() == (
+            tmp_path / "local" / v.video_id / "tracks.parquet"
+        ).read_bytes()
         assert_same_outputs(out / v.video_id, tmp_path / "local" / v.video_id, atol=0.0)
         man = json.loads((out / v.video_id / "manifest.json").read_text())
         # Ray gave the frame worker the declared GPU (id 0); the local run had none assigned
@@ -80,6 +87,8 @@ def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(ray_one_
     s = run_batch(inputs, build_spec(cpu_cfg, out), out, BatchOptions(runner="ray", progress=False, qc=False))
     assert (s.done, s.failed) == (2, 0)
     for v in inputs:
-        assert (out / v.video_id / "tracks.parquet").read_bytes() == (tmp_path / "local" / v.video_id / "tracks.parquet").read_bytes()
+        assert (out / v.video_id / "tracks.parquet").read_bytes() == (
+            tmp_path / "local" / v.video_id / "tracks.parquet"
+        ).read_bytes()
         man = json.loads((out / v.video_id / "manifest.json").read_text())
         assert man["volatile"]["frame_worker"]["cuda_visible_devices"] in (None, "")  # no GPU was assigned

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from hmrflow.jobs.batch.run import BatchOptions, ledger_path, run_batch
-from hmrflow.jobs.pipelines import probe_clip
 from hmrflow.jobs.batch.inputs import enumerate_inputs
 from hmrflow.jobs.batch.ledger import Ledger
+from hmrflow.jobs.batch.run import BatchOptions, ledger_path, run_batch
+from hmrflow.jobs.pipelines import probe_clip
 from tests.integration.fake_stages import assert_same_outputs, fake_spec
 from tests.videos import make_video, write_garbage
 

@@ -32,9 +32,18 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed
 
 
 def _chrome(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-           f"--user-data-dir={profile}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     env = {**os.environ, "HOME": str(profile)}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
@@ -58,8 +67,9 @@ def test_dom_has_the_plots(html: Path, tmp_path: Path) -> None:
 
 def test_screenshot_shows_the_page(html: Path, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
-    res = _chrome([f"--screenshot={shot}", "--window-size=1100,1400", "--hide-scrollbars", html.as_uri()],
-                  tmp_path / "profile")
+    res = _chrome(
+        [f"--screenshot={shot}", "--window-size=1100,1400", "--hide-scrollbars", html.as_uri()], tmp_path / "profile"
+    )
     assert shot.is_file(), res.stderr[-2000:]
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert img.shape[:2] == (1400, 1100)

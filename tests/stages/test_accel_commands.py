@@ -34,9 +34,34 @@ def test_accelerate_budget_decides_the_depth(tmp_path) -> None:
 def test_bench_estimator_reports_four_variants(tmp_path) -> None:
     out = tmp_path / "bench"
     # --weights given: the ECLM plan is searched here (without it the bundled merged checkpoint is used)
-    args = ["bench", "estimator", "--out", str(out), "--weights", str(bundled_weights_path("tiny")),
-            "--models", "tiny", "--batches", "2", "--reps", "1",
-            "--n-eval", "8", "--n-calib", "8", "--eps", "1e6", "--order", "span", "--tome-r", "4,2", "--acc-sets", "", "--precision", "fp32"]
+    args = [
+        "bench",
+        "estimator",
+        "--out",
+        str(out),
+        "--weights",
+        str(bundled_weights_path("tiny")),
+        "--models",
+        "tiny",
+        "--batches",
+        "2",
+        "--reps",
+        "1",
+        "--n-eval",
+        "8",
+        "--n-calib",
+        "8",
+        "--eps",
+        "1e6",
+        "--order",
+        "span",
+        "--tome-r",
+        "4,2",
+        "--acc-sets",
+        "",
+        "--precision",
+        "fp32",
+    ]
     assert cli.main(args) == 0
     rep = json.loads((out / "estimator_bench.json").read_text())
     rows = {r["variant"]: r for r in rep["throughput"]}
@@ -46,14 +71,32 @@ def test_bench_estimator_reports_four_variants(tmp_path) -> None:
     assert rep["models"]["tiny"]["eclm"]["depth"] == 3
     acc = rep["accuracy"]["variants"]
     assert set(acc) == set(rows) and all(0 < a["pa_mpjpe_mm"] < 1000 for a in acc.values())
-    assert (out / "estimator_tiny_eclm.safetensors").is_file() and "| both |" in (out / "estimator_bench.md").read_text()
+    assert (out / "estimator_tiny_eclm.safetensors").is_file() and "| both |" in (
+        out / "estimator_bench.md"
+    ).read_text()
 
 
 def test_commands_leave_global_torch_state_alone(tmp_path) -> None:
     torch.manual_seed(123)
     want = torch.rand(3)
     torch.manual_seed(123)
-    assert cli.main(["accelerate", "--weights", str(bundled_weights_path("tiny")), "--n-calib", "8", "--eps", "1",
-                     "--cache", str(tmp_path), "--out", str(tmp_path / "w")]) == 0
+    assert (
+        cli.main(
+            [
+                "accelerate",
+                "--weights",
+                str(bundled_weights_path("tiny")),
+                "--n-calib",
+                "8",
+                "--eps",
+                "1",
+                "--cache",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 0
+    )
     assert torch.is_grad_enabled()
     assert torch.equal(torch.rand(3), want)

@@ -146,17 +146,23 @@ def test_masks_crop_to_token_cells() -> None:
 def test_default_focal_and_known_translation() -> None:
     assert float(default_focal((640, 480))) == pytest.approx(5000 / 256 * 640)
     # crop centred in the image, b = 256, s = 1: tz = 2 f / 256, no lateral offset
-    cam_t = cam_crop_to_full(torch.tensor([[1.0, 0.1, -0.2]]), torch.tensor([[320.0, 240.0]]), torch.tensor([256.0]), (640, 480))
+    cam_t = cam_crop_to_full(
+        torch.tensor([[1.0, 0.1, -0.2]]), torch.tensor([[320.0, 240.0]]), torch.tensor([256.0]), (640, 480)
+    )
     assert torch.allclose(cam_t, torch.tensor([[0.1, -0.2, 2 * 12500 / 256]]), rtol=1e-6)
     # an off-centre crop shifts tx by 2 (cx - W/2) / (b s)
-    cam_t2 = cam_crop_to_full(torch.tensor([[0.5, 0.0, 0.0]]), torch.tensor([[420.0, 240.0]]), torch.tensor([200.0]), (640, 480), focal=1000.0)
+    cam_t2 = cam_crop_to_full(
+        torch.tensor([[0.5, 0.0, 0.0]]), torch.tensor([[420.0, 240.0]]), torch.tensor([200.0]), (640, 480), focal=1000.0
+    )
     assert torch.allclose(cam_t2, torch.tensor([[2 * 100 / 100, 0.0, 2 * 1000 / 100]]), rtol=1e-6)
 
 
 def test_camera_round_trip_and_root_projection() -> None:
     g = torch.Generator().manual_seed(0)
     n = 16
-    pred_cam = torch.stack([0.5 + torch.rand(n, generator=g), torch.randn(n, generator=g) * 0.2, torch.randn(n, generator=g) * 0.2], -1)
+    pred_cam = torch.stack(
+        [0.5 + torch.rand(n, generator=g), torch.randn(n, generator=g) * 0.2, torch.randn(n, generator=g) * 0.2], -1
+    )
     center = torch.rand(n, 2, generator=g) * torch.tensor([1920.0, 1080.0])
     size = 100 + torch.rand(n, generator=g) * 800
     image_wh = (1920, 1080)

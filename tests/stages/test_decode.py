@@ -30,7 +30,9 @@ def decode_all(path: Path | str, **cfg) -> tuple[list[FrameBatch], np.ndarray, n
 @pytest.fixture(scope="module")
 def vids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, V.WrittenVideo]:
     d = tmp_path_factory.mktemp("decode")
-    out = {f"rot{r}": V.make_video(d / f"rot{r}.mp4", n_frames=12, size=(128, 96), rotation=r) for r in (0, 90, 180, 270)}
+    out = {
+        f"rot{r}": V.make_video(d / f"rot{r}.mp4", n_frames=12, size=(128, 96), rotation=r) for r in (0, 90, 180, 270)
+    }
     out["vfr"] = V.make_video(d / "vfr.mp4", n_frames=25, size=(128, 96), fps=25, vfr=True)
     out["long"] = V.make_video(d / "long.mp4", n_frames=60, size=(160, 120), gop=10)
     out["long_fs"] = V.make_video(d / "long_fs.mp4", n_frames=60, size=(160, 120), gop=10, faststart=True)
@@ -144,14 +146,17 @@ def test_av_resume_after_index(vids) -> None:
 
 # ---------------------------------------------------------------- backends
 @needs_decord
-@pytest.mark.parametrize("name,cfg", [
-    ("rot0", {}),
-    ("rot90", {"batch_size": 5}),
-    ("rot180", {}),
-    ("rot270", {"max_side": 64}),
-    ("vfr", {"target_fps": 10.0}),
-    ("long", {"max_side": 100, "batch_size": 7, "max_frames": 30}),
-])
+@pytest.mark.parametrize(
+    "name,cfg",
+    [
+        ("rot0", {}),
+        ("rot90", {"batch_size": 5}),
+        ("rot180", {}),
+        ("rot270", {"max_side": 64}),
+        ("vfr", {"target_fps": 10.0}),
+        ("long", {"max_side": 100, "batch_size": 7, "max_frames": 30}),
+    ],
+)
 def test_av_and_decord_agree(vids, name: str, cfg: dict) -> None:
     path = vids[name].path
     ba, ia, pa, xa = decode_all(path, backend="av", **cfg)
@@ -214,17 +219,20 @@ def _bad_files(d: Path, vids) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("missing", "file not found"),
-    ("empty", "empty file"),
-    ("garbage", "not a video"),
-    ("text", "plain text"),
-    ("png", "still image"),
-    ("audio", "no video stream"),
-    ("trunc_end", "no index"),
-    ("codec", "unsupported video codec"),
-    ("zero", "no frames"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("missing", "file not found"),
+        ("empty", "empty file"),
+        ("garbage", "not a video"),
+        ("text", "plain text"),
+        ("png", "still image"),
+        ("audio", "no video stream"),
+        ("trunc_end", "no index"),
+        ("codec", "unsupported video codec"),
+        ("zero", "no frames"),
+    ],
+)
 @pytest.mark.parametrize("allow", [True, False])
 def test_bad_files_raise_naming_the_file(vids, tmp_path: Path, case: str, reason: str, allow: bool) -> None:
     path = _bad_files(tmp_path, vids)[case]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from hmrflow.pipeline.boxes import nms
 from hmrflow.pipeline.config import DetectConfig
 from hmrflow.pipeline.errors import HmrflowError
 from hmrflow.pipeline.types import MASK_RES, FrameBatch
-from hmrflow.pipeline.boxes import nms
 from hmrflow.stages.detect.decode_boxes import decode_frame, to_image_coords
 from hmrflow.stages.detect.file_adapter import read_detections, write_json, write_mot
 from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DetectorSpec
@@ -38,8 +38,12 @@ def test_decode_gives_exact_boxes_from_constructed_maps():
     boxes, scores, masks = decode_frame(heat, size, off, fg, vote, stride=STRIDE, score_threshold=0.5)
     s = STRIDE
     cx, cy = (7 + 0.5 + 0.25) * s, (5 + 0.5 - 0.25) * s
-    expect = torch.tensor([[cx - 1.5 * s, cy - 2.5 * s, cx + 1.5 * s, cy + 2.5 * s],
-                           [2.5 * s - s, 10.5 * s - s, 2.5 * s + s, 10.5 * s + s]])
+    expect = torch.tensor(
+        [
+            [cx - 1.5 * s, cy - 2.5 * s, cx + 1.5 * s, cy + 2.5 * s],
+            [2.5 * s - s, 10.5 * s - s, 2.5 * s + s, 10.5 * s + s],
+        ]
+    )
     torch.testing.assert_close(boxes, expect)
     torch.testing.assert_close(scores, torch.tensor([0.9, 0.7]))
     assert masks.shape == (2, MASK_RES, MASK_RES) and not masks.any()  # fg is empty
@@ -84,8 +88,9 @@ def test_targets_decode_back_to_the_instance_boxes():
     inst[0, 10:70, 20:44] = 0  # 24 x 60 px
     inst[0, 30:90, 80:120] = 1
     t = build_targets(inst, 4)
-    boxes, scores, masks = decode_frame(t["heat"][0, 0], t["size"][0], t["offset"][0], t["fg"][0, 0], t["vote"][0],
-                                        score_threshold=0.99)
+    boxes, scores, masks = decode_frame(
+        t["heat"][0, 0], t["size"][0], t["offset"][0], t["fg"][0, 0], t["vote"][0], score_threshold=0.99
+    )
     order = torch.argsort(boxes[:, 0])
     torch.testing.assert_close(boxes[order], torch.tensor([[20.0, 10, 44, 70], [80, 30, 120, 90]]), atol=1e-4, rtol=0)
     for k in order:  # rectangles fill their boxes (up to the stride-8 blur at the edges)
@@ -118,8 +123,10 @@ def test_match_frame_counts_dont_care_people():
 
 # -------------------------------------------------------------- file adapter
 def test_mot_and_json_round_trip(tmp_path):
-    table = {0: np.array([[10, 20, 60, 200, 0.98], [100.5, 30, 140, 190, 0.5]], np.float32),
-             4: np.array([[1, 2, 3, 4, 1.0]], np.float32)}
+    table = {
+        0: np.array([[10, 20, 60, 200, 0.98], [100.5, 30, 140, 190, 0.5]], np.float32),
+        4: np.array([[1, 2, 3, 4, 1.0]], np.float32),
+    }
     for path, writer in ((tmp_path / "det.txt", write_mot), (tmp_path / "det.json", write_json)):
         writer(path, table)
         back = read_detections(path)
@@ -137,7 +144,11 @@ def test_mot_and_json_round_trip(tmp_path):
         ("b.txt", "1,-1,10,10,5,5,0.9\n\n0,-1,1,1,1,1,1\n", "b.txt:3"),
         ("c.txt", "1,-1,10,10\n", "c.txt:1"),
         ("d.txt", "1,-1,10,10,-5,5,0.9\n", "d.txt:1"),
-        ("e.json", '[{"frame_idx": 0, "boxes": [[0, 0, 1, 1]]}, {"frame_idx": 1, "boxes": [[0, 0, 1]]}]', "e.json: record 1"),
+        (
+            "e.json",
+            '[{"frame_idx": 0, "boxes": [[0, 0, 1, 1]]}, {"frame_idx": 1, "boxes": [[0, 0, 1]]}]',
+            "e.json: record 1",
+        ),
         ("f.json", '[{"frame_idx": -1, "boxes": []}]', "f.json: record 0"),
         ("g.json", '[{"frame_idx": 0,\n "boxes": [[0, 0, 1, 1, 0.5]],,}]', "g.json:2"),
         ("h.json", '{"frame_idx": 0}', "h.json"),
@@ -205,7 +216,7 @@ def _toy_batch(n=2):
     images = rng.integers(60, 90, size=(n, 96, 128, 3)).astype(np.uint8)
     inst = np.full((n, 96, 128), -1, np.int8)
     for i in range(n):
-        inst[i, 20:80, 30 + 10 * i:50 + 10 * i] = 0
+        inst[i, 20:80, 30 + 10 * i : 50 + 10 * i] = 0
         inst[i, 10:50, 90:110] = 1
     images[inst == 0] = (200, 40, 40)
     images[inst == 1] = (40, 200, 60)

@@ -11,8 +11,8 @@ from hmrflow.pipeline.errors import CheckpointError
 from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
 from hmrflow.stages.mesh.camera import default_focal, diagonal_focal, project_points
-from hmrflow.stages.mesh.model import build_estimator
 from hmrflow.stages.mesh.checkpoint import bundled_weights_path, is_hmr2_layout, load_estimator, save_estimator
+from hmrflow.stages.mesh.model import build_estimator
 from hmrflow.stages.mesh.stage import EstimateStage, ray_rotation
 
 W, H = 320, 240
@@ -25,15 +25,31 @@ def two_people() -> DetectedFrames:
     from hmrflow.jobs.synth.scene import SceneSpec
     from hmrflow.jobs.train.synth_frames import render_scene_frames
 
-    spec = SceneSpec(name="t", seed=3, people=2, seconds=1.0, fps=10.0, width=W, height=H,
-                     height_frac=(0.45, 0.6), walkers=0.0, noise=1.0)
+    spec = SceneSpec(
+        name="t",
+        seed=3,
+        people=2,
+        seconds=1.0,
+        fps=10.0,
+        width=W,
+        height=H,
+        height_frac=(0.45, 0.6),
+        walkers=0.0,
+        noise=1.0,
+    )
     fr = render_scene_frames(spec, np.array([0, 5]), load_body_assets("synthetic"))
     boxes = fr.boxes[:, :2].reshape(-1, 4)
     assert np.isfinite(boxes).all(), "both people must be visible in both frames"
     frame_idx = np.repeat(np.array([10, 15]), 2)
     frames = FrameBatch(video_id="v", frame_idx=np.array([10, 15]), pts=np.array([1.0, 1.5]), images=fr.images)
-    det = Detections(video_id="v", frame_idx=frame_idx, pts=frame_idx / 10.0, boxes_xyxy=boxes.astype(np.float32),
-                     scores=np.array([0.9, 0.8, 0.7, 0.95], np.float32), masks=np.ones((4, MASK_RES, MASK_RES), bool))
+    det = Detections(
+        video_id="v",
+        frame_idx=frame_idx,
+        pts=frame_idx / 10.0,
+        boxes_xyxy=boxes.astype(np.float32),
+        scores=np.array([0.9, 0.8, 0.7, 0.95], np.float32),
+        masks=np.ones((4, MASK_RES, MASK_RES), bool),
+    )
     return DetectedFrames(frames, det)
 
 
@@ -81,7 +97,9 @@ def test_bundled_weights_put_the_pelvis_in_the_box(two_people) -> None:
     body = load_body_model("synthetic")
     with torch.no_grad():
         joints = body(torch.from_numpy(out.rotmats), torch.from_numpy(out.betas)).joints
-    pelvis = project_points(joints[:, :1], torch.from_numpy(out.cam_t), (W, H), torch.from_numpy(out.focal))[:, 0].numpy()
+    pelvis = project_points(joints[:, :1], torch.from_numpy(out.cam_t), (W, H), torch.from_numpy(out.focal))[
+        :, 0
+    ].numpy()
     b = out.boxes_xyxy
     assert ((pelvis >= b[:, :2]) & (pelvis <= b[:, 2:])).all(), (pelvis, b)
     centre, hgt = (b[:, :2] + b[:, 2:]) / 2, b[:, 3] - b[:, 1]
@@ -133,7 +151,9 @@ def test_hmr2_layout_is_detected_and_imported(tmp_path) -> None:
     assert is_hmr2_layout(state) and not is_hmr2_layout(build_estimator("tiny", (128, 96)).state_dict())
     path = save_state_dict(state, tmp_path / "hmr2.safetensors")
     model, _ = load_estimator(path, "tiny", (128, 96))
-    np.testing.assert_array_equal(model.state_dict()["head.decshape.weight"].numpy(), state["smpl_head.decshape.weight"].numpy())
+    np.testing.assert_array_equal(
+        model.state_dict()["head.decshape.weight"].numpy(), state["smpl_head.decshape.weight"].numpy()
+    )
 
 
 def test_init_is_cheap_and_picklable() -> None:
@@ -191,16 +211,32 @@ def masked_people() -> DetectedFrames:
     from hmrflow.jobs.synth.scene import SceneSpec
     from hmrflow.jobs.train.synth_frames import render_scene_frames
 
-    spec = SceneSpec(name="t", seed=3, people=2, seconds=1.0, fps=10.0, width=W, height=H,
-                     height_frac=(0.45, 0.6), walkers=0.0, noise=1.0)
+    spec = SceneSpec(
+        name="t",
+        seed=3,
+        people=2,
+        seconds=1.0,
+        fps=10.0,
+        width=W,
+        height=H,
+        height_frac=(0.45, 0.6),
+        walkers=0.0,
+        noise=1.0,
+    )
     fr = render_scene_frames(spec, np.array([0, 5]), load_body_assets("synthetic"))
     boxes = fr.boxes[:, :2].reshape(-1, 4).astype(np.float32)
     rows, person = np.repeat([0, 1], 2), np.tile([0, 1], 2)
     masks = _box_masks(fr.instance, rows, person, boxes)
     frame_idx = np.repeat(np.array([10, 15]), 2)
     frames = FrameBatch(video_id="v", frame_idx=np.array([10, 15]), pts=np.array([1.0, 1.5]), images=fr.images)
-    det = Detections(video_id="v", frame_idx=frame_idx, pts=frame_idx / 10.0, boxes_xyxy=boxes,
-                     scores=np.full(4, 0.9, np.float32), masks=masks)
+    det = Detections(
+        video_id="v",
+        frame_idx=frame_idx,
+        pts=frame_idx / 10.0,
+        boxes_xyxy=boxes,
+        scores=np.full(4, 0.9, np.float32),
+        masks=masks,
+    )
     return DetectedFrames(frames, det)
 
 
@@ -243,8 +279,15 @@ def test_tome_stage_never_merges_person_tokens(masked_people, random_weights) ->
 
     st = _stage(random_weights, precision="fp32", tome_r=4)
     det, frames = masked_people.detections, masked_people.frames
-    crops = make_crops(frames.images, np.repeat([0, 1], 2), det.boxes_xyxy, det.masks, st.model.image_size,
-                       st.model.token_grid, st.cfg.crop_rescale)
+    crops = make_crops(
+        frames.images,
+        np.repeat([0, 1], 2),
+        det.boxes_xyxy,
+        det.masks,
+        st.model.image_size,
+        st.model.token_grid,
+        st.cfg.crop_rescale,
+    )
     protect = protect_mask(crops.token_masks)
     with torch.inference_mode():
         mt = tome_features(st.model.backbone, crops.images, r_schedule(st.tome_cfg, st.depth), protect)
@@ -260,8 +303,14 @@ def test_tome_with_everything_protected_equals_the_full_vit(masked_people, rando
     b = det.boxes_xyxy.copy()
     cx, cy, h = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 3] - b[:, 1]
     b = np.stack([cx - 0.375 * h, cy - h / 2, cx + 0.375 * h, cy + h / 2], 1).astype(np.float32)  # 4:3 like the crop
-    full = Detections(video_id="v", frame_idx=det.frame_idx, pts=det.pts, boxes_xyxy=b, scores=det.scores,
-                      masks=np.ones((4, MASK_RES, MASK_RES), bool))
+    full = Detections(
+        video_id="v",
+        frame_idx=det.frame_idx,
+        pts=det.pts,
+        boxes_xyxy=b,
+        scores=det.scores,
+        masks=np.ones((4, MASK_RES, MASK_RES), bool),
+    )
     x = DetectedFrames(masked_people.frames, full)
     a = _stage(random_weights, precision="fp32", crop_rescale=1.0)(x)
     c = _stage(random_weights, precision="fp32", crop_rescale=1.0, tome_r=8)(x)
@@ -315,7 +364,9 @@ def test_hmr2_focal_default_is_still_available(two_people, random_weights) -> No
     diag = _stage(random_weights).estimate(two_people)
     hmr2 = _stage(random_weights, focal_default="hmr2").estimate(two_people)
     np.testing.assert_allclose(hmr2.focal, float(default_focal((W, H))))
-    np.testing.assert_allclose(hmr2.cam_t[:, 2] / diag.cam_t[:, 2], float(default_focal((W, H))) / np.hypot(W, H), rtol=1e-4)
+    np.testing.assert_allclose(
+        hmr2.cam_t[:, 2] / diag.cam_t[:, 2], float(default_focal((W, H))) / np.hypot(W, H), rtol=1e-4
+    )
 
 
 def test_tome_per_block_list_merges_only_in_the_listed_blocks(masked_people, random_weights) -> None:
@@ -326,11 +377,19 @@ def test_tome_per_block_list_merges_only_in_the_listed_blocks(masked_people, ran
     assert st.cfg.tome_schedule == "list" and st.tome_cfg.schedule == "list" and st.tome_cfg.r == (6, 3)
     assert r_schedule(st.tome_cfg, st.depth) == [6, 3] + [0] * (st.depth - 2)
     det, frames = masked_people.detections, masked_people.frames
-    crops = make_crops(frames.images, np.repeat([0, 1], 2), det.boxes_xyxy, det.masks, st.model.image_size,
-                       st.model.token_grid, st.cfg.crop_rescale)
+    crops = make_crops(
+        frames.images,
+        np.repeat([0, 1], 2),
+        det.boxes_xyxy,
+        det.masks,
+        st.model.image_size,
+        st.model.token_grid,
+        st.cfg.crop_rescale,
+    )
     with torch.inference_mode():
-        mt = tome_features(st.model.backbone, crops.images, r_schedule(st.tome_cfg, st.depth),
-                           protect_mask(crops.token_masks))
+        mt = tome_features(
+            st.model.backbone, crops.images, r_schedule(st.tome_cfg, st.depth), protect_mask(crops.token_masks)
+        )
     merged = [n_in - n_out for n_in, n_out in mt.block_tokens]
     assert merged[0] > 0 and merged[1] > 0 and merged[0] <= 6 and merged[1] <= 3
     assert all(m == 0 for m in merged[2:])

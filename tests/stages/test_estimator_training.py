@@ -88,8 +88,8 @@ def test_resume_restores_step_optimizer_and_continues_identically(small_crops, b
 
 def test_bundled_weights_beat_an_untrained_model(body) -> None:
     from hmrflow.jobs.train.estimator_data import render_crops
-    from hmrflow.stages.mesh.model import build_estimator
     from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
+    from hmrflow.stages.mesh.model import build_estimator
 
     path = bundled_weights_path("tiny")
     if not path.is_file():
@@ -129,8 +129,8 @@ def test_merge_aware_training_makes_the_merged_model_better(body) -> None:
     too weak for merges to matter, hence trained weights)."""
     from hmrflow.jobs.train.estimator_data import render_crops
     from hmrflow.stages.mesh.accel.eclm import apply_eclm, deepest_plan
-    from hmrflow.stages.mesh.losses import estimator_losses
     from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
+    from hmrflow.stages.mesh.losses import estimator_losses
 
     crops = render_crops(np.random.default_rng(7), 16, crop_hw=(128, 96))
     images, targets = make_batch(crops, np.arange(16))
@@ -139,8 +139,16 @@ def test_merge_aware_training_makes_the_merged_model_better(body) -> None:
 
     def merged_loss(merge_aware: float) -> float:
         model, _ = load_estimator(bundled_weights_path("tiny"), "tiny", (128, 96))
-        cfg = TrainConfig(image_size=(128, 96), batch_size=16, lr=3e-4, warmup_steps=1, augment=False,
-                          merge_aware=merge_aware, merge_spans=(4,), merge_p=1.0)
+        cfg = TrainConfig(
+            image_size=(128, 96),
+            batch_size=16,
+            lr=3e-4,
+            warmup_steps=1,
+            augment=False,
+            merge_aware=merge_aware,
+            merge_spans=(4,),
+            merge_p=1.0,
+        )
         tr = EstimatorTrainer(cfg, body, total_steps=5, model=model)
         for _ in range(5):
             res = tr.train_step(images, targets)

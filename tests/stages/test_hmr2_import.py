@@ -72,18 +72,24 @@ def _reference_hmr2(sd: dict[str, torch.Tensor], x: torch.Tensor, spec: Estimato
         k = f"{p}transformer.layers.{i}."
         h = _ln(tok, sd, k + "0.norm", 1e-5)
         q, kk, v = F.linear(h, sd[k + "0.fn.to_qkv.weight"]).chunk(3, -1)
-        tok = tok + F.linear(_mha(q, kk, v, spec.head.heads), sd[k + "0.fn.to_out.0.weight"], sd[k + "0.fn.to_out.0.bias"])
+        tok = tok + F.linear(
+            _mha(q, kk, v, spec.head.heads), sd[k + "0.fn.to_out.0.weight"], sd[k + "0.fn.to_out.0.bias"]
+        )
         h = _ln(tok, sd, k + "1.norm", 1e-5)
         q = F.linear(h, sd[k + "1.fn.to_q.weight"])
         kk, v = F.linear(ctx, sd[k + "1.fn.to_kv.weight"]).chunk(2, -1)
-        tok = tok + F.linear(_mha(q, kk, v, spec.head.heads), sd[k + "1.fn.to_out.0.weight"], sd[k + "1.fn.to_out.0.bias"])
+        tok = tok + F.linear(
+            _mha(q, kk, v, spec.head.heads), sd[k + "1.fn.to_out.0.weight"], sd[k + "1.fn.to_out.0.bias"]
+        )
         h = _ln(tok, sd, k + "2.norm", 1e-5)
         h = F.gelu(F.linear(h, sd[k + "2.fn.net.0.weight"], sd[k + "2.fn.net.0.bias"]))
         tok = tok + F.linear(h, sd[k + "2.fn.net.3.weight"], sd[k + "2.fn.net.3.bias"])
     tok = tok[:, 0]
     return {
-        "pose6d": F.linear(tok, sd["smpl_head.decpose.weight"], sd["smpl_head.decpose.bias"]) + sd["smpl_head.init_body_pose"],
-        "betas": F.linear(tok, sd["smpl_head.decshape.weight"], sd["smpl_head.decshape.bias"]) + sd["smpl_head.init_betas"],
+        "pose6d": F.linear(tok, sd["smpl_head.decpose.weight"], sd["smpl_head.decpose.bias"])
+        + sd["smpl_head.init_body_pose"],
+        "betas": F.linear(tok, sd["smpl_head.decshape.weight"], sd["smpl_head.decshape.bias"])
+        + sd["smpl_head.init_betas"],
         "cam": F.linear(tok, sd["smpl_head.deccam.weight"], sd["smpl_head.deccam.bias"]) + sd["smpl_head.init_cam"],
     }
 
@@ -114,7 +120,9 @@ def test_weights_land_in_the_right_places() -> None:
     assert torch.equal(bb.blocks[1].mlp.fc2.bias, sd["backbone.blocks.1.mlp.fc2.bias"])
     pe = sd["backbone.pos_embed"]
     assert torch.allclose(bb.pos_embed, pe[:, 1:] + pe[:, :1])
-    assert torch.equal(head.layers[1].cross_attn.to_kv.weight, sd["smpl_head.transformer.transformer.layers.1.1.fn.to_kv.weight"])
+    assert torch.equal(
+        head.layers[1].cross_attn.to_kv.weight, sd["smpl_head.transformer.transformer.layers.1.1.fn.to_kv.weight"]
+    )
     assert torch.equal(head.layers[0].ff.fc2.weight, sd["smpl_head.transformer.transformer.layers.0.2.fn.net.3.weight"])
     assert torch.equal(head.init_pose, sd["smpl_head.init_body_pose"][0])
     assert torch.equal(head.query_pos, sd["smpl_head.transformer.pos_embedding"])
@@ -200,7 +208,9 @@ def test_vit_h_import_with_real_tensors() -> None:
     """Full-size ViT-H: allocate, import a random published-layout checkpoint, run one crop."""
     model = build_estimator("huge").eval()
     g = torch.Generator().manual_seed(0)
-    sd = {k: torch.randn(s, generator=g) * 0.02 for k, s in hmr2_key_layout("huge", include_training_keys=False).items()}
+    sd = {
+        k: torch.randn(s, generator=g) * 0.02 for k, s in hmr2_key_layout("huge", include_training_keys=False).items()
+    }
     report = import_hmr2_state_dict(sd, model)
     assert report.missing == [] and report.ignored == {}
     assert torch.equal(model.backbone.blocks[31].attn.qkv.weight, sd["backbone.blocks.31.attn.qkv.weight"])

@@ -112,7 +112,13 @@ def test_sizes_by_name() -> None:
     huge = estimator_spec("huge")
     assert (huge.backbone.embed_dim, huge.backbone.depth, huge.backbone.num_heads) == (1280, 32, 16)
     assert huge.backbone.mlp_hidden == 5120 and huge.backbone.token_grid == (16, 12)
-    assert (huge.head.dim, huge.head.depth, huge.head.heads, huge.head.dim_head, huge.head.mlp_dim) == (1024, 6, 8, 64, 1024)
+    assert (huge.head.dim, huge.head.depth, huge.head.heads, huge.head.dim_head, huge.head.mlp_dim) == (
+        1024,
+        6,
+        8,
+        64,
+        1024,
+    )
     assert huge.head.context_dim == 1280
     with torch.device("meta"):  # count without allocating 2.7 GB
         model = MeshEstimator(huge)

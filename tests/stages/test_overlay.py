@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmrflow.jobs.report.overlay import OverlayOptions, intrinsics, render_overlay
 from hmrflow.jobs.report.colors import track_color
+from hmrflow.jobs.report.overlay import OverlayOptions, intrinsics, render_overlay
 from hmrflow.pipeline.config import WriteConfig
 from hmrflow.pipeline.results import VideoResult
 from hmrflow.pipeline.types import ClipRef, SMPLSequence
@@ -38,10 +38,19 @@ def scene(tmp_path_factory: pytest.TempPathFactory):
         t = len(frames)
         rot = np.tile(np.eye(3, dtype=np.float32), (t, 24, 1, 1))
         rot[:, 0] = upright
-        seqs.append(SMPLSequence(
-            video_id="clip", track_id=tid, betas=np.zeros(10, np.float32), frame_idx=frames,
-            pts=frames / FPS, observed=np.ones(t, bool), rotmats=rot,
-            transl=np.tile(np.array([x, 0.0, 4.0], np.float32), (t, 1)), confidence=np.ones(t, np.float32)))
+        seqs.append(
+            SMPLSequence(
+                video_id="clip",
+                track_id=tid,
+                betas=np.zeros(10, np.float32),
+                frame_idx=frames,
+                pts=frames / FPS,
+                observed=np.ones(t, bool),
+                rotmats=rot,
+                transl=np.tile(np.array([x, 0.0, 4.0], np.float32), (t, 1)),
+                confidence=np.ones(t, np.float32),
+            )
+        )
     cref = ClipRef(video_id="clip", path=str(clip), fps=FPS, n_frames=N, width=W, height=H)
     out = WriteStage(WriteConfig(), root / "out")(VideoResult(clip=cref, sequences=seqs, config={}))
     bm = load_body_model("synthetic")
@@ -73,8 +82,12 @@ def test_mesh_overlay(scene, tmp_path: Path) -> None:
         assert np.argmax(got[f][patch].reshape(-1, 3).mean(0)) == np.argmax(track_color(1))
     # track 5 is drawn only in its frames 3..7
     u5, v5 = pelvis_pixel(bm, 0.7)
-    d5 = [np.abs(got[f, v5 - 1:v5 + 2, u5 - 1:u5 + 2].astype(int) - src[f, v5 - 1:v5 + 2, u5 - 1:u5 + 2].astype(int)).mean()
-          for f in range(N)]
+    d5 = [
+        np.abs(
+            got[f, v5 - 1 : v5 + 2, u5 - 1 : u5 + 2].astype(int) - src[f, v5 - 1 : v5 + 2, u5 - 1 : u5 + 2].astype(int)
+        ).mean()
+        for f in range(N)
+    ]
     assert all(d5[f] > 25 for f in range(3, 8)), d5
     assert all(d5[f] < 8 for f in (0, 1, 8, 9)), d5
     # far from the people the frame is unchanged (up to compression)
@@ -83,13 +96,24 @@ def test_mesh_overlay(scene, tmp_path: Path) -> None:
 
 def test_skeleton_and_side_view(scene, tmp_path: Path) -> None:
     root, clip, out, bm = scene
-    dest = render_overlay(out, clip, tmp_path / "s.mp4", bm,
-                          OverlayOptions(focal=FOCAL, mode="skeleton", view="side-by-side", labels=False), progress=False)
+    dest = render_overlay(
+        out,
+        clip,
+        tmp_path / "s.mp4",
+        bm,
+        OverlayOptions(focal=FOCAL, mode="skeleton", view="side-by-side", labels=False),
+        progress=False,
+    )
     got, _ = read_frames(dest)
     src, _ = read_frames(clip)
     assert got.shape == (N, H, 2 * W, 3)
     u, v = pelvis_pixel(bm, -0.6)
-    assert np.abs(got[0, v - 1:v + 2, u - 1:u + 2].astype(int) - src[0, v - 1:v + 2, u - 1:u + 2].astype(int)).mean() > 25
+    assert (
+        np.abs(
+            got[0, v - 1 : v + 2, u - 1 : u + 2].astype(int) - src[0, v - 1 : v + 2, u - 1 : u + 2].astype(int)
+        ).mean()
+        > 25
+    )
     panel = got[:, :, W:].astype(int)
     bg = np.abs(panel - np.array([48, 48, 52])).sum(-1) > 40
     assert bg[0].sum() > 30  # the person is drawn in the side panel
@@ -101,7 +125,9 @@ def test_cli_render_top_view(scene, tmp_path: Path) -> None:
 
     root, clip, out, _ = scene
     dest = tmp_path / "t.mp4"
-    assert main(["render", str(out), "--video", str(clip), "-o", str(dest), "--view", "top", "--focal", str(FOCAL)]) == 0
+    assert (
+        main(["render", str(out), "--video", str(clip), "-o", str(dest), "--view", "top", "--focal", str(FOCAL)]) == 0
+    )
     got, _ = read_frames(dest)
     assert got.shape == (N, H, 2 * W, 3)
     assert main(["render", str(root / "nope"), "--video", str(clip)]) == 2

@@ -101,9 +101,17 @@ def test_backface_culling_and_lambert() -> None:
     assert rasterize(v, f, K, 30, 40, cull_backfaces=True).mask.sum() == 30
     assert rasterize(v, f.flip(1), K, 30, 40, cull_backfaces=True).mask.sum() == 0
     # light straight from the camera: intensity = ambient + light * cos(0)
-    out = rasterize(v, f, K, 30, 40, light_dir=torch.tensor([0.0, 0.0, -1.0]),
-                    light_color=torch.tensor([0.5, 0.5, 0.5]), ambient=torch.tensor([0.2, 0.2, 0.2]),
-                    face_colors=torch.full((2, 3), 0.5))
+    out = rasterize(
+        v,
+        f,
+        K,
+        30,
+        40,
+        light_dir=torch.tensor([0.0, 0.0, -1.0]),
+        light_color=torch.tensor([0.5, 0.5, 0.5]),
+        ambient=torch.tensor([0.2, 0.2, 0.2]),
+        face_colors=torch.full((2, 3), 0.5),
+    )
     assert math.isclose(float(out.rgb[0, 5, 7, 0]), 0.5 * 0.7, rel_tol=1e-5)
 
 
@@ -119,12 +127,23 @@ def test_coverage_is_per_instance_and_requires_one_image_each() -> None:
     v2 = torch.cat([v, v])
     f2 = torch.cat([f, f + 4])
     vimg = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    out = rasterize(v2, f2, K, 30, 40, vert_image=vimg, n_images=2, face_instance=torch.tensor([0, 0, 1, 1]),
-                    coverage_margin=0.25)
+    out = rasterize(
+        v2, f2, K, 30, 40, vert_image=vimg, n_images=2, face_instance=torch.tensor([0, 0, 1, 1]), coverage_margin=0.25
+    )
     assert out.coverage.tolist() == [50, 50]
     # instances >= n_instances (e.g. occluders) are drawn but not counted
-    out = rasterize(v2, f2, K, 30, 40, vert_image=vimg, n_images=2, face_instance=torch.tensor([0, 0, 1, 1]),
-                    n_instances=1, coverage_margin=0.25)
+    out = rasterize(
+        v2,
+        f2,
+        K,
+        30,
+        40,
+        vert_image=vimg,
+        n_images=2,
+        face_instance=torch.tensor([0, 0, 1, 1]),
+        n_instances=1,
+        coverage_margin=0.25,
+    )
     assert out.coverage.tolist() == [50] and out.instance[1].max() == 1
     with pytest.raises(ValueError):
         rasterize(v2, f2, K, 30, 40, vert_image=vimg, n_images=2, coverage_margin=0.25)

@@ -15,8 +15,10 @@ from hmrflow.stages.refine.stage import RefineStage, fill_gaps
 from hmrflow.stages.refine.windows import blend_weights, plan_windows, stitch
 
 
-@pytest.mark.parametrize("n,window,overlap", [(1, 64, 16), (30, 64, 16), (64, 64, 16), (65, 64, 16), (200, 64, 16),
-                                              (1000, 64, 16), (97, 32, 0), (500, 48, 24)])
+@pytest.mark.parametrize(
+    "n,window,overlap",
+    [(1, 64, 16), (30, 64, 16), (64, 64, 16), (65, 64, 16), (200, 64, 16), (1000, 64, 16), (97, 32, 0), (500, 48, 24)],
+)
 def test_windows_cover_and_weights_sum_to_one(n, window, overlap):
     starts = plan_windows(n, window, overlap)
     w = blend_weights(starts, n, window, overlap)
@@ -41,9 +43,17 @@ def _seq(frame_idx, pts, track_id=3, n_obs=None) -> SMPLSequence:
 
     rot = Rotation.from_rotvec(rng.normal(0, 0.2, (n * 24, 3))).as_matrix().reshape(n, 24, 3, 3).astype(np.float32)
     tr = np.tile(np.array([0.0, 0.2, 4.0], np.float32), (n, 1)) + np.linspace(0, 1, n)[:, None].astype(np.float32)
-    return SMPLSequence(video_id="v", track_id=track_id, betas=np.arange(10, dtype=np.float32) / 10,
-                        frame_idx=np.asarray(frame_idx, np.int64), pts=np.asarray(pts, np.float64),
-                        observed=np.ones(n, bool), rotmats=rot, transl=tr, confidence=np.full(n, 0.9, np.float32))
+    return SMPLSequence(
+        video_id="v",
+        track_id=track_id,
+        betas=np.arange(10, dtype=np.float32) / 10,
+        frame_idx=np.asarray(frame_idx, np.int64),
+        pts=np.asarray(pts, np.float64),
+        observed=np.ones(n, bool),
+        rotmats=rot,
+        transl=tr,
+        confidence=np.full(n, 0.9, np.float32),
+    )
 
 
 def test_fill_gaps_places_frames_on_the_grid():
@@ -94,7 +104,9 @@ def test_stage_short_track_gap_and_determinism(tiny_prior):
     fi = np.arange(100)
     long = _seq(fi, fi / 30.0)
     a = RefineStage(RefineConfig(weights=tiny_prior, window=16, overlap=4, steps=2, device="cpu"))(long)
-    b = RefineStage(RefineConfig(weights=tiny_prior, window=16, overlap=4, steps=2, device="cpu", batch_windows=2))(long)
+    b = RefineStage(RefineConfig(weights=tiny_prior, window=16, overlap=4, steps=2, device="cpu", batch_windows=2))(
+        long
+    )
     assert np.allclose(a.transl, b.transl, atol=1e-5) and np.allclose(a.rotmats, b.rotmats, atol=1e-5)
 
 
@@ -119,13 +131,27 @@ def refined_track():
     tr = make_tracks(1, 12.0, noise=NoiseConfig(gap_rate_hz=0.0, drop_prob=0.0), seed=300_000)[0]
     n = len(tr["rot"])
     fi = np.arange(n)
-    seq = SMPLSequence(video_id="v", track_id=0, betas=np.zeros(10, np.float32), frame_idx=fi, pts=fi / 30.0,
-                       observed=np.ones(n, bool), rotmats=tr["rot"], transl=tr["transl"], confidence=tr["confidence"])
+    seq = SMPLSequence(
+        video_id="v",
+        track_id=0,
+        betas=np.zeros(10, np.float32),
+        frame_idx=fi,
+        pts=fi / 30.0,
+        observed=np.ones(n, bool),
+        rotmats=tr["rot"],
+        transl=tr["transl"],
+        confidence=tr["confidence"],
+    )
     cfg = RefineConfig(device="cpu")
     out = RefineStage(cfg)(seq)
     bm = load_body_model("synthetic")
-    return dict(cfg=cfg, gt=_joints(bm, tr["gt_rot"], tr["gt_transl"]), est=_joints(bm, tr["rot"], tr["transl"]),
-                ref=_joints(bm, out.rotmats, out.transl), n=n)
+    return dict(
+        cfg=cfg,
+        gt=_joints(bm, tr["gt_rot"], tr["gt_transl"]),
+        est=_joints(bm, tr["rot"], tr["transl"]),
+        ref=_joints(bm, out.rotmats, out.transl),
+        n=n,
+    )
 
 
 @needs_bundle

@@ -98,8 +98,12 @@ def test_sizes_sum_to_token_count_and_source_map(model, crops):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    b=st.integers(1, 4), n=st.integers(2, 40), r=st.integers(0, 25), seed=st.integers(0, 10_000),
-    p_person=st.floats(0.0, 1.0), full_person=st.booleans(),
+    b=st.integers(1, 4),
+    n=st.integers(2, 40),
+    r=st.integers(0, 25),
+    seed=st.integers(0, 10_000),
+    p_person=st.floats(0.0, 1.0),
+    full_person=st.booleans(),
 )
 def test_protected_tokens_never_merge(b, n, r, seed, p_person, full_person):
     g = torch.Generator().manual_seed(seed)
@@ -201,7 +205,11 @@ def test_reentrant_across_threads(model, crops):
     """Concurrent calls with different masks give the same results as sequential ones."""
     from concurrent.futures import ThreadPoolExecutor
 
-    covers = [torch.zeros(3, 6, 4), torch.ones(3, 6, 4), (torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(5)) > 0.5).float()]
+    covers = [
+        torch.zeros(3, 6, 4),
+        torch.ones(3, 6, 4),
+        (torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(5)) > 0.5).float(),
+    ]
     with apply_mask_tome(model, MaskToMeConfig(r=3)):
         with torch.inference_mode():
             ref = [model(crops, protect=c).pose6d for c in covers]

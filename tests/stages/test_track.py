@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from hmrflow.pipeline.boxes import box_iou
 from hmrflow.pipeline.config import TrackConfig, load_config
 from hmrflow.pipeline.stage import Stage
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
 from hmrflow.stages.track import TrackStage, track_video
-from hmrflow.pipeline.boxes import box_iou
 from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
 from hmrflow.stages.track.kalman import kf_init, kf_predict, kf_update, root_measurement_noise
 from hmrflow.stages.track.simulate import (
@@ -47,8 +47,10 @@ def test_two_people_crossing_keep_identities(same_depth: bool) -> None:
     pts = regular_pts(6.0, 30)
     # the scene really is a crossing: the true boxes overlap strongly mid-way
     cam = Camera()
-    ious = [box_iou(project_box(people[0].position(t), cam)[None], project_box(people[1].position(t), cam)[None])[0, 0]
-            for t in pts]
+    ious = [
+        box_iou(project_box(people[0].position(t), cam)[None], project_box(people[1].position(t), cam)[None])[0, 0]
+        for t in pts
+    ]
     assert max(ious) > 0.4
     sim = simulate(people, pts, CLEAN, seed=3)
     ids, stats = track_video(sim.est, CFG)
@@ -97,10 +99,16 @@ def test_false_single_frame_detection_makes_no_track() -> None:
     row = int(np.flatnonzero(est.frame_idx == 100)[0])
     fake = est.select([row])
     fake = MeshEstimates(
-        video_id=est.video_id, frame_idx=fake.frame_idx, pts=fake.pts,
-        boxes_xyxy=np.array([[1000, 100, 1100, 400]], np.float32), scores=np.array([0.9], np.float32),
-        rotmats=fake.rotmats, betas=np.full((1, 10), 2.0, np.float32), cam_t=np.array([[2.5, 0.0, 6.0]], np.float32),
-        focal=fake.focal, confidence=np.array([0.9], np.float32),
+        video_id=est.video_id,
+        frame_idx=fake.frame_idx,
+        pts=fake.pts,
+        boxes_xyxy=np.array([[1000, 100, 1100, 400]], np.float32),
+        scores=np.array([0.9], np.float32),
+        rotmats=fake.rotmats,
+        betas=np.full((1, 10), 2.0, np.float32),
+        cam_t=np.array([[2.5, 0.0, 6.0]], np.float32),
+        focal=fake.focal,
+        confidence=np.array([0.9], np.float32),
     )
     both = MeshEstimates.cat([est, fake])
     ids, stats = track_video(both, CFG)
@@ -140,8 +148,9 @@ def test_dt_comes_from_pts_not_frame_counts() -> None:
     sim = _hidden_scene(1.5, 30)
     ids, _ = track_video(sim.est, CFG)
     assert len(identity_map(ids, sim.gt_id)[0]) == 1
-    slow = MeshEstimates(**{**{f: getattr(sim.est, f) for f in MeshEstimates.ROW_FIELDS},
-                            "video_id": "slow", "pts": sim.est.pts * 2.0})
+    slow = MeshEstimates(
+        **{**{f: getattr(sim.est, f) for f in MeshEstimates.ROW_FIELDS}, "video_id": "slow", "pts": sim.est.pts * 2.0}
+    )
     ids2, _ = track_video(slow, CFG)
     assert len(identity_map(ids2, sim.gt_id)[0]) == 2
 
@@ -183,8 +192,9 @@ def test_empty_and_invalid_rows() -> None:
     assert len(out) == 0 and out.video_id == "sim"
     bad_cam_t = sim.est.cam_t.copy()
     bad_cam_t[::7] = np.nan
-    est = MeshEstimates(**{**{f: getattr(sim.est, f) for f in MeshEstimates.ROW_FIELDS},
-                           "video_id": "sim", "cam_t": bad_cam_t})
+    est = MeshEstimates(
+        **{**{f: getattr(sim.est, f) for f in MeshEstimates.ROW_FIELDS}, "video_id": "sim", "cam_t": bad_cam_t}
+    )
     ids, stats = track_video(est, CFG)
     assert np.all(ids[::7] == -1)
     assert stats.n_tracks_kept == 2

@@ -22,8 +22,17 @@ from hmrflow.pipeline.types import ClipRef, SMPLSequence
 from hmrflow.stages.write import CAMERA_TO_ZUP, TRACKS_SCHEMA, WriteStage, mocap_framerate
 
 NPZ_KEYS = {
-    "poses", "trans", "betas", "gender", "mocap_framerate", "frame_idx", "pts", "observed",
-    "confidence", "frame", "camera_to_zup",
+    "poses",
+    "trans",
+    "betas",
+    "gender",
+    "mocap_framerate",
+    "frame_idx",
+    "pts",
+    "observed",
+    "confidence",
+    "frame",
+    "camera_to_zup",
 }
 
 
@@ -54,7 +63,9 @@ def random_rotmats(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
     return flat.reshape(q.shape).astype(np.float32)
 
 
-def make_sequence(rng: np.random.Generator, video_id: str, track_id: int, frame_idx: np.ndarray, fps: float = 30.0) -> SMPLSequence:
+def make_sequence(
+    rng: np.random.Generator, video_id: str, track_id: int, frame_idx: np.ndarray, fps: float = 30.0
+) -> SMPLSequence:
     t = len(frame_idx)
     return SMPLSequence(
         video_id=video_id,
@@ -99,10 +110,24 @@ def test_parquet_readable_with_pandas_and_round_trips(tmp_path: Path, video: Pat
     out = WriteStage(WriteConfig(), tmp_path / "out")(result)
     assert out == (tmp_path / "out" / "clip").resolve()
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "track_11.npz", "track_2.npz", "track_7.npz", "tracks.parquet",
+        "manifest.json",
+        "track_11.npz",
+        "track_2.npz",
+        "track_7.npz",
+        "tracks.parquet",
     ]
     df = pd.read_parquet(out / "tracks.parquet")
-    assert list(df.columns) == ["video_id", "track_id", "frame_idx", "pts_s", "pose", "betas", "transl", "confidence", "observed"]
+    assert list(df.columns) == [
+        "video_id",
+        "track_id",
+        "frame_idx",
+        "pts_s",
+        "pose",
+        "betas",
+        "transl",
+        "confidence",
+        "observed",
+    ]
     assert len(df) == 900 and (df["video_id"] == "clip").all()
     assert df["track_id"].dtype == np.int64 and df["frame_idx"].dtype == np.int64
     assert df["pts_s"].dtype == np.float64 and df["confidence"].dtype == np.float32 and df["observed"].dtype == bool
@@ -139,7 +164,9 @@ def test_npz_readable_with_numpy_and_round_trips(tmp_path: Path, video: Path) ->
         with np.load(out / f"track_{seq.track_id}.npz", allow_pickle=False) as z:
             assert set(z.files) == NPZ_KEYS
             assert z["poses"].shape == (300, 72) and z["poses"].dtype == np.float32
-            np.testing.assert_allclose(np_axis_angle_to_matrix(z["poses"].reshape(300, 24, 3)), seq.rotmats, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                np_axis_angle_to_matrix(z["poses"].reshape(300, 24, 3)), seq.rotmats, atol=1e-5, rtol=0
+            )
             np.testing.assert_array_equal(z["trans"], seq.transl)
             np.testing.assert_array_equal(z["betas"], seq.betas)
             assert z["betas"].shape == (10,)
@@ -173,7 +200,9 @@ def test_mocap_framerate_median_and_fallback() -> None:
 
 def test_single_frame_track_uses_clip_fps(tmp_path: Path, video: Path) -> None:
     rng = np.random.default_rng(3)
-    res = VideoResult(clip=ClipRef("clip", str(video), fps=24.0), sequences=[make_sequence(rng, "clip", 0, np.array([12]))], config={})
+    res = VideoResult(
+        clip=ClipRef("clip", str(video), fps=24.0), sequences=[make_sequence(rng, "clip", 0, np.array([12]))], config={}
+    )
     out = WriteStage(WriteConfig(), tmp_path)(res)
     with np.load(out / "track_0.npz") as z:
         assert float(z["mocap_framerate"]) == 24.0 and z["poses"].shape == (1, 72)
@@ -279,8 +308,12 @@ def test_manifest_contents(tmp_path: Path, video: Path) -> None:
     assert m["seeds"] == {"seed": 0, "refine": 1234}
     n_obs = sum(int(s.observed.sum()) for s in res.sequences)
     assert m["counts"] == {
-        "tracks": 3, "rows": 900, "frames_with_tracks": 310, "frames_decoded": 310,
-        "observed": n_obs, "filled": 900 - n_obs,
+        "tracks": 3,
+        "rows": 900,
+        "frames_with_tracks": 310,
+        "frames_decoded": 310,
+        "observed": n_obs,
+        "filled": 900 - n_obs,
     }
     assert [t["track_id"] for t in m["tracks"]] == [2, 7, 11]
     assert m["tracks"][0]["first_frame"] == 5 and m["tracks"][0]["last_frame"] == 304

@@ -13,13 +13,20 @@ from hmrflow.priors.amass import AmassFormatError, iter_amass_dir, load_amass_np
 from hmrflow.priors.motion_library import MOTIONS
 
 
-def _zup_file(path: Path, n: int = 240, width: int = 72, rate_key: str = "mocap_framerate", rate: float = 120.0,
-              yaw_deg: float = 30.0) -> np.ndarray:
+def _zup_file(
+    path: Path,
+    n: int = 240,
+    width: int = 72,
+    rate_key: str = "mocap_framerate",
+    rate: float = 120.0,
+    yaw_deg: float = 30.0,
+) -> np.ndarray:
     """An upright z-up AMASS motion (root = Rz(yaw) Rx(+90)), knees bending; returns poses."""
     rng = np.random.default_rng(0)
     poses = np.zeros((n, width))
-    poses[:, :3] = (Rotation.from_euler("z", yaw_deg, degrees=True) * Rotation.from_euler("x", 90, degrees=True)
-                    ).as_rotvec()
+    poses[:, :3] = (
+        Rotation.from_euler("z", yaw_deg, degrees=True) * Rotation.from_euler("x", 90, degrees=True)
+    ).as_rotvec()
     poses[:, 3:width] = rng.normal(0, 0.05, size=(n, width - 3))
     poses[:, 4 * 3] = np.linspace(0, 1.2, n)  # left knee flexes
     trans = np.stack([np.linspace(0, 1, n), np.full(n, 2.0), np.full(n, 0.9)], -1)  # z-up: height in z
@@ -49,7 +56,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         assert 0.6 < raw["trans"][:, 2].mean() < 1.2
         back = load_amass_npz(path, root_joint=j0)
         rel = Rotation.from_rotvec(back.poses.reshape(-1, 3).astype(np.float64)).inv() * Rotation.from_rotvec(
-            m.poses.reshape(-1, 3).astype(np.float64))
+            m.poses.reshape(-1, 3).astype(np.float64)
+        )
         assert rel.magnitude().max() < 1e-5
         np.testing.assert_allclose(back.trans, m.trans, atol=1e-5)
         assert back.fps == m.fps and list(back.labels) == list(m.labels)

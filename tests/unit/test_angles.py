@@ -40,7 +40,10 @@ def test_arms_down_is_all_zero() -> None:
 def test_pure_knee_flexion(side: str, suffix: str) -> None:
     # SMPL knee flexion: +x rotation moves the shank (along -y) backward (-z)
     assert nonzero(joint_angles(pose(**{f"{side}_knee": ("x", 60.0)}))) == {
-        f"knee_flexion{suffix}": 60.0, "shoulder_abduction_l": 90.0, "shoulder_abduction_r": 90.0}
+        f"knee_flexion{suffix}": 60.0,
+        "shoulder_abduction_l": 90.0,
+        "shoulder_abduction_r": 90.0,
+    }
 
 
 @pytest.mark.parametrize("side,suffix,ab_sign", [("left", "_l", 1.0), ("right", "_r", -1.0)])
@@ -73,10 +76,14 @@ def test_combined_hip_rotation_decomposes_in_order() -> None:
 @pytest.mark.parametrize("side,suffix,s", [("left", "_l", 1.0), ("right", "_r", -1.0)])
 def test_elbow_ankle_shoulder(side: str, suffix: str, s: float) -> None:
     assert joint_angles(pose(**{f"{side}_elbow": ("y", -70.0 * s)}))[f"elbow_flexion{suffix}"][0] == pytest.approx(70.0)
-    assert joint_angles(pose(**{f"{side}_ankle": ("x", -15.0)}))[f"ankle_dorsiflexion{suffix}"][0] == pytest.approx(15.0)
+    assert joint_angles(pose(**{f"{side}_ankle": ("x", -15.0)}))[f"ankle_dorsiflexion{suffix}"][0] == pytest.approx(
+        15.0
+    )
     # arm hanging, then raised forward by 40 deg: shoulder flexion 40
     rot = pose(**{f"{side}_shoulder": ("z", -90.0 * s)})
-    rot[0, JOINT_INDEX[f"{side}_shoulder"]] = Rotation.from_euler("x", -40.0, degrees=True).as_matrix() @ rot[0, JOINT_INDEX[f"{side}_shoulder"]]
+    rot[0, JOINT_INDEX[f"{side}_shoulder"]] = (
+        Rotation.from_euler("x", -40.0, degrees=True).as_matrix() @ rot[0, JOINT_INDEX[f"{side}_shoulder"]]
+    )
     got = joint_angles(rot)
     assert got[f"shoulder_flexion{suffix}"][0] == pytest.approx(40.0)
     assert got[f"shoulder_abduction{suffix}"][0] == pytest.approx(0.0, abs=1e-9)

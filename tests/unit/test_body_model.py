@@ -224,10 +224,16 @@ def test_official_style_file_with_chumpy_sparse_and_uint32(bm, tmp_path, monkeyp
     kintree = a["kintree_table"].astype(np.int64)
     kintree[0, 0] = 4294967295
     official = {
-        "v_template": a["v_template"], "shapedirs": Ch(a["shapedirs"]), "posedirs": a["posedirs"],
-        "J_regressor": sp.csc_matrix(a["J_regressor"]), "weights": a["weights"],
-        "kintree_table": kintree.astype(np.uint32), "f": a["f"].astype(np.uint32),
-        "J": a["J_regressor"] @ a["v_template"], "bs_style": "lbs", "bs_type": "lrotmin",
+        "v_template": a["v_template"],
+        "shapedirs": Ch(a["shapedirs"]),
+        "posedirs": a["posedirs"],
+        "J_regressor": sp.csc_matrix(a["J_regressor"]),
+        "weights": a["weights"],
+        "kintree_table": kintree.astype(np.uint32),
+        "f": a["f"].astype(np.uint32),
+        "J": a["J_regressor"] @ a["v_template"],
+        "bs_style": "lbs",
+        "bs_type": "lrotmin",
         "vert_sym_idxs": np.arange(len(a["v_template"])),
     }
     blob = pickle.dumps(official, protocol=2)

@@ -33,5 +33,7 @@ def test_every_listed_command_module_is_importable_when_present() -> None:
 
 
 def test_console_script_runs() -> None:
-    proc = subprocess.run([sys.executable, "-m", "hmrflow.jobs.cli", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hmrflow.jobs.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "hmrflow" in proc.stdout

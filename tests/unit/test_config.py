@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from hmrflow.pipeline.config import PipelineConfig, list_presets, load_config
 from hmrflow.pipeline.errors import ConfigError
@@ -59,7 +60,7 @@ def test_user_yaml_file_and_cross_field_check(tmp_path) -> None:
 
 def test_frozen_and_hash_tracks_values() -> None:
     a, b = load_config("clip"), load_config("clip", ["seed=1"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         a.seed = 5  # type: ignore[misc]
     assert a.config_hash() != b.config_hash()
     assert a.config_hash() == load_config("clip").config_hash()

@@ -17,6 +17,12 @@ def test_gt_box_masks_follow_the_instance_map() -> None:
     m = _gt_box_masks(inst, np.array([0, 0, 1]), np.array([1, 1, 1]), boxes)
     assert m.shape == (3, MASK_RES, MASK_RES) and m.dtype == bool
     assert m[0].all()  # the box is exactly the person
-    assert abs(m[1].mean() - 0.5) < 0.05 and m[1][:, MASK_RES // 2 + 1:].all() and not m[1][:, : MASK_RES // 2 - 1].any()
+    assert (
+        abs(m[1].mean() - 0.5) < 0.05 and m[1][:, MASK_RES // 2 + 1 :].all() and not m[1][:, : MASK_RES // 2 - 1].any()
+    )
     assert not m[2].any()  # person 1 is not in frame 1
-    assert _gt_box_masks(inst, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4), np.float32)).shape == (0, MASK_RES, MASK_RES)
+    assert _gt_box_masks(inst, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4), np.float32)).shape == (
+        0,
+        MASK_RES,
+        MASK_RES,
+    )

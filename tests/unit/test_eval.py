@@ -50,18 +50,35 @@ def gt_arrays(n_frames: int = 20, n_people: int = 2) -> dict[str, np.ndarray]:
 
 def write_gt(root: Path, video_id: str, arr: dict[str, np.ndarray], visible: np.ndarray | None = None) -> None:
     f, p = arr["poses"].shape[:2]
-    j, _ = toy_mesh(arr["poses"].reshape(-1, 72), np.repeat(arr["betas"][None], f, 0).reshape(-1, 10), arr["transl"].reshape(-1, 3))
+    j, _ = toy_mesh(
+        arr["poses"].reshape(-1, 72), np.repeat(arr["betas"][None], f, 0).reshape(-1, 10), arr["transl"].reshape(-1, 3)
+    )
     d = root / video_id
     d.mkdir(parents=True)
     np.savez(
-        d / "gt.npz", video_id=np.array(video_id), fps=np.array(30.0), width=np.array(W), height=np.array(H),
-        n_frames=np.array(f), pts=np.arange(f) / 30.0, K=K, cam_R=np.repeat(np.eye(3)[None], f, 0),
-        cam_t=np.zeros((f, 3)), person_id=np.arange(p, dtype=np.int64) + 7, betas=arr["betas"], poses=arr["poses"],
-        transl=arr["transl"], world_poses=arr["poses"], world_transl=arr["transl"],
+        d / "gt.npz",
+        video_id=np.array(video_id),
+        fps=np.array(30.0),
+        width=np.array(W),
+        height=np.array(H),
+        n_frames=np.array(f),
+        pts=np.arange(f) / 30.0,
+        K=K,
+        cam_R=np.repeat(np.eye(3)[None], f, 0),
+        cam_t=np.zeros((f, 3)),
+        person_id=np.arange(p, dtype=np.int64) + 7,
+        betas=arr["betas"],
+        poses=arr["poses"],
+        transl=arr["transl"],
+        world_poses=arr["poses"],
+        world_transl=arr["transl"],
         in_frame=np.ones((f, p), bool),
         visible_frac=(np.ones((f, p), np.float32) if visible is None else visible.astype(np.float32)),
-        boxes=np.zeros((f, p, 4), np.float32), joints2d=np.zeros((f, p, 24, 2), np.float32),
-        joints3d=j.reshape(f, p, 24, 3), gender=np.array("neutral"), body_model=np.array("synthetic"),
+        boxes=np.zeros((f, p, 4), np.float32),
+        joints2d=np.zeros((f, p, 24, 2), np.float32),
+        joints3d=j.reshape(f, p, 24, 3),
+        gender=np.array("neutral"),
+        body_model=np.array("synthetic"),
         body_model_sha256=np.array("0" * 64),
     )
 
@@ -76,24 +93,36 @@ def write_tracks(root: Path, video_id: str, rows: list[dict]) -> None:
         flat = np.concatenate([np.asarray(r[key], np.float32) for r in rows]) if n else np.zeros(0, np.float32)
         return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)
 
-    table = pa.table({
-        "video_id": pa.array([video_id] * n, pa.string()),
-        "track_id": pa.array([r["track_id"] for r in rows], pa.int64()),
-        "frame_idx": pa.array([r["frame_idx"] for r in rows], pa.int64()),
-        "pts_s": pa.array([r["frame_idx"] / 30.0 for r in rows], pa.float64()),
-        "pose": fsl("pose", 72), "betas": fsl("betas", 10), "transl": fsl("transl", 3),
-        "confidence": pa.array([1.0] * n, pa.float32()),
-        "observed": pa.array([r.get("observed", True) for r in rows], pa.bool_()),
-    })
+    table = pa.table(
+        {
+            "video_id": pa.array([video_id] * n, pa.string()),
+            "track_id": pa.array([r["track_id"] for r in rows], pa.int64()),
+            "frame_idx": pa.array([r["frame_idx"] for r in rows], pa.int64()),
+            "pts_s": pa.array([r["frame_idx"] / 30.0 for r in rows], pa.float64()),
+            "pose": fsl("pose", 72),
+            "betas": fsl("betas", 10),
+            "transl": fsl("transl", 3),
+            "confidence": pa.array([1.0] * n, pa.float32()),
+            "observed": pa.array([r.get("observed", True) for r in rows], pa.bool_()),
+        }
+    )
     pq.write_table(table, d / "tracks.parquet")
 
 
 def perfect_rows(arr: dict[str, np.ndarray], track_of=lambda p, f: 100 + p, skip=lambda p, f: False) -> list[dict]:
     f_n, p_n = arr["poses"].shape[:2]
     return [
-        {"track_id": track_of(p, f), "frame_idx": f, "pose": arr["poses"][f, p], "betas": arr["betas"][p],
-         "transl": arr["transl"][f, p], "observed": True}
-        for p in range(p_n) for f in range(f_n) if not skip(p, f)
+        {
+            "track_id": track_of(p, f),
+            "frame_idx": f,
+            "pose": arr["poses"][f, p],
+            "betas": arr["betas"][p],
+            "transl": arr["transl"][f, p],
+            "observed": True,
+        }
+        for p in range(p_n)
+        for f in range(f_n)
+        if not skip(p, f)
     ]
 
 
@@ -215,7 +244,11 @@ def test_false_track_is_counted_as_false_positives(tmp_path: Path, toy) -> None:
     arr = gt_arrays()
     write_gt(tmp_path / "gt", "clip", arr)
     rows = perfect_rows(arr)
-    ghost = {"pose": np.zeros(72, np.float32), "betas": np.zeros(10, np.float32), "transl": np.array([0.0, 0, 8.0], np.float32)}
+    ghost = {
+        "pose": np.zeros(72, np.float32),
+        "betas": np.zeros(10, np.float32),
+        "transl": np.array([0.0, 0, 8.0], np.float32),
+    }
     rows += [{"track_id": 55, "frame_idx": f, **ghost} for f in range(8)]
     write_tracks(tmp_path / "pred", "clip", rows)
     r = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy).per_video.loc["clip"]
@@ -313,9 +346,17 @@ def test_predictions_are_boxed_with_their_own_recorded_camera(tmp_path: Path, to
     write_tracks(tmp_path / "pred", "clip", perfect_rows(far))
     blind = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy).per_video.loc["clip"]
     assert blind["recall"] < 0.5  # boxed with the GT focal the deep bodies are a third of the size
-    cam = {"model": "pinhole", "focal_px": 3 * float(K[0, 0]), "cx": float(K[0, 2]) / 2, "cy": float(K[1, 2]) / 2,
-           "width": W // 2, "height": H // 2}  # decoded at half resolution: rescaled to GT pixels
-    (tmp_path / "pred" / "clip" / "manifest.json").write_text(json.dumps({"camera": {**cam, "focal_px": cam["focal_px"] / 2}}))
+    cam = {
+        "model": "pinhole",
+        "focal_px": 3 * float(K[0, 0]),
+        "cx": float(K[0, 2]) / 2,
+        "cy": float(K[1, 2]) / 2,
+        "width": W // 2,
+        "height": H // 2,
+    }  # decoded at half resolution: rescaled to GT pixels
+    (tmp_path / "pred" / "clip" / "manifest.json").write_text(
+        json.dumps({"camera": {**cam, "focal_px": cam["focal_px"] / 2}})
+    )
     seen = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy).per_video.loc["clip"]
     assert seen["recall"] == 1.0 and seen["precision"] == 1.0
     assert seen["pa_mpjpe_mm"] == pytest.approx(0.0, abs=1e-3)

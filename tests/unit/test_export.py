@@ -31,9 +31,13 @@ def make_sequence(rng: np.random.Generator, track_id: int, frame_idx: np.ndarray
     rot = Rotation.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(t, 24, 3, 3)
     rot[:, 0] = np.diag([1.0, -1.0, -1.0]) @ rot[:, 0]  # upright in the camera (y down)
     return SMPLSequence(
-        video_id="clip", track_id=track_id, betas=rng.normal(scale=0.5, size=10).astype(np.float32),
-        frame_idx=np.asarray(frame_idx, np.int64), pts=np.asarray(frame_idx, np.float64) / FPS + 0.04,
-        observed=rng.random(t) > 0.3, rotmats=rot.astype(np.float32),
+        video_id="clip",
+        track_id=track_id,
+        betas=rng.normal(scale=0.5, size=10).astype(np.float32),
+        frame_idx=np.asarray(frame_idx, np.int64),
+        pts=np.asarray(frame_idx, np.float64) / FPS + 0.04,
+        observed=rng.random(t) > 0.3,
+        rotmats=rot.astype(np.float32),
         transl=(rng.normal(scale=0.2, size=(t, 3)) + [0.3 * track_id, 0.2, 4.0]).astype(np.float32),
         confidence=rng.random(t).astype(np.float32),
     )
@@ -85,11 +89,20 @@ def test_trc_read_back_with_pandas(out_dir: Path, body_model, tmp_path: Path) ->
     np.testing.assert_allclose(df[1].to_numpy(), track.pts, atol=1e-6)
     # independent forward pass: joints in camera frame -> Y-up mm
     with torch.no_grad():
-        j = body_model.forward_axis_angle(torch.from_numpy(track.poses), torch.from_numpy(np.tile(track.betas, (20, 1))),
-                                          torch.from_numpy(track.transl)).joints.double().numpy()
+        j = (
+            body_model.forward_axis_angle(
+                torch.from_numpy(track.poses),
+                torch.from_numpy(np.tile(track.betas, (20, 1))),
+                torch.from_numpy(track.transl),
+            )
+            .joints.double()
+            .numpy()
+        )
     expect = j * np.array([1.0, -1.0, -1.0]) * 1000.0
     np.testing.assert_allclose(df.iloc[:, 2:].to_numpy().reshape(20, 24, 3), expect, atol=0.05)
-    assert (df.iloc[:, 3::3].to_numpy().reshape(20, 24)[:, 15] > df.iloc[:, 3::3].to_numpy()[:, 0]).all()  # head above pelvis (Y up)
+    assert (
+        df.iloc[:, 3::3].to_numpy().reshape(20, 24)[:, 15] > df.iloc[:, 3::3].to_numpy()[:, 0]
+    ).all()  # head above pelvis (Y up)
 
 
 def test_trc_surface_markers_in_metres(out_dir: Path, body_model, tmp_path: Path) -> None:
@@ -169,8 +182,15 @@ def test_bvh_forward_kinematics_matches_body_model(out_dir: Path, body_model, tm
     mocap = bvh.Bvh(path.read_text())
     track = load_video_output(out_dir).track(4)
     with torch.no_grad():
-        j = body_model.forward_axis_angle(torch.from_numpy(track.poses), torch.from_numpy(np.tile(track.betas, (12, 1))),
-                                          torch.from_numpy(track.transl)).joints.double().numpy()
+        j = (
+            body_model.forward_axis_angle(
+                torch.from_numpy(track.poses),
+                torch.from_numpy(np.tile(track.betas, (12, 1))),
+                torch.from_numpy(track.transl),
+            )
+            .joints.double()
+            .numpy()
+        )
     f = 5
     world_r: dict[int, np.ndarray] = {}
     world_p: dict[int, np.ndarray] = {}

@@ -64,8 +64,9 @@ def test_csv_manifest_with_relative_paths_and_metadata(tmp_path: Path) -> None:
 def test_parquet_manifest_with_given_ids(tmp_path: Path) -> None:
     _touch(tmp_path / "a.mp4")
     _touch(tmp_path / "b.mp4")
-    pd.DataFrame({"path": [str(tmp_path / "a.mp4"), "b.mp4"], "video_id": ["walk_01", None],
-                  "age": [71, 64]}).to_parquet(tmp_path / "m.parquet")
+    pd.DataFrame(
+        {"path": [str(tmp_path / "a.mp4"), "b.mp4"], "video_id": ["walk_01", None], "age": [71, 64]}
+    ).to_parquet(tmp_path / "m.parquet")
     vids = {v.video_id: v for v in enumerate_inputs(tmp_path / "m.parquet")}
     assert set(vids) == {"walk_01", "b"}
     assert vids["walk_01"].metadata == {"age": 71}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hmrflow.pipeline.config import load_config
-from hmrflow.pipeline.errors import ConfigError
 from hmrflow.jobs.batch.inputs import InputError
 from hmrflow.jobs.batch.job_spec import job_inputs, load_job_spec
+from hmrflow.pipeline.config import load_config
+from hmrflow.pipeline.errors import ConfigError
 
 GOOD = """
 name: gait-nightly
@@ -48,7 +48,7 @@ def test_valid_spec_resolves_paths_and_strictness(tmp_path: Path) -> None:
         (GOOD.replace("max_attempts: 2", "max_attempts: 0"), "max_attempts"),
         (GOOD.replace("name: gait-nightly", "name: ../evil"), "name"),
         (GOOD.replace("  - manifest: lists/extra.csv", "  - manifest: a.csv\n    folder: b"), "exactly one of"),
-        (GOOD.replace("    patterns: [\"**/*.mp4\"]\n", "    patterns: []\n"), "'patterns' is empty"),
+        (GOOD.replace('    patterns: ["**/*.mp4"]\n', "    patterns: []\n"), "'patterns' is empty"),
         ("name: x\noutput: o\ninputs: []\n", "inputs"),
         ("- just\n- a list\n", "top level must be a mapping"),
     ],

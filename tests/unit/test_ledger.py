@@ -32,8 +32,21 @@ def _output(tmp_path: Path, vid: str) -> str:
 
 def _finish(led: Ledger, tmp_path: Path, vid: str, run: str = "r1") -> None:
     led.mark_running(vid, run)
-    led.mark_done(vid, run, {"output": _output(tmp_path, vid), "frames": 10, "tracks": 2, "people": 1,
-                             "rows": 20, "observed": 18, "filled": 2, "input_sha256": "", "seconds": 1.5})
+    led.mark_done(
+        vid,
+        run,
+        {
+            "output": _output(tmp_path, vid),
+            "frames": 10,
+            "tracks": 2,
+            "people": 1,
+            "rows": 20,
+            "observed": 18,
+            "filled": 2,
+            "input_sha256": "",
+            "seconds": 1.5,
+        },
+    )
 
 
 def test_new_inputs_are_queued_then_done_is_skipped(tmp_path: Path) -> None:
@@ -45,8 +58,19 @@ def test_new_inputs_are_queued_then_done_is_skipped(tmp_path: Path) -> None:
         assert led.mark_running("a", "r1") == 1
         assert led.get("a").status == RUNNING
         _output(tmp_path, "a")
-        led.mark_done("a", "r1", {"output": str(tmp_path / "out" / "a"), "frames": 10, "tracks": 2, "rows": 20,
-                                  "observed": 18, "filled": 2, "seconds": 1.5})
+        led.mark_done(
+            "a",
+            "r1",
+            {
+                "output": str(tmp_path / "out" / "a"),
+                "frames": 10,
+                "tracks": 2,
+                "rows": 20,
+                "observed": 18,
+                "filled": 2,
+                "seconds": 1.5,
+            },
+        )
         e = led.get("a")
         assert (e.status, e.frames, e.tracks, e.observed, e.filled, e.attempts) == (DONE, 10, 2, 18, 2, 1)
         plan2 = led.plan([PlannedInput("a", a), PlannedInput("b", b)], "cfg1", 3, "r2")
@@ -171,8 +195,10 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
 
 def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
     path = tmp_path / "lock"
-    code = ("import sys, time; from hmrflow.jobs.batch.locking import JobLock; "
-            "JobLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from hmrflow.jobs.batch.locking import JobLock; "
+        "JobLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"

@@ -57,7 +57,9 @@ def test_pa_mpjpe_is_invariant_to_similarity_transform_of_prediction() -> None:
     moved = scale[:, None, None] * np.einsum("nkl,njl->njk", rots, pred) + shift
     assert np.allclose(M.pa_mpjpe(moved, gt), base, atol=1e-6)
     # and a transformed copy of gt aligns back perfectly
-    assert np.allclose(M.pa_mpjpe(scale[:, None, None] * np.einsum("nkl,njl->njk", rots, gt) + shift, gt), 0.0, atol=1e-6)
+    assert np.allclose(
+        M.pa_mpjpe(scale[:, None, None] * np.einsum("nkl,njl->njk", rots, gt) + shift, gt), 0.0, atol=1e-6
+    )
 
 
 def test_pa_mpjpe_never_uses_a_reflection() -> None:
@@ -190,4 +192,3 @@ def test_torch_path_is_differentiable() -> None:
     assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
     # a loss keeps the tensor's dtype when only the pelvis is removed
     assert M.align_pelvis(gt).dtype == torch.float32
-

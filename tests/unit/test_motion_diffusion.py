@@ -41,7 +41,9 @@ def test_canonical_round_trip_and_camera_invariance():
     assert torch.allclose(r2, rot, atol=1e-5) and torch.allclose(t2, tr, atol=1e-5)
     # moving the camera (x' = R x + t) changes nothing in the canonical features
     cam_r = Rotation.from_euler("xyz", [20, -130, 7], degrees=True).as_matrix()
-    rc, tc = world_to_camera(rot.numpy().reshape(-1, 24, 3, 3), tr.numpy().reshape(-1, 3), cam_r, np.array([1.0, -2.0, 3.0]))
+    rc, tc = world_to_camera(
+        rot.numpy().reshape(-1, 24, 3, 3), tr.numpy().reshape(-1, 3), cam_r, np.array([1.0, -2.0, 3.0])
+    )
     rc, tc = torch.from_numpy(rc).reshape(rot.shape), torch.from_numpy(tc).reshape(tr.shape)
     feats_c = canonicalise(rc, tc, reference_frame(rc[:, :, 0], tc, w))
     assert torch.allclose(feats_c, feats, atol=1e-4)
@@ -71,7 +73,11 @@ def test_conditioning_zeroes_unobserved_frames():
     frame = reference_frame(rot[:, :, 0], tr, obs.float())
     c = conditioning(rot, tr, obs, torch.full((2, 10), 0.8), frame, torch.zeros(N_FEAT), torch.ones(N_FEAT))
     assert c.shape == (2, 10, N_COND)
-    assert torch.all(c[0, 3:6] == 0) and torch.all(c[0, 2, N_FEAT] == 1) and torch.isclose(c[0, 2, N_FEAT + 1], torch.tensor(0.8))
+    assert (
+        torch.all(c[0, 3:6] == 0)
+        and torch.all(c[0, 2, N_FEAT] == 1)
+        and torch.isclose(c[0, 2, N_FEAT + 1], torch.tensor(0.8))
+    )
     # the viewing ray is a unit vector at observed frames
     assert torch.allclose(c[1, :, N_FEAT + 2 : N_FEAT + 5].norm(dim=-1), torch.ones(10), atol=1e-5)
 
@@ -94,7 +100,9 @@ def test_noise_model_is_seeded_and_faithful():
     cfg = NoiseConfig(flip_rate_hz=5.0, joint_rot_deg=0.1, joint_bias_deg=0.0, root_rot_deg=0.0)
     c = apply_noise(rot, tr, np.random.default_rng(6), 30.0, cfg)
     assert c.flipped.any()
-    right = Rotation.from_matrix(c.rotmats[c.flipped, JOINT_INDEX["right_knee"]].astype(np.float64)).as_euler("xyz", degrees=True)
+    right = Rotation.from_matrix(c.rotmats[c.flipped, JOINT_INDEX["right_knee"]].astype(np.float64)).as_euler(
+        "xyz", degrees=True
+    )
     assert np.allclose(right[:, 0], 60.0, atol=2.0)
     # confidence is informative: lower next to gaps
     assert 0 < a.confidence.min() and a.confidence.max() <= 1
@@ -189,8 +197,20 @@ def test_dpm_sampler_runs_and_is_deterministic():
 def test_training_writes_checkpoint_and_resumes(tmp_path):
     from hmrflow.priors.motion_diffusion.train import TrainConfig, train_prior
 
-    cfg = TrainConfig(n_motions=2, motion_seconds=3.0, batch_size=2, steps_per_epoch=2, epochs=2, d_model=16,
-                      n_layers=1, n_heads=2, ff_mult=2, window=16, val_motions=1, threads=1)
+    cfg = TrainConfig(
+        n_motions=2,
+        motion_seconds=3.0,
+        batch_size=2,
+        steps_per_epoch=2,
+        epochs=2,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        ff_mult=2,
+        window=16,
+        val_motions=1,
+        threads=1,
+    )
     out, work = tmp_path / "prior", tmp_path / "work"
     one = dict(cfg.to_dict(), epochs=2)
     train_prior(TrainConfig.from_dict(dict(one, max_minutes=0.0)), out, work, progress=False)  # stops after epoch 1
@@ -211,9 +231,30 @@ def test_train_prior_cli_writes_bundle_files(tmp_path):
     from hmrflow.jobs.cli import main
 
     out = tmp_path / "prior"
-    rc = main(["train", "prior", "--out", str(out), "--work-dir", str(tmp_path / "w"), "--motions", "2",
-               "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--threads", "1",
-               "--val-tracks", "1", "--val-seconds", "3"])
+    rc = main(
+        [
+            "train",
+            "prior",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--motions",
+            "2",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--val-tracks",
+            "1",
+            "--val-seconds",
+            "3",
+        ]
+    )
     assert rc == 0
     for name in ("config.json", "scheduler_config.json", "train_config.json", "validation.json"):
         assert (out / name).is_file(), name

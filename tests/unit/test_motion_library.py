@@ -62,8 +62,7 @@ def test_acceleration_metric_detects_a_jump() -> None:
 # ------------------------------------------------------------------ gait
 @pytest.mark.parametrize("speed,direction", [(0.8, 0.0), (1.3, 45.0), (1.8, -120.0)])
 def test_walk_speed_and_heading(speed: float, direction: float) -> None:
-    m = MOTIONS["walk"](np.random.default_rng(1), 6.0, FPS, speed=speed, direction=direction,
-                        start_xz=(2.0, -1.0))
+    m = MOTIONS["walk"](np.random.default_rng(1), 6.0, FPS, speed=speed, direction=direction, start_xz=(2.0, -1.0))
     np.testing.assert_allclose(m.trans[0, [0, 2]], [2.0, -1.0], atol=0.03)
     step = np.diff(m.trans[:, [0, 2]], axis=0)
     mean_speed = np.linalg.norm(step, axis=1).mean() * FPS
@@ -179,8 +178,15 @@ def test_compose_seams_as_smooth_as_the_segments() -> None:
 
 
 def test_compose_carries_heading_and_position() -> None:
-    m = compose_motion(np.random.default_rng(5), 12.0, FPS, names=["walk"], direction=90.0, start_xz=(1.0, 2.0),
-                       params={"walk": {"speed": 1.2, "turn_rate": 0.0}})
+    m = compose_motion(
+        np.random.default_rng(5),
+        12.0,
+        FPS,
+        names=["walk"],
+        direction=90.0,
+        start_xz=(1.0, 2.0),
+        params={"walk": {"speed": 1.2, "turn_rate": 0.0}},
+    )
     np.testing.assert_allclose(m.trans[0, [0, 2]], [1.0, 2.0], atol=0.03)
     d = m.trans[-1, [0, 2]] - m.trans[0, [0, 2]]
     assert d[0] > 0.9 * 1.2 * 12.0 * 0.95 and abs(d[1]) < 1.0  # kept walking towards +x

@@ -128,7 +128,8 @@ def test_safe_output_dir_accepts_plain_ids(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", ".", "..", "../x", "a/b", "/etc", "a\\b", ".hidden", "x\x00", "a..b", "é", "x\n", "a" * (MAX_ID_LEN + 1)]
+    "bad",
+    ["", ".", "..", "../x", "a/b", "/etc", "a\\b", ".hidden", "x\x00", "a..b", "é", "x\n", "a" * (MAX_ID_LEN + 1)],
 )
 def test_safe_output_dir_refuses(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UnsafeFileError):

@@ -79,7 +79,7 @@ def test_png_summary(report: tuple[Path, Path, Path]) -> None:
 def test_track_colors_stable_and_distinct() -> None:
     assert track_color(3) == track_color(3)
     cols = [np.array(track_color(i)) for i in range(8)]
-    assert min(np.abs(a - b).sum() for i, a in enumerate(cols) for b in cols[i + 1:]) > 40
+    assert min(np.abs(a - b).sum() for i, a in enumerate(cols) for b in cols[i + 1 :]) > 40
 
 
 def test_svg_helpers() -> None:

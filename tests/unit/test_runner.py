@@ -39,12 +39,18 @@ class BrightnessToPerson(BaseStage):
     def __call__(self, fb: FrameBatch) -> MeshEstimates:
         n = len(fb)
         return MeshEstimates(
-            video_id=fb.video_id, frame_idx=fb.frame_idx, pts=fb.pts,
-            boxes_xyxy=np.zeros((n, 4), np.float32), scores=np.ones(n, np.float32),
+            video_id=fb.video_id,
+            frame_idx=fb.frame_idx,
+            pts=fb.pts,
+            boxes_xyxy=np.zeros((n, 4), np.float32),
+            scores=np.ones(n, np.float32),
             rotmats=np.broadcast_to(np.eye(3, dtype=np.float32), (n, 24, 3, 3)).copy(),
             betas=np.zeros((n, 10), np.float32),
-            cam_t=np.stack([fb.images[:, 0, 0, 0].astype(np.float32), np.zeros(n), np.full(n, 5.0)], 1).astype(np.float32),
-            focal=np.full(n, 500, np.float32), confidence=np.ones(n, np.float32),
+            cam_t=np.stack([fb.images[:, 0, 0, 0].astype(np.float32), np.zeros(n), np.full(n, 5.0)], 1).astype(
+                np.float32
+            ),
+            focal=np.full(n, 500, np.float32),
+            confidence=np.ones(n, np.float32),
         )
 
 
@@ -55,8 +61,19 @@ class OneTrack(BaseStage):
 
 
 def to_sequences(tr: TrackedEstimates) -> list[SMPLSequence]:
-    return [SMPLSequence(tr.video_id, 0, np.zeros(10, np.float32), tr.frame_idx, tr.pts,
-                         np.ones(len(tr), bool), tr.rotmats, tr.cam_t, tr.confidence)]
+    return [
+        SMPLSequence(
+            tr.video_id,
+            0,
+            np.zeros(10, np.float32),
+            tr.frame_idx,
+            tr.pts,
+            np.ones(len(tr), bool),
+            tr.rotmats,
+            tr.cam_t,
+            tr.confidence,
+        )
+    ]
 
 
 class Collect(BaseStage):
@@ -71,8 +88,15 @@ class Collect(BaseStage):
 
 def test_local_runner_chains_and_sets_up_once(tmp_path: Path) -> None:
     dec, write = CountingDecode(10), Collect(tmp_path)
-    runner = LocalRunner(decode=dec, frame_stages=[BrightnessToPerson()], track=OneTrack(),
-                         to_sequences=to_sequences, write=write, config={"seed": 0}, progress=False)
+    runner = LocalRunner(
+        decode=dec,
+        frame_stages=[BrightnessToPerson()],
+        track=OneTrack(),
+        to_sequences=to_sequences,
+        write=write,
+        config={"seed": 0},
+        progress=False,
+    )
     out1 = runner.run(ClipRef("a", "a.mp4", n_frames=10))
     runner.run(ClipRef("b", "b.mp4", n_frames=10))
     assert dec.setups == 1
@@ -89,16 +113,28 @@ def test_local_runner_chains_and_sets_up_once(tmp_path: Path) -> None:
 
 def test_empty_video_writes_no_tracks(tmp_path: Path) -> None:
     write = Collect(tmp_path)
-    runner = LocalRunner(decode=CountingDecode(0), frame_stages=[BrightnessToPerson()], track=OneTrack(),
-                         to_sequences=to_sequences, write=write, progress=False)
+    runner = LocalRunner(
+        decode=CountingDecode(0),
+        frame_stages=[BrightnessToPerson()],
+        track=OneTrack(),
+        to_sequences=to_sequences,
+        write=write,
+        progress=False,
+    )
     runner.run(ClipRef("e", "e.mp4"))
     assert write.results[0].sequences == []
     assert "camera" not in write.results[0].extra  # nobody found: no camera to record
 
 
 def test_last_frame_stage_must_return_estimates(tmp_path: Path) -> None:
-    runner = LocalRunner(decode=CountingDecode(4), frame_stages=[], track=OneTrack(),
-                         to_sequences=to_sequences, write=Collect(tmp_path), progress=False)
+    runner = LocalRunner(
+        decode=CountingDecode(4),
+        frame_stages=[],
+        track=OneTrack(),
+        to_sequences=to_sequences,
+        write=Collect(tmp_path),
+        progress=False,
+    )
     with pytest.raises(TypeError, match="MeshEstimates"):
         runner.run(ClipRef("x", "x.mp4"))
 

@@ -143,12 +143,32 @@ def _py2_array(values: np.ndarray) -> bytes:
     """Opcodes a Python 2 NumPy writes for a float64 array (data as a py2 str)."""
     raw = values.astype("<f8").tobytes()
     dtype = (
-        b"cnumpy\ndtype\n" + _s(b"f8") + b"K\x00K\x01\x87R"
-        + b"(K\x03" + _s(b"<") + b"NNN" + b"J" + struct.pack("<i", -1) * 1 + b"J" + struct.pack("<i", -1) + b"K\x00tb"
+        b"cnumpy\ndtype\n"
+        + _s(b"f8")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + _s(b"<")
+        + b"NNN"
+        + b"J"
+        + struct.pack("<i", -1) * 1
+        + b"J"
+        + struct.pack("<i", -1)
+        + b"K\x00tb"
     )
     return (
-        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + b"K\x00\x85" + _s(b"b") + b"\x87R"
-        + b"(K\x01" + b"K" + bytes([len(values)]) + b"\x85" + dtype + b"\x89" + _s(raw) + b"tb"
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + b"K\x00\x85"
+        + _s(b"b")
+        + b"\x87R"
+        + b"(K\x01"
+        + b"K"
+        + bytes([len(values)])
+        + b"\x85"
+        + dtype
+        + b"\x89"
+        + _s(raw)
+        + b"tb"
     )
 
 
@@ -157,9 +177,13 @@ def test_python2_pickle_with_chumpy_and_latin1_array_data():
     ch_state = b"}" + _s(b"x") + _py2_array(values) + b"s"
     blob = (
         b"\x80\x02}"
-        + _s(b"v_template") + _py2_array(values) + b"s"
+        + _s(b"v_template")
+        + _py2_array(values)
+        + b"s"
         + _s(b"shapedirs")
-        + b"ccopy_reg\n_reconstructor\n(cchumpy.ch\nCh\nc__builtin__\nobject\nNtR" + ch_state + b"b"
+        + b"ccopy_reg\n_reconstructor\n(cchumpy.ch\nCh\nc__builtin__\nobject\nNtR"
+        + ch_state
+        + b"b"
         + b"s."
     )
     out = loads_smpl_pickle(blob, source="basicModel.pkl")

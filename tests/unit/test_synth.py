@@ -67,14 +67,21 @@ def test_world_parameters_map_to_camera(clip, body) -> None:
     n, p = g["poses"].shape[:2]
     rot = axis_angle_to_matrix(torch.from_numpy(g["world_poses"]).reshape(n * p, 24, 3))
     with torch.no_grad():
-        out = body.model(rot, torch.from_numpy(g["betas"]).repeat(n, 1), torch.from_numpy(g["world_transl"]).reshape(n * p, 3))
+        out = body.model(
+            rot, torch.from_numpy(g["betas"]).repeat(n, 1), torch.from_numpy(g["world_transl"]).reshape(n * p, 3)
+        )
     jw = out.joints[:, :24].reshape(n, p, 24, 3).double().numpy()
     jc = np.einsum("fij,fpkj->fpki", g["cam_R"], jw) + g["cam_t"][:, None, None]
     assert np.abs(jc - g["joints3d"]).max() < 1e-4
     # change_frame applied to world params gives the stored camera params
     j0 = body.model.rest_joints(torch.from_numpy(g["betas"]))[:, 0]
-    root, tr = change_frame(torch.from_numpy(g["world_poses"][..., :3]), torch.from_numpy(g["world_transl"]), j0[None],
-                            torch.from_numpy(g["cam_R"]).float()[:, None], torch.from_numpy(g["cam_t"]).float()[:, None])
+    root, tr = change_frame(
+        torch.from_numpy(g["world_poses"][..., :3]),
+        torch.from_numpy(g["world_transl"]),
+        j0[None],
+        torch.from_numpy(g["cam_R"]).float()[:, None],
+        torch.from_numpy(g["cam_t"]).float()[:, None],
+    )
     assert np.abs(tr.numpy() - g["transl"]).max() < 1e-5
     # the people stand on the ground: lowest vertex of frame 0 at y = 0
     assert abs(float(out.vertices[:p, :, 1].min())) < 1e-4
@@ -110,7 +117,8 @@ def test_person_behind_pillar_is_invisible(body, tmp_path) -> None:
     trans[:, 2] += 5.0 - trans[0, 2]
     scene = dataclasses.replace(
         scene,
-        cam_R=np.repeat(R[None], n, 0), cam_t=np.repeat(t[None], n, 0),
+        cam_R=np.repeat(R[None], n, 0),
+        cam_t=np.repeat(t[None], n, 0),
         people=[dataclasses.replace(person, trans=trans)],
         occluders=[Occluder((0.0, 2.0), (3.0, 4.0, 0.3), 0.0, (0.5, 0.5, 0.5))],
     )
@@ -119,7 +127,9 @@ def test_person_behind_pillar_is_invisible(body, tmp_path) -> None:
     assert (g["visible_frac"] < 1e-3).all()
     assert np.isnan(g["boxes"]).all()
     # without the pillar the same person is fully visible
-    g2 = np.load(render_scene(dataclasses.replace(scene, occluders=[]), tmp_path / "b", body, progress=False) / "gt.npz")
+    g2 = np.load(
+        render_scene(dataclasses.replace(scene, occluders=[]), tmp_path / "b", body, progress=False) / "gt.npz"
+    )
     assert (g2["visible_frac"] > 0.99).all()
     assert np.isfinite(g2["boxes"]).all()
 

@@ -130,7 +130,7 @@ def test_pose_correctives_are_small_bulges_on_the_diagonal(model):
     knee = JI["left_knee"]
     feat = np.zeros(207)
     R = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0.0]])
-    feat[9 * (knee - 1): 9 * knee] = (R - np.eye(3)).ravel()
+    feat[9 * (knee - 1) : 9 * knee] = (R - np.eye(3)).ravel()
     off = np.linalg.norm(P @ feat, axis=1)
     near = np.linalg.norm(model["v_template"] - model["J"][knee], axis=1) < 0.08
     assert off[near].max() > 0.005 and off[~near].max() < 0.5 * off[near].max()
@@ -147,8 +147,19 @@ def test_deterministic_and_seeded(model):
 
 def test_vertex_ids_cover_smplx_extra_joints(model):
     ids = sb.guess_vertex_ids(model["v_template"], model["J"])
-    names = {"nose", "reye", "leye", "rear", "lear", "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe",
-             "RHeel"} | {f"{s}{t}" for s in "lr" for t in ("thumb", "index", "middle", "ring", "pinky")}
+    names = {
+        "nose",
+        "reye",
+        "leye",
+        "rear",
+        "lear",
+        "LBigToe",
+        "LSmallToe",
+        "LHeel",
+        "RBigToe",
+        "RSmallToe",
+        "RHeel",
+    } | {f"{s}{t}" for s in "lr" for t in ("thumb", "index", "middle", "ring", "pinky")}
     assert set(ids) == names
     v = model["v_template"]
     assert v[ids["leye"], 0] > 0 > v[ids["reye"], 0]

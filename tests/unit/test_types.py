@@ -79,8 +79,15 @@ def test_sequence_meta_fields_survive_columns() -> None:
 
 
 def test_sequence_rejects_unsorted_frames_and_bad_betas() -> None:
-    kw = dict(video_id="c", track_id=0, pts=np.zeros(2), observed=np.ones(2, bool),
-              rotmats=np.zeros((2, 24, 3, 3)), transl=np.zeros((2, 3)), confidence=np.ones(2))
+    kw = dict(
+        video_id="c",
+        track_id=0,
+        pts=np.zeros(2),
+        observed=np.ones(2, bool),
+        rotmats=np.zeros((2, 24, 3, 3)),
+        transl=np.zeros((2, 3)),
+        confidence=np.ones(2),
+    )
     with pytest.raises(ValueError, match="increasing"):
         SMPLSequence(betas=np.zeros(10), frame_idx=np.array([3, 3]), **kw)
     with pytest.raises(ValueError, match="betas"):

@@ -37,7 +37,6 @@ from hmrflow.stages.mesh.model import MeshEstimator
 log = logging.getLogger(__name__)
 
 
-
 # ----------------------------------------------------------------------------- plan
 @dataclass(frozen=True)
 class ECLMPlan:
@@ -180,8 +179,9 @@ def forward_features_merged(backbone: ViTBackbone, crops: torch.Tensor, plan: EC
     return backbone.last_norm(x)
 
 
-def _walk_plan(depth: int, spans: Sequence[int], keep_first: int,
-               pick: Callable[[list[int]], Optional[int]]) -> ECLMPlan:
+def _walk_plan(
+    depth: int, spans: Sequence[int], keep_first: int, pick: Callable[[list[int]], Optional[int]]
+) -> ECLMPlan:
     """Walk from the last block to the first (as :func:`search_plan` does); at each block,
     ``pick`` chooses the span of a group ending there among those that fit after
     ``keep_first`` (None: no group here, move one block down)."""
@@ -198,8 +198,9 @@ def _walk_plan(depth: int, spans: Sequence[int], keep_first: int,
     return ECLMPlan(depth, tuple(groups))
 
 
-def sample_plan(depth: int, gen: torch.Generator, spans: Sequence[int] = (2, 3), keep_first: int = 1,
-                p_merge: float = 0.6) -> ECLMPlan:
+def sample_plan(
+    depth: int, gen: torch.Generator, spans: Sequence[int] = (2, 3), keep_first: int = 1, p_merge: float = 0.6
+) -> ECLMPlan:
     """A random plan of the family :func:`search_plan` explores: a group of a random span in
     ``spans`` ends at each block with probability ``p_merge``."""
 
@@ -362,8 +363,14 @@ class ECLMStep:
     depth: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"group": list(self.group), "cka": self.cka, **self.errors, "increase_mm": self.increase_mm,
-                "accepted": self.accepted, "depth_if_accepted": self.depth}
+        return {
+            "group": list(self.group),
+            "cka": self.cka,
+            **self.errors,
+            "increase_mm": self.increase_mm,
+            "accepted": self.accepted,
+            "depth_if_accepted": self.depth,
+        }
 
 
 @dataclass
@@ -375,8 +382,12 @@ class ECLMResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "plan": json.loads(self.plan.to_json()), "base_depth": self.plan.base_depth, "final_depth": self.plan.depth,
-            "baseline": self.baseline, "final": self.final, "steps": [s.as_dict() for s in self.steps],
+            "plan": json.loads(self.plan.to_json()),
+            "base_depth": self.plan.base_depth,
+            "final_depth": self.plan.depth,
+            "baseline": self.baseline,
+            "final": self.final,
+            "steps": [s.as_dict() for s in self.steps],
         }
 
 
@@ -425,8 +436,15 @@ def search_plan(
             ok = inc <= cfg.eps_mm
             step = ECLMStep((first, last), cka, errs, inc, ok, trial.depth)
             steps.append(step)
-            log.info("ECLM merge blocks %d..%d (CKA %.3f): %s %+.2f mm -> %s", first, last, cka,
-                     cfg.error_metric, inc, "accepted" if ok else "rejected")
+            log.info(
+                "ECLM merge blocks %d..%d (CKA %.3f): %s %+.2f mm -> %s",
+                first,
+                last,
+                cka,
+                cfg.error_metric,
+                inc,
+                "accepted" if ok else "rejected",
+            )
             if progress:
                 progress(step)
             if ok:

@@ -31,8 +31,11 @@ class FlopCount:
 
     def as_dict(self) -> dict[str, int]:
         return {
-            "patch_embed": self.patch_embed, "blocks": self.blocks, "matching": self.matching,
-            "head": self.head, "total": self.total,
+            "patch_embed": self.patch_embed,
+            "blocks": self.blocks,
+            "matching": self.matching,
+            "head": self.head,
+            "total": self.total,
         }
 
 

@@ -65,7 +65,9 @@ class Matching:
             flat = (self.dst_idx + torch.arange(bsz, device=x.device)[:, None] * nb).reshape(-1)
             b = b.index_add_(0, flat, src.reshape(-1, c)).view(bsz, nb, c)
         else:
-            b = x[:, 1::2].scatter_reduce(1, self.dst_idx[..., None].expand(-1, -1, c), src, reduce=mode, include_self=True)
+            b = x[:, 1::2].scatter_reduce(
+                1, self.dst_idx[..., None].expand(-1, -1, c), src, reduce=mode, include_self=True
+            )
         return torch.cat([unm, b], dim=1)
 
     def merge_weighted(self, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +132,9 @@ class Matching:
         return x.gather(1, pos[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def mergeable_count(protect: Optional[torch.Tensor], n: int, batch: int, device: torch.device | None = None) -> torch.Tensor:
+def mergeable_count(
+    protect: Optional[torch.Tensor], n: int, batch: int, device: torch.device | None = None
+) -> torch.Tensor:
     """(B,) long: A tokens of each sample that could be merged (unprotected, with at least one
     unprotected B token to go to)."""
     na = (n + 1) // 2

@@ -113,9 +113,7 @@ def r_schedule(cfg: MaskToMeConfig, depth: int) -> list[int]:
     return out
 
 
-def protect_mask(
-    token_masks: torch.Tensor, threshold: float = 0.0, dilate: int = 0
-) -> torch.Tensor:
+def protect_mask(token_masks: torch.Tensor, threshold: float = 0.0, dilate: int = 0) -> torch.Tensor:
     """Person coverage per token cell (B, gh, gw) (float in [0, 1] or bool) -> (B, gh*gw) bool
     (row-major, the backbone's token order): True where coverage > ``threshold``, grown by
     ``dilate`` cells."""
@@ -229,7 +227,9 @@ def resolve_protect(protect: Optional[torch.Tensor], cfg: MaskToMeConfig) -> Opt
         return protect_mask(protect, cfg.protect_threshold, cfg.protect_dilate)
     if protect.ndim == 2 and protect.dtype == torch.bool:
         return protect
-    raise ValueError(f"protect must be (B, N) bool or (B, gh, gw) token coverage, got {tuple(protect.shape)} {protect.dtype}")
+    raise ValueError(
+        f"protect must be (B, N) bool or (B, gh, gw) token coverage, got {tuple(protect.shape)} {protect.dtype}"
+    )
 
 
 def tome_forward(model: nn.Module, crops: torch.Tensor, protect: Optional[torch.Tensor], cfg: MaskToMeConfig):
@@ -243,9 +243,9 @@ def tome_forward(model: nn.Module, crops: torch.Tensor, protect: Optional[torch.
         parts = [_tome_forward_batch(model, crops[idx], protect[idx], cfg) for idx in order.split(cfg.group_size)]
         inverse = order.argsort()
         first = parts[0]
-        return type(first)(**{
-            f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in dataclasses.fields(first)
-        })
+        return type(first)(
+            **{f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in dataclasses.fields(first)}
+        )
     return _tome_forward_batch(model, crops, protect, cfg)
 
 
@@ -261,7 +261,9 @@ def _tome_forward_batch(model: nn.Module, crops: torch.Tensor, protect: Optional
     return model.forward_head(merged.tokens, merged.sizes[:, None, None, :].log())
 
 
-def _tome_model_forward(model: nn.Module, cfg: MaskToMeConfig, crops: torch.Tensor, protect: Optional[torch.Tensor] = None):
+def _tome_model_forward(
+    model: nn.Module, cfg: MaskToMeConfig, crops: torch.Tensor, protect: Optional[torch.Tensor] = None
+):
     return tome_forward(model, crops, protect, cfg)
 
 
