@@ -2,6 +2,7 @@
 # One-command set-up for a fresh machine.
 #   bash jobs/bootstrap.sh demo   -> install, then run the demo (synthetic clip, bundled model)
 #   bash jobs/bootstrap.sh test   -> install, then run the default test suite (pytest)
+#   bash jobs/bootstrap.sh lint   -> install, then ruff (lint + format check) and mypy on the typed packages
 # torch is installed first and pinned to the CPU build on machines without CUDA, so pip
 # never resolves a multi-GB CUDA torch; an already installed torch is kept.
 set -euo pipefail
@@ -13,12 +14,22 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "[bootstrap] installing torch==2.13.0 (CPU build when available)"
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-echo "[bootstrap] installing hmrflow (editable) with test, fast-path, Ray and export extras"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test,fast,ray,export]"
+echo "[bootstrap] installing hmrflow (editable) with test, lint, fast-path, Ray and export extras"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,fast,ray,export,lint]"
 
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 case "$what" in
   test) exec "$PY" -m pytest "$@" ;;
   demo) exec hmrflow demo "$@" ;;
-  *) echo "usage: bash jobs/bootstrap.sh {demo|test} [args...]" >&2; exit 2 ;;
+  lint)
+    "$PY" -m ruff check .
+    "$PY" -m ruff format --check .
+    # mypy resolves hmrflow.* through a tree of links (the package maps the repo's top-level
+    # folders to hmrflow.<folder>, which an editable install exposes only through an import hook)
+    root=$PWD; tree=$(mktemp -d); trap 'rm -rf "$tree"' EXIT
+    mkdir "$tree/hmrflow"
+    for d in pipeline stages priors jobs configs; do ln -s "$root/$d" "$tree/hmrflow/$d"; done
+    (cd "$tree" && "$PY" -m mypy --config-file "$root/pyproject.toml")
+    ;;
+  *) echo "usage: bash jobs/bootstrap.sh {demo|test|lint} [args...]" >&2; exit 2 ;;
 esac

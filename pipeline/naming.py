@@ -100,7 +100,7 @@ def assign_video_ids(paths: Iterable[P], max_len: int = MAX_ID_LEN) -> dict[P, s
     """
     unique: dict[str, P] = {}
     for p in paths:
-        unique.setdefault(os.path.abspath(os.fspath(p)), p)  # type: ignore[arg-type]
+        unique.setdefault(os.path.abspath(os.fspath(p)), p)  # type: ignore[call-overload]
     base = {full: sanitize_video_id(full, max_len) for full in unique}
     groups: dict[str, list[str]] = defaultdict(list)
     for full, vid in base.items():

@@ -125,7 +125,7 @@ def pack_columns(cols: Mapping[str, np.ndarray] | None) -> bytes:
     if cols is None:
         return b""
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in cols.items()})
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in cols.items()})  # type: ignore[arg-type]
     return buf.getvalue()
 
 
@@ -226,8 +226,9 @@ class FusedFrames:
                 )
 
     def __del__(self) -> None:
-        if getattr(self, "worker", None) is not None:
-            self.worker.close()
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.close()
 
 
 # ------------------------------------------------------------------ video part
@@ -317,7 +318,7 @@ def finish_videos(batch: Mapping[str, np.ndarray], spec: PipelineSpec) -> dict[s
 
 
 # ------------------------------------------------------------------ the runner
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to ``address`` or start a local Ray (dashboard and usage stats off).
 
     num_cpus / num_gpus: what a local instance declares (None: what Ray detects).
@@ -388,7 +389,7 @@ class RayRunner:
             {"video_id": t.video_id, "path": t.path, "extra": json.dumps(dict(t.extra), sort_keys=True, default=str)}
             for t in tasks
         ]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), plan.frame_workers * 2)))
+        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), plan.frame_workers * 2)))
         ds = ds.map_batches(
             FusedFrames,
             batch_size=1,
@@ -414,7 +415,11 @@ class RayRunner:
             )
         # nothing to keep alive: plain tasks build the (cheap) stages per video
         return ds.map_batches(
-            finish_videos, batch_size=1, batch_format="numpy", fn_args=(self.spec,), num_cpus=plan.finish.cpus
+            finish_videos,
+            batch_size=1,
+            batch_format="numpy",
+            fn_args=(self.spec,),
+            num_cpus=plan.finish.cpus,
         )
 
     def run(self, tasks: Sequence[VideoTask]) -> Iterator[VideoOutcome]:

@@ -49,8 +49,8 @@ Array = Union[np.ndarray, torch.Tensor]
 def _check_pair(pred: Array, gt: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Two (N, J, 3) arrays as float64 tensors, and whether the caller gave NumPy."""
     is_np = not isinstance(pred, torch.Tensor)
-    p = torch.as_tensor(np.asarray(pred, np.float64)) if is_np else pred.double()
-    g = torch.as_tensor(np.asarray(gt, np.float64)) if not isinstance(gt, torch.Tensor) else gt.double()
+    p = pred.double() if isinstance(pred, torch.Tensor) else torch.as_tensor(np.asarray(pred, np.float64))
+    g = gt.double() if isinstance(gt, torch.Tensor) else torch.as_tensor(np.asarray(gt, np.float64))
     if is_np:
         g = g.detach().cpu()
     else:
@@ -150,9 +150,9 @@ def pve(
     p, g, is_np = _check_pair(pred_vertices, gt_vertices)
     if (pred_pelvis is None) != (gt_pelvis is None):
         raise ValueError("give both pelvis arrays or neither")
-    if pred_pelvis is not None:
-        p = _align_pelvis_t(p, torch.as_tensor(np.asarray(pred_pelvis, np.float64)) if is_np else pred_pelvis.double())
-        g = _align_pelvis_t(g, torch.as_tensor(np.asarray(gt_pelvis, np.float64)) if is_np else gt_pelvis.double())
+    if pred_pelvis is not None and gt_pelvis is not None:
+        p = _align_pelvis_t(p, torch.as_tensor(np.asarray(pred_pelvis, np.float64)).to(p))
+        g = _align_pelvis_t(g, torch.as_tensor(np.asarray(gt_pelvis, np.float64)).to(g))
     return _out((p - g).norm(dim=-1).mean(dim=-1) * M_TO_MM, is_np)
 
 
@@ -201,7 +201,7 @@ def accel_error(
     p, g, _ = _check_pair(np.asarray(pred), np.asarray(gt))
     pred, gt = p.numpy(), g.numpy()
     if align == "pelvis":
-        pred, gt = align_pelvis(pred), align_pelvis(gt)
+        pred, gt = pred - pred[:, PELVIS : PELVIS + 1], gt - gt[:, PELVIS : PELVIS + 1]
     elif align != "none":
         raise ValueError(f"align must be 'pelvis' or 'none', got {align!r}")
     if frame_idx is None:

@@ -19,6 +19,7 @@ import os
 import pickle
 import tempfile
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import scipy.optimize
@@ -708,7 +709,7 @@ def make_synthetic_body_model(seed: int = 0, grid_step: float = 0.0235) -> dict[
     }
 
 
-def write_smpl_pickle(arrays: dict[str, object], path: str | os.PathLike[str]) -> None:
+def write_smpl_pickle(arrays: Mapping[str, object], path: str | os.PathLike[str]) -> None:
     """Write ``arrays`` as an SMPL-style pickle (plain NumPy/SciPy objects, protocol 2), atomically."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))

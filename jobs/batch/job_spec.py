@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -145,7 +145,7 @@ def job_inputs(spec: JobSpec) -> list[InputVideo]:
     import logging
 
     log = logging.getLogger(__name__)
-    rows = []
+    rows: list[Any] = []
     for src in spec.inputs:
         try:
             if src.folder is not None:

@@ -118,7 +118,7 @@ def run_local(
     stall_timeout_s: float = 600.0,
     video_timeout_s: float | None = None,
     on_frames: Callable[[int], None] | None = None,
-    on_start: Callable[[str], None] | None = None,
+    on_start: Callable[[str], object] | None = None,
 ) -> Iterator[VideoOutcome]:
     """Process ``tasks`` one after the other; yields one outcome per task, failures included.
 

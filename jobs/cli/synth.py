@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         path = out / f"crops_{args.seed}.npz"
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **data, body_model_sha256=np.array(body.sha256))
+                np.savez(fh, **data, body_model_sha256=np.array(body.sha256))  # type: ignore[arg-type]
         log.info("wrote %d crops to %s", args.crops, path)
         return 0
     if args.bench:
