@@ -12,7 +12,8 @@ torch is imported lazily: ``pipeline`` is imported by the CLI before any model c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from hmrflow.pipeline.errors import ConfigError
 
@@ -85,3 +86,17 @@ def autocast_dtype(device: "torch.device", precision: str, cpu_bf16: bool = True
     if device.type == "cpu" and precision == "bf16" and cpu_bf16:
         return torch.bfloat16
     return None
+
+
+@contextmanager
+def isolated_torch_state(seed: int = 0) -> Iterator[None]:
+    """No gradients and torch's global RNG forked and seeded with ``seed`` for the block.
+
+    Commands that run in-process (tests, notebooks) then leave torch's global state (grad mode,
+    RNG) as they found it, and their own random draws reproduce.
+    """
+    import torch
+
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield

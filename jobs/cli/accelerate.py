@@ -61,12 +61,10 @@ def _parse_hw(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command, without gradients and with torch's global RNG left as it was (callers in the
-    same process, e.g. tests, see no changed global state)."""
-    import torch
+    """The command, leaving torch's global state (grad mode, RNG) as it was."""
+    from hmrflow.pipeline.devices import isolated_torch_state
 
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(0)
+    with isolated_torch_state(seed=0):
         return _run(args)
 
 

@@ -13,21 +13,15 @@ from __future__ import annotations
 import argparse
 import logging
 
+from hmrflow.jobs.cli.options import add_preset_arguments
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="folder, glob, CSV/Parquet manifest (path column) or video file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output root (OUT/<video_id>/ per video)")
-    parser.add_argument("--preset", default="archive", help="config preset name or YAML file (default: archive)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. --set decode.target_fps=10 (repeatable)",
-    )
+    add_preset_arguments(parser, "archive")
     parser.add_argument(
         "--address",
         default=None,

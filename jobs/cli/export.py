@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from hmrflow.jobs.cli.options import add_body_model_arguments
+
 log = logging.getLogger(__name__)
 
 
@@ -31,13 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="trc/c3d: 24 SMPL joints, or also 21 surface markers on the mesh",
     )
     p.add_argument("--units", default="mm", choices=["mm", "m"], help="trc units")
-    p.add_argument(
-        "--body-model",
-        default=None,
-        metavar="PATH",
-        help="real SMPL files (folder or .pkl); default the bundled synthetic body",
-    )
-    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    add_body_model_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hmrflow.jobs.cli.options import add_body_model_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video_dir", help="one output folder OUT_DIR/<video_id>")
@@ -29,8 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--alpha", type=float, default=0.75, help="mesh opacity")
     p.add_argument("--no-labels", action="store_true", help="do not write track ids")
-    p.add_argument("--body-model", default=None, metavar="PATH", help="real SMPL files; default the synthetic body")
-    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    add_body_model_arguments(p)
     p.add_argument("--device", default="cpu", help="torch device for posing and rasterising (auto, cpu, cuda, cuda:N)")
 
 

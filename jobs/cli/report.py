@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from hmrflow.jobs.cli.options import add_body_model_arguments
+
 log = logging.getLogger(__name__)
 
 
@@ -18,13 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dest", default=None, help="write the reports here (<dest>/<video_id>/) instead of beside the outputs"
     )
-    p.add_argument(
-        "--body-model",
-        default=None,
-        metavar="PATH",
-        help="real SMPL files (folder or .pkl); default the bundled synthetic body",
-    )
-    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    add_body_model_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

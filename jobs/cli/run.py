@@ -13,20 +13,14 @@ import argparse
 import logging
 from typing import Any
 
+from hmrflow.jobs.cli.options import add_preset_arguments
+
 log = logging.getLogger(__name__)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the pipeline (run, demo)."""
-    parser.add_argument("--preset", default="clip", help="preset name (clip, archive, clinical) or a YAML file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set decode.max_side=720 (repeatable)",
-    )
+    add_preset_arguments(parser, "clip")
     parser.add_argument("--weights", help="mesh estimator weights (.safetensors/.pt; HMR2.0 layout accepted)")
     parser.add_argument("--detector-weights", help="person detector weights")
     parser.add_argument("--prior-weights", help="motion prior folder")

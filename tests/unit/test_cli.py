@@ -37,3 +37,19 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "hmrflow.jobs.cli", "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "hmrflow" in proc.stdout
+
+
+def test_every_benchmark_runs_as_hmrflow_bench_name() -> None:
+    """Each module of jobs/bench is a target of ``hmrflow bench`` (one entry style), with its own help."""
+    from pathlib import Path
+
+    import hmrflow.jobs.bench as bench_pkg
+    from hmrflow.jobs.cli.bench import TARGETS
+    from hmrflow.jobs.cli.targets import available
+
+    modules = {p.stem for p in Path(bench_pkg.__path__[0]).glob("*.py") if p.stem != "__init__"}
+    assert {m.rsplit(".", 1)[1] for m in available(TARGETS).values()} == modules
+    for name in TARGETS:
+        with pytest.raises(SystemExit) as ex:
+            cli.main(["bench", name, "--help"])
+        assert ex.value.code == 0
