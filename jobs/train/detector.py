@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SEED = 0
 CROWDED_TRAIN_SEED = 3000
+OVERLAP_TRAIN_SEED = 4000
 VAL_SEEDS = {"easy": 1000, "crowded": 2000}
 
 
@@ -30,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="where the final weights go (default WORK/final)")
     p.add_argument("--frames", type=int, default=1500, help="training frames to render")
     p.add_argument("--crowded-frames", type=int, default=0, help="extra training frames of crowded scenes")
+    p.add_argument(
+        "--overlap-frames",
+        type=int,
+        default=0,
+        help="extra training frames where people overlap (walking groups, passing people)",
+    )
     p.add_argument("--val-frames", type=int, default=150, help="held-out frames per set (easy, crowded)")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
@@ -51,6 +58,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument(
+        "--fresh-sets",
+        nargs="*",
+        default=[],
+        metavar="NAME:SEED:CLIPS:FRAMES",
+        help="also score on CLIPS clips of configs/bench/NAME.yaml re-seeded from base SEED "
+        "(FRAMES evenly spaced frames each), e.g. crowded:7000:24:15",
+    )
+    p.add_argument(
+        "--score-only",
+        default=None,
+        metavar="WEIGHTS",
+        help="no training: score these detector weights on the held-out, benchmark and fresh sets "
+        "and write WORK/score.json (or --out/score.json)",
+    )
+    p.add_argument(
         "--bench-frames",
         type=int,
         default=10,
@@ -58,10 +80,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: Keys of one set's scores (see ``stages.detect.train.overlap_detection_scores``).
+SCORE_KEYS = (
+    "f1",
+    "precision",
+    "recall",
+    "tp",
+    "fp",
+    "fn",
+    "frames",
+    "overlap_recall",
+    "overlap_people",
+    "overlap_tp",
+    "merged_boxes",
+    "merged_frames",
+)
+
+
 def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 0.5, batch: int = 32) -> dict[str, Any]:
-    """Detection F1 (IoU >= 0.5, people >= 30% visible counted) of ``model`` on each named set."""
+    """Detection F1 (IoU >= 0.5, people >= 30% visible counted), recall on overlapping people
+    and merged-box counts of ``model`` on each named set (keys ``<set>_<score>``)."""
     from hmrflow.stages.detect.stage import detect_images
-    from hmrflow.stages.detect.train import detection_f1
+    from hmrflow.stages.detect.train import overlap_detection_scores
 
     out: dict[str, Any] = {}
     for name, data in sets.items():
@@ -70,7 +110,7 @@ def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 
             boxes += [
                 d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], score_threshold, device=device)
             ]
-        r = detection_f1(boxes, data.boxes, data.visible_frac)
+        r = overlap_detection_scores(boxes, data.boxes, data.visible_frac)
         out.update({f"{name}_{k}": v for k, v in r.items()})
     return out
 
@@ -86,9 +126,89 @@ def bench_validation(model, work: Path, frames_per_clip: int, device, train_seed
         if shared:
             raise ConfigError(f"bench set {name}: scene seeds {sorted(shared)} were used in training")
     r = evaluate_sets(model, sets, device)
-    return {
-        name: {m: r[f"{name}_{m}"] for m in ("f1", "precision", "recall", "tp", "fp", "fn", "frames")} for name in sets
+    return {name: {m: r[f"{name}_{m}"] for m in SCORE_KEYS} for name in sets}
+
+
+def parse_fresh_set(text: str) -> tuple[str, int, int, int]:
+    """``NAME:SEED:CLIPS:FRAMES`` (``--fresh-sets``) -> (set name, base seed, clips, frames per clip)."""
+    from hmrflow.pipeline.errors import ConfigError
+
+    parts = text.split(":")
+    try:
+        name, seed, clips, frames = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+    except (IndexError, ValueError):
+        raise ConfigError(f"--fresh-sets: expected NAME:SEED:CLIPS:FRAMES, got {text!r}") from None
+    if len(parts) != 4 or clips < 1 or frames < 1:
+        raise ConfigError(f"--fresh-sets: expected NAME:SEED:CLIPS:FRAMES with CLIPS, FRAMES >= 1, got {text!r}")
+    return name, seed, clips, frames
+
+
+def fresh_set_validation(
+    model, work: Path, sets: list[str], device, train_seeds: set[int], batch: int = 8
+) -> dict[str, Any]:
+    """Scores (:data:`SCORE_KEYS`) and detector milliseconds per frame on re-seeded benchmark sets.
+
+    ``sets``: ``NAME:SEED:CLIPS:FRAMES`` strings; results are keyed ``NAME_sSEED``.  The time
+    is the whole :func:`~hmrflow.stages.detect.stage.detect_images` call (letterbox, network,
+    decoding) in batches of ``batch`` frames, on ``device``.
+    """
+    from hmrflow.jobs.train.synth_frames import bench_frames
+    from hmrflow.pipeline.errors import ConfigError
+    from hmrflow.stages.detect.stage import detect_images
+    from hmrflow.stages.detect.train import overlap_detection_scores
+
+    out: dict[str, Any] = {}
+    for text in sets:
+        name, seed, clips, frames = parse_fresh_set(text)
+        data = bench_frames(name, work / "data", frames, seed=seed, n_clips=clips)
+        shared = train_seeds & set(data.scene_seed.tolist())
+        if shared:
+            raise ConfigError(f"fresh set {text}: scene seeds {sorted(shared)[:5]} were used in training")
+        boxes: list[np.ndarray] = []
+        seconds = 0.0
+        for s in range(0, len(data), batch):
+            t0 = time.perf_counter()
+            boxes += [d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], device=device)]
+            seconds += time.perf_counter() - t0
+        r = overlap_detection_scores(boxes, data.boxes, data.visible_frac)
+        r["ms_per_frame"] = 1000.0 * seconds / max(len(data), 1)
+        r["scene_seeds"] = f"{seed}..{seed + clips - 1}"
+        out[f"{name}_s{seed}"] = r
+        log.info("fresh set %s: %s", text, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    return out
+
+
+def score_only(args: argparse.Namespace) -> int:
+    """``--score-only WEIGHTS``: score existing weights, no training (see :func:`add_arguments`)."""
+    import torch
+
+    from hmrflow.jobs.train.synth_frames import render_shards
+    from hmrflow.pipeline.atomic import atomic_write_json
+    from hmrflow.pipeline.devices import resolve_device
+    from hmrflow.stages.detect.stage import load_detector
+
+    torch.set_num_threads(max(1, args.threads))
+    work = Path(args.work_dir)
+    device = resolve_device(args.device, "--device")
+    model = load_detector(args.score_only, device)
+    size = (320, 240)
+    val = {
+        k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3)
+        for k, s in VAL_SEEDS.items()
     }
+    r = evaluate_sets(model, val, device)
+    result: dict[str, Any] = {
+        "weights": str(args.score_only),
+        "sets": {k: {m: r[f"{k}_{m}"] for m in SCORE_KEYS} for k in val},
+    }
+    if args.bench_frames > 0:
+        result["bench_sets"] = bench_validation(model, work, args.bench_frames, device, set())
+    if args.fresh_sets:
+        result["fresh_sets"] = fresh_set_validation(model, work, args.fresh_sets, device, set())
+    path = (Path(args.out) if args.out else work) / "score.json"
+    atomic_write_json(path, _json_safe(result))
+    log.info("scores -> %s", path)
+    return 0
 
 
 def _json_safe(x: Any) -> Any:
@@ -115,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     from hmrflow.stages.detect.stage import save_detector
     from hmrflow.stages.detect.train import DetectorTrainer, train_loop
 
+    if args.score_only:
+        return score_only(args)
     torch.set_num_threads(max(1, args.threads))
     work = Path(args.work_dir)
     out_dir = Path(args.out) if args.out else work / "final"
@@ -141,6 +263,19 @@ def run(args: argparse.Namespace) -> int:
             size,
             shard=50,
             frames_per_scene=5,
+        )
+        train = DetectionFrames.cat([train, extra])
+    if args.overlap_frames > 0:
+        from hmrflow.jobs.train.synth_frames import DetectionFrames
+
+        extra = render_shards(
+            work / "data",
+            "overlap",
+            args.overlap_frames,
+            OVERLAP_TRAIN_SEED + args.seed,
+            size,
+            shard=50,
+            frames_per_scene=3,
         )
         train = DetectionFrames.cat([train, extra])
     val = {
@@ -205,9 +340,12 @@ def run(args: argparse.Namespace) -> int:
     }
     validation = {
         "metric": "detection F1, IoU >= 0.5, people with visible_frac >= 0.3 counted, others don't care; score >= 0.5",
-        "sets": {
-            k: {m: final[f"{k}_{m}"] for m in ("f1", "precision", "recall", "tp", "fp", "fn", "frames")} for k in val
-        },
+        "overlap_metric": (
+            "overlap_recall: recall on counted people whose GT box has IoU >= 0.3 with another counted "
+            "person's box in the frame (one-to-one matching at IoU >= 0.5); merged_boxes: detections with "
+            "IoU >= 0.5 with two or more counted people; merged_frames: frames with at least one"
+        ),
+        "sets": {k: {m: final[f"{k}_{m}"] for m in SCORE_KEYS} for k in val},
         "history": state.history,
     }
     if args.bench_frames > 0:
@@ -217,6 +355,10 @@ def run(args: argparse.Namespace) -> int:
         validation["bench_sets_note"] = (
             f"{args.bench_frames} evenly spaced frames of each of the 8 clips of configs/bench/easy.yaml "
             "and crowded.yaml (640x480), same seeds as 'hmrflow synth --bench'"
+        )
+    if args.fresh_sets:
+        validation["fresh_sets"] = fresh_set_validation(
+            trainer.model, work, args.fresh_sets, device, set(train.scene_seed.tolist())
         )
     atomic_write_json(out_dir / "train_config.json", _json_safe(config))
     atomic_write_json(out_dir / "validation.json", _json_safe(validation))

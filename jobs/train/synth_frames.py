@@ -7,11 +7,15 @@ instance map (which person owns each pixel), hence exact person masks.
 
 Two scenario families are named like the benchmark sets: ``easy`` (1-2 people, near, no
 pillars) and ``crowded`` (4-6 people, crossing paths, pillars, far and near); ``mixed``
-draws either, plus everything in between, for training.
+draws either, plus everything in between, for training.  ``overlap`` is for training the
+detector to separate people who overlap in the image: crowded-like scenes where some
+walkers get a companion walking behind or beside them (:func:`add_companions`), and the
+frames taken from each scene are those where people overlap most (:func:`overlap_frames`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from dataclasses import dataclass
@@ -22,9 +26,10 @@ import torch
 
 from hmrflow.jobs.synth.backgrounds import render_backgrounds, sample_backgrounds
 from hmrflow.jobs.synth.clip import COVERAGE_MARGIN, NEAR, BodyAssets, load_body_assets, place_people
-from hmrflow.jobs.synth.scene import SceneSpec, sample_scene
+from hmrflow.jobs.synth.scene import Person, Scene, SceneSpec, sample_betas, sample_scene
 from hmrflow.jobs.synth.world import box_mesh
 from hmrflow.pipeline.atomic import atomic_write_bytes
+from hmrflow.pipeline.boxes import box_iou, project_box
 from hmrflow.priors.rotations import axis_angle_to_matrix
 from hmrflow.stages.render.raster import rasterize
 
@@ -32,7 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Most people a rendered frame can hold (padding size of the per-frame arrays).
 MAX_PEOPLE = 8
-KINDS = ("easy", "crowded", "mixed")
+KINDS = ("easy", "crowded", "mixed", "overlap")
+#: Two people whose approximate boxes overlap at least this much make a frame an ``overlap`` frame.
+OVERLAP_FRAME_IOU = 0.25
 
 
 @dataclass(frozen=True)
@@ -109,12 +116,91 @@ def scene_spec_for(kind: str, rng: np.random.Generator, seed: int, width: int, h
             occluders=int(rng.integers(0, 3)),
             **common,
         )
+    if kind == "overlap":
+        # 4 s at 4 fps instead of 1.5 s: crossing walkers meet mid-clip, which a 1.5 s
+        # scene rarely reaches; overlap_frames then picks the frames where they do
+        lo = float(rng.uniform(0.15, 0.4))
+        return SceneSpec(
+            people=int(rng.integers(2, 6)),
+            height_frac=(lo, lo + float(rng.uniform(0.15, 0.4))),
+            walkers=float(rng.uniform(0.6, 1.0)),
+            crossing=bool(rng.random() < 0.7),
+            occluders=int(rng.integers(0, 2)),
+            **{**common, "seconds": 4.0, "fps": 4.0},
+        )
     raise ValueError(f"unknown scenario kind {kind!r}; choose one of {KINDS}")
 
 
-def render_scene_frames(spec: SceneSpec, frames: np.ndarray, body: BodyAssets) -> DetectionFrames:
-    """Render the given frame indices of the scene sampled from ``spec`` (one rasteriser call)."""
-    scene = sample_scene(spec)
+def add_companions(scene: Scene, rng: np.random.Generator, n: int) -> Scene:
+    """The scene with up to ``n`` extra people, each following a walker of the scene.
+
+    A companion repeats its leader's motion a few frames later (0-5), shifted by up to
+    0.7 m sideways and 0.3-2 m in depth (in front or behind), with its own shape and
+    colours: people walking in a group or one behind the other, who overlap in the image
+    for much of the clip.  Scenes without walkers come back unchanged.
+    """
+    from hmrflow.stages.render.shading import sample_palette
+
+    walkers = [q for q in scene.people if q.role != "idle"]
+    people = list(scene.people)
+    for _ in range(min(n, MAX_PEOPLE - len(people)) if walkers else 0):
+        lead = walkers[int(rng.integers(len(walkers)))]
+        lag = int(rng.integers(0, 6))
+        idx = np.clip(np.arange(len(lead.trans)) - lag, 0, None)
+        shift = np.array([rng.uniform(-0.7, 0.7), 0.0, rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 2.0)], np.float32)
+        people.append(
+            Person(
+                len(people),
+                sample_betas(rng),
+                sample_palette(rng),
+                lead.poses[idx].copy(),
+                (lead.trans[idx] + shift).astype(np.float32),
+                "walker",
+            )
+        )
+    return dataclasses.replace(scene, people=people)
+
+
+def approx_person_boxes(scene: Scene, world_transl: np.ndarray) -> np.ndarray:
+    """Cheap image boxes of every person in every frame, without rendering or occlusion.
+
+    Each person is taken as an upright 0.5 x 1.75 x 0.3 m block standing on the ground at
+    its root position.  world_transl: (F, P, 3) ground-placed translations (y up) ->
+    (F, P, 4) xyxy pixels (NaN when out of view).
+    """
+    corners = np.array(
+        [[x, y, z] for x in (-0.25, 0.25) for y in (0.0, 1.75) for z in (-0.15, 0.15)], np.float64
+    )  # (8, 3)
+    pts = world_transl.astype(np.float64)[:, :, None, :] * np.array([1.0, 0.0, 1.0]) + corners  # (F, P, 8, 3)
+    cam = np.einsum("fij,fpvj->fpvi", scene.cam_R, pts) + scene.cam_t[:, None, None, :]
+    return project_box(cam, scene.K, scene.spec.width, scene.spec.height)
+
+
+def overlap_frames(boxes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick ``k`` frame indices, frames where two people overlap first.
+
+    boxes: (F, P, 4) per-frame person boxes (NaN = absent).  Frames with a pair of boxes at
+    IoU >= :data:`OVERLAP_FRAME_IOU` are drawn at random (no repeats), then other frames fill
+    up to ``k``.  Returns (k,) sorted int64.
+    """
+    n = boxes.shape[0]
+    has = np.zeros(n, bool)
+    for f in range(n):
+        iou = box_iou(boxes[f], boxes[f])
+        np.fill_diagonal(iou, 0.0)
+        has[f] = bool((iou >= OVERLAP_FRAME_IOU).any())
+    first, rest = rng.permutation(np.nonzero(has)[0]), rng.permutation(np.nonzero(~has)[0])
+    return np.sort(np.concatenate([first, rest])[:k]).astype(np.int64)
+
+
+def render_scene_frames(
+    spec: SceneSpec, frames: np.ndarray, body: BodyAssets, scene: Scene | None = None
+) -> DetectionFrames:
+    """Render the given frame indices of the scene sampled from ``spec`` (one rasteriser call).
+
+    ``scene``: an already sampled (and possibly edited) scene of ``spec`` to render instead.
+    """
+    scene = scene if scene is not None else sample_scene(spec)
     gt = place_people(scene, body)
     p, H, W = len(scene.people), spec.height, spec.width
     frames = np.asarray(frames, np.int64)
@@ -222,7 +308,7 @@ def render_detection_frames(
         rng: seeds the scenes (a scene's seed is drawn from it, so sets are reproducible).
         n: number of frames.
         size: (width, height) in pixels (even numbers).
-        kind: ``easy``, ``crowded`` or ``mixed``.
+        kind: ``easy``, ``crowded``, ``mixed`` or ``overlap``.
         frames_per_scene: frames taken (evenly spaced, random phase) from each scene.
         body: preloaded body assets (default: the synthetic body model).
     """
@@ -236,9 +322,14 @@ def render_detection_frames(
         seed = int(rng.integers(0, 2**31 - 1))
         spec = scene_spec_for(kind, rng, seed, size[0], size[1])
         k = min(frames_per_scene, n - got, spec.n_frames)
-        step = spec.n_frames // k
-        idx = (int(rng.integers(0, step)) + step * np.arange(k)).clip(0, spec.n_frames - 1)
-        parts.append(render_scene_frames(spec, idx, body))
+        if kind == "overlap":
+            scene = add_companions(sample_scene(spec), rng, int(rng.integers(1, 3)))
+            idx = overlap_frames(approx_person_boxes(scene, place_people(scene, body).world_transl), k, rng)
+            parts.append(render_scene_frames(spec, idx, body, scene=scene))
+        else:
+            step = spec.n_frames // k
+            idx = (int(rng.integers(0, step)) + step * np.arange(k)).clip(0, spec.n_frames - 1)
+            parts.append(render_scene_frames(spec, idx, body))
         got += k
         bar.update(k)
     bar.close()
@@ -281,23 +372,53 @@ def render_shards(
     return DetectionFrames.cat(parts)
 
 
+def bench_specs(name: str, seed: int | None = None, n_clips: int | None = None) -> list[SceneSpec]:
+    """The clips of a named benchmark set, optionally from another base ``seed``.
+
+    With ``seed`` the set's YAML is loaded as if its ``seed`` field were ``seed`` (clip ``i``
+    uses ``seed + i`` and the per-clip choices are drawn from ``seed``), so fresh scenes of
+    the same kind can be scored without touching ``configs/bench``.
+    """
+    import tempfile
+
+    import yaml
+
+    from hmrflow.jobs.synth.bench_sets import bench_set_path, load_bench_set
+
+    if seed is None:
+        return load_bench_set(name, n_clips)
+    doc = yaml.safe_load(bench_set_path(name).read_text())
+    doc["seed"] = int(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{Path(name).stem}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return load_bench_set(str(path), n_clips)
+
+
 def bench_frames(
-    name: str, out_dir: str | Path, frames_per_clip: int = 10, body: BodyAssets | None = None, progress: bool = True
+    name: str,
+    out_dir: str | Path,
+    frames_per_clip: int = 10,
+    body: BodyAssets | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    n_clips: int | None = None,
 ) -> DetectionFrames:
     """Frames of a named benchmark set (``configs/bench/<name>.yaml``), evenly spaced in each clip.
 
     The scenes are exactly the set's clips (same specs and seeds as ``hmrflow synth --bench``);
-    only ``frames_per_clip`` frames of each are rendered.  Cached as ``bench_<name>_<k>.npz``.
+    only ``frames_per_clip`` frames of each are rendered.  ``seed`` / ``n_clips`` replace the
+    set's base seed and clip count (:func:`bench_specs`).  Cached as
+    ``bench_<name>_<k>.npz`` (``bench_<name>_s<seed>_c<n_clips>_<k>.npz`` with overrides).
     """
     from tqdm.auto import tqdm
 
-    from hmrflow.jobs.synth.bench_sets import load_bench_set
-
-    path = Path(out_dir) / f"bench_{name}_{frames_per_clip}.npz"
+    tag = "" if seed is None and n_clips is None else f"_s{seed}_c{n_clips}"
+    path = Path(out_dir) / f"bench_{name}{tag}_{frames_per_clip}.npz"
     if path.is_file():
         return DetectionFrames.load(path)
     parts = []
-    for spec in tqdm(load_bench_set(name), desc=f"bench {name}", unit="clip", disable=not progress):
+    for spec in tqdm(bench_specs(name, seed, n_clips), desc=f"bench {name}", unit="clip", disable=not progress):
         body = body or load_body_assets(spec.body_model)
         idx = np.linspace(0, spec.n_frames - 1, frames_per_clip).round().astype(np.int64)
         parts.append(render_scene_frames(spec, idx, body))

@@ -77,17 +77,32 @@ def augment(
 
 
 # ----------------------------------------------------------------------- targets
+#: Weight of the box terms (size, offset) at the neighbours of a centre cell (centre = 1).
+NEIGHBOUR_BOX_WEIGHT = 0.5
+_NEIGHBOURS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+
+
 def build_targets(
     inst: torch.Tensor, n_people: int, stride: int = STRIDE, min_pixels: int = MIN_PIXELS
 ) -> dict[str, torch.Tensor]:
     """Dense training targets from instance maps.
+
+    Each person gets one *centre cell*: the cell holding the centre of its visible box, or,
+    when a more visible person already holds that cell (two overlapping people whose
+    centres fall in one cell), the free neighbour cell nearest to its centre, with the
+    offset pointing back to the true centre.  The box terms are also supervised at the
+    8 neighbours of a centre cell that the person owns (its Gaussian is the largest there
+    and no centre sits there): a cell next to a person's peak then decodes that person's
+    box, so duplicates of one person are removed by box suppression, while the peak of a
+    second person one cell away decodes its own box.
 
     Args:
         inst: (B, H, W) int64 person index per pixel, -1 = none (H, W multiples of stride).
         n_people: instance ids are < n_people.
     Returns:
         heat (B,1,h,w) Gaussian centre targets (1 at centre cells); size, offset (B,2,h,w)
-        and centre (B,1,h,w) 0/1 weight of those; fg (B,1,h,w) person pixel fraction;
+        and their weight box_w (B,1,h,w) (1 at centre cells, NEIGHBOUR_BOX_WEIGHT at owned
+        neighbours); centre (B,1,h,w) 0/1 centre cells; fg (B,1,h,w) person pixel fraction;
         vote (B,2,h,w) and vote_w (B,1,h,w) (fraction of the cell's majority person).
     """
     b, H, W = inst.shape
@@ -96,6 +111,7 @@ def build_targets(
     size = torch.zeros(b, 2, h, w)
     offset = torch.zeros(b, 2, h, w)
     centre = torch.zeros(b, 1, h, w)
+    box_w = torch.zeros(b, 1, h, w)
     onehot = (inst[:, None] == torch.arange(n_people)[None, :, None, None]).float()  # (B, P, H, W)
     frac = F.avg_pool2d(onehot, stride)  # (B, P, h, w)
     fg = frac.sum(1, keepdim=True).clamp(max=1)
@@ -114,17 +130,50 @@ def build_targets(
     gy, gx = torch.meshgrid(
         torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij"
     )
-    for bi, pi in zip(*torch.nonzero(valid, as_tuple=True)):
-        sx = max(0.5, float(bw[bi, pi]) / 6)
-        sy = max(0.5, float(bh[bi, pi]) / 6)
-        g = torch.exp(-((gx - cx[bi, pi]) ** 2) / (2 * sx * sx) - ((gy - cy[bi, pi]) ** 2) / (2 * sy * sy))
-        j = int(min(w - 1, max(0, math.floor(cx[bi, pi]))))
-        i = int(min(h - 1, max(0, math.floor(cy[bi, pi]))))
-        g[i, j] = 1.0
-        heat[bi, 0] = torch.maximum(heat[bi, 0], g)
-        size[bi, :, i, j] = torch.log(torch.stack([bw[bi, pi], bh[bi, pi]]))
-        offset[bi, :, i, j] = torch.stack([cx[bi, pi] - (j + 0.5), cy[bi, pi] - (i + 0.5)])
-        centre[bi, 0, i, j] = 1.0
+    for bi in range(b):
+        # most visible first: it keeps its own cell when two centres share one
+        people = [int(q) for q in torch.argsort(counts[bi], descending=True) if valid[bi, q]]
+        gauss: dict[int, torch.Tensor] = {}
+        cell: dict[int, tuple[int, int]] = {}
+        taken = torch.zeros(h, w, dtype=torch.bool)
+        for pi in people:
+            pcx, pcy = float(cx[bi, pi]), float(cy[bi, pi])
+            sx, sy = max(0.5, float(bw[bi, pi]) / 6), max(0.5, float(bh[bi, pi]) / 6)
+            g = torch.exp(-((gx - pcx) ** 2) / (2 * sx * sx) - ((gy - pcy) ** 2) / (2 * sy * sy))
+            i = int(min(h - 1, max(0, math.floor(pcy))))
+            j = int(min(w - 1, max(0, math.floor(pcx))))
+            if taken[i, j]:
+                free = [
+                    (i + di, j + dj)
+                    for di, dj in _NEIGHBOURS
+                    if 0 <= i + di < h and 0 <= j + dj < w and not taken[i + di, j + dj]
+                ]
+                if not free:
+                    continue
+                i, j = min(free, key=lambda c: (c[0] + 0.5 - pcy) ** 2 + (c[1] + 0.5 - pcx) ** 2)
+            g[i, j] = 1.0
+            heat[bi, 0] = torch.maximum(heat[bi, 0], g)
+            taken[i, j] = True
+            gauss[pi], cell[pi] = g, (i, j)
+            centre[bi, 0, i, j] = 1.0
+        if not cell:
+            continue
+        order = list(cell)
+        g_all = torch.stack([gauss[q] for q in order])  # (P', h, w)
+        owner = g_all.argmax(0)
+        for k, pi in enumerate(order):
+            i, j = cell[pi]
+            box = torch.log(torch.stack([bw[bi, pi], bh[bi, pi]]))
+            for di, dj in [(0, 0)] + _NEIGHBOURS:
+                ii, jj = i + di, j + dj
+                if not (0 <= ii < h and 0 <= jj < w):
+                    continue
+                if (di, dj) != (0, 0) and (taken[ii, jj] or int(owner[ii, jj]) != k):
+                    continue
+                size[bi, :, ii, jj] = box
+                offset[bi, 0, ii, jj] = cx[bi, pi] - (jj + 0.5)
+                offset[bi, 1, ii, jj] = cy[bi, pi] - (ii + 0.5)
+                box_w[bi, 0, ii, jj] = 1.0 if (di, dj) == (0, 0) else NEIGHBOUR_BOX_WEIGHT
     best_frac, best = frac.max(1)  # (B, h, w)
     bcx = torch.gather(cx, 1, best.reshape(b, -1)).reshape(b, h, w)
     bcy = torch.gather(cy, 1, best.reshape(b, -1)).reshape(b, h, w)
@@ -133,20 +182,34 @@ def build_targets(
         b, 1, h, w
     )
     vote = torch.where(vote_w > 0, vote, torch.zeros_like(vote))
-    return {"heat": heat, "size": size, "offset": offset, "centre": centre, "fg": fg, "vote": vote, "vote_w": vote_w}
+    return {
+        "heat": heat,
+        "size": size,
+        "offset": offset,
+        "centre": centre,
+        "box_w": box_w,
+        "fg": fg,
+        "vote": vote,
+        "vote_w": vote_w,
+    }
 
 
 def detector_loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Focal centre loss + L1 box terms at centres + BCE foreground + L1 votes; returns (loss, parts)."""
+    """Focal centre loss + weighted L1 box terms (centres and their owned neighbours) + BCE
+    foreground + L1 votes; returns (loss, parts).
+
+    The box terms are a weighted mean over the supervised cells (weights ``box_w``).
+    """
     p = torch.sigmoid(out["heat"]).clamp(1e-4, 1 - 1e-4)
     pos = tgt["heat"] >= 1.0
     n_pos = pos.sum().clamp_min(1)
     pos_l = -(torch.log(p) * (1 - p) ** 2)[pos].sum()
     neg_l = -(torch.log(1 - p) * p**2 * (1 - tgt["heat"]) ** 4)[~pos].sum()
     l_heat = (pos_l + neg_l) / n_pos
-    c = tgt["centre"]
-    l_size = (F.l1_loss(out["size"], tgt["size"], reduction="none") * c).sum() / n_pos
-    l_off = (F.l1_loss(out["offset"], tgt["offset"], reduction="none") * c).sum() / n_pos
+    c = tgt["box_w"]
+    n_box = c.sum().clamp_min(1)
+    l_size = (F.l1_loss(out["size"], tgt["size"], reduction="none") * c).sum() / n_box
+    l_off = (F.l1_loss(out["offset"], tgt["offset"], reduction="none") * c).sum() / n_box
     l_fg = F.binary_cross_entropy_with_logits(out["fg"], tgt["fg"])
     vw = tgt["vote_w"]
     l_vote = (F.l1_loss(out["vote"], tgt["vote"], reduction="none") * vw).sum() / vw.sum().clamp_min(1)
@@ -301,6 +364,81 @@ def detection_f1(
     rec = tp / (tp + fn) if tp + fn else float("nan")
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
     return {"f1": f1, "precision": prec, "recall": rec, "tp": tp, "fp": fp, "fn": fn, "frames": len(pred_boxes)}
+
+
+def overlapping_people(gt: np.ndarray, counted: np.ndarray, overlap_iou: float = 0.3) -> np.ndarray:
+    """Which counted people of one frame overlap another counted person.
+
+    Args:
+        gt: (M, 4) xyxy boxes of one frame (NaN rows = absent).
+        counted: (M,) bool, the people that count (e.g. ``visible_frac >= 0.3``).
+        overlap_iou: a person overlaps when its box has IoU >= this with another counted box.
+    Returns:
+        (M,) bool.
+    """
+    gt = np.asarray(gt, np.float64).reshape(-1, 4)
+    ok = np.isfinite(gt).all(1) & np.asarray(counted, bool)
+    iou = box_iou(gt, gt) * (ok[:, None] & ok[None, :])  # NaN boxes already give IoU 0
+    np.fill_diagonal(iou, 0.0)
+    return (iou >= overlap_iou).any(1)
+
+
+def overlap_detection_scores(
+    pred_boxes: Sequence[np.ndarray],
+    gt_boxes: np.ndarray,
+    visible_frac: np.ndarray,
+    min_visible: float = 0.3,
+    overlap_iou: float = 0.3,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Detection scores with the figures for overlapping people beside the overall ones.
+
+    Definitions (per frame):
+
+    * *counted* people have ``visible_frac >= min_visible``; others are don't-care, exactly as
+      in :func:`detection_f1` (whose precision/recall/F1/tp/fp/fn are included unchanged);
+    * an *overlapping person* is a counted person whose ground-truth box has IoU >=
+      ``overlap_iou`` with the box of another counted person in the same frame;
+    * predictions are matched one-to-one to all counted people at IoU >= ``iou_threshold``
+      (:func:`hmrflow.pipeline.boxes.match_iou`, the same matching as :func:`match_frame`);
+      ``overlap_recall`` = matched overlapping people / overlapping people;
+    * a *merged box* is one prediction with IoU >= ``iou_threshold`` with two or more counted
+      people; ``merged_frames`` counts frames holding at least one.
+
+    Args:
+        pred_boxes: per frame (N_f, 4) xyxy boxes.
+        gt_boxes: (F, P, 4) NaN-padded xyxy; visible_frac: (F, P).
+    Returns:
+        the keys of :func:`detection_f1` plus ``overlap_people``, ``overlap_tp``,
+        ``overlap_recall`` (NaN when no person overlaps), ``merged_boxes``, ``merged_frames``.
+    """
+    out: dict[str, float] = dict(detection_f1(pred_boxes, gt_boxes, visible_frac, min_visible, iou_threshold))
+    n_ov = tp_ov = merged_boxes = merged_frames = 0
+    for f, pb in enumerate(pred_boxes):
+        pred = np.asarray(pb, np.float64).reshape(-1, 4)
+        gt = np.asarray(gt_boxes[f], np.float64)
+        counted = (np.asarray(visible_frac[f]) >= min_visible) & np.isfinite(gt).all(1)
+        ov = overlapping_people(gt, counted, overlap_iou)
+        n_ov += int(ov.sum())
+        cols = np.nonzero(counted)[0]
+        if len(pred) == 0 or len(cols) == 0:
+            continue
+        iou = box_iou(pred, gt[cols])  # (N, C)
+        matched = [cols[c] for _, c in match_iou(iou, iou_threshold)]
+        tp_ov += int(ov[matched].sum()) if matched else 0
+        k = int(((iou >= iou_threshold).sum(1) >= 2).sum())
+        merged_boxes += k
+        merged_frames += int(k > 0)
+    out.update(
+        {
+            "overlap_people": n_ov,
+            "overlap_tp": tp_ov,
+            "overlap_recall": tp_ov / n_ov if n_ov else float("nan"),
+            "merged_boxes": merged_boxes,
+            "merged_frames": merged_frames,
+        }
+    )
+    return out
 
 
 def train_loop(
