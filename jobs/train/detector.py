@@ -56,6 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init", default=None, help="start from these detector weights (.safetensors) with a fresh schedule"
     )
+    p.add_argument(
+        "--stride",
+        type=int,
+        choices=(8, 4),
+        default=8,
+        help="output stride of the dense maps; 4 adds a stride-4 path (--init may be a stride-8 detector)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     p.add_argument(
         "--fresh-sets",
@@ -71,6 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="WEIGHTS",
         help="no training: score these detector weights on the held-out, benchmark and fresh sets "
         "and write WORK/score.json (or --out/score.json)",
+    )
+    p.add_argument(
+        "--plain-decoder",
+        action="store_true",
+        help="with --score-only: decode with 3x3 peaks and box NMS only (the decoder before "
+        "candidates next to a peak were kept), for before/after comparisons",
     )
     p.add_argument(
         "--bench-frames",
@@ -92,14 +105,20 @@ SCORE_KEYS = (
     "overlap_recall",
     "overlap_people",
     "overlap_tp",
+    "covering_boxes",
+    "covering_frames",
     "merged_boxes",
     "merged_frames",
 )
 
 
-def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 0.5, batch: int = 32) -> dict[str, Any]:
+def evaluate_sets(
+    model, sets: dict[str, Any], device, score_threshold: float = 0.5, batch: int = 32, **decode: Any
+) -> dict[str, Any]:
     """Detection F1 (IoU >= 0.5, people >= 30% visible counted), recall on overlapping people
-    and merged-box counts of ``model`` on each named set (keys ``<set>_<score>``)."""
+    and merged-box counts of ``model`` on each named set (keys ``<set>_<score>``).
+
+    ``decode``: options of ``decode_frame`` (default: its defaults)."""
     from hmrflow.stages.detect.stage import detect_images
     from hmrflow.stages.detect.train import overlap_detection_scores
 
@@ -108,14 +127,17 @@ def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 
         boxes = []
         for s in range(0, len(data), batch):
             boxes += [
-                d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], score_threshold, device=device)
+                d.boxes_xyxy
+                for d in detect_images(model, data.images[s : s + batch], score_threshold, device=device, **decode)
             ]
         r = overlap_detection_scores(boxes, data.boxes, data.visible_frac)
         out.update({f"{name}_{k}": v for k, v in r.items()})
     return out
 
 
-def bench_validation(model, work: Path, frames_per_clip: int, device, train_seeds: set[int]) -> dict[str, Any]:
+def bench_validation(
+    model, work: Path, frames_per_clip: int, device, train_seeds: set[int], **decode: Any
+) -> dict[str, Any]:
     """F1 on frames of the named benchmark sets ``easy`` and ``crowded`` (configs/bench)."""
     from hmrflow.jobs.train.synth_frames import bench_frames
     from hmrflow.pipeline.errors import ConfigError
@@ -125,7 +147,7 @@ def bench_validation(model, work: Path, frames_per_clip: int, device, train_seed
         shared = train_seeds & set(data.scene_seed.tolist())
         if shared:
             raise ConfigError(f"bench set {name}: scene seeds {sorted(shared)} were used in training")
-    r = evaluate_sets(model, sets, device)
+    r = evaluate_sets(model, sets, device, **decode)
     return {name: {m: r[f"{name}_{m}"] for m in SCORE_KEYS} for name in sets}
 
 
@@ -144,7 +166,7 @@ def parse_fresh_set(text: str) -> tuple[str, int, int, int]:
 
 
 def fresh_set_validation(
-    model, work: Path, sets: list[str], device, train_seeds: set[int], batch: int = 8
+    model, work: Path, sets: list[str], device, train_seeds: set[int], batch: int = 8, **decode: Any
 ) -> dict[str, Any]:
     """Scores (:data:`SCORE_KEYS`) and detector milliseconds per frame on re-seeded benchmark sets.
 
@@ -168,7 +190,7 @@ def fresh_set_validation(
         seconds = 0.0
         for s in range(0, len(data), batch):
             t0 = time.perf_counter()
-            boxes += [d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], device=device)]
+            boxes += [d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], device=device, **decode)]
             seconds += time.perf_counter() - t0
         r = overlap_detection_scores(boxes, data.boxes, data.visible_frac)
         r["ms_per_frame"] = 1000.0 * seconds / max(len(data), 1)
@@ -191,20 +213,22 @@ def score_only(args: argparse.Namespace) -> int:
     work = Path(args.work_dir)
     device = resolve_device(args.device, "--device")
     model = load_detector(args.score_only, device)
+    decode: dict[str, Any] = {"neighbours": False} if args.plain_decoder else {}
     size = (320, 240)
     val = {
         k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3)
         for k, s in VAL_SEEDS.items()
     }
-    r = evaluate_sets(model, val, device)
+    r = evaluate_sets(model, val, device, **decode)
     result: dict[str, Any] = {
         "weights": str(args.score_only),
+        "decoder": "plain (3x3 peaks + box NMS)" if args.plain_decoder else "default",
         "sets": {k: {m: r[f"{k}_{m}"] for m in SCORE_KEYS} for k in val},
     }
     if args.bench_frames > 0:
-        result["bench_sets"] = bench_validation(model, work, args.bench_frames, device, set())
+        result["bench_sets"] = bench_validation(model, work, args.bench_frames, device, set(), **decode)
     if args.fresh_sets:
-        result["fresh_sets"] = fresh_set_validation(model, work, args.fresh_sets, device, set())
+        result["fresh_sets"] = fresh_set_validation(model, work, args.fresh_sets, device, set(), **decode)
     path = (Path(args.out) if args.out else work) / "score.json"
     atomic_write_json(path, _json_safe(result))
     log.info("scores -> %s", path)
@@ -246,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, "--device")
     if args.input_size[0] % 16 or args.input_size[1] % 16:
         raise ConfigError(f"--input-size: width and height must be multiples of 16, got {args.input_size}")
-    spec = DetectorSpec(input_w=int(args.input_size[0]), input_h=int(args.input_size[1]))
+    spec = DetectorSpec(input_w=int(args.input_size[0]), input_h=int(args.input_size[1]), stride=int(args.stride))
     t0 = time.time()
     size = (320, 240)
     train = render_shards(
@@ -298,7 +322,15 @@ def run(args: argparse.Namespace) -> int:
     if args.init and not args.resume:
         from hmrflow.stages.detect.stage import load_detector
 
-        trainer.model.load_state_dict(load_detector(args.init).state_dict())
+        init = load_detector(args.init)
+        if init.spec.stride == 8 and spec.stride == 4:
+            from hmrflow.stages.detect.model import convert_to_stride4
+
+            convert_to_stride4(init.state_dict(), trainer.model)
+        elif init.spec.stride != spec.stride:
+            raise ConfigError(f"--init {args.init}: stride {init.spec.stride} cannot start a stride-{spec.stride} run")
+        else:
+            trainer.model.load_state_dict(init.state_dict())
         log.info("initialised from %s", args.init)
     if args.resume:
         trainer.load(ckpt)
@@ -342,8 +374,9 @@ def run(args: argparse.Namespace) -> int:
         "metric": "detection F1, IoU >= 0.5, people with visible_frac >= 0.3 counted, others don't care; score >= 0.5",
         "overlap_metric": (
             "overlap_recall: recall on counted people whose GT box has IoU >= 0.3 with another counted "
-            "person's box in the frame (one-to-one matching at IoU >= 0.5); merged_boxes: detections with "
-            "IoU >= 0.5 with two or more counted people; merged_frames: frames with at least one"
+            "person's box in the frame (one-to-one matching at IoU >= 0.5); covering_boxes: detections with "
+            "IoU >= 0.5 with two or more counted people; merged_boxes: covering boxes one of whose people "
+            "is left unmatched; *_frames: frames with at least one"
         ),
         "sets": {k: {m: final[f"{k}_{m}"] for m in SCORE_KEYS} for k in val},
         "history": state.history,

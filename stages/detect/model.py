@@ -7,8 +7,10 @@ train on a 2-core CPU):
   convolutional), residual conv stages at strides 8 and 16, and one transformer block
   over the stride-16 tokens (global context: which pixels belong to which of several
   overlapping people);
-* a top-down path (FPN-like) back to stride 8;
-* dense heads at stride 8, every map ``(B, C, H/8, W/8)``:
+* a top-down path (FPN-like) back to stride 8 and, with ``spec.stride == 4``, on to stride 4
+  by adding the stem's stride-4 features (colour and edges at twice the resolution: two
+  people whose centres are a few pixels apart get centres in different cells);
+* dense heads at the output stride ``s = spec.stride`` (8 or 4), every map ``(B, C, H/s, W/s)``:
 
   - ``heat`` (1): logit of "a person's visible-box centre is in this cell";
   - ``size`` (2): ``log(w / stride), log(h / stride)`` of that box;
@@ -22,19 +24,22 @@ the detected centre nearest to where it votes (see :mod:`.decode_boxes`).
 
 Coordinates: *edge coordinates* ``e = u + 0.5`` of the OpenCV pixel-centre convention
 (pixel ``k`` spans ``[k, k + 1)``), so resizing is a pure scale; map cell ``j`` spans
-``[j * STRIDE, (j + 1) * STRIDE)``.
+``[j * s, (j + 1) * s)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: Output stride of the dense maps.
+#: Output stride of the dense maps of a default :class:`DetectorSpec`.
 STRIDE = 8
+#: Output strides a detector can have.
+STRIDES = (4, 8)
 #: Votes are stored divided by this many cells (keeps regression targets near unit scale).
 VOTE_SCALE = 4.0
 #: Mean and std used to normalise uint8 RGB (letterbox padding is 0 after normalising).
@@ -51,6 +56,11 @@ class DetectorSpec:
     widths: tuple[int, int, int] = (24, 32, 64)
     fpn: int = 32
     heads: int = 4
+    stride: int = STRIDE
+
+    def __post_init__(self) -> None:
+        if self.stride not in STRIDES:
+            raise ValueError(f"detector output stride must be one of {STRIDES}, got {self.stride}")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -100,7 +110,7 @@ class TokenBlock(nn.Module):
 
 
 class DenseDetector(nn.Module):
-    """Image ``(B, 3, H, W)`` (normalised, H and W multiples of 16) -> dense maps at stride 8."""
+    """Image ``(B, 3, H, W)`` (normalised, H and W multiples of 16) -> dense maps at ``spec.stride``."""
 
     def __init__(self, spec: DetectorSpec = DetectorSpec()) -> None:
         super().__init__()
@@ -113,27 +123,64 @@ class DenseDetector(nn.Module):
         f = spec.fpn
         self.lat16, self.lat8 = nn.Conv2d(c3, f, 1), nn.Conv2d(c2, f, 1)
         self.smooth8 = conv_bn(f, f)
+        if spec.stride == 4:
+            self.lat4 = nn.Conv2d(c1, f, 1)
+            with torch.no_grad():  # starts as the upsampled stride-8 path (see convert_to_stride4)
+                self.lat4.weight.zero_()
+                self.lat4.bias.zero_()
         self.head = conv_bn(f, f)
         self.out = nn.Conv2d(f, 8, 1)
         with torch.no_grad():  # start with a low centre probability (focal-loss practice)
             self.out.bias.zero_()
             self.out.bias[0] = -2.2
 
+    @property
+    def stride(self) -> int:
+        """Output stride of the dense maps."""
+        return self.spec.stride
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, fpn, H/8, W/8) features."""
-        s8 = self.stage8(self.stem(x))
+        """(B, 3, H, W) -> (B, fpn, H/s, W/s) features, s = ``spec.stride``."""
+        s4 = self.stem(x)
+        s8 = self.stage8(s4)
         s16 = self.tokens(self.stage16(s8))
         p = self.lat16(s16)
-        return self.smooth8(self.lat8(s8) + F.interpolate(p, size=s8.shape[-2:], mode="nearest"))
+        p8 = self.smooth8(self.lat8(s8) + F.interpolate(p, size=s8.shape[-2:], mode="nearest"))
+        if self.spec.stride == 8:
+            return p8
+        return self.lat4(s4) + F.interpolate(p8, size=s4.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features -> dict of raw maps: heat (B,1,h,w) logits, size (B,2,h,w), offset (B,2,h,w),
-        fg (B,1,h,w) logits, vote (B,2,h,w)."""
+        """Features -> dict of raw maps (h, w = H/s, W/s): heat (B,1,h,w) logits, size (B,2,h,w),
+        offset (B,2,h,w), fg (B,1,h,w) logits, vote (B,2,h,w)."""
         o = self.out(self.head(feats))
         return {"heat": o[:, 0:1], "size": o[:, 1:3], "offset": o[:, 3:5], "fg": o[:, 5:6], "vote": o[:, 6:8]}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
+
+
+def convert_to_stride4(state: dict[str, torch.Tensor], model: DenseDetector) -> None:
+    """Load a stride-8 detector's ``state`` into a stride-4 ``model`` (fine-tuning start).
+
+    Every layer is shared; the new stride-4 lateral starts at zero, so the stride-4 features
+    are the bilinearly upsampled stride-8 ones, and the output layer is rescaled to the new
+    cell size: sizes are ``log(w / stride)`` (+ log 2), offsets and votes are in cells (x 2).
+    """
+    if model.spec.stride != 4:
+        raise ValueError("convert_to_stride4 needs a stride-4 model")
+    state = {k: v.clone() for k, v in state.items()}
+    w, b = state["out.weight"], state["out.bias"]
+    b[1:3] += math.log(2.0)
+    for rows in (slice(3, 5), slice(6, 8)):
+        w[rows] *= 2.0
+        b[rows] *= 2.0
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"lat4.weight", "lat4.bias"}:
+        raise ValueError(f"not a stride-8 detector state (missing {missing}, unexpected {unexpected})")
+    with torch.no_grad():
+        model.lat4.weight.zero_()
+        model.lat4.bias.zero_()
 
 
 def normalise(images_uint8: torch.Tensor) -> torch.Tensor:

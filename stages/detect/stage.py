@@ -31,7 +31,7 @@ from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
 from hmrflow.stages.detect.decode_boxes import FrameDetections, decode_frame, to_image_coords
-from hmrflow.stages.detect.model import STRIDE, DenseDetector, DetectorSpec, normalise
+from hmrflow.stages.detect.model import DenseDetector, DetectorSpec, normalise
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,13 @@ def detect_images(
     nms_iou: float = 0.7,
     max_det: int = 100,
     device: torch.device | str = "cpu",
+    **decode: Any,
 ) -> list[FrameDetections]:
-    """Run the dense detector on (B, H, W, 3) uint8 frames of one size; one result per frame."""
+    """Run the dense detector on (B, H, W, 3) uint8 frames of one size; one result per frame.
+
+    ``decode``: further options of :func:`~hmrflow.stages.detect.decode_boxes.decode_frame`
+    (e.g. ``neighbours=False`` for the plain 3x3-peak decoder).
+    """
     model.eval()
     b, h, w, _ = images.shape
     x, scale = letterbox(images, model.spec)
@@ -113,10 +118,11 @@ def detect_images(
             offset[i],
             fg[i],
             vote[i],
-            stride=STRIDE,
+            stride=model.stride,
             score_threshold=score_threshold,
             max_det=max_det,
             nms_iou=nms_iou,
+            **decode,
         )
         results.append(
             FrameDetections(to_image_coords(boxes, scale, w, h), scores.numpy().astype(np.float32), masks.numpy())

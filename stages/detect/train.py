@@ -270,7 +270,7 @@ class DetectorTrainer:
         """One optimiser step on a batch: images (B, H, W, 3) uint8, instance (B, H, W) int."""
         self.model.train()
         x, inst = augment(images, instance, self.spec, self.gen, train=True)
-        tgt = build_targets(inst, self.n_people)
+        tgt = build_targets(inst, self.n_people, stride=self.spec.stride)
         out = self.model(x.to(self.device))
         loss, parts = detector_loss(out, {k: v.to(self.device) for k, v in tgt.items()})
         for g in self.opt.param_groups:
@@ -402,18 +402,22 @@ def overlap_detection_scores(
     * predictions are matched one-to-one to all counted people at IoU >= ``iou_threshold``
       (:func:`hmrflow.pipeline.boxes.match_iou`, the same matching as :func:`match_frame`);
       ``overlap_recall`` = matched overlapping people / overlapping people;
-    * a *merged box* is one prediction with IoU >= ``iou_threshold`` with two or more counted
-      people; ``merged_frames`` counts frames holding at least one.
+    * a *covering box* is one prediction with IoU >= ``iou_threshold`` with two or more
+      counted people (``covering_boxes``; ``covering_frames`` counts frames holding one);
+      a tight box of one of two heavily overlapping people can be one, so
+    * a *merged box* is a covering box one of whose covered people is left unmatched (the
+      one box stands for both; ``merged_boxes``, ``merged_frames``).
 
     Args:
         pred_boxes: per frame (N_f, 4) xyxy boxes.
         gt_boxes: (F, P, 4) NaN-padded xyxy; visible_frac: (F, P).
     Returns:
         the keys of :func:`detection_f1` plus ``overlap_people``, ``overlap_tp``,
-        ``overlap_recall`` (NaN when no person overlaps), ``merged_boxes``, ``merged_frames``.
+        ``overlap_recall`` (NaN when no person overlaps), ``covering_boxes``,
+        ``covering_frames``, ``merged_boxes``, ``merged_frames``.
     """
     out: dict[str, float] = dict(detection_f1(pred_boxes, gt_boxes, visible_frac, min_visible, iou_threshold))
-    n_ov = tp_ov = merged_boxes = merged_frames = 0
+    n_ov = tp_ov = covering_boxes = covering_frames = merged_boxes = merged_frames = 0
     for f, pb in enumerate(pred_boxes):
         pred = np.asarray(pb, np.float64).reshape(-1, 4)
         gt = np.asarray(gt_boxes[f], np.float64)
@@ -424,16 +428,24 @@ def overlap_detection_scores(
         if len(pred) == 0 or len(cols) == 0:
             continue
         iou = box_iou(pred, gt[cols])  # (N, C)
-        matched = [cols[c] for _, c in match_iou(iou, iou_threshold)]
-        tp_ov += int(ov[matched].sum()) if matched else 0
-        k = int(((iou >= iou_threshold).sum(1) >= 2).sum())
-        merged_boxes += k
-        merged_frames += int(k > 0)
+        pairs = match_iou(iou, iou_threshold)
+        tp_ov += int(sum(ov[cols[c]] for _, c in pairs))
+        covered = iou >= iou_threshold  # (N, C)
+        unmatched = np.ones(len(cols), bool)
+        unmatched[[c for _, c in pairs]] = False
+        covering = covered.sum(1) >= 2
+        merged = covering & (covered & unmatched[None]).any(1)
+        covering_boxes += int(covering.sum())
+        covering_frames += int(covering.any())
+        merged_boxes += int(merged.sum())
+        merged_frames += int(merged.any())
     out.update(
         {
             "overlap_people": n_ov,
             "overlap_tp": tp_ov,
             "overlap_recall": tp_ov / n_ov if n_ov else float("nan"),
+            "covering_boxes": covering_boxes,
+            "covering_frames": covering_frames,
             "merged_boxes": merged_boxes,
             "merged_frames": merged_frames,
         }

@@ -17,7 +17,16 @@ from hmrflow.stages.detect.decode_boxes import decode_frame, to_image_coords
 from hmrflow.stages.detect.file_adapter import read_detections, write_json, write_mot
 from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DetectorSpec
 from hmrflow.stages.detect.stage import DetectStage, bundled_weights_path
-from hmrflow.stages.detect.train import DetectorTrainer, augment, build_targets, detection_f1, match_frame, train_loop
+from hmrflow.stages.detect.train import (
+    DetectorTrainer,
+    augment,
+    build_targets,
+    detection_f1,
+    match_frame,
+    overlap_detection_scores,
+    overlapping_people,
+    train_loop,
+)
 
 torch.set_num_threads(1)
 
@@ -97,6 +106,83 @@ def test_targets_decode_back_to_the_instance_boxes():
         assert masks[k].float().mean() > 0.6 and masks[k][8:24, 8:24].all()
 
 
+def _paste(mask: torch.Tensor, box: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Box-relative (R, R) mask -> (h, w) bool image map (pixel centres, edge coordinates box)."""
+    r = mask.shape[0]
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    u = ((xs - box[0]) / (box[2] - box[0]) * r).floor().long()
+    v = ((ys - box[1]) / (box[3] - box[1]) * r).floor().long()
+    inside = (u >= 0) & (u < r) & (v >= 0) & (v < r)
+    out = torch.zeros(h, w, dtype=torch.bool)
+    out[inside] = torch.as_tensor(mask)[v[inside], u[inside]]
+    return out
+
+
+def test_people_sharing_a_centre_cell_get_a_centre_each():
+    # person 0 in front; person 1 behind, visible left and right of it; both visible-box
+    # centres fall in cell (row 5, col 6)
+    inst = torch.full((1, 96, 128), -1, dtype=torch.int64)
+    inst[0, 16:76, 30:68] = 1
+    inst[0, 10:80, 36:60] = 0
+    t = build_targets(inst, 2)
+    assert int(t["centre"].sum()) == 2 and int((t["heat"] >= 1).sum()) == 2
+    boxes, _, masks = decode_frame(
+        t["heat"][0, 0], t["size"][0], t["offset"][0], t["fg"][0, 0], t["vote"][0], score_threshold=0.99
+    )
+    want = torch.tensor([[36.0, 10, 60, 80], [30, 16, 68, 76]])
+    assert len(boxes) == 2
+    order = torch.argsort(boxes[:, 0], descending=True)  # person 0's box starts further right
+    torch.testing.assert_close(boxes[order], want, atol=1e-4, rtol=0)
+    m0, m1 = (_paste(masks[k], boxes[k], 96, 128) for k in order)
+    assert not (m0 & m1).any()
+    # each mask lies on its own person (stride-8 cells blur the edges of the votes)
+    assert (inst[0][m0] == 0).float().mean() > 0.8 and (inst[0][m1] == 1).float().mean() > 0.6
+
+
+def test_box_terms_are_trained_next_to_a_centre_and_point_to_it():
+    inst = torch.full((1, 96, 128), -1, dtype=torch.int64)
+    inst[0, 10:70, 20:44] = 0  # centre (32, 40) px = (4.0, 5.0) cells, in cell (row 5, col 4)
+    t = build_targets(inst, 1)
+    w = t["box_w"][0, 0]
+    assert w[5, 4] == 1.0 and (w[4:7, 3:6] > 0).all() and int((w > 0).sum()) == 9
+    for i, j in ((4, 3), (6, 5), (5, 5)):  # every supervised neighbour decodes the same centre and size
+        assert j + 0.5 + float(t["offset"][0, 0, i, j]) == pytest.approx(4.0)
+        assert i + 0.5 + float(t["offset"][0, 1, i, j]) == pytest.approx(5.0)
+        torch.testing.assert_close(t["size"][0, :, i, j], torch.log(torch.tensor([3.0, 7.5])))
+
+
+def _two_candidate_maps(second_centre_x: float, second_size: tuple[float, float]):
+    """A strong peak at cell (6, 6) and a weaker cell right of it at (6, 7) whose box is centred
+    at ``second_centre_x`` cells; foreground with votes split between the two centres."""
+    heat, size, off, fg, vote = _maps()
+    heat[6, 6], heat[6, 7] = 0.9, 0.8
+    size[:, 6, 6] = torch.tensor([math.log(4.0), math.log(10.0)])
+    size[:, 6, 7] = torch.tensor([math.log(second_size[0]), math.log(second_size[1])])
+    off[0, 6, 7] = second_centre_x - 7.5
+    fg[2:11, 4:11] = 1.0
+    ys, xs = torch.meshgrid(torch.arange(12) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    tx = torch.where(xs >= 7.0, torch.tensor(second_centre_x), torch.tensor(6.5))
+    vote[0] = (tx - xs) / VOTE_SCALE
+    vote[1] = (6.5 - ys) / VOTE_SCALE
+    return heat, size, off, fg, vote
+
+
+def test_a_second_person_next_to_a_stronger_peak_is_kept():
+    boxes, scores, masks = decode_frame(*_two_candidate_maps(8.0, (3.0, 8.0)))
+    assert len(boxes) == 2
+    torch.testing.assert_close(boxes[1], torch.tensor([8.0 - 1.5, 6.5 - 4.0, 8.0 + 1.5, 6.5 + 4.0]) * STRIDE)
+    m0, m1 = (_paste(masks[k], boxes[k], 12 * STRIDE, 16 * STRIDE) for k in range(2))
+    assert m0.any() and m1.any() and not (m0 & m1).any()
+    # the plain 3x3-peak decoder sees one person only
+    assert len(decode_frame(*_two_candidate_maps(8.0, (3.0, 8.0)), neighbours=False)[0]) == 1
+
+
+def test_a_neighbour_decoding_the_same_person_is_dropped():
+    # the cell next to the peak points at the same centre with a similar box: one person
+    boxes, _, _ = decode_frame(*_two_candidate_maps(6.6, (3.6, 9.0)), nms_iou=0.9)
+    assert len(boxes) == 1
+
+
 def test_letterbox_augment_keeps_instances_aligned():
     images = np.zeros((1, 240, 320, 3), np.uint8)
     inst = np.full((1, 240, 320), -1, np.int8)
@@ -119,6 +205,24 @@ def test_match_frame_counts_dont_care_people():
     r = detection_f1([pred, np.zeros((0, 4))], np.stack([gt, gt]), np.stack([counted, counted]).astype(np.float32))
     assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 3)
     assert r["f1"] == pytest.approx(2 / (2 + 1 + 3))
+
+
+def test_overlap_scores_count_overlapping_people_and_merged_boxes():
+    # people 0 and 1 overlap (IoU 0.6), 2 stands alone, 3 overlaps 2 but is don't-care (10% visible)
+    gt = np.array([[0, 0, 10, 20], [2, 0, 12, 20], [50, 0, 60, 20], [52, 0, 62, 20], [np.nan] * 4], np.float32)
+    vis = np.array([1.0, 0.8, 1.0, 0.1, 0.0], np.float32)
+    assert overlapping_people(gt, vis >= 0.3).tolist() == [True, True, False, False, False]
+    merged = np.array([[1, 0, 11, 20], [50, 0, 60, 20]], np.float32)  # one box for people 0 and 1
+    split = np.array([[0, 0, 10, 20], [2, 0, 12, 20], [50, 0, 60, 20]], np.float32)
+    r = overlap_detection_scores([merged, split], np.stack([gt, gt]), np.stack([vis, vis]))
+    assert (r["overlap_people"], r["overlap_tp"]) == (4, 3)  # the merged box matches one of 0 and 1
+    assert r["overlap_recall"] == pytest.approx(0.75)
+    # both frames have a box with IoU >= 0.5 with people 0 and 1; only the first leaves one unmatched
+    assert (r["covering_boxes"], r["covering_frames"]) == (3, 2)
+    assert (r["merged_boxes"], r["merged_frames"]) == (1, 1)
+    assert (r["tp"], r["fp"], r["fn"]) == (5, 0, 1)  # the overall figures are detection_f1's
+    none = overlap_detection_scores([np.zeros((0, 4))], gt[None, 2:3], vis[None, 2:3])
+    assert none["overlap_people"] == 0 and math.isnan(none["overlap_recall"])
 
 
 # -------------------------------------------------------------- file adapter
