@@ -80,12 +80,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and write WORK/score.json (or --out/score.json)",
     )
     p.add_argument(
-        "--plain-decoder",
-        action="store_true",
-        help="with --score-only: decode with 3x3 peaks and box NMS only (the decoder before "
-        "candidates next to a peak were kept), for before/after comparisons",
-    )
-    p.add_argument(
         "--bench-frames",
         type=int,
         default=10,
@@ -112,13 +106,9 @@ SCORE_KEYS = (
 )
 
 
-def evaluate_sets(
-    model, sets: dict[str, Any], device, score_threshold: float = 0.5, batch: int = 32, **decode: Any
-) -> dict[str, Any]:
+def evaluate_sets(model, sets: dict[str, Any], device, score_threshold: float = 0.5, batch: int = 32) -> dict[str, Any]:
     """Detection F1 (IoU >= 0.5, people >= 30% visible counted), recall on overlapping people
-    and merged-box counts of ``model`` on each named set (keys ``<set>_<score>``).
-
-    ``decode``: options of ``decode_frame`` (default: its defaults)."""
+    and merged-box counts of ``model`` on each named set (keys ``<set>_<score>``)."""
     from hmrflow.stages.detect.stage import detect_images
     from hmrflow.stages.detect.train import overlap_detection_scores
 
@@ -127,17 +117,14 @@ def evaluate_sets(
         boxes = []
         for s in range(0, len(data), batch):
             boxes += [
-                d.boxes_xyxy
-                for d in detect_images(model, data.images[s : s + batch], score_threshold, device=device, **decode)
+                d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], score_threshold, device=device)
             ]
         r = overlap_detection_scores(boxes, data.boxes, data.visible_frac)
         out.update({f"{name}_{k}": v for k, v in r.items()})
     return out
 
 
-def bench_validation(
-    model, work: Path, frames_per_clip: int, device, train_seeds: set[int], **decode: Any
-) -> dict[str, Any]:
+def bench_validation(model, work: Path, frames_per_clip: int, device, train_seeds: set[int]) -> dict[str, Any]:
     """F1 on frames of the named benchmark sets ``easy`` and ``crowded`` (configs/bench)."""
     from hmrflow.jobs.train.synth_frames import bench_frames
     from hmrflow.pipeline.errors import ConfigError
@@ -147,7 +134,7 @@ def bench_validation(
         shared = train_seeds & set(data.scene_seed.tolist())
         if shared:
             raise ConfigError(f"bench set {name}: scene seeds {sorted(shared)} were used in training")
-    r = evaluate_sets(model, sets, device, **decode)
+    r = evaluate_sets(model, sets, device)
     return {name: {m: r[f"{name}_{m}"] for m in SCORE_KEYS} for name in sets}
 
 
@@ -166,13 +153,19 @@ def parse_fresh_set(text: str) -> tuple[str, int, int, int]:
 
 
 def fresh_set_validation(
-    model, work: Path, sets: list[str], device, train_seeds: set[int], batch: int = 8, **decode: Any
+    model,
+    work: Path,
+    sets: list[str],
+    device,
+    train_seeds: set[int],
+    batch: int = 8,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """Scores (:data:`SCORE_KEYS`) and detector milliseconds per frame on re-seeded benchmark sets.
 
     ``sets``: ``NAME:SEED:CLIPS:FRAMES`` strings; results are keyed ``NAME_sSEED``.  The time
     is the whole :func:`~hmrflow.stages.detect.stage.detect_images` call (letterbox, network,
-    decoding) in batches of ``batch`` frames, on ``device``.
+    decoding) in batches of ``batch`` frames, on ``device``, of the fastest of ``repeats`` passes.
     """
     from hmrflow.jobs.train.synth_frames import bench_frames
     from hmrflow.pipeline.errors import ConfigError
@@ -186,14 +179,19 @@ def fresh_set_validation(
         shared = train_seeds & set(data.scene_seed.tolist())
         if shared:
             raise ConfigError(f"fresh set {text}: scene seeds {sorted(shared)[:5]} were used in training")
-        boxes: list[np.ndarray] = []
-        seconds = 0.0
-        for s in range(0, len(data), batch):
-            t0 = time.perf_counter()
-            boxes += [d.boxes_xyxy for d in detect_images(model, data.images[s : s + batch], device=device, **decode)]
-            seconds += time.perf_counter() - t0
+        passes = []
+        for _ in range(max(1, repeats)):
+            boxes: list[np.ndarray] = []
+            seconds = 0.0
+            for s in range(0, len(data), batch):
+                t0 = time.perf_counter()
+                dets = detect_images(model, data.images[s : s + batch], device=device)
+                seconds += time.perf_counter() - t0
+                boxes += [d.boxes_xyxy for d in dets]
+            passes.append(seconds)
         r = overlap_detection_scores(boxes, data.boxes, data.visible_frac)
-        r["ms_per_frame"] = 1000.0 * seconds / max(len(data), 1)
+        # the fastest pass: the machine is shared, slower passes measure the other jobs
+        r["ms_per_frame"] = 1000.0 * min(passes) / max(len(data), 1)
         r["scene_seeds"] = f"{seed}..{seed + clips - 1}"
         out[f"{name}_s{seed}"] = r
         log.info("fresh set %s: %s", text, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
@@ -213,22 +211,20 @@ def score_only(args: argparse.Namespace) -> int:
     work = Path(args.work_dir)
     device = resolve_device(args.device, "--device")
     model = load_detector(args.score_only, device)
-    decode: dict[str, Any] = {"neighbours": False} if args.plain_decoder else {}
     size = (320, 240)
     val = {
         k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3)
         for k, s in VAL_SEEDS.items()
     }
-    r = evaluate_sets(model, val, device, **decode)
+    r = evaluate_sets(model, val, device)
     result: dict[str, Any] = {
         "weights": str(args.score_only),
-        "decoder": "plain (3x3 peaks + box NMS)" if args.plain_decoder else "default",
         "sets": {k: {m: r[f"{k}_{m}"] for m in SCORE_KEYS} for k in val},
     }
     if args.bench_frames > 0:
-        result["bench_sets"] = bench_validation(model, work, args.bench_frames, device, set(), **decode)
+        result["bench_sets"] = bench_validation(model, work, args.bench_frames, device, set())
     if args.fresh_sets:
-        result["fresh_sets"] = fresh_set_validation(model, work, args.fresh_sets, device, set(), **decode)
+        result["fresh_sets"] = fresh_set_validation(model, work, args.fresh_sets, device, set())
     path = (Path(args.out) if args.out else work) / "score.json"
     atomic_write_json(path, _json_safe(result))
     log.info("scores -> %s", path)

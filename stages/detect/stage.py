@@ -48,12 +48,17 @@ def bundled_weights_path() -> Path:
 
 
 def save_detector(model: DenseDetector, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights as safetensors with the architecture (and ``extra``) in the header."""
+    """Write weights as safetensors with the architecture (and ``extra``) in the header.
+
+    Floating-point tensors are stored as float16 (half the file; :func:`load_detector`
+    copies them into the model's float32 parameters).
+    """
     from hmrflow.pipeline.checkpoints import save_state_dict
 
     meta = {"spec": json.dumps(model.spec.to_dict()), "format": "hmrflow.dense_detector.v1"}
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    return save_state_dict(model.state_dict(), path, metadata=meta)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    return save_state_dict(state, path, metadata=meta)
 
 
 def load_detector(path: str | Path, device: torch.device | str = "cpu") -> DenseDetector:
@@ -96,13 +101,8 @@ def detect_images(
     nms_iou: float = 0.7,
     max_det: int = 100,
     device: torch.device | str = "cpu",
-    **decode: Any,
 ) -> list[FrameDetections]:
-    """Run the dense detector on (B, H, W, 3) uint8 frames of one size; one result per frame.
-
-    ``decode``: further options of :func:`~hmrflow.stages.detect.decode_boxes.decode_frame`
-    (e.g. ``neighbours=False`` for the plain 3x3-peak decoder).
-    """
+    """Run the dense detector on (B, H, W, 3) uint8 frames of one size; one result per frame."""
     model.eval()
     b, h, w, _ = images.shape
     x, scale = letterbox(images, model.spec)
@@ -122,7 +122,6 @@ def detect_images(
             score_threshold=score_threshold,
             max_det=max_det,
             nms_iou=nms_iou,
-            **decode,
         )
         results.append(
             FrameDetections(to_image_coords(boxes, scale, w, h), scores.numpy().astype(np.float32), masks.numpy())

@@ -92,9 +92,8 @@ def build_targets(
     centres fall in one cell), the free neighbour cell nearest to its centre, with the
     offset pointing back to the true centre.  The box terms are also supervised at the
     8 neighbours of a centre cell that the person owns (its Gaussian is the largest there
-    and no centre sits there): a cell next to a person's peak then decodes that person's
-    box, so duplicates of one person are removed by box suppression, while the peak of a
-    second person one cell away decodes its own box.
+    and no centre sits there), with offsets pointing to the centre: a heat peak that lands
+    one cell off still decodes its person's box.
 
     Args:
         inst: (B, H, W) int64 person index per pixel, -1 = none (H, W multiples of stride).

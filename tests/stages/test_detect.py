@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from hmrflow.pipeline.boxes import nms
 from hmrflow.pipeline.config import DetectConfig
@@ -15,7 +16,7 @@ from hmrflow.pipeline.errors import HmrflowError
 from hmrflow.pipeline.types import MASK_RES, FrameBatch
 from hmrflow.stages.detect.decode_boxes import decode_frame, to_image_coords
 from hmrflow.stages.detect.file_adapter import read_detections, write_json, write_mot
-from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DetectorSpec
+from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DenseDetector, DetectorSpec, convert_to_stride4
 from hmrflow.stages.detect.stage import DetectStage, bundled_weights_path
 from hmrflow.stages.detect.train import (
     DetectorTrainer,
@@ -92,13 +93,21 @@ def test_nms_keeps_best_of_duplicates():
     assert keep.tolist() == [1, 2]
 
 
-def test_targets_decode_back_to_the_instance_boxes():
+@pytest.mark.parametrize("stride", [8, 4])
+def test_targets_decode_back_to_the_instance_boxes(stride):
     inst = torch.full((1, 96, 128), -1, dtype=torch.int64)
     inst[0, 10:70, 20:44] = 0  # 24 x 60 px
     inst[0, 30:90, 80:120] = 1
-    t = build_targets(inst, 4)
+    t = build_targets(inst, 4, stride=stride)
+    assert t["heat"].shape == (1, 1, 96 // stride, 128 // stride)
     boxes, scores, masks = decode_frame(
-        t["heat"][0, 0], t["size"][0], t["offset"][0], t["fg"][0, 0], t["vote"][0], score_threshold=0.99
+        t["heat"][0, 0],
+        t["size"][0],
+        t["offset"][0],
+        t["fg"][0, 0],
+        t["vote"][0],
+        stride=stride,
+        score_threshold=0.99,
     )
     order = torch.argsort(boxes[:, 0])
     torch.testing.assert_close(boxes[order], torch.tensor([[20.0, 10, 44, 70], [80, 30, 120, 90]]), atol=1e-4, rtol=0)
@@ -151,36 +160,21 @@ def test_box_terms_are_trained_next_to_a_centre_and_point_to_it():
         torch.testing.assert_close(t["size"][0, :, i, j], torch.log(torch.tensor([3.0, 7.5])))
 
 
-def _two_candidate_maps(second_centre_x: float, second_size: tuple[float, float]):
-    """A strong peak at cell (6, 6) and a weaker cell right of it at (6, 7) whose box is centred
-    at ``second_centre_x`` cells; foreground with votes split between the two centres."""
-    heat, size, off, fg, vote = _maps()
-    heat[6, 6], heat[6, 7] = 0.9, 0.8
-    size[:, 6, 6] = torch.tensor([math.log(4.0), math.log(10.0)])
-    size[:, 6, 7] = torch.tensor([math.log(second_size[0]), math.log(second_size[1])])
-    off[0, 6, 7] = second_centre_x - 7.5
-    fg[2:11, 4:11] = 1.0
-    ys, xs = torch.meshgrid(torch.arange(12) + 0.5, torch.arange(16) + 0.5, indexing="ij")
-    tx = torch.where(xs >= 7.0, torch.tensor(second_centre_x), torch.tensor(6.5))
-    vote[0] = (tx - xs) / VOTE_SCALE
-    vote[1] = (6.5 - ys) / VOTE_SCALE
-    return heat, size, off, fg, vote
-
-
-def test_a_second_person_next_to_a_stronger_peak_is_kept():
-    boxes, scores, masks = decode_frame(*_two_candidate_maps(8.0, (3.0, 8.0)))
-    assert len(boxes) == 2
-    torch.testing.assert_close(boxes[1], torch.tensor([8.0 - 1.5, 6.5 - 4.0, 8.0 + 1.5, 6.5 + 4.0]) * STRIDE)
-    m0, m1 = (_paste(masks[k], boxes[k], 12 * STRIDE, 16 * STRIDE) for k in range(2))
-    assert m0.any() and m1.any() and not (m0 & m1).any()
-    # the plain 3x3-peak decoder sees one person only
-    assert len(decode_frame(*_two_candidate_maps(8.0, (3.0, 8.0)), neighbours=False)[0]) == 1
-
-
-def test_a_neighbour_decoding_the_same_person_is_dropped():
-    # the cell next to the peak points at the same centre with a similar box: one person
-    boxes, _, _ = decode_frame(*_two_candidate_maps(6.6, (3.6, 9.0)), nms_iou=0.9)
-    assert len(boxes) == 1
+def test_stride4_detector_starts_as_the_upsampled_stride8_one():
+    torch.manual_seed(0)
+    m8 = DenseDetector(DetectorSpec(input_w=64, input_h=48)).eval()
+    m4 = DenseDetector(DetectorSpec(input_w=64, input_h=48, stride=4)).eval()
+    convert_to_stride4(m8.state_dict(), m4)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        f8, f4 = m8.forward_features(x), m4.forward_features(x)
+        torch.testing.assert_close(f4, F.interpolate(f8, size=(12, 16), mode="bilinear", align_corners=False))
+        o8, o4 = m8.forward_head(f4), m4.forward_head(f4)  # same features: only the cell unit differs
+    assert o4["heat"].shape == (2, 1, 12, 16)
+    torch.testing.assert_close(o4["heat"], o8["heat"])
+    torch.testing.assert_close(o4["size"], o8["size"] + math.log(2.0))
+    for k in ("offset", "vote"):
+        torch.testing.assert_close(o4[k], 2 * o8[k])
 
 
 def test_letterbox_augment_keeps_instances_aligned():
@@ -327,9 +321,10 @@ def _toy_batch(n=2):
     return images, inst
 
 
-def test_training_steps_reduce_the_loss_on_a_tiny_batch():
+@pytest.mark.parametrize("stride", [8, 4])
+def test_training_steps_reduce_the_loss_on_a_tiny_batch(stride):
     images, inst = _toy_batch()
-    trainer = DetectorTrainer(DetectorSpec(), lr=3e-3, total_steps=12, seed=0)
+    trainer = DetectorTrainer(DetectorSpec(stride=stride), lr=3e-3, total_steps=12, seed=0)
     losses = [trainer.step(images, inst)["loss"] for _ in range(12)]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
     assert trainer.state.step == 12
@@ -350,6 +345,39 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert state.step == 4 and state.epoch == 2
     for (k, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k, atol=1e-5, rtol=1e-4)
+
+
+def test_overlap_frames_come_first():
+    from hmrflow.jobs.train.synth_frames import overlap_frames
+
+    boxes = np.full((6, 3, 4), np.nan)
+    boxes[:, 0] = [0, 0, 10, 30]
+    boxes[:, 1] = [40, 0, 50, 30]  # apart ...
+    boxes[[1, 4], 1] = [3, 0, 13, 30]  # ... except in frames 1 and 4
+    rng = np.random.default_rng(0)
+    assert overlap_frames(boxes, 2, rng).tolist() == [1, 4]
+    three = overlap_frames(boxes, 3, rng)
+    assert {1, 4} < set(three.tolist()) and len(set(three.tolist())) == 3
+
+
+def test_companions_follow_a_walker():
+    from hmrflow.jobs.synth.scene import SceneSpec, sample_scene
+    from hmrflow.jobs.train.synth_frames import MAX_PEOPLE, add_companions
+
+    spec = SceneSpec(seed=5, people=2, walkers=1.0, seconds=1.0, fps=5.0, width=64, height=48)
+    scene = sample_scene(spec)
+    out = add_companions(scene, np.random.default_rng(1), 2)
+    assert len(out.people) == 4 and out.people[:2] == scene.people
+    n = len(scene.people[0].trans)
+
+    def follows(q, p, lag):
+        d = q.trans - p.trans[np.clip(np.arange(n) - lag, 0, None)]
+        return np.allclose(d, d[0], atol=1e-5) and abs(d[0, 0]) <= 0.7 and 0.3 <= abs(d[0, 2]) <= 2.0
+
+    for q in out.people[2:]:  # the same walk, a few frames later, shifted sideways and in depth
+        assert any(follows(q, p, lag) for p in scene.people if p.role != "idle" for lag in range(6))
+        assert q.poses.shape == scene.people[0].poses.shape and q.role == "walker"
+    assert len(add_companions(out, np.random.default_rng(2), 10).people) == MAX_PEOPLE
 
 
 # -------------------------------------------------------------- bundled model
