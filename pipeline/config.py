@@ -149,6 +149,19 @@ class TrackConfig(Strict):
     w_shape: float = Field(1.0, ge=0.0, description="cost weight of the betas distance")
     w_pose: float = Field(3.0, ge=0.0, description="cost weight of the joint-angle distance")
     max_cost: float = Field(12.0, gt=0.0, description="pairs costing more stay unmatched")
+    w_app: float = Field(
+        1.5, ge=0.0, description="cost weight of the appearance distance (clothing colour under the mask)"
+    )
+    app_noise: float = Field(
+        0.15, gt=0.0, description="typical appearance distance between two detections of one person"
+    )
+    app_gate: float = Field(
+        0.35, gt=0.0, le=1.0, description="detections this far from a track's appearance never join it"
+    )
+    stitch_window_s: float = Field(
+        5.0, ge=0.0, description="whole-video stitching: join tracklets across gaps up to this long (0 = off)"
+    )
+    stitch_max_cost: float = Field(8.0, gt=0.0, description="stitching: tracklet pairs costing more stay apart")
 
 
 class RefineConfig(Strict):

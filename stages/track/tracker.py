@@ -42,6 +42,7 @@ from hmrflow.pipeline.boxes import box_iou
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
+from hmrflow.stages.track.appearance import appearance_distance
 from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
 from hmrflow.stages.track.kalman import (
     KalmanState,
@@ -54,6 +55,7 @@ from hmrflow.stages.track.kalman import (
     kf_update,
     root_measurement_noise,
 )
+from hmrflow.stages.track.stitch import duplicate_rows, stitch, summarize
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,30 @@ GROWTH_CAP = 4.0
 #: Shape spread model: prior pseudo-hits, and floor as a fraction of ``shape_noise``.
 SHAPE_PRIOR_HITS = 5.0
 SHAPE_MIN_REL = 0.2
+#: Weight of a new clean view in a track's running appearance mean (a slow forgetting).
+APP_RATE = 0.1
+#: A view is clean when no other detection of its frame overlaps its box more than this (IoU);
+#: a view shared with another person counts ``SHARED_VIEW`` of a clean one.
+CLEAN_IOU = 0.1
+SHARED_VIEW = 0.2
+
+
+def _clean_views(est: MeshEstimates) -> np.ndarray:
+    """(N,) 1 for rows whose box no other row of the same frame overlaps (IoU > ``CLEAN_IOU``),
+    ``SHARED_VIEW`` for the others, 0 for rows with no appearance (all-zero descriptor)."""
+    n = len(est)
+    out = np.ones(n)
+    order = np.argsort(est.frame_idx, kind="stable")
+    f = est.frame_idx[order]
+    starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+    for s, e in zip(starts, np.r_[starts[1:], n]):
+        rows = order[s:e]
+        if rows.size > 1:
+            iou = box_iou(est.boxes_xyxy[rows], est.boxes_xyxy[rows])
+            np.fill_diagonal(iou, 0.0)
+            out[rows[iou.max(1) > CLEAN_IOU]] = SHARED_VIEW
+    out[~np.any(est.appearance != 0, axis=1)] = 0.0
+    return out
 
 
 @dataclass
@@ -87,8 +113,15 @@ class _Track:
     betas_sq_sum: np.ndarray
     weight_sum: float
     rotmats: np.ndarray
+    app_sum: np.ndarray
+    app_weight: float
     rows: list[int] = field(default_factory=list)
     n_reid: int = 0
+
+    @property
+    def app_mean(self) -> np.ndarray:
+        """(D,) weighted mean appearance descriptor (zeros: nothing clean seen yet)."""
+        return self.app_sum / self.app_weight if self.app_weight > 0 else self.app_sum
 
     @property
     def betas_mean(self) -> np.ndarray:
@@ -114,6 +147,9 @@ class TrackStats:
 
     pair_evaluations: sum over frames and cascade steps of ``tracks x detections``.
     max_live_tracks: largest number of tracks alive at one frame.
+    n_tracklets: confirmed tracklets of the online pass; n_joins: tracklet joins made by
+    stitching; stitch_pairs: candidate pairs it costed; n_duplicate_rows: rows dropped as a
+    second track on one person.
     """
 
     n_frames: int
@@ -123,6 +159,10 @@ class TrackStats:
     n_tracks_started: int
     n_tracks_kept: int
     n_reidentified: int
+    n_tracklets: int = 0
+    n_joins: int = 0
+    stitch_pairs: int = 0
+    n_duplicate_rows: int = 0
 
 
 class _Tracker:
@@ -142,6 +182,8 @@ class _Tracker:
         self.cam_t = est.cam_t.astype(np.float64)
         self.betas = est.betas.astype(np.float64)
         self.weights = np.clip(np.nan_to_num(est.confidence.astype(np.float64)), 0.05, 1.0)
+        self.app = np.nan_to_num(est.appearance.astype(np.float64))
+        self.clean = _clean_views(est)
 
     # ---------------------------------------------------------------- track ops
     def _root_R(self, cam_t: np.ndarray) -> np.ndarray:
@@ -165,6 +207,8 @@ class _Tracker:
             betas_sq_sum=self.betas[row] ** 2 * self.weights[row],
             weight_sum=float(self.weights[row]),
             rotmats=self.est.rotmats[row],
+            app_sum=self.app[row] * self.clean[row],
+            app_weight=float(self.clean[row]),
             rows=[row],
         )
         self.n_born += 1
@@ -196,6 +240,12 @@ class _Tracker:
         tr.betas_sq_sum = tr.betas_sq_sum + w * self.betas[row] ** 2
         tr.weight_sum += w
         tr.rotmats = self.est.rotmats[row]
+        # a running mean that forgets slowly; views shared with other people count little
+        w = APP_RATE * float(self.clean[row])
+        tr.app_sum = (
+            (1.0 - w) * tr.app_sum + w * self.app[row] if tr.app_weight > 0 else self.app[row] * self.clean[row]
+        )
+        tr.app_weight = (1.0 - w) * tr.app_weight + w if tr.app_weight > 0 else float(self.clean[row])
         tr.rows.append(row)
 
     # ---------------------------------------------------------------- costs
@@ -220,6 +270,10 @@ class _Tracker:
         stds = np.stack([tr.betas_std(self.cfg.shape_noise) for tr in tracks])
         return shape_distance_sq(means, self.betas[rows], stds)
 
+    def _app_terms(self, tracks: list[_Track], rows: np.ndarray) -> np.ndarray:
+        """Appearance distances (T, D) in [0, 1]; NaN where a side has no usable appearance."""
+        return appearance_distance(np.stack([tr.app_mean for tr in tracks]), self.app[rows])
+
     def _motion_cost(self, tracks: list[_Track], rows: np.ndarray, t: float) -> np.ndarray:
         """Cost of steps 1 and 3 (recently seen tracks): (T, D), ``inf`` where gated out."""
         cfg = self.cfg
@@ -236,15 +290,27 @@ class _Tracker:
         pose = pose_distance(np.stack([tr.rotmats for tr in tracks]), self.est.rotmats[rows])
         since = np.array([t - tr.last_hit_t for tr in tracks])
         pose_w = cfg.w_pose * np.exp(-since / cfg.lost_after_s)[:, None]
+        app, app_w = self._app_cost(tracks, rows)
         cost = (
             cfg.w_iou * (1.0 - iou)
             + cfg.w_pos * (np.minimum(d2_root, 2 * self.gate_root) / 3.0 + np.minimum(growth, GROWTH_CAP)[:, None])
             + cfg.w_box * np.minimum(d2_box, 2 * self.gate_box) / 4.0
             + cfg.w_shape * np.minimum(shape, 4 * cfg.reid_shape_gate)
             + pose_w * pose / cfg.pose_noise_rad
+            + app_w * app
         )
         allowed = ((d2_root < self.gate_root) | (d2_box < self.gate_box)) & (shape < 2 * cfg.reid_shape_gate)
+        allowed &= ~(app_w * app > cfg.w_app * cfg.app_gate / cfg.app_noise)
         return np.where(allowed, cost, np.inf)
+
+    def _app_cost(self, tracks: list[_Track], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Appearance cost in noise units (T, D) and its weight (T, D): ``w_app`` scaled by how
+        clean the detection's view is and how much clean appearance the track has; 0 where unknown."""
+        d = self._app_terms(tracks, rows)
+        known = np.isfinite(d)
+        trust = np.minimum(np.array([tr.app_weight for tr in tracks])[:, None], 1.0) * self.clean[rows][None, :]
+        w = np.where(known, self.cfg.w_app * trust, 0.0)
+        return np.where(known, d, 0.0) / self.cfg.app_noise, w
 
     def _reid_cost(self, tracks: list[_Track], rows: np.ndarray) -> np.ndarray:
         """Cost of step 2 (lost tracks): root position + betas, both gated."""
@@ -253,8 +319,10 @@ class _Tracker:
         shape = self._shape_terms(tracks, rows)
         # growth only ranks the lost tracks among themselves (its absolute size, which is
         # large after a long gap, must not push every re-identification past max_cost)
-        cost = cfg.w_pos * (d2_root / 3.0 + (growth - growth.min())[:, None]) + cfg.w_shape * shape
+        app, app_w = self._app_cost(tracks, rows)
+        cost = cfg.w_pos * (d2_root / 3.0 + (growth - growth.min())[:, None]) + cfg.w_shape * shape + app_w * app
         allowed = (d2_root < self.gate_root) & (shape < cfg.reid_shape_gate)
+        allowed &= ~(app_w * app > cfg.w_app * cfg.app_gate / cfg.app_noise)
         return np.where(allowed, cost, np.inf)
 
     def _match(self, tracks: list[_Track], rows: np.ndarray, cost_fn) -> tuple[list[tuple[_Track, int]], np.ndarray]:
@@ -314,11 +382,11 @@ class _Tracker:
         self.live = keep
 
     def finish(self) -> list[_Track]:
-        """Kept tracks, ordered by first appearance."""
+        """Confirmed tracklets, ordered by first appearance (short ones too: stitching may
+        join them to others before the ``min_track_s`` rule is applied to whole tracks)."""
         tracks = self.done + [tr for tr in self.live if tr.confirmed]
         self.live = []
-        kept = [tr for tr in tracks if tr.last_hit_t - tr.first_t >= self.cfg.min_track_s]
-        return sorted(kept, key=lambda tr: (tr.first_t, tr.birth))
+        return sorted(tracks, key=lambda tr: (tr.first_t, tr.birth))
 
 
 def frame_order(est: MeshEstimates) -> np.ndarray:
@@ -342,16 +410,28 @@ def valid_rows(est: MeshEstimates) -> np.ndarray:
 
 
 def track_video(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndarray, TrackStats]:
-    """Identity of every row of one video's estimates.
+    """Identity of every row of one video's estimates (see :func:`track_video_tracklets`).
 
-    est: rows of one video, any order.  Returns ``track_id`` (N,) int64 aligned with the
-    input rows (``-1`` for rows of no kept track: false detections, short or unconfirmed
-    tracks, invalid rows) and the :class:`TrackStats` counters.
+    Returns ``track_id`` (N,) int64 aligned with the input rows (``-1`` for rows of no kept
+    track) and the :class:`TrackStats` counters.
+    """
+    ids, _, stats = track_video_tracklets(est, cfg)
+    return ids, stats
+
+
+def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndarray, np.ndarray, TrackStats]:
+    """Online tracking, whole-video stitching and duplicate removal over one video's rows.
+
+    est: rows of one video, any order.  Returns ``track_id`` (N,) and ``tracklet_id`` (N,)
+    int64 aligned with the input rows: the final track of each row and the online tracklet it
+    came from (both numbered by first appearance; ``-1`` for rows of no kept track: false
+    detections, short or unconfirmed tracks, duplicates, invalid rows), and the counters.
     """
     n = len(est)
     ids = np.full(n, -1, np.int64)
+    tracklet_ids = np.full(n, -1, np.int64)
     if n == 0:
-        return ids, TrackStats(0, 0, 0, 0, 0, 0, 0)
+        return ids, tracklet_ids, TrackStats(0, 0, 0, 0, 0, 0, 0)
     ok = valid_rows(est)
     if not ok.all():
         log.warning(
@@ -369,9 +449,32 @@ def track_video(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndarray, Track
     for s, e in zip(starts, ends):
         rows = order[s:e]
         tracker.step(rows, float(np.max(est.pts[rows])))
-    kept = tracker.finish()
-    for k, tr in enumerate(kept):
-        ids[np.asarray(tr.rows)] = k
+    online = tracker.finish()
+    tracklets = [summarize(est, np.asarray(tr.rows, np.int64), tracker.clean) for tr in online]
+    chains, n_pairs = stitch(tracklets, cfg)
+    track_of = np.full(n, -1, np.int64)
+    tracklet_of = np.full(n, -1, np.int64)
+    for k, chain in enumerate(chains):
+        for ti in chain:
+            track_of[tracklets[ti].rows] = k
+            tracklet_of[tracklets[ti].rows] = ti
+    drop = duplicate_rows(est, track_of)
+    track_of[drop] = -1
+    tracklet_of[drop] = -1
+    # whole tracks shorter than min_track_s go; the rest are numbered by first appearance
+    kept = []
+    for k in range(len(chains)):
+        rows = np.flatnonzero(track_of == k)
+        if rows.size and float(est.pts[rows].max() - est.pts[rows].min()) >= cfg.min_track_s:
+            kept.append((float(est.pts[rows].min()), k, rows))
+    kept.sort(key=lambda x: (x[0], x[1]))
+    for new_id, (_, _, rows) in enumerate(kept):
+        ids[rows] = new_id
+    used = sorted({int(t) for t in tracklet_of[ids >= 0]}, key=lambda t: (tracklets[t].t0, t))
+    remap = {t: i for i, t in enumerate(used)}
+    sel = ids >= 0
+    tracklet_ids[sel] = [remap[int(t)] for t in tracklet_of[sel]]
+    n_joins = sum(len(c) - 1 for c in chains)
     stats = TrackStats(
         n_frames=int(starts.size),
         n_rows=n,
@@ -379,18 +482,27 @@ def track_video(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndarray, Track
         max_live_tracks=tracker.max_live,
         n_tracks_started=tracker.n_born,
         n_tracks_kept=len(kept),
-        n_reidentified=int(sum(tr.n_reid for tr in kept)),
+        n_reidentified=int(sum(tr.n_reid for tr in online)),
+        n_tracklets=len(online),
+        n_joins=int(n_joins),
+        stitch_pairs=int(n_pairs),
+        n_duplicate_rows=int(drop.sum()),
     )
-    return ids, stats
+    return ids, tracklet_ids, stats
 
 
-def attach_track_ids(est: MeshEstimates, track_id: np.ndarray) -> TrackedEstimates:
-    """Rows with ``track_id >= 0`` as :class:`TrackedEstimates`, sorted by (frame_idx, track_id)."""
+def attach_track_ids(
+    est: MeshEstimates, track_id: np.ndarray, tracklet_id: np.ndarray | None = None
+) -> TrackedEstimates:
+    """Rows with ``track_id >= 0`` as :class:`TrackedEstimates`, sorted by (frame_idx, track_id).
+
+    tracklet_id: (N,) the online tracklet of each row (None: the track id)."""
     keep = np.flatnonzero(track_id >= 0)
     keep = keep[np.lexsort((track_id[keep], est.frame_idx[keep]))]
     sub = est.select(keep)
     cols = {name: getattr(sub, name) for name in MeshEstimates.ROW_FIELDS}
-    return TrackedEstimates(video_id=est.video_id, track_id=track_id[keep].astype(np.int64), **cols)
+    tl = None if tracklet_id is None else tracklet_id[keep].astype(np.int64)
+    return TrackedEstimates(video_id=est.video_id, track_id=track_id[keep].astype(np.int64), tracklet_id=tl, **cols)
 
 
 class TrackStage(BaseStage[MeshEstimates, TrackedEstimates]):
@@ -407,14 +519,18 @@ class TrackStage(BaseStage[MeshEstimates, TrackedEstimates]):
         self.cfg = cfg if cfg is not None else TrackConfig()
 
     def __call__(self, est: MeshEstimates) -> TrackedEstimates:
-        track_id, stats = track_video(est, self.cfg)
+        track_id, tracklet_id, stats = track_video_tracklets(est, self.cfg)
         log.info(
-            "%s: %d rows, %d frames -> %d tracks (%d started, %d re-identified)",
+            "%s: %d rows, %d frames -> %d tracks (%d started, %d re-identified online, %d tracklets, "
+            "%d joined by stitching, %d duplicate rows dropped)",
             est.video_id,
             stats.n_rows,
             stats.n_frames,
             stats.n_tracks_kept,
             stats.n_tracks_started,
             stats.n_reidentified,
+            stats.n_tracklets,
+            stats.n_joins,
+            stats.n_duplicate_rows,
         )
-        return attach_track_ids(est, track_id)
+        return attach_track_ids(est, track_id, tracklet_id)
