@@ -144,8 +144,7 @@ def overlapping_people(boxes: np.ndarray, counted: np.ndarray, threshold: float 
     counted = np.asarray(counted, bool)
     iou = box_iou(boxes, boxes)
     np.fill_diagonal(iou, 0.0)
-    iou[~counted] = 0.0
-    iou[:, ~counted] = 0.0
+    iou[:, ~counted] = 0.0  # overlapping a don't-care person does not make one an instance
     return counted & (iou >= threshold).any(1)
 
 

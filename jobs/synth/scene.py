@@ -88,7 +88,7 @@ class SceneSpec:
     body_model: str = "synthetic"
     cross_pairs: int = 0
     cross_gap: tuple[float, float] = (0.3, 0.8)
-    cross_angle_deg: float = 25.0
+    cross_angle_deg: float = 15.0
     groups: int = 0
     group_size: tuple[int, int] = (2, 3)
     group_gap: tuple[float, float] = (0.5, 0.8)
@@ -428,6 +428,14 @@ def _axes(rng: np.random.Generator, max_angle_deg: float) -> tuple[np.ndarray, n
     return u, v, math.degrees(math.atan2(u[0], u[1]))
 
 
+def _path_depth(rng: np.random.Generator, log_depth: tuple[float, float], reach: float) -> float:
+    """Depth (m) of a straight path's middle, log-uniform in the scene's depth range but at
+    least ``reach`` beyond its near end, so an oblique path (or a group's near member) never
+    comes closer than the nearest allowed depth (people would leave the image at the bottom)."""
+    lo = max(log_depth[0], float(np.log(np.exp(log_depth[0]) + reach)))
+    return float(np.exp(rng.uniform(lo, max(lo, log_depth[1]))))
+
+
 def _sample_crossing(
     rng: np.random.Generator,
     spec: SceneSpec,
@@ -445,13 +453,15 @@ def _sample_crossing(
     duration = spec.n_frames / spec.fps
     u, v, heading = _axes(rng, spec.cross_angle_deg)
     gap = float(rng.uniform(*spec.cross_gap))
-    depth = float(np.exp(rng.uniform(*log_depth)))
-    meet = np.array([rng.uniform(-0.3, 0.3) * depth * half_w_tan, depth])
     t_meet = float(rng.uniform(0.35, 0.65)) * duration
+    speeds = rng.uniform(0.9, 1.5, size=2)
+    reach = abs(u[1]) * float(speeds.max()) * max(t_meet, duration - t_meet) + gap / 2
+    depth = _path_depth(rng, log_depth, reach)
+    meet = np.array([rng.uniform(-0.3, 0.3) * depth * half_w_tan, depth])
     ids = []
-    for side in (-1.0, 1.0):  # first walker on the near line walks along u, the other against it
+    # the walker on the near line (side -1) walks along u, the other against it
+    for side, speed in zip((-1.0, 1.0), speeds.tolist()):
         betas, palette = look()
-        speed = float(rng.uniform(0.9, 1.5))
         direction = u * -side
         start = meet + side * v * gap / 2 - direction * speed * t_meet
         poses, trans = _straight_walk(rng, spec, start, direction, speed)
@@ -480,10 +490,11 @@ def _sample_group(
     gaps = rng.uniform(*spec.group_gap, size=size - 1)
     offsets = np.concatenate([[0.0], np.cumsum(gaps)])
     offsets -= offsets.mean()  # centred on the group's line
-    depth = float(np.exp(rng.uniform(*log_depth)))
-    centre = np.array([rng.uniform(-0.3, 0.3) * depth * half_w_tan, depth])
     t_mid = float(rng.uniform(0.35, 0.65)) * duration
     speed = float(rng.uniform(0.9, 1.4))
+    reach = abs(u[1]) * speed * max(t_mid, duration - t_mid) + float(-offsets.min()) * abs(v[1])
+    depth = _path_depth(rng, log_depth, reach)
+    centre = np.array([rng.uniform(-0.3, 0.3) * depth * half_w_tan, depth])
     ids = []
     for off in offsets:
         betas, palette = look()

@@ -469,3 +469,32 @@ def test_identity_columns_in_report_and_overall_pools_people(tmp_path: Path, toy
     header = rep.to_markdown().splitlines()[0]
     for col in ("fragments_per_person", "fragmented_people", "duplicate_frac", "recall_overlap"):
         assert col in header
+
+
+def test_track_bench_scores_fragments_and_duplicates_from_row_identities() -> None:
+    import dataclasses
+
+    from hmrflow.jobs.bench.track_eval import identity_counts, score
+    from hmrflow.pipeline.types import MeshEstimates
+    from hmrflow.stages.track.simulate import SimResult
+
+    near_a = [0.0, 0.0, 50.0, 90.0]  # IoU 0.9 with A
+    rows = [(f, 0, 1 if f < 3 else 2, A) for f in range(6)]  # person 0: two tracks
+    rows += [(f, 1, 5 if f < 5 else -1, B) for f in range(6)]  # person 1: one track, last row dropped
+    rows += [(0, -1, 7, near_a), (1, -1, 7, near_a)]  # a false detection kept on person 0: duplicates
+    rows += [(2, -1, -1, near_a)]  # dropped by the tracker: no duplicate
+    rows += [(4, -1, 8, [600.0, 0, 640, 40])]  # a false track elsewhere: no duplicate
+    frame, gt, track, boxes = (np.array(x) for x in zip(*rows))
+    est = dataclasses.replace(
+        MeshEstimates.empty("v", len(rows)),
+        frame_idx=frame.astype(np.int64),
+        boxes_xyxy=boxes.astype(np.float32),
+        pts=frame / 30.0,
+    )
+    sim = SimResult(est=est, gt_id=gt.astype(np.int64))
+    ic = identity_counts(sim, track.astype(np.int64))
+    assert (ic.matched_people, ic.person_track_ids, ic.fragmented_people) == (2, 3, 1)
+    assert (ic.matched_frames, ic.duplicate_frames) == (11, 2)
+    s = score(sim, track.astype(np.int64))
+    assert s["fragments_per_person"] == pytest.approx(1.5) and s["fragmented_people"] == 1.0
+    assert s["duplicate_frames"] == 2.0 and s["duplicate_frac"] == pytest.approx(2 / 11)
