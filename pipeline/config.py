@@ -150,13 +150,22 @@ class TrackConfig(Strict):
     w_pose: float = Field(3.0, ge=0.0, description="cost weight of the joint-angle distance")
     max_cost: float = Field(12.0, gt=0.0, description="pairs costing more stay unmatched")
     w_app: float = Field(
-        1.5, ge=0.0, description="cost weight of the appearance distance (clothing colour under the mask)"
+        2.0, ge=0.0, description="cost weight of the appearance evidence (clothing colour under the mask)"
     )
-    app_noise: float = Field(
-        0.15, gt=0.0, description="typical appearance distance between two detections of one person"
+    app_same: float = Field(
+        0.13, gt=0.0, description="typical appearance distance of a detection to its own person's appearance"
+    )
+    app_other: float = Field(
+        0.30, gt=0.0, description="typical appearance distance of a detection to another person's appearance"
     )
     app_gate: float = Field(
         0.35, gt=0.0, le=1.0, description="detections this far from a track's appearance never join it"
+    )
+    split_gap_s: float = Field(
+        0.2,
+        ge=0.0,
+        description="a track unseen this long while touching another track starts a new tracklet when it comes "
+        "back (stitching then decides who it is; 0 = never split; no splits without stitching)",
     )
     stitch_window_s: float = Field(
         5.0, ge=0.0, description="whole-video stitching: join tracklets across gaps up to this long (0 = off)"
@@ -209,6 +218,8 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "PipelineConfig":
+        if self.track.app_other <= self.track.app_same:
+            raise ValueError("track.app_other must be larger than track.app_same")
         if self.refine.overlap >= self.refine.window:
             raise ValueError("refine.overlap must be smaller than refine.window")
         return self

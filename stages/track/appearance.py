@@ -141,9 +141,15 @@ def describe(
 
 
 def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(..., APPEARANCE_DIM) -> hue (..., B, HUE_BINS), lightness (..., B, L_BINS), fraction (..., B)."""
+    """(..., APPEARANCE_DIM) -> hue (..., B, HUE_BINS), lightness (..., B, L_BINS), fraction (..., B).
+
+    The histograms are renormalised to sum to 1 (or stay 0): a weighted mean of descriptors, some
+    of which did not see a band, is then that band's mixture over the views that saw it."""
     d = np.asarray(x, np.float64).reshape(*np.shape(x)[:-1], len(BANDS), PER_BAND)
-    return d[..., :HUE_BINS], d[..., HUE_BINS : HUE_BINS + L_BINS], d[..., -1]
+    hue, light = d[..., :HUE_BINS], d[..., HUE_BINS : HUE_BINS + L_BINS]
+    hue = hue / np.maximum(hue.sum(-1, keepdims=True), 1e-12)
+    light = light / np.maximum(light.sum(-1, keepdims=True), 1e-12)
+    return hue, light, d[..., -1]
 
 
 def appearance_distance(a: np.ndarray, b: np.ndarray, min_frac: float = 0.05) -> np.ndarray:
@@ -165,3 +171,11 @@ def appearance_distance(a: np.ndarray, b: np.ndarray, min_frac: float = 0.05) ->
     wsum = w.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(wsum > 0, (w * d).sum(-1) / np.where(wsum > 0, wsum, 1.0), np.nan)
+
+
+def appearance_evidence(d: np.ndarray, same: float, other: float) -> np.ndarray:
+    """Appearance distances -> evidence in [-1.5, 3]: -1 at the typical distance of a detection to
+    its own person (``same``), +1 at the typical distance to someone else (``other``), 0 halfway
+    and where unknown (NaN).  Costs add it with a weight, so a good match lowers a pair's cost."""
+    z = (np.asarray(d, np.float64) - 0.5 * (same + other)) / (0.5 * (other - same))
+    return np.where(np.isfinite(z), np.clip(z, -1.5, 3.0), 0.0)

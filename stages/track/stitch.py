@@ -38,7 +38,7 @@ import numpy as np
 
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.types import MeshEstimates
-from hmrflow.stages.track.appearance import appearance_distance
+from hmrflow.stages.track.appearance import appearance_distance, appearance_evidence
 from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq
 from hmrflow.stages.track.kalman import root_measurement_noise
 
@@ -52,7 +52,7 @@ MAX_SPEED = 2.5
 VEL_CHANGE_STD = 0.6
 #: Appearance distances below this join tracklets even where the motion disagrees (re-entry
 #: at another place, or a monocular depth jump).
-STRONG_APP = 0.22
+STRONG_APP = 0.18
 #: Most the motion disagreement can cost (in units of a 1-sigma-per-axis miss).
 MOTION_CAP = 3.0
 #: Rows of two tracks in one frame are one person when the smaller box lies this much inside
@@ -171,11 +171,9 @@ def pair_cost(a: Tracklet, b: Tracklet, cfg: TrackConfig) -> float:
     if np.isfinite(app):
         if app > cfg.app_gate or (d2 > gate_root and app > STRONG_APP):
             return float("inf")
-        app_cost = cfg.w_app * app / cfg.app_noise
-    else:
-        if d2 > gate_root:
-            return float("inf")
-        app_cost = cfg.w_app * cfg.app_gate / cfg.app_noise  # unknown looks: as doubtful as the gate
+    elif d2 > gate_root:
+        return float("inf")
+    app_cost = cfg.w_app * float(appearance_evidence(app, cfg.app_same, cfg.app_other))
     # the motion term is capped: a person may come back elsewhere (re-entry, a depth jump);
     # where it disagrees only a strong appearance match gets past the gate above
     motion = min(d2 / 3.0, MOTION_CAP)

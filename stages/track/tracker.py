@@ -42,18 +42,19 @@ from hmrflow.pipeline.boxes import box_iou
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
-from hmrflow.stages.track.appearance import appearance_distance
+from hmrflow.stages.track.appearance import appearance_distance, appearance_evidence
 from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
 from hmrflow.stages.track.kalman import (
     KalmanState,
     box_measurement_noise,
+    box_measurement_noise_batch,
     box_to_cxcywh,
     cxcywh_to_box,
     kf_init,
-    kf_predict,
-    kf_project,
-    kf_update,
+    kf_predict_batch,
+    kf_update_batch,
     root_measurement_noise,
+    root_measurement_noise_batch,
 )
 from hmrflow.stages.track.stitch import duplicate_rows, stitch, summarize
 
@@ -71,12 +72,15 @@ GROWTH_CAP = 4.0
 #: Shape spread model: prior pseudo-hits, and floor as a fraction of ``shape_noise``.
 SHAPE_PRIOR_HITS = 5.0
 SHAPE_MIN_REL = 0.2
+#: Predicted boxes of two tracks overlapping more than this (IoU) are in contact.
+CONTACT_IOU = 0.1
 #: Weight of a new clean view in a track's running appearance mean (a slow forgetting).
 APP_RATE = 0.1
 #: A view is clean when no other detection of its frame overlaps its box more than this (IoU);
-#: a view shared with another person counts ``SHARED_VIEW`` of a clean one.
+#: a view shared with another person counts ``SHARED_VIEW`` of a clean one (masks of
+#: overlapping people are disjoint, so such views stay informative; a little less so).
 CLEAN_IOU = 0.1
-SHARED_VIEW = 0.2
+SHARED_VIEW = 0.7
 
 
 def _clean_views(est: MeshEstimates) -> np.ndarray:
@@ -117,6 +121,8 @@ class _Track:
     app_weight: float
     rows: list[int] = field(default_factory=list)
     n_reid: int = 0
+    #: positions in ``rows`` where a new tracklet starts (after a gap in contact with another track)
+    splits: list[int] = field(default_factory=list)
 
     @property
     def app_mean(self) -> np.ndarray:
@@ -176,6 +182,7 @@ class _Tracker:
         self.live: list[_Track] = []
         self.done: list[_Track] = []
         self.n_born = 0
+        self.n_reid = 0
         self.pairs = 0
         self.max_live = 0
         self.boxes = box_to_cxcywh(est.boxes_xyxy)  # (N, 4)
@@ -215,23 +222,60 @@ class _Tracker:
         self.live.append(tr)
 
     def _predict_all(self, t: float) -> None:
-        for tr in self.live:
-            dt = t - tr.t_state
-            if dt > 0:
-                h = max(float(tr.box.x[3]), 1.0)
-                tr.root = kf_predict(tr.root, dt, self.cfg.accel_std)
-                tr.box = kf_predict(tr.box, dt, self.cfg.box_accel_rel * h)
-                tr.t_state = t
+        """Propagate every live track's filters to time ``t`` (all tracks in one batch)."""
+        moving = [tr for tr in self.live if t - tr.t_state > 0]
+        if not moving:
+            return
+        dt = np.array([t - tr.t_state for tr in moving])
+        rx, rP = kf_predict_batch(
+            np.stack([tr.root.x for tr in moving]),
+            np.stack([tr.root.P for tr in moving]),
+            dt,
+            np.full(len(moving), self.cfg.accel_std),
+        )
+        h = np.maximum(np.array([tr.box.x[3] for tr in moving]), 1.0)
+        bx, bP = kf_predict_batch(
+            np.stack([tr.box.x for tr in moving]),
+            np.stack([tr.box.P for tr in moving]),
+            dt,
+            self.cfg.box_accel_rel * h,
+        )
+        for i, tr in enumerate(moving):
+            tr.root, tr.box, tr.t_state = KalmanState(rx[i], rP[i]), KalmanState(bx[i], bP[i]), t
 
-    def _hit(self, tr: _Track, row: int, t: float) -> None:
-        c = self.boxes[row]
-        if t - tr.last_hit_t > self.cfg.lost_after_s:
-            # re-identified after a long gap: the box filter's velocity is meaningless now
-            tr.box = kf_init(c, self._box_R(c[3]), BOX_VEL_STD * c[3])
-            tr.n_reid += 1
-        else:
-            tr.box = kf_update(tr.box, c, self._box_R(c[3]))
-        tr.root = kf_update(tr.root, self.cam_t[row], self._root_R(self.cam_t[row]))
+    def _hit_all(self, pairs: list[tuple[_Track, int]], t: float) -> None:
+        """Update the matched tracks' filters with their rows (all pairs in one batch), then
+        their shape, pose and appearance summaries."""
+        if not pairs:
+            return
+        cfg = self.cfg
+        rows = np.array([row for _, row in pairs])
+        z = self.cam_t[rows]
+        rx, rP = kf_update_batch(
+            np.stack([tr.root.x for tr, _ in pairs]),
+            np.stack([tr.root.P for tr, _ in pairs]),
+            z,
+            root_measurement_noise_batch(z, cfg.pos_noise_m, cfg.depth_noise_rel),
+        )
+        c = self.boxes[rows]
+        bx, bP = kf_update_batch(
+            np.stack([tr.box.x for tr, _ in pairs]),
+            np.stack([tr.box.P for tr, _ in pairs]),
+            c,
+            box_measurement_noise_batch(c[:, 3], cfg.box_noise_rel),
+        )
+        for i, (tr, row) in enumerate(pairs):
+            tr.root = KalmanState(rx[i], rP[i])
+            if t - tr.last_hit_t > cfg.lost_after_s:
+                # re-identified after a long gap: the box filter's velocity is meaningless now
+                tr.box = kf_init(c[i], self._box_R(c[i, 3]), BOX_VEL_STD * c[i, 3])
+                tr.n_reid += 1
+                self.n_reid += 1
+            else:
+                tr.box = KalmanState(bx[i], bP[i])
+            self._hit_summaries(tr, int(row), t)
+
+    def _hit_summaries(self, tr: _Track, row: int, t: float) -> None:
         tr.last_hit_t = t
         tr.hits += 1
         tr.confirmed = tr.confirmed or tr.hits >= self.cfg.confirm_hits
@@ -256,14 +300,11 @@ class _Tracker:
         log-likelihood that makes a confident (recently seen) track cheaper than a stale
         one whose wide prediction would otherwise accept anything nearby.
         """
-        means, covs, growth = [], [], []
-        for tr in tracks:
-            R = self._root_R(tr.root.x[:3])
-            m, S = kf_project(tr.root, R)
-            means.append(m)
-            covs.append(S)
-            growth.append(0.5 * (np.linalg.slogdet(S)[1] - np.linalg.slogdet(R)[1]))
-        return mahalanobis_sq(np.stack(means), np.stack(covs), self.cam_t[rows]), np.asarray(growth)
+        x = np.stack([tr.root.x for tr in tracks])
+        R = root_measurement_noise_batch(x[:, :3], self.cfg.pos_noise_m, self.cfg.depth_noise_rel)
+        S = np.stack([tr.root.P[:3, :3] for tr in tracks]) + R
+        growth = 0.5 * (np.linalg.slogdet(S)[1] - np.linalg.slogdet(R)[1])
+        return mahalanobis_sq(x[:, :3], S, self.cam_t[rows]), growth
 
     def _shape_terms(self, tracks: list[_Track], rows: np.ndarray) -> np.ndarray:
         means = np.stack([tr.betas_mean for tr in tracks])
@@ -278,19 +319,17 @@ class _Tracker:
         """Cost of steps 1 and 3 (recently seen tracks): (T, D), ``inf`` where gated out."""
         cfg = self.cfg
         d2_root, growth = self._root_terms(tracks, rows)
-        box_means, box_covs = [], []
-        for tr in tracks:
-            m, S = kf_project(tr.box, self._box_R(tr.box.x[3]))
-            box_means.append(m)
-            box_covs.append(S)
-        box_means_a = np.stack(box_means)
-        d2_box = mahalanobis_sq(box_means_a, np.stack(box_covs), self.boxes[rows])
+        box_means_a = np.stack([tr.box.x[:4] for tr in tracks])
+        box_covs = np.stack([tr.box.P[:4, :4] for tr in tracks]) + box_measurement_noise_batch(
+            box_means_a[:, 3], cfg.box_noise_rel
+        )
+        d2_box = mahalanobis_sq(box_means_a, box_covs, self.boxes[rows])
         iou = box_iou(cxcywh_to_box(box_means_a), self.est.boxes_xyxy[rows])
         shape = self._shape_terms(tracks, rows)
         pose = pose_distance(np.stack([tr.rotmats for tr in tracks]), self.est.rotmats[rows])
         since = np.array([t - tr.last_hit_t for tr in tracks])
         pose_w = cfg.w_pose * np.exp(-since / cfg.lost_after_s)[:, None]
-        app, app_w = self._app_cost(tracks, rows)
+        app, app_w, app_far = self._app_cost(tracks, rows)
         cost = (
             cfg.w_iou * (1.0 - iou)
             + cfg.w_pos * (np.minimum(d2_root, 2 * self.gate_root) / 3.0 + np.minimum(growth, GROWTH_CAP)[:, None])
@@ -300,17 +339,19 @@ class _Tracker:
             + app_w * app
         )
         allowed = ((d2_root < self.gate_root) | (d2_box < self.gate_box)) & (shape < 2 * cfg.reid_shape_gate)
-        allowed &= ~(app_w * app > cfg.w_app * cfg.app_gate / cfg.app_noise)
-        return np.where(allowed, cost, np.inf)
+        return np.where(allowed & ~app_far, cost, np.inf)
 
-    def _app_cost(self, tracks: list[_Track], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Appearance cost in noise units (T, D) and its weight (T, D): ``w_app`` scaled by how
-        clean the detection's view is and how much clean appearance the track has; 0 where unknown."""
+    def _app_cost(self, tracks: list[_Track], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Appearance evidence (T, D) (:func:`~.appearance.appearance_evidence`), its weight (T, D)
+        (``w_app`` scaled by how much appearance the track has and how clean the detection's view
+        is; 0 where unknown) and where the pair looks too different to be one person (T, D) bool."""
+        cfg = self.cfg
         d = self._app_terms(tracks, rows)
         known = np.isfinite(d)
         trust = np.minimum(np.array([tr.app_weight for tr in tracks])[:, None], 1.0) * self.clean[rows][None, :]
-        w = np.where(known, self.cfg.w_app * trust, 0.0)
-        return np.where(known, d, 0.0) / self.cfg.app_noise, w
+        w = np.where(known, cfg.w_app * trust, 0.0)
+        far = known & (trust > 0.5) & (np.nan_to_num(d) > cfg.app_gate)
+        return appearance_evidence(d, cfg.app_same, cfg.app_other), w, far
 
     def _reid_cost(self, tracks: list[_Track], rows: np.ndarray) -> np.ndarray:
         """Cost of step 2 (lost tracks): root position + betas, both gated."""
@@ -319,11 +360,10 @@ class _Tracker:
         shape = self._shape_terms(tracks, rows)
         # growth only ranks the lost tracks among themselves (its absolute size, which is
         # large after a long gap, must not push every re-identification past max_cost)
-        app, app_w = self._app_cost(tracks, rows)
+        app, app_w, app_far = self._app_cost(tracks, rows)
         cost = cfg.w_pos * (d2_root / 3.0 + (growth - growth.min())[:, None]) + cfg.w_shape * shape + app_w * app
         allowed = (d2_root < self.gate_root) & (shape < cfg.reid_shape_gate)
-        allowed &= ~(app_w * app > cfg.w_app * cfg.app_gate / cfg.app_noise)
-        return np.where(allowed, cost, np.inf)
+        return np.where(allowed & ~app_far, cost, np.inf)
 
     def _match(self, tracks: list[_Track], rows: np.ndarray, cost_fn) -> tuple[list[tuple[_Track, int]], np.ndarray]:
         """Run one cascade step; returns matched (track, row) pairs and the rows left."""
@@ -351,15 +391,38 @@ class _Tracker:
         m1, rest = self._match(active, rows, lambda trs, r: self._motion_cost(trs, r, t))
         m2, rest = self._match(lost, rest, self._reid_cost)
         m3, rest = self._match(tentative, rest, lambda trs, r: self._motion_cost(trs, r, t))
-        for tr, row in m1 + m2 + m3:
-            self._hit(tr, row, t)
+        pairs = m1 + m2 + m3
+        contested = self._contested([tr for tr, _ in pairs], t)
+        for (tr, row), doubt in zip(pairs, contested):
+            if doubt:
+                tr.splits.append(len(tr.rows))  # a fresh tracklet: stitching decides who this is
             matched.append(row)
+        self._hit_all(pairs, t)
         for row in rest:
             if not self._duplicates(int(row), matched):
                 self._birth(int(row), t)
                 matched.append(int(row))
         self.max_live = max(self.max_live, len(self.live))
         self._retire(t)
+
+    def _contested(self, tracks: list[_Track], t: float) -> list[bool]:
+        """For tracks about to be re-acquired: unseen for more than ``split_gap_s`` while another
+        live track's predicted box overlaps theirs (a crossing or a group: the identity may have
+        changed hands in the gap)."""
+        gap = self.cfg.split_gap_s
+        out = [False] * len(tracks)
+        if gap <= 0 or self.cfg.stitch_window_s <= 0 or len(self.live) < 2:
+            return out  # without stitching nothing would join the pieces again
+        boxes = cxcywh_to_box(np.stack([tr.box.x[:4] for tr in self.live]))
+        index = {id(tr): i for i, tr in enumerate(self.live)}
+        for k, tr in enumerate(tracks):
+            if t - tr.last_hit_t <= gap:
+                continue
+            i = index[id(tr)]
+            iou = box_iou(boxes[i][None], boxes)[0]
+            iou[i] = 0.0
+            out[k] = bool(iou.max() > CONTACT_IOU)
+        return out
 
     def _duplicates(self, row: int, others: list[int]) -> bool:
         if not others:
@@ -381,12 +444,18 @@ class _Tracker:
                 keep.append(tr)
         self.live = keep
 
-    def finish(self) -> list[_Track]:
-        """Confirmed tracklets, ordered by first appearance (short ones too: stitching may
-        join them to others before the ``min_track_s`` rule is applied to whole tracks)."""
+    def finish(self) -> list[np.ndarray]:
+        """Rows of the confirmed tracklets, each time-ordered, ordered by first appearance (short
+        ones too: stitching may join them before ``min_track_s`` applies to whole tracks); a
+        track split where it came back from a contested gap gives one tracklet per piece."""
         tracks = self.done + [tr for tr in self.live if tr.confirmed]
         self.live = []
-        return sorted(tracks, key=lambda tr: (tr.first_t, tr.birth))
+        tracks.sort(key=lambda tr: (tr.first_t, tr.birth))
+        out = []
+        for tr in tracks:
+            rows = np.asarray(tr.rows, np.int64)
+            out += [piece for piece in np.split(rows, tr.splits) if piece.size]
+        return out
 
 
 def frame_order(est: MeshEstimates) -> np.ndarray:
@@ -450,7 +519,7 @@ def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndar
         rows = order[s:e]
         tracker.step(rows, float(np.max(est.pts[rows])))
     online = tracker.finish()
-    tracklets = [summarize(est, np.asarray(tr.rows, np.int64), tracker.clean) for tr in online]
+    tracklets = [summarize(est, rows, tracker.clean) for rows in online]
     chains, n_pairs = stitch(tracklets, cfg)
     track_of = np.full(n, -1, np.int64)
     tracklet_of = np.full(n, -1, np.int64)
@@ -482,7 +551,7 @@ def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndar
         max_live_tracks=tracker.max_live,
         n_tracks_started=tracker.n_born,
         n_tracks_kept=len(kept),
-        n_reidentified=int(sum(tr.n_reid for tr in online)),
+        n_reidentified=tracker.n_reid,
         n_tracklets=len(online),
         n_joins=int(n_joins),
         stitch_pairs=int(n_pairs),
