@@ -126,7 +126,9 @@ class TrackConfig(Strict):
     """
 
     reid_window_s: float = Field(2.0, ge=0.0, description="keep lost tracks this long for re-identification")
-    min_track_s: float = Field(0.3, ge=0.0, description="drop tracks spanning less time than this")
+    min_track_s: float = Field(
+        0.3, ge=0.0, description="drop tracks seen for less than this: spanning less, or with fewer observed frames"
+    )
     confirm_hits: int = Field(3, ge=1, description="hits that turn a tentative track into a confirmed one")
     lost_after_s: float = Field(
         1.0, gt=0.0, description="a track unseen this long is matched only by re-identification (shape + position)"

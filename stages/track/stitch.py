@@ -39,7 +39,7 @@ import numpy as np
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.types import MeshEstimates
 from hmrflow.stages.track.appearance import appearance_distance, appearance_evidence
-from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq
+from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, reachable
 from hmrflow.stages.track.kalman import root_measurement_noise
 
 #: Seconds at each end of a tracklet from which its end position and velocity are fitted.
@@ -56,9 +56,21 @@ STRONG_APP = 0.18
 #: Most the motion disagreement can cost (in units of a 1-sigma-per-axis miss).
 MOTION_CAP = 3.0
 #: Rows of two tracks in one frame are one person when the smaller box lies this much inside
-#: the other (intersection over the smaller area) and the roots are this close (metres).
+#: the other (intersection over the smaller area) and the roots are this close: metres plus a
+#: fraction of the distance (monocular depth of a partial box is rough).
 DUP_CONTAIN = 0.8
 DUP_DIST_M = 0.5
+DUP_DIST_REL = 0.15
+#: Two tracklets that share time are one person when, in this share of the comparisons, their
+#: rows in common frames are one body (boxes overlapping by ``COLOCATED_CONTAIN`` of the smaller,
+#: roots close) and their other rows lie this close to the other's trajectory (metres plus a
+#: fraction of the distance).
+COLOCATED_SHARE = 0.8
+COLOCATED_CONTAIN = 0.6
+#: ...with at least this many comparisons (a few frames of contact prove nothing).
+COLOCATED_MIN = 5
+INTERLEAVE_DIST_M = 0.3
+INTERLEAVE_DIST_REL = 0.12
 
 
 @dataclass(frozen=True)
@@ -149,7 +161,7 @@ def candidate_pairs(tracklets: list[Tracklet], window_s: float) -> list[tuple[in
 def pair_cost(a: Tracklet, b: Tracklet, cfg: TrackConfig) -> float:
     """Cost of joining ``b`` after ``a`` (see module docstring); ``inf`` when gated out."""
     gap = b.t0 - a.t1
-    if gap <= 0:
+    if gap <= 0 or not reachable(a.root1, b.root0, gap)[0, 0]:
         return float("inf")
     # both ends extrapolated across the gap, each with an uncertainty growing with the gap
     fwd = a.root1 + a.vel1 * gap
@@ -262,9 +274,98 @@ def duplicate_rows(est: MeshEstimates, track_of: np.ndarray) -> np.ndarray:
                 small = min(area[r1], area[r2])
                 if small <= 0 or inter / small < DUP_CONTAIN:
                     continue
-                if np.linalg.norm(est.cam_t[r1].astype(np.float64) - est.cam_t[r2]) > DUP_DIST_M:
+                p1, p2 = est.cam_t[r1].astype(np.float64), est.cam_t[r2].astype(np.float64)
+                far = max(np.linalg.norm(p1), np.linalg.norm(p2))
+                if np.linalg.norm(p1 - p2) > DUP_DIST_M + DUP_DIST_REL * far:
                     continue
                 t1, t2 = int(track_of[r1]), int(track_of[r2])
                 loser = r1 if (size[t1], -t1) < (size[t2], -t2) else r2
                 drop[loser] = True
     return drop
+
+
+def _colocated(est: MeshEstimates, r1: np.ndarray, r2: np.ndarray, contain: float) -> np.ndarray:
+    """(K,) bool per row pair: the boxes overlap (the smaller one at least ``contain`` inside the
+    other) and the roots are within ``DUP_DIST_M`` plus ``DUP_DIST_REL`` of the distance."""
+    b1, b2 = est.boxes_xyxy[r1].astype(np.float64), est.boxes_xyxy[r2].astype(np.float64)
+    iw = np.minimum(b1[:, 2], b2[:, 2]) - np.maximum(b1[:, 0], b2[:, 0])
+    ih = np.minimum(b1[:, 3], b2[:, 3]) - np.maximum(b1[:, 1], b2[:, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+    small = np.minimum(area(b1), area(b2))
+    p1, p2 = est.cam_t[r1].astype(np.float64), est.cam_t[r2].astype(np.float64)
+    far = np.maximum(np.linalg.norm(p1, axis=1), np.linalg.norm(p2, axis=1))
+    near = np.linalg.norm(p1 - p2, axis=1) <= DUP_DIST_M + DUP_DIST_REL * far
+    return (inter >= contain * np.maximum(small, 1e-9)) & near
+
+
+def merge_colocated(
+    est: MeshEstimates, pieces: list[np.ndarray], clean: np.ndarray, cfg: TrackConfig
+) -> tuple[list[np.ndarray], int]:
+    """Merge tracklets that are one person tracked twice: over the time they share, their rows in
+    common frames are one body (boxes overlapping, roots close) and their rows in the other's
+    missing frames lie on the other's trajectory, in ``COLOCATED_SHARE`` of the cases; and they do
+    not look like two people.  Two people seen at once are apart in most of their common frames.
+
+    In a common frame the merged track keeps the row with the higher detector score.
+    pieces: row indices of each tracklet, in birth order.  Returns the merged pieces (each sorted by
+    time, ordered by first time, then birth order) and the number of rows dropped.
+    """
+    if len(pieces) < 2:
+        return pieces, 0
+    pts = est.pts.astype(np.float64)
+    merged: dict[int, np.ndarray] = {i: np.asarray(pieces[i]) for i in range(len(pieces))}
+    dropped = 0
+    for b in sorted(merged, key=lambda i: (len(merged[i]), i)):  # small ones into big ones
+        if b not in merged:
+            continue
+        rb = merged[b]
+        for a in sorted(merged, key=lambda i: (-len(merged[i]), i)):
+            if a == b or a not in merged or len(merged[a]) < len(rb):
+                continue
+            ra = merged[a]
+            ta, tb = pts[ra], pts[rb]
+            if tb.max() < ta.min() or tb.min() > ta.max():
+                continue  # no common time: stitching's business
+            fa = {int(f): int(r) for f, r in zip(est.frame_idx[ra], ra)}
+            common = np.array([fa.get(int(f), -1) for f in est.frame_idx[rb]])
+            shared = common >= 0
+            votes = []
+            if shared.any():
+                votes.append(_colocated(est, common[shared], rb[shared], COLOCATED_CONTAIN))
+            inside = ~shared & (tb >= ta.min()) & (tb <= ta.max())
+            if inside.any():
+                srt = np.argsort(ta, kind="stable")
+                path = np.stack(
+                    [np.interp(tb[inside], ta[srt], est.cam_t[ra][srt][:, k].astype(np.float64)) for k in range(3)], 1
+                )
+                tol = INTERLEAVE_DIST_M + INTERLEAVE_DIST_REL * np.linalg.norm(path, axis=1)
+                votes.append(np.linalg.norm(est.cam_t[rb][inside].astype(np.float64) - path, axis=1) <= tol)
+            v = np.concatenate(votes) if votes else np.zeros(0, bool)
+            if v.size < COLOCATED_MIN or v.mean() < COLOCATED_SHARE:
+                continue
+            app = appearance_distance(_mean_app(est, ra, clean)[None], _mean_app(est, rb, clean)[None])[0, 0]
+            if np.isfinite(app) and appearance_evidence(app, cfg.app_same, cfg.app_other) > 0.5:
+                continue
+            # one row per frame: in a common frame the better-scored detection stays
+            keep_b = np.ones(len(rb), bool)
+            drop_a = np.zeros(len(ra), bool)
+            pos_a = {int(r): i for i, r in enumerate(ra)}
+            for i in np.flatnonzero(shared):
+                if est.scores[rb[i]] > est.scores[common[i]]:
+                    drop_a[pos_a[int(common[i])]] = True
+                else:
+                    keep_b[i] = False
+            joined = np.concatenate([ra[~drop_a], rb[keep_b]])
+            dropped += int(drop_a.sum() + (~keep_b).sum())
+            merged[a] = joined[np.argsort(pts[joined], kind="stable")]
+            del merged[b]
+            break
+    out = [merged[i] for i in sorted(merged, key=lambda i: (float(pts[merged[i]].min()), i))]
+    return out, dropped
+
+
+def _mean_app(est: MeshEstimates, rows: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """(D,) mean descriptor of ``rows`` weighted by how clean their views are (zeros: unknown)."""
+    w = clean[rows]
+    return (est.appearance[rows] * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.zeros(est.appearance.shape[1])

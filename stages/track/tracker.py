@@ -43,7 +43,13 @@ from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates, TrackedEstimates
 from hmrflow.stages.track.appearance import appearance_distance, appearance_evidence
-from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, pose_distance, shape_distance_sq
+from hmrflow.stages.track.cost import (
+    gated_assignment,
+    mahalanobis_sq,
+    pose_distance,
+    reachable,
+    shape_distance_sq,
+)
 from hmrflow.stages.track.kalman import (
     KalmanState,
     box_measurement_noise,
@@ -56,7 +62,7 @@ from hmrflow.stages.track.kalman import (
     root_measurement_noise,
     root_measurement_noise_batch,
 )
-from hmrflow.stages.track.stitch import duplicate_rows, stitch, summarize
+from hmrflow.stages.track.stitch import duplicate_rows, merge_colocated, stitch, summarize
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,7 @@ class _Track:
     rotmats: np.ndarray
     app_sum: np.ndarray
     app_weight: float
+    last_root: np.ndarray
     rows: list[int] = field(default_factory=list)
     n_reid: int = 0
     #: positions in ``rows`` where a new tracklet starts (after a gap in contact with another track)
@@ -183,6 +190,7 @@ class _Tracker:
         self.done: list[_Track] = []
         self.n_born = 0
         self.n_reid = 0
+        self.pts_now = 0.0
         self.pairs = 0
         self.max_live = 0
         self.boxes = box_to_cxcywh(est.boxes_xyxy)  # (N, 4)
@@ -216,6 +224,7 @@ class _Tracker:
             rotmats=self.est.rotmats[row],
             app_sum=self.app[row] * self.clean[row],
             app_weight=float(self.clean[row]),
+            last_root=self.cam_t[row],
             rows=[row],
         )
         self.n_born += 1
@@ -277,6 +286,7 @@ class _Tracker:
 
     def _hit_summaries(self, tr: _Track, row: int, t: float) -> None:
         tr.last_hit_t = t
+        tr.last_root = self.cam_t[row]
         tr.hits += 1
         tr.confirmed = tr.confirmed or tr.hits >= self.cfg.confirm_hits
         w = float(self.weights[row])
@@ -363,6 +373,9 @@ class _Tracker:
         app, app_w, app_far = self._app_cost(tracks, rows)
         cost = cfg.w_pos * (d2_root / 3.0 + (growth - growth.min())[:, None]) + cfg.w_shape * shape + app_w * app
         allowed = (d2_root < self.gate_root) & (shape < cfg.reid_shape_gate)
+        # the filter's uncertainty grows without bound in a long gap: keep to what a person can reach
+        since = np.array([self.pts_now - tr.last_hit_t for tr in tracks])
+        allowed &= reachable(np.stack([tr.last_root for tr in tracks]), self.cam_t[rows], since)
         return np.where(allowed & ~app_far, cost, np.inf)
 
     def _match(self, tracks: list[_Track], rows: np.ndarray, cost_fn) -> tuple[list[tuple[_Track, int]], np.ndarray]:
@@ -383,6 +396,7 @@ class _Tracker:
     def step(self, rows: np.ndarray, t: float) -> None:
         """Process the (valid) rows of one frame taken at time ``t`` seconds."""
         cfg = self.cfg
+        self.pts_now = t
         self._predict_all(t)
         active = [tr for tr in self.live if tr.confirmed and t - tr.last_hit_t <= cfg.lost_after_s]
         lost = [tr for tr in self.live if tr.confirmed and t - tr.last_hit_t > cfg.lost_after_s]
@@ -519,6 +533,14 @@ def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndar
         rows = order[s:e]
         tracker.step(rows, float(np.max(est.pts[rows])))
     online = tracker.finish()
+    # two tracklets on one body: drop the smaller one's copies, then merge tracklets that follow
+    # one body (alternating, or both present with overlapping boxes)
+    label = np.full(n, -1, np.int64)
+    for i, rows in enumerate(online):
+        label[rows] = i
+    drop = duplicate_rows(est, label)
+    online = [rows[~drop[rows]] for rows in online]
+    online, n_merged_away = merge_colocated(est, [rows for rows in online if rows.size], tracker.clean, cfg)
     tracklets = [summarize(est, rows, tracker.clean) for rows in online]
     chains, n_pairs = stitch(tracklets, cfg)
     track_of = np.full(n, -1, np.int64)
@@ -527,14 +549,18 @@ def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndar
         for ti in chain:
             track_of[tracklets[ti].rows] = k
             tracklet_of[tracklets[ti].rows] = ti
-    drop = duplicate_rows(est, track_of)
-    track_of[drop] = -1
-    tracklet_of[drop] = -1
-    # whole tracks shorter than min_track_s go; the rest are numbered by first appearance
+    late = duplicate_rows(est, track_of)  # stitched chains add no new copies; this guards the rule
+    track_of[late] = -1
+    tracklet_of[late] = -1
+    drop |= late
+    # whole tracks seen for less than min_track_s go (spanning it is not enough: a few scattered
+    # detections chained over a long time are not a person); the rest are numbered by first appearance
+    frame_dt = float(np.median(np.diff(np.unique(est.pts[order])))) if starts.size > 1 else 1.0
+    min_rows = max(1, int(np.ceil(cfg.min_track_s / max(frame_dt, 1e-6) - 1e-6)))
     kept = []
     for k in range(len(chains)):
         rows = np.flatnonzero(track_of == k)
-        if rows.size and float(est.pts[rows].max() - est.pts[rows].min()) >= cfg.min_track_s:
+        if rows.size >= min_rows and float(est.pts[rows].max() - est.pts[rows].min()) >= cfg.min_track_s:
             kept.append((float(est.pts[rows].min()), k, rows))
     kept.sort(key=lambda x: (x[0], x[1]))
     for new_id, (_, _, rows) in enumerate(kept):
@@ -555,7 +581,7 @@ def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndar
         n_tracklets=len(online),
         n_joins=int(n_joins),
         stitch_pairs=int(n_pairs),
-        n_duplicate_rows=int(drop.sum()),
+        n_duplicate_rows=int(drop.sum()) + n_merged_away,
     )
     return ids, tracklet_ids, stats
 
