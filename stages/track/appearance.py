@@ -173,6 +173,20 @@ def appearance_distance(a: np.ndarray, b: np.ndarray, min_frac: float = 0.05) ->
         return np.where(wsum > 0, (w * d).sum(-1) / np.where(wsum > 0, wsum, 1.0), np.nan)
 
 
+def appearance_distance_rows(a: np.ndarray, b: np.ndarray, min_frac: float = 0.05) -> np.ndarray:
+    """Row-wise :func:`appearance_distance`: a (N, D), b (N, D) -> (N,) (row i of a against row i of b)."""
+    ha, la, fa = _split(a)
+    hb, lb, fb = _split(b)
+    bc_h = (np.sqrt(ha) * np.sqrt(hb)).sum(-1)
+    bc_l = (np.sqrt(la) * np.sqrt(lb)).sum(-1)
+    d = 0.5 * (np.sqrt(np.clip(1.0 - bc_h, 0, 1)) + np.sqrt(np.clip(1.0 - bc_l, 0, 1)))  # (N, K)
+    w = np.sqrt(np.clip(fa, 0, None) * np.clip(fb, 0, None))
+    w = np.where((fa >= min_frac) & (fb >= min_frac), w, 0.0)
+    wsum = w.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(wsum > 0, (w * d).sum(-1) / np.where(wsum > 0, wsum, 1.0), np.nan)
+
+
 def appearance_evidence(d: np.ndarray, same: float, other: float) -> np.ndarray:
     """Appearance distances -> evidence in [-1.5, 3]: -1 at the typical distance of a detection to
     its own person (``same``), +1 at the typical distance to someone else (``other``), 0 halfway

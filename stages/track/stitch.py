@@ -38,7 +38,7 @@ import numpy as np
 
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.pipeline.types import MeshEstimates
-from hmrflow.stages.track.appearance import appearance_distance, appearance_evidence
+from hmrflow.stages.track.appearance import appearance_distance, appearance_distance_rows, appearance_evidence
 from hmrflow.stages.track.cost import gated_assignment, mahalanobis_sq, reachable
 from hmrflow.stages.track.kalman import root_measurement_noise
 
@@ -61,6 +61,17 @@ MOTION_CAP = 3.0
 DUP_CONTAIN = 0.8
 DUP_DIST_M = 0.5
 DUP_DIST_REL = 0.15
+#: A tracklet is cut where the mean appearance of this many rows before and after a row differs
+#: by this much evidence (+1 = as different as two people typically are); windows must hold
+#: views worth at least half of ``SHARED_MIN`` per row.
+CHANGE_ROWS = 8
+CHANGE_EVIDENCE = 0.6
+#: ...where the mean root of the two windows also jumps by this much (m plus a share of the
+#: distance), or by ``CHANGE_EVIDENCE_ALONE`` of evidence whatever the roots do.
+CHANGE_JUMP_M = 0.4
+CHANGE_JUMP_REL = 0.1
+CHANGE_EVIDENCE_ALONE = 1.5
+SHARED_MIN = 0.7
 #: Two tracklets that share time are one person when, in this share of the comparisons, their
 #: rows in common frames are one body (boxes overlapping by ``COLOCATED_CONTAIN`` of the smaller,
 #: roots close) and their other rows lie this close to the other's trajectory (metres plus a
@@ -212,12 +223,16 @@ def _components(n: int, pairs: list[tuple[int, int]]) -> list[np.ndarray]:
     return [np.array(g) for g in groups.values() if len(g) > 1]
 
 
-def stitch(tracklets: list[Tracklet], cfg: TrackConfig) -> tuple[list[list[int]], int]:
+def stitch(
+    tracklets: list[Tracklet], cfg: TrackConfig, apart: set[tuple[int, int]] | frozenset = frozenset()
+) -> tuple[list[list[int]], int]:
     """Chains of tracklet indices (each time-ordered; every tracklet in exactly one chain) and the
-    number of candidate pairs costed.  Chains are ordered by their first start time."""
+    number of candidate pairs costed.  Chains are ordered by their first start time.
+    apart: pairs ``(i, j)`` never joined (pieces cut apart by :func:`split_on_change`)."""
     n = len(tracklets)
     succ = [-1] * n
     pairs = candidate_pairs(tracklets, cfg.stitch_window_s) if cfg.stitch_window_s > 0 else []
+    pairs = [p for p in pairs if p not in apart]
     costs = {p: pair_cost(tracklets[p[0]], tracklets[p[1]], cfg) for p in pairs}
     live = [p for p, c in costs.items() if np.isfinite(c) and c < cfg.stitch_max_cost]
     for comp in _components(n, live):
@@ -282,6 +297,56 @@ def duplicate_rows(est: MeshEstimates, track_of: np.ndarray) -> np.ndarray:
                 loser = r1 if (size[t1], -t1) < (size[t2], -t2) else r2
                 drop[loser] = True
     return drop
+
+
+def split_on_change(
+    est: MeshEstimates, pieces: list[np.ndarray], clean: np.ndarray, cfg: TrackConfig
+) -> tuple[list[np.ndarray], set[tuple[int, int]]]:
+    """Cut tracklets where the person seems to change: the mean appearance of the ``CHANGE_ROWS``
+    rows before a row and of those from it on differ by more than ``CHANGE_EVIDENCE`` (in
+    :func:`~.appearance.appearance_evidence` units; a hand-over from a person who goes behind
+    something to one who comes out of it).  Recursive; pieces stay in birth order.
+
+    Returns the pieces and the pairs of piece indices that were cut apart (stitching must not
+    join them back: they were cut because they look like two people).
+    """
+    out: list[np.ndarray] = []
+    apart: set[tuple[int, int]] = set()
+    for rows in pieces:
+        parts = _split_piece(est, rows, clean, cfg)
+        base = len(out)
+        apart |= {(base + k, base + k + 1) for k in range(len(parts) - 1)}
+        out += parts
+    return out, apart
+
+
+def _split_piece(est: MeshEstimates, rows: np.ndarray, clean: np.ndarray, cfg: TrackConfig) -> list[np.ndarray]:
+    w = CHANGE_ROWS
+    n = len(rows)
+    if n < 2 * w:
+        return [rows]
+    app = est.appearance[rows].astype(np.float64) * clean[rows][:, None]
+    weight = clean[rows].astype(np.float64)
+    csum = np.vstack([np.zeros(app.shape[1]), np.cumsum(app, 0)])
+    cw = np.r_[0.0, np.cumsum(weight)]
+    cut = np.arange(w, n - w + 1)  # a split before row ``cut``
+    before = (csum[cut] - csum[cut - w]) / np.maximum(cw[cut] - cw[cut - w], 1e-9)[:, None]
+    after = (csum[cut + w] - csum[cut]) / np.maximum(cw[cut + w] - cw[cut], 1e-9)[:, None]
+    ok = (cw[cut] - cw[cut - w] > 0.5 * w * SHARED_MIN) & (cw[cut + w] - cw[cut] > 0.5 * w * SHARED_MIN)
+    d = appearance_distance_rows(before, after)
+    z = np.where(ok & np.isfinite(d), appearance_evidence(d, cfg.app_same, cfg.app_other), -np.inf)
+    # a moderate change of looks counts only where the position jumps too (two people are rarely
+    # at one place); a large one counts alone (two people crossing at one depth)
+    root = est.cam_t[rows].astype(np.float64)
+    rsum = np.vstack([np.zeros(3), np.cumsum(root, 0)])
+    jump = np.linalg.norm((rsum[cut + w] - rsum[cut]) / w - (rsum[cut] - rsum[cut - w]) / w, axis=1)
+    far = jump > CHANGE_JUMP_M + CHANGE_JUMP_REL * np.linalg.norm(rsum[cut] - rsum[cut - w], axis=1) / w
+    z = np.where(far | (z >= CHANGE_EVIDENCE_ALONE), z, -np.inf)
+    best = int(np.argmax(z))
+    if not np.isfinite(z[best]) or z[best] < CHANGE_EVIDENCE:
+        return [rows]
+    k = int(cut[best])
+    return _split_piece(est, rows[:k], clean, cfg) + _split_piece(est, rows[k:], clean, cfg)
 
 
 def _colocated(est: MeshEstimates, r1: np.ndarray, r2: np.ndarray, contain: float) -> np.ndarray:

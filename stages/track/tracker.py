@@ -62,7 +62,7 @@ from hmrflow.stages.track.kalman import (
     root_measurement_noise,
     root_measurement_noise_batch,
 )
-from hmrflow.stages.track.stitch import duplicate_rows, merge_colocated, stitch, summarize
+from hmrflow.stages.track.stitch import duplicate_rows, merge_colocated, split_on_change, stitch, summarize
 
 log = logging.getLogger(__name__)
 
@@ -541,8 +541,11 @@ def track_video_tracklets(est: MeshEstimates, cfg: TrackConfig) -> tuple[np.ndar
     drop = duplicate_rows(est, label)
     online = [rows[~drop[rows]] for rows in online]
     online, n_merged_away = merge_colocated(est, [rows for rows in online if rows.size], tracker.clean, cfg)
+    apart: set[tuple[int, int]] = set()
+    if cfg.stitch_window_s > 0:  # a cut piece is only useful when stitching can join it to others
+        online, apart = split_on_change(est, online, tracker.clean, cfg)
     tracklets = [summarize(est, rows, tracker.clean) for rows in online]
-    chains, n_pairs = stitch(tracklets, cfg)
+    chains, n_pairs = stitch(tracklets, cfg, apart)
     track_of = np.full(n, -1, np.int64)
     tracklet_of = np.full(n, -1, np.int64)
     for k, chain in enumerate(chains):
