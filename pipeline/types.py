@@ -37,10 +37,12 @@ APPEARANCE_DIM = 51
 
 
 def _default_appearance(obj: Any, rows_from: str) -> None:
-    """Fill an unset ``appearance`` column with zeros ("no appearance known")."""
+    """Fill unset ``appearance`` (zeros: "no appearance known") and ``at_border`` (False) columns."""
+    n = len(np.asarray(getattr(obj, rows_from)))
     if obj.appearance is None:
-        n = len(np.asarray(getattr(obj, rows_from)))
         object.__setattr__(obj, "appearance", np.zeros((n, APPEARANCE_DIM), np.float32))
+    if obj.at_border is None:
+        object.__setattr__(obj, "at_border", np.zeros(n, bool))
 
 
 T = TypeVar("T", bound="Columnar")
@@ -204,9 +206,19 @@ class Detections(Columnar):
         (row 0 = box top).  A detector without masks fills the box (all True).
     appearance: (N, APPEARANCE_DIM) float32 clothing-colour descriptor under the mask
         (:mod:`hmrflow.stages.track.appearance`); None at construction means all zeros (unknown).
+    at_border: (N,) bool, the box touches the image border (the person may be cut off: box,
+        looks and depth are partial); None at construction means False.
     """
 
-    ROW_FIELDS: ClassVar[tuple[str, ...]] = ("frame_idx", "pts", "boxes_xyxy", "scores", "masks", "appearance")
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = (
+        "frame_idx",
+        "pts",
+        "boxes_xyxy",
+        "scores",
+        "masks",
+        "appearance",
+        "at_border",
+    )
 
     video_id: str
     frame_idx: np.ndarray
@@ -215,6 +227,7 @@ class Detections(Columnar):
     scores: np.ndarray
     masks: np.ndarray
     appearance: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    at_border: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
         _default_appearance(self, "frame_idx")
@@ -245,6 +258,7 @@ class MeshEstimates(Columnar):
     confidence: (N,) float32 estimator confidence in [0, 1].
     appearance: (N, APPEARANCE_DIM) float32, the detection's appearance descriptor (zeros:
         unknown); None at construction means zeros.
+    at_border: (N,) bool, the detection's box touches the image border; None means False.
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -258,6 +272,7 @@ class MeshEstimates(Columnar):
         "focal",
         "confidence",
         "appearance",
+        "at_border",
     )
 
     video_id: str
@@ -271,6 +286,7 @@ class MeshEstimates(Columnar):
     focal: np.ndarray
     confidence: np.ndarray
     appearance: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    at_border: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
         _default_appearance(self, "frame_idx")
@@ -291,6 +307,7 @@ class MeshEstimates(Columnar):
             focal=np.zeros(n, np.float32),
             confidence=np.zeros(n, np.float32),
             appearance=np.zeros((n, APPEARANCE_DIM), np.float32),
+            at_border=np.zeros(n, bool),
         )
 
 

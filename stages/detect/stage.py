@@ -198,7 +198,21 @@ def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_th
         scores=np.clip(cols[2], 0, 1).astype(np.float32),
         masks=masks,
         appearance=describe(frames.images, index, boxes, masks),
+        at_border=touches_border(boxes, frames.images.shape[2], frames.images.shape[1]),
     )
+
+
+#: A box whose edge is this close to the image border touches it: a share of the image's longer
+#: side (a person entering the view stays a few pixels from the edge for a while).
+BORDER_FRAC = 0.015
+
+
+def touches_border(boxes_xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N,) bool: boxes (N, 4) within ``BORDER_FRAC`` of the longer side of the image edge
+    (pixel-centre coordinates, the image spanning [-0.5, W - 0.5] x [-0.5, H - 0.5])."""
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    m = BORDER_FRAC * max(width, height)
+    return (b[:, 0] <= -0.5 + m) | (b[:, 1] <= -0.5 + m) | (b[:, 2] >= width - 0.5 - m) | (b[:, 3] >= height - 0.5 - m)
 
 
 class DetectStage(BaseStage[FrameBatch, DetectedFrames]):

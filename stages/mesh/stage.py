@@ -269,4 +269,5 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             focal=np.full(n, float(focal), np.float32),
             confidence=out.confidence.numpy().astype(np.float32),
             appearance=np.asarray(det.appearance, np.float32),
+            at_border=np.asarray(det.at_border, bool),
         )

@@ -87,11 +87,14 @@ APP_RATE = 0.1
 #: overlapping people are disjoint, so such views stay informative; a little less so).
 CLEAN_IOU = 0.1
 SHARED_VIEW = 0.7
+#: A view whose box touches the image border (the person may be cut off) counts this much.
+BORDER_VIEW = 0.3
 
 
 def _clean_views(est: MeshEstimates) -> np.ndarray:
-    """(N,) 1 for rows whose box no other row of the same frame overlaps (IoU > ``CLEAN_IOU``),
-    ``SHARED_VIEW`` for the others, 0 for rows with no appearance (all-zero descriptor)."""
+    """(N,) how much each row's view is worth: 1 for rows whose box no other row of the same frame
+    overlaps (IoU > ``CLEAN_IOU``), ``SHARED_VIEW`` for the others, times ``BORDER_VIEW`` for boxes at
+    the image border, 0 for rows with no appearance (all-zero descriptor)."""
     n = len(est)
     out = np.ones(n)
     order = np.argsort(est.frame_idx, kind="stable")
@@ -103,6 +106,7 @@ def _clean_views(est: MeshEstimates) -> np.ndarray:
             iou = box_iou(est.boxes_xyxy[rows], est.boxes_xyxy[rows])
             np.fill_diagonal(iou, 0.0)
             out[rows[iou.max(1) > CLEAN_IOU]] = SHARED_VIEW
+    out[est.at_border] *= BORDER_VIEW
     out[~np.any(est.appearance != 0, axis=1)] = 0.0
     return out
 
