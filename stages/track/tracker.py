@@ -603,7 +603,7 @@ def attach_track_ids(
     keep = keep[np.lexsort((track_id[keep], est.frame_idx[keep]))]
     sub = est.select(keep)
     cols = {name: getattr(sub, name) for name in MeshEstimates.ROW_FIELDS}
-    tl = None if tracklet_id is None else tracklet_id[keep].astype(np.int64)
+    tl = (track_id if tracklet_id is None else tracklet_id)[keep].astype(np.int64)
     return TrackedEstimates(video_id=est.video_id, track_id=track_id[keep].astype(np.int64), tracklet_id=tl, **cols)
 
 
