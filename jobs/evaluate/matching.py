@@ -30,7 +30,10 @@ Identity measures (:class:`IdentityCounts`, all from step 1's pairs, counted peo
   distinct track ids matched to them (ideal 1);
 * duplicates: a matched, counted person-frame where another prediction's box has IoU >=
   :data:`DUPLICATE_IOU` with the person's box while that prediction is matched to
-  nobody (neither counted nor don't-care): two tracks on one person;
+  nobody (neither counted nor don't-care) and overlaps nobody else (IoU below
+  :data:`OTHER_PERSON_IOU` with every other person of the frame): two tracks on one person.
+  A box that also covers someone else is that person's track, however imprecise (an
+  occluded person's gap-filled box lying over the one in front);
 * overlap recall: recall over counted person-frames whose box has IoU >=
   :data:`OVERLAP_IOU` with another counted person's box in the same frame.
 """
@@ -68,6 +71,8 @@ TRACKING_METRICS: tuple[str, ...] = (
 
 #: IoU with a matched person's box above which an unmatched prediction is a duplicate track
 DUPLICATE_IOU = 0.5
+#: ...unless its IoU with another person of the frame reaches this (then it is that person's track)
+OTHER_PERSON_IOU = 0.3
 #: IoU between two counted people's boxes above which both count as overlapping
 OVERLAP_IOU = 0.3
 
@@ -132,8 +137,13 @@ def duplicated_people(
     free = pred_to_gt < 0
     if not free.any():
         return np.zeros(len(counted), bool)
-    # the matched prediction itself is never "free", so any hit here is another track
-    return matched & np.asarray(counted, bool) & (iou[free] >= threshold).any(0)
+    # the matched prediction itself is never "free", so any hit here is another track; a free box
+    # that also covers someone else (IoU >= OTHER_PERSON_IOU) is that person's track
+    f = iou[free]  # (n_free, n_gt)
+    n_gt = f.shape[1]
+    others = np.array([np.delete(f, p, axis=1).max(1) if n_gt > 1 else np.zeros(len(f)) for p in range(n_gt)]).T
+    hits = (f >= threshold) & (others < OTHER_PERSON_IOU)
+    return matched & np.asarray(counted, bool) & hits.any(0)
 
 
 def overlapping_people(boxes: np.ndarray, counted: np.ndarray, threshold: float = OVERLAP_IOU) -> np.ndarray:

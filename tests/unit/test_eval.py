@@ -415,6 +415,21 @@ def test_box_matched_to_another_person_is_not_a_duplicate() -> None:
     assert _match(rows, gt, counted).identity.duplicate_frames == 0
 
 
+def test_a_box_over_two_people_is_not_a_duplicate() -> None:
+    # person C, hidden behind A (don't-care), keeps a track whose box lies over A (IoU 0.55) and
+    # over C (IoU 0.4, under the match gate): it is C's imprecise track, not a second track on A
+    c = [10.0, 0.0, 60.0, 90.0]
+    gt = np.array([[A, c]] * 4)
+    counted = np.array([[True, False]] * 4)
+    free = [0.0, 0.0, 50.0, 55.0]
+    from hmrflow.pipeline.boxes import box_iou
+
+    iou = box_iou(np.array([free]), np.array([A, c]))[0]
+    assert iou[0] >= 0.5 and 0.3 <= iou[1] < 0.5
+    rows = [(f, 1, A) for f in range(4)] + [(f, 2, free) for f in range(4)]
+    assert _match(rows, gt, counted).identity.duplicate_frames == 0
+
+
 def test_unmatched_person_has_no_duplicate_even_if_boxes_overlap_it() -> None:
     # with a 0.7 gate a 0.6-IoU box is not a match; nothing is matched, nothing is a duplicate
     gt = np.array([[A]] * 3)
