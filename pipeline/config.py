@@ -126,7 +126,9 @@ class TrackConfig(Strict):
     """
 
     reid_window_s: float = Field(2.0, ge=0.0, description="keep lost tracks this long for re-identification")
-    min_track_s: float = Field(0.3, ge=0.0, description="drop tracks spanning less time than this")
+    min_track_s: float = Field(
+        0.3, ge=0.0, description="drop tracks seen for less than this: spanning less, or with fewer observed frames"
+    )
     confirm_hits: int = Field(3, ge=1, description="hits that turn a tentative track into a confirmed one")
     lost_after_s: float = Field(
         1.0, gt=0.0, description="a track unseen this long is matched only by re-identification (shape + position)"
@@ -149,6 +151,28 @@ class TrackConfig(Strict):
     w_shape: float = Field(1.0, ge=0.0, description="cost weight of the betas distance")
     w_pose: float = Field(3.0, ge=0.0, description="cost weight of the joint-angle distance")
     max_cost: float = Field(12.0, gt=0.0, description="pairs costing more stay unmatched")
+    w_app: float = Field(
+        2.0, ge=0.0, description="cost weight of the appearance evidence (clothing colour under the mask)"
+    )
+    app_same: float = Field(
+        0.13, gt=0.0, description="typical appearance distance of a detection to its own person's appearance"
+    )
+    app_other: float = Field(
+        0.30, gt=0.0, description="typical appearance distance of a detection to another person's appearance"
+    )
+    app_gate: float = Field(
+        0.35, gt=0.0, le=1.0, description="detections this far from a track's appearance never join it"
+    )
+    split_gap_s: float = Field(
+        0.2,
+        ge=0.0,
+        description="a track unseen this long while touching another track starts a new tracklet when it comes "
+        "back (stitching then decides who it is; 0 = never split; no splits without stitching)",
+    )
+    stitch_window_s: float = Field(
+        5.0, ge=0.0, description="whole-video stitching: join tracklets across gaps up to this long (0 = off)"
+    )
+    stitch_max_cost: float = Field(8.0, gt=0.0, description="stitching: tracklet pairs costing more stay apart")
 
 
 class RefineConfig(Strict):
@@ -196,6 +220,8 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "PipelineConfig":
+        if self.track.app_other <= self.track.app_same:
+            raise ValueError("track.app_other must be larger than track.app_same")
         if self.refine.overlap >= self.refine.window:
             raise ValueError("refine.overlap must be smaller than refine.window")
         return self

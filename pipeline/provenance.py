@@ -266,6 +266,42 @@ def _seeds(result: VideoResult) -> dict[str, Any]:
 _KNOWN_EXTRA = ("models", "seeds", "input_sha256", "n_frames_decoded", "camera")
 
 
+def tracklet_record(seq: Any) -> dict[str, Any]:
+    """How a track was assembled: ``tracklets`` (the online tracklets it is made of, in time
+    order: id, first/last frame and time) and ``joins`` (each place stitching joined two of
+    them: the tracklets, the last frame before and the first frame after the gap, the gap in s)."""
+    tl = np.asarray(seq.tracklet, np.int64)
+    obs = np.flatnonzero(tl >= 0)
+    tracklets: list[dict[str, Any]] = []
+    joins: list[dict[str, Any]] = []
+    for i in obs:
+        k = int(tl[i])
+        if tracklets and tracklets[-1]["tracklet"] == k:
+            tracklets[-1].update(last_frame=int(seq.frame_idx[i]), last_pts_s=float(seq.pts[i]))
+            continue
+        if tracklets:
+            prev = tracklets[-1]
+            joins.append(
+                {
+                    "from_tracklet": prev["tracklet"],
+                    "to_tracklet": k,
+                    "last_frame_before": prev["last_frame"],
+                    "first_frame_after": int(seq.frame_idx[i]),
+                    "gap_s": round(float(seq.pts[i]) - prev["last_pts_s"], 6),
+                }
+            )
+        tracklets.append(
+            {
+                "tracklet": k,
+                "first_frame": int(seq.frame_idx[i]),
+                "last_frame": int(seq.frame_idx[i]),
+                "first_pts_s": float(seq.pts[i]),
+                "last_pts_s": float(seq.pts[i]),
+            }
+        )
+    return {"tracklets": tracklets, "joins": joins}
+
+
 def build_manifest(
     result: VideoResult,
     files: Mapping[str, str | os.PathLike[str]],
@@ -303,6 +339,7 @@ def build_manifest(
                 "last_frame": int(s.frame_idx[-1]) if len(s) else None,
                 "first_pts_s": float(s.pts[0]) if len(s) else None,
                 "last_pts_s": float(s.pts[-1]) if len(s) else None,
+                **tracklet_record(s),
             }
         )
     manifest: dict[str, Any] = {

@@ -32,6 +32,18 @@ MASK_RES = 32
 N_JOINTS = 24
 #: Number of SMPL shape coefficients carried by hmrflow.
 N_BETAS = 10
+#: Width of the per-detection appearance descriptor (see :mod:`hmrflow.stages.track.appearance`).
+APPEARANCE_DIM = 51
+
+
+def _default_appearance(obj: Any, rows_from: str) -> None:
+    """Fill unset ``appearance`` (zeros: "no appearance known") and ``at_border`` (False) columns."""
+    n = len(np.asarray(getattr(obj, rows_from)))
+    if obj.appearance is None:
+        object.__setattr__(obj, "appearance", np.zeros((n, APPEARANCE_DIM), np.float32))
+    if obj.at_border is None:
+        object.__setattr__(obj, "at_border", np.zeros(n, bool))
+
 
 T = TypeVar("T", bound="Columnar")
 
@@ -192,9 +204,21 @@ class Detections(Columnar):
     scores: (N,) float32 in [0, 1].
     masks: (N, MASK_RES, MASK_RES) bool, the person mask resampled to the box
         (row 0 = box top).  A detector without masks fills the box (all True).
+    appearance: (N, APPEARANCE_DIM) float32 clothing-colour descriptor under the mask
+        (:mod:`hmrflow.stages.track.appearance`); None at construction means all zeros (unknown).
+    at_border: (N,) bool, the box touches the image border (the person may be cut off: box,
+        looks and depth are partial); None at construction means False.
     """
 
-    ROW_FIELDS: ClassVar[tuple[str, ...]] = ("frame_idx", "pts", "boxes_xyxy", "scores", "masks")
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = (
+        "frame_idx",
+        "pts",
+        "boxes_xyxy",
+        "scores",
+        "masks",
+        "appearance",
+        "at_border",
+    )
 
     video_id: str
     frame_idx: np.ndarray
@@ -202,6 +226,12 @@ class Detections(Columnar):
     boxes_xyxy: np.ndarray
     scores: np.ndarray
     masks: np.ndarray
+    appearance: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    at_border: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+
+    def __post_init__(self) -> None:
+        _default_appearance(self, "frame_idx")
+        super().__post_init__()
 
     @classmethod
     def empty(cls, video_id: str) -> "Detections":
@@ -226,6 +256,9 @@ class MeshEstimates(Columnar):
     cam_t: (N, 3) float32 SMPL translation in the camera frame (metres).
     focal: (N,) float32 focal length in pixels used for cam_t.
     confidence: (N,) float32 estimator confidence in [0, 1].
+    appearance: (N, APPEARANCE_DIM) float32, the detection's appearance descriptor (zeros:
+        unknown); None at construction means zeros.
+    at_border: (N,) bool, the detection's box touches the image border; None means False.
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -238,6 +271,8 @@ class MeshEstimates(Columnar):
         "cam_t",
         "focal",
         "confidence",
+        "appearance",
+        "at_border",
     )
 
     video_id: str
@@ -250,6 +285,12 @@ class MeshEstimates(Columnar):
     cam_t: np.ndarray
     focal: np.ndarray
     confidence: np.ndarray
+    appearance: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    at_border: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+
+    def __post_init__(self) -> None:
+        _default_appearance(self, "frame_idx")
+        super().__post_init__()
 
     @classmethod
     def empty(cls, video_id: str, n: int = 0) -> "MeshEstimates":
@@ -265,16 +306,26 @@ class MeshEstimates(Columnar):
             cam_t=np.zeros((n, 3), np.float32),
             focal=np.zeros(n, np.float32),
             confidence=np.zeros(n, np.float32),
+            appearance=np.zeros((n, APPEARANCE_DIM), np.float32),
+            at_border=np.zeros(n, bool),
         )
 
 
 @dataclass(frozen=True, eq=False)
 class TrackedEstimates(MeshEstimates):
-    """:class:`MeshEstimates` with an identity per row: track_id (N,) int64."""
+    """:class:`MeshEstimates` with an identity per row: track_id (N,) int64, and tracklet_id (N,)
+    int64, the online tracklet the row came from (a track is one or more tracklets joined by
+    whole-video stitching; None at construction means the track id)."""
 
-    ROW_FIELDS: ClassVar[tuple[str, ...]] = MeshEstimates.ROW_FIELDS + ("track_id",)
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = MeshEstimates.ROW_FIELDS + ("track_id", "tracklet_id")
 
     track_id: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    tracklet_id: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.tracklet_id is None:
+            object.__setattr__(self, "tracklet_id", np.asarray(self.track_id, np.int64).copy())
+        super().__post_init__()
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,9 +338,19 @@ class SMPLSequence(Columnar):
     transl: (T, 3) float32 SMPL translation, camera frame, metres.
     confidence: (T,) float32 in [0, 1].
     betas: (10,) float32, one body shape per track.
+    tracklet: (T,) int64, the online tracklet an observed row came from (a track is one or more
+        tracklets joined by stitching); -1 on filled rows.  None at construction means all 0.
     """
 
-    ROW_FIELDS: ClassVar[tuple[str, ...]] = ("frame_idx", "pts", "observed", "rotmats", "transl", "confidence")
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = (
+        "frame_idx",
+        "pts",
+        "observed",
+        "rotmats",
+        "transl",
+        "confidence",
+        "tracklet",
+    )
     META_FIELDS: ClassVar[tuple[str, ...]] = ("video_id", "track_id", "betas")
 
     video_id: str
@@ -301,8 +362,11 @@ class SMPLSequence(Columnar):
     rotmats: np.ndarray
     transl: np.ndarray
     confidence: np.ndarray
+    tracklet: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
+        if self.tracklet is None:
+            object.__setattr__(self, "tracklet", np.zeros(len(np.asarray(self.frame_idx)), np.int64))
         super().__post_init__()
         if np.asarray(self.betas).shape != (N_BETAS,):
             raise ValueError(f"SMPLSequence.betas must have shape ({N_BETAS},), got {np.asarray(self.betas).shape}")

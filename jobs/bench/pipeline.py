@@ -1,15 +1,18 @@
 """End-to-end accuracy and speed of the whole pipeline on the synthetic benchmark sets.
 
-    hmrflow bench pipeline [--sets easy crowded occlusion far] [--clips N] [--work DIR]
-                           [--variants per-frame refined] [--preset clip] [--set KEY=VALUE ...]
-                           [--json PATH]
+    hmrflow bench pipeline [--sets easy crowded occlusion far crossings twins] [--clips N]
+                           [--seed S] [--work DIR] [--variants per-frame refined]
+                           [--preset clip] [--set KEY=VALUE ...] [--json PATH]
 
-For every set (rendered once into ``WORK/sets/<set>/``, reused when present) and every
+For every set (rendered once into ``WORK/sets/<set>/``, reused when present; with
+``--seed S`` fresh clips of the same kind, clip i seeded ``S + i``, in
+``WORK/sets/<set>_s<S>/`` with outputs in ``WORK/outputs/<set>_s<S>/``) and every
 variant, the LocalRunner runs detect -> estimate -> track (-> refine) -> write on each clip
 and ``hmrflow eval`` scores the outputs against the exact ground truth.  ``per-frame`` is the
 pipeline with refinement switched off (the estimator's own per-frame output, tracked),
 ``refined`` the full pipeline.  Prints one markdown table (one row per set and variant) and
-writes the same rows as JSON.  All figures are synthetic: label them so.
+writes the same rows as JSON (every overall column of ``hmrflow eval``, plus set, seed,
+variant, clips, frames, fps).  All figures are synthetic: label them so.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hmrflow.configs.bench import BENCH_SETS
+
 log = logging.getLogger(__name__)
 
-SETS = ("easy", "crowded", "occlusion", "far")
+SETS = BENCH_SETS
 VARIANTS: dict[str, list[str]] = {
     "per-frame": ["refine.enabled=false"],
     "refined": ["refine.enabled=true"],
 }
 COLUMNS = (
     "set",
+    "seed",
     "variant",
     "clips",
     "frames",
@@ -38,6 +44,10 @@ COLUMNS = (
     "idf1",
     "mota",
     "id_switches",
+    "fragments_per_person",
+    "fragmented_people",
+    "duplicate_frac",
+    "recall_overlap",
     "mpjpe_mm",
     "pa_mpjpe_mm",
     "accel_mm_f2",
@@ -50,6 +60,12 @@ COLUMNS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sets", nargs="+", choices=SETS, default=["easy", "crowded", "occlusion"])
     parser.add_argument("--clips", type=int, default=None, help="clips per set (default: the set's count)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="base seed of fresh clips (clip i gets S + i; sets go to WORK/sets/<set>_s<S>/); default the sets' own",
+    )
     parser.add_argument("--work", default="hmrflow-bench", help="folder for rendered sets and outputs")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--preset", default="clip")
@@ -57,14 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write the rows here (default WORK/pipeline_bench.json)")
 
 
-def render_set(name: str, n_clips: int | None, root: Path) -> Path:
-    """Render bench set ``name`` into ``root/<name>/`` (clips already there are kept)."""
-    from hmrflow.jobs.synth.bench_sets import load_bench_set
+def render_set(name: str, n_clips: int | None, root: Path, seed: int | None = None) -> Path:
+    """Render bench set ``name`` into ``root/<name>/`` (``root/<name>_s<seed>/`` with a base
+    seed) and return that folder; clips already there are kept."""
+    from hmrflow.jobs.synth.bench_sets import load_bench_set, set_dir_name
     from hmrflow.jobs.synth.clip import load_body_assets, render_clip
 
-    out = root / name
+    out = root / set_dir_name(name, seed)
     body = None
-    for spec in load_bench_set(name, n_clips=n_clips):
+    for spec in load_bench_set(name, n_clips=n_clips, seed=seed):
         if (out / spec.name / "gt.npz").is_file() and (out / spec.name / f"{spec.name}.mp4").is_file():
             continue
         body = body or load_body_assets()
@@ -90,25 +107,38 @@ def run_variant(set_dir: Path, out_dir: Path, preset: str, overrides: list[str])
     return time.perf_counter() - t0, frames
 
 
+def set_seed(name: str, seed: int | None) -> int:
+    """The base seed a set's clips use: ``seed``, or the one in the set's YAML."""
+    if seed is not None:
+        return int(seed)
+    import yaml
+
+    from hmrflow.jobs.synth.bench_sets import bench_set_path
+
+    return int((yaml.safe_load(bench_set_path(name).read_text()) or {}).get("seed", 0))
+
+
 def run(args: argparse.Namespace) -> int:
     from hmrflow.jobs.evaluate import evaluate
 
     work = Path(args.work)
     rows: list[dict[str, Any]] = []
     for name in args.sets:
-        set_dir = render_set(name, args.clips, work / "sets")
+        set_dir = render_set(name, args.clips, work / "sets", seed=args.seed)
         for variant in args.variants:
-            out_dir = work / "outputs" / name / variant
+            # outputs live beside their set's folder name so different seeds never mix
+            out_dir = work / "outputs" / set_dir.name / variant
             seconds, frames = run_variant(set_dir, out_dir, args.preset, [*VARIANTS[variant], *args.overrides])
             over = evaluate(out_dir, set_dir).overall
             row = {
                 "set": name,
+                "seed": set_seed(name, args.seed),
                 "variant": variant,
                 "clips": len(list(out_dir.iterdir())),
                 "frames": frames,
                 "fps": frames / seconds if seconds > 0 else float("nan"),
             }
-            row.update({k: float(over[k]) for k in COLUMNS if k in over and k not in row})
+            row.update({k: v for k, v in over.items() if k not in row})
             rows.append(row)
             log.info("%s/%s: %s", name, variant, {k: row.get(k) for k in ("f1", "idf1", "pa_mpjpe_mm")})
     path = Path(args.json) if args.json else work / "pipeline_bench.json"

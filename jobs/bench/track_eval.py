@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from hmrflow.jobs.evaluate.matching import IdentityCounts, duplicated_people, track_ids_per_person
 from hmrflow.pipeline.boxes import box_iou
 from hmrflow.pipeline.config import TrackConfig
 from hmrflow.stages.track.simulate import (
@@ -117,8 +118,42 @@ def split_at_gaps(gt_id: np.ndarray, pts: np.ndarray, gap_s: float) -> np.ndarra
     return out
 
 
+def identity_counts(sim: SimResult, track_id: np.ndarray, gt_id: np.ndarray | None = None) -> IdentityCounts:
+    """Fragments and duplicates of ``track_id`` (N,) against ``gt_id`` (N,), as ``hmrflow eval``
+    defines them (:mod:`hmrflow.jobs.evaluate.matching`).
+
+    Every estimate row knows its person, so a row of person g kept in track t (t >= 0) is a
+    match of g to t; a kept row of a false detection (gt -1) is matched to nobody.  A
+    duplicate frame is a person-frame matched to a track while another kept false
+    detection's box has IoU >= 0.5 with the person's box.  The overlap fields stay 0.
+    """
+    est = sim.est
+    gt_all = sim.gt_id if gt_id is None else gt_id
+    kept = (gt_all >= 0) & (track_id >= 0)
+    n_ids = track_ids_per_person(gt_all[kept], track_id[kept])
+    duplicates = 0
+    for f in np.unique(est.frame_idx):
+        rows = np.flatnonzero(est.frame_idx == f)
+        g = rows[gt_all[rows] >= 0]
+        h = rows[track_id[rows] >= 0]
+        # a kept row of a person is matched to that person's column; false detections to none
+        col = {int(r): k for k, r in enumerate(g)}
+        pred_to_gt = np.array([col.get(int(r), -1) for r in h], np.int64)
+        iou = box_iou(est.boxes_xyxy[h], est.boxes_xyxy[g])
+        duplicates += int(duplicated_people(iou, pred_to_gt, np.ones(len(g), bool)).sum())
+    return IdentityCounts(
+        matched_people=len(n_ids),
+        person_track_ids=sum(n_ids.values()),
+        fragmented_people=sum(v > 1 for v in n_ids.values()),
+        matched_frames=int(kept.sum()),
+        duplicate_frames=duplicates,
+    )
+
+
 def score(sim: SimResult, track_id: np.ndarray, gt_id: np.ndarray | None = None) -> dict[str, float]:
-    """motmetrics IDF1, MOTA, ID switches, FP, FN of ``track_id`` (N,) against ``gt_id``.
+    """motmetrics IDF1, MOTA, ID switches, FP, FN of ``track_id`` (N,) against ``gt_id``, and
+    the identity measures of :func:`identity_counts` (fragments_per_person,
+    fragmented_people, duplicate_frames, duplicate_frac).
 
     gt_id: (N,) ground truth, default ``sim.gt_id`` (-1 = false detection).
     """
@@ -141,7 +176,15 @@ def score(sim: SimResult, track_id: np.ndarray, gt_id: np.ndarray | None = None)
         metrics=["idf1", "mota", "num_switches", "num_false_positives", "num_misses", "num_unique_objects"],
         name="x",
     )
-    return {k: float(s[k].iloc[0]) for k in s.columns}
+    out = {k: float(s[k].iloc[0]) for k in s.columns}
+    ic = identity_counts(sim, track_id, gt_all)
+    out.update(
+        fragments_per_person=ic.fragments_per_person,
+        fragmented_people=float(ic.fragmented_people),
+        duplicate_frames=float(ic.duplicate_frames),
+        duplicate_frac=ic.duplicate_frac,
+    )
+    return out
 
 
 def run_scenes(cfg: TrackConfig, seeds: int) -> list[dict[str, float | str]]:
@@ -172,7 +215,7 @@ def format_table(table: list[dict[str, float | str]]) -> str:
     """Fixed-width text table of :func:`run_scenes`'s rows plus a mean row."""
     head = (
         f"{'scene':<20}{'IDF1':>7}{'MOTA':>7}{'IDsw':>6}{'maxIDsw':>8}{'FP':>6}{'FN':>6}{'tracks':>8}"
-        f"{'people':>7}{'IDF1*':>7}{'IDsw*':>7}{'maxIDsw*':>9}"
+        f"{'people':>7}{'IDF1*':>7}{'IDsw*':>7}{'maxIDsw*':>9}{'frag':>6}{'fragP':>6}{'dup':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in table:
@@ -180,16 +223,20 @@ def format_table(table: list[dict[str, float | str]]) -> str:
             f"{r['scene']:<20}{r['idf1']:>7.3f}{r['mota']:>7.3f}{r['num_switches']:>6.2f}{r['max_switches']:>8.0f}"
             f"{r['num_false_positives']:>6.1f}{r['num_misses']:>6.1f}{r['tracks']:>8.2f}{r['people']:>7.2f}"
             f"{r['idf1_spec']:>7.3f}{r['switches_spec']:>7.2f}{r['max_switches_spec']:>9.0f}"
+            f"{r['fragments_per_person']:>6.2f}{r['fragmented_people']:>6.2f}{r['duplicate_frames']:>6.1f}"
         )
     lines.append("-" * len(head))
     mean = lambda k: float(np.mean([r[k] for r in table]))  # noqa: E731
     lines.append(
         f"{'mean':<20}{mean('idf1'):>7.3f}{mean('mota'):>7.3f}{mean('num_switches'):>6.2f}{'':>8}{'':>6}"
-        f"{'':>6}{'':>8}{'':>7}{mean('idf1_spec'):>7.3f}{mean('switches_spec'):>7.2f}"
+        f"{'':>6}{'':>8}{'':>7}{mean('idf1_spec'):>7.3f}{mean('switches_spec'):>7.2f}{'':>9}"
+        f"{mean('fragments_per_person'):>6.2f}{mean('fragmented_people'):>6.2f}{mean('duplicate_frames'):>6.1f}"
     )
     lines.append(
         "* = ground truth split where a person is unseen for more than reid_window_s "
-        "(a new id there is the specified behaviour)"
+        "(a new id there is the specified behaviour)\n"
+        "frag = distinct track ids per person, fragP = people with more than one, "
+        "dup = person-frames with a second track on the person (means over seeds; unsplit ground truth)"
     )
     return "\n".join(lines)
 

@@ -1,10 +1,12 @@
 """Render synthetic clips with exact ground truth (or a shard of single-person training crops).
 
     hmrflow synth OUT [--people N --seconds S --fps F --size WxH --seed K --camera static|pan|dolly]
-    hmrflow synth OUT --bench easy|crowded|occlusion|far [--clips N]
+    hmrflow synth OUT --bench easy|crowded|occlusion|far|crossings|twins [--clips N] [--seed S]
     hmrflow synth OUT --crops N [--crop-size HxW --seed K]
 
 Clips go to ``OUT/<clip>/`` (``<clip>.mp4``, ``gt.npz``, ``scene.json``, docs/FORMATS.md);
+a bench set to ``OUT/<set>/`` (``OUT/<set>_s<S>/`` with ``--seed S``: fresh clips named
+``<set>_s<S>_<i>``, clip i seeded ``S + i``, so sets of different seeds never mix);
 crops to ``OUT/crops_<seed>.npz``.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from hmrflow.configs.bench import BENCH_SETS
 from hmrflow.pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,13 +31,19 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (a set of clips, or where the crop shard goes)")
-    parser.add_argument("--bench", choices=("easy", "crowded", "occlusion", "far"), help="render a named benchmark set")
+    parser.add_argument("--bench", choices=BENCH_SETS, help="render a named benchmark set")
     parser.add_argument("--clips", type=int, default=None, help="with --bench: number of clips (default: the set's)")
     parser.add_argument("--people", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--size", type=_size, default=(640, 480), help="WxH of clips (even numbers)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed (default 0); with --bench the base seed of fresh clips (clip i gets S + i; "
+        "written to OUT/<set>_s<S>/), default the set's own",
+    )
     parser.add_argument("--camera", choices=("static", "pan", "dolly"), default="static")
     parser.add_argument("--occluders", type=int, default=0, help="pillars that fully hide walkers for a while")
     parser.add_argument("--name", default=None, help="clip name (default synth_<seed>)")
@@ -51,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from hmrflow.jobs.synth.scene import SceneSpec
 
     out = Path(args.out)
+    seed = 0 if args.seed is None else args.seed
+    if args.bench and args.crops is not None:
+        raise ConfigError("--bench and --crops exclude each other")
     out.mkdir(parents=True, exist_ok=True)
     body = load_body_assets()
     if args.crops is not None:
@@ -59,24 +71,25 @@ def run(args: argparse.Namespace) -> int:
 
         if args.crops <= 0:
             raise ConfigError(f"--crops must be > 0, got {args.crops}")
-        data = render_crops(np.random.default_rng(args.seed), args.crops, size=tuple(args.crop_size), body=body)
-        path = out / f"crops_{args.seed}.npz"
+        data = render_crops(np.random.default_rng(seed), args.crops, size=tuple(args.crop_size), body=body)
+        path = out / f"crops_{seed}.npz"
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **data, body_model_sha256=np.array(body.sha256))  # type: ignore[arg-type]
         log.info("wrote %d crops to %s", args.crops, path)
         return 0
     if args.bench:
-        from hmrflow.jobs.synth.bench_sets import load_bench_set
+        from hmrflow.jobs.synth.bench_sets import load_bench_set, set_dir_name
 
-        specs = load_bench_set(args.bench, n_clips=args.clips)
-        out = out / args.bench if out.name != args.bench else out
+        specs = load_bench_set(args.bench, n_clips=args.clips, seed=args.seed)
+        folder = set_dir_name(args.bench, args.seed)
+        out = out / folder if out.name != folder else out
     else:
         w, h = args.size
         specs = [
             SceneSpec(
-                name=args.name or f"synth_{args.seed}",
-                seed=args.seed,
+                name=args.name or f"synth_{seed}",
+                seed=seed,
                 people=args.people,
                 seconds=args.seconds,
                 fps=args.fps,

@@ -21,8 +21,18 @@ overall row.  What the columns mean (units in the names: ``_mm`` millimetres,
   observed / filled rows only (NaN when there are none).
 * jitter_m_s3: mean jerk norm of predicted tracks (camera frame); gt_jitter_m_s3 the
   same for the ground truth, for reference.
+* One track per person (counted people, the matches above; see :mod:`.matching`):
+  fragments_per_person = mean over people matched at least once of their distinct matched
+  track ids (ideal 1.0), fragmented_people = those with more than one (matched_people and
+  person_track_ids are the sums behind the mean); duplicate_frames = matched person-frames
+  where a prediction matched to nobody has IoU >= 0.5 with the person's box (a second track
+  on one person), duplicate_frac = duplicate_frames / tp; recall_overlap = recall over
+  the overlap_instances counted person-frames whose box has IoU >= 0.3 with another
+  counted person's (overlap_matched of them matched).  Ratios with a zero denominator
+  are NaN.
 
-The overall row sums the counts, recomputes the ratios from the sums, takes IDF1 and
+The overall row sums the counts, recomputes the ratios from the sums (fragments_per_person
+over all matched people of all videos), takes IDF1 and
 MOTA from motmetrics' merged accumulators, and averages every error over all pairs
 of all videos (so longer and more crowded videos weigh more: frame-weighted).
 """
@@ -50,7 +60,7 @@ from hmrflow.jobs.evaluate.loading import (
     load_predictions,
     resolve_body_model,
 )
-from hmrflow.jobs.evaluate.matching import match_video, tracking_metrics
+from hmrflow.jobs.evaluate.matching import IdentityCounts, match_video, tracking_metrics
 from hmrflow.priors import metrics as M
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,10 @@ SUMMARY_COLUMNS = (
     "idf1",
     "mota",
     "id_switches",
+    "fragments_per_person",
+    "fragmented_people",
+    "duplicate_frac",
+    "recall_overlap",
     "pairs",
     "mpjpe_mm",
     "pa_mpjpe_mm",
@@ -79,17 +93,29 @@ SUMMARY_COLUMNS = (
     "mpjpe_mm_filled",
     "jitter_m_s3",
 )
-RATIO_COLUMNS = {"precision", "recall", "f1", "idf1", "mota", "coverage"}
+RATIO_COLUMNS = {
+    "precision",
+    "recall",
+    "f1",
+    "idf1",
+    "mota",
+    "coverage",
+    "fragments_per_person",
+    "duplicate_frac",
+    "recall_overlap",
+}
 OVERALL = "overall"
 
 
 @dataclass
 class VideoEval:
-    """Per-video result: its table row, per-sample errors (for the overall row), people."""
+    """Per-video result: its table row, per-sample errors and identity sums (for the overall
+    row), people."""
 
     row: dict[str, Any]
     samples: dict[str, np.ndarray]
     people: list[dict[str, Any]]
+    identity: IdentityCounts
     accumulator: object = field(repr=False)
 
 
@@ -181,6 +207,7 @@ def evaluate_video(
         "false_tracks": len(vm.false_tracks),
         "pairs": len(vm.pair_pred),
         "pairs_filled": int((~samples["observed"]).sum()),
+        **vm.identity.row(),
     }
     row.update(_split(samples))
     row["jitter_m_s3"] = _mean(samples["jitter_m_s3"])
@@ -203,10 +230,12 @@ def evaluate_video(
                 "best_track_frames": len(rows),
                 "coverage": covered / n_counted if n_counted else float("nan"),
                 "missed": pid in vm.missed_people,
+                "track_ids": vm.person_tracks[pid],
+                "duplicate_frames": vm.person_duplicates[pid],
                 **{k: _mean(ps[k]) for k in POSE_METRICS},
             }
         )
-    return VideoEval(row=row, samples=samples, people=people, accumulator=vm.accumulator)
+    return VideoEval(row=row, samples=samples, people=people, identity=vm.identity, accumulator=vm.accumulator)
 
 
 # ------------------------------------------------------------------------ report
@@ -250,7 +279,8 @@ class EvalReport:
     per_video: DataFrame indexed by video_id (columns described in the module doc).
     overall: the overall row (same keys), frame-weighted.
     people: DataFrame, one row per (video, ground-truth person): the track that covers
-        it most, its coverage of the person's counted frames and pose errors of that track.
+        it most, its coverage of the person's counted frames and pose errors of that track,
+        track_ids (distinct track ids matched while counted) and duplicate_frames.
     settings: the evaluation parameters.
     """
 
@@ -307,6 +337,7 @@ def _overall(videos: list[VideoEval], mot: pd.DataFrame) -> dict[str, Any]:
     ):
         out[c] = int(rows[c].sum())
     out["precision"], out["recall"], out["f1"] = M.precision_recall_f1(out["tp"], out["fp"], out["fn"])
+    out.update(sum((v.identity for v in videos), IdentityCounts()).row())
     for c, src in (
         ("idf1", "idf1"),
         ("mota", "mota"),

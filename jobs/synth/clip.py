@@ -329,8 +329,9 @@ def render_scene(scene: Scene, out_dir: str | Path, body: BodyAssets, chunk: int
 
 
 def scene_record(scene: Scene) -> dict:
-    """scene.json content: the spec (enough to re-render) plus what was sampled from it."""
-    return {
+    """scene.json content: the spec (enough to re-render) plus what was sampled from it
+    (with crossings or groups, their ``layout``: see :class:`~hmrflow.jobs.synth.scene.Scene`)."""
+    record = {
         "spec": scene.spec.to_dict(),
         "generator": "hmrflow.jobs.synth.clip.render_clip",
         "pixel_convention": "opencv: pixel centres at integer coordinates; boxes = visible pixel extents",
@@ -346,6 +347,9 @@ def scene_record(scene: Scene) -> dict:
         },
         "background_seed": scene.background_seed,
     }
+    if scene.extra:
+        record["layout"] = scene.extra
+    return record
 
 
 def _visibility(inst: torch.Tensor, p: int, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
 from hmrflow.stages.detect.decode_boxes import FrameDetections, decode_frame, to_image_coords
 from hmrflow.stages.detect.model import DenseDetector, DetectorSpec, normalise
+from hmrflow.stages.track.appearance import describe
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ DETECTORS: dict[str, Callable[[DetectConfig], Callable[[FrameBatch], list[FrameD
 
 
 def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_threshold: float) -> Detections:
-    """Stack per-frame results into one :class:`Detections` table (scores below threshold dropped)."""
+    """Stack per-frame results into one :class:`Detections` table (scores below threshold dropped),
+    with each detection's appearance descriptor computed from its frame under its mask."""
     rows = []
     for f, det in enumerate(per_frame):
         keep = det.scores >= score_threshold
@@ -182,8 +184,7 @@ def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_th
         if k:
             rows.append(
                 (
-                    np.full(k, frames.frame_idx[f], np.int64),
-                    np.full(k, frames.pts[f], np.float64),
+                    np.full(k, f, np.int64),
                     det.boxes_xyxy[keep],
                     det.scores[keep],
                     det.masks[keep],
@@ -192,14 +193,31 @@ def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_th
     if not rows:
         return Detections.empty(frames.video_id)
     cols = [np.concatenate(c) for c in zip(*rows)]
+    index, boxes = cols[0], cols[1].astype(np.float32)
+    masks = cols[3].astype(bool).reshape(-1, MASK_RES, MASK_RES)
     return Detections(
         video_id=frames.video_id,
-        frame_idx=cols[0],
-        pts=cols[1],
-        boxes_xyxy=cols[2].astype(np.float32),
-        scores=np.clip(cols[3], 0, 1).astype(np.float32),
-        masks=cols[4].astype(bool).reshape(-1, MASK_RES, MASK_RES),
+        frame_idx=np.asarray(frames.frame_idx, np.int64)[index],
+        pts=np.asarray(frames.pts, np.float64)[index],
+        boxes_xyxy=boxes,
+        scores=np.clip(cols[2], 0, 1).astype(np.float32),
+        masks=masks,
+        appearance=describe(frames.images, index, boxes, masks),
+        at_border=touches_border(boxes, frames.images.shape[2], frames.images.shape[1]),
     )
+
+
+#: A box whose edge is this close to the image border touches it: a share of the image's longer
+#: side (a person entering the view stays a few pixels from the edge for a while).
+BORDER_FRAC = 0.015
+
+
+def touches_border(boxes_xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N,) bool: boxes (N, 4) within ``BORDER_FRAC`` of the longer side of the image edge
+    (pixel-centre coordinates, the image spanning [-0.5, W - 0.5] x [-0.5, H - 0.5])."""
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    m = BORDER_FRAC * max(width, height)
+    return (b[:, 0] <= -0.5 + m) | (b[:, 1] <= -0.5 + m) | (b[:, 2] >= width - 0.5 - m) | (b[:, 3] >= height - 0.5 - m)
 
 
 class DetectStage(BaseStage[FrameBatch, DetectedFrames]):

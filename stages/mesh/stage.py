@@ -268,4 +268,6 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             cam_t=cam_t.numpy().astype(np.float32),
             focal=np.full(n, float(focal), np.float32),
             confidence=out.confidence.numpy().astype(np.float32),
+            appearance=np.asarray(det.appearance, np.float32),
+            at_border=np.asarray(det.at_border, bool),
         )

@@ -272,4 +272,14 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
             rotmats=rot.astype(np.float32),
             transl=tr.astype(np.float32),
             confidence=filled.confidence,
+            tracklet=_carry_tracklets(seq, filled),
         )
+
+
+def _carry_tracklets(seq: SMPLSequence, filled: FilledTrack) -> np.ndarray:
+    """(N,) the tracklet of each filled-grid row: the input row's where observed, -1 where filled."""
+    out = np.full(len(filled.frame_idx), -1, np.int64)
+    pos = np.searchsorted(seq.frame_idx, filled.frame_idx)
+    obs = filled.observed
+    out[obs] = np.asarray(seq.tracklet, np.int64)[pos[obs]]
+    return out

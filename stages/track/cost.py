@@ -73,3 +73,23 @@ def gated_assignment(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]
     rows, cols = linear_sum_assignment(full)
     pairs = [(int(r), int(q)) for r, q in zip(rows, cols) if r < T and q < D and c[r, q] < big]
     return sorted(pairs)
+
+
+#: Fastest a person moves between two sightings (m/s); faster apparent moves are other people.
+MAX_SPEED = 3.0
+#: Monocular roots are this uncertain along the viewing ray, as a fraction of the distance, plus
+#: a floor (m): the reach allows for it.
+REACH_DEPTH_REL = 0.25
+REACH_FLOOR_M = 0.5
+
+
+def reachable(last: np.ndarray, new: np.ndarray, dt: np.ndarray | float) -> np.ndarray:
+    """Whether a person last seen at ``last`` (T, 3) could be at ``new`` (D, 3) after ``dt`` (T,)
+    seconds: the distance is at most ``MAX_SPEED * dt`` plus the monocular depth uncertainty of
+    the farther of the two positions.  Returns (T, D) bool."""
+    last = np.asarray(last, np.float64).reshape(-1, 3)
+    new = np.asarray(new, np.float64).reshape(-1, 3)
+    dist = np.linalg.norm(new[None, :, :] - last[:, None, :], axis=-1)
+    depth = np.maximum(np.linalg.norm(last, axis=1)[:, None], np.linalg.norm(new, axis=1)[None, :])
+    reach = MAX_SPEED * np.broadcast_to(np.asarray(dt, np.float64), (len(last),))[:, None]
+    return dist <= reach + REACH_DEPTH_REL * depth + REACH_FLOOR_M

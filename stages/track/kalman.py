@@ -137,3 +137,52 @@ def box_measurement_noise(height_px: float, rel_std: float) -> np.ndarray:
     """(4, 4) diagonal noise of a box measurement: ``rel_std`` times the box height."""
     s = max(float(height_px), 1.0) * rel_std
     return np.eye(4) * s**2
+
+
+# ------------------------------------------------------------- many tracks at once
+def kf_predict_batch(
+    x: np.ndarray, P: np.ndarray, dt: np.ndarray, accel_std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kf_predict` of T beliefs at once: x (T, 2k), P (T, 2k, 2k), dt (T,), accel_std (T,)
+    (per track, scalar per coordinate); returns the new (x, P)."""
+    t, n = x.shape
+    k = n // 2
+    dt = np.maximum(np.asarray(dt, np.float64), 0.0)
+    F = np.broadcast_to(np.eye(n), (t, n, n)).copy()
+    idx = np.arange(k)
+    F[:, idx, idx + k] = dt[:, None]
+    q = np.asarray(accel_std, np.float64) ** 2
+    Q = np.zeros((t, n, n))
+    Q[:, idx, idx] = (q * dt**3 / 3.0)[:, None]
+    Q[:, idx, idx + k] = Q[:, idx + k, idx] = (q * dt**2 / 2.0)[:, None]
+    Q[:, idx + k, idx + k] = (q * dt)[:, None]
+    return np.einsum("tij,tj->ti", F, x), F @ P @ np.swapaxes(F, 1, 2) + Q
+
+
+def kf_update_batch(x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kf_update` of T beliefs at once: x (T, 2k), P (T, 2k, 2k), z (T, k), R (T, k, k)."""
+    t, n = x.shape
+    k = n // 2
+    S = P[:, :k, :k] + R
+    PHt = P[:, :, :k]  # P H^T with H = [I 0]
+    K = np.swapaxes(np.linalg.solve(S, np.swapaxes(PHt, 1, 2)), 1, 2)  # (T, 2k, k)
+    x_new = x + np.einsum("tij,tj->ti", K, z - x[:, :k])
+    I_KH = np.broadcast_to(np.eye(n), (t, n, n)).copy()
+    I_KH[:, :, :k] -= K
+    P_new = I_KH @ P @ np.swapaxes(I_KH, 1, 2) + K @ R @ np.swapaxes(K, 1, 2)
+    return x_new, 0.5 * (P_new + np.swapaxes(P_new, 1, 2))
+
+
+def root_measurement_noise_batch(cam_t: np.ndarray, perp_std: float, depth_rel_std: float) -> np.ndarray:
+    """:func:`root_measurement_noise` of T positions (T, 3) at once: (T, 3, 3)."""
+    t = np.asarray(cam_t, np.float64).reshape(-1, 3)
+    dist = np.linalg.norm(t, axis=1)
+    ray = np.where(dist[:, None] > 1e-6, t / np.maximum(dist, 1e-6)[:, None], np.array([0.0, 0.0, 1.0]))
+    along = np.maximum(depth_rel_std * dist, perp_std)
+    return perp_std**2 * np.eye(3) + (along**2 - perp_std**2)[:, None, None] * np.einsum("ti,tj->tij", ray, ray)
+
+
+def box_measurement_noise_batch(height_px: np.ndarray, rel_std: float) -> np.ndarray:
+    """:func:`box_measurement_noise` of T boxes at once: heights (T,) -> (T, 4, 4)."""
+    s = np.maximum(np.asarray(height_px, np.float64), 1.0) * rel_std
+    return np.eye(4) * (s**2)[:, None, None]

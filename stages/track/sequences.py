@@ -64,6 +64,7 @@ def tracks_to_sequences(tracked: TrackedEstimates) -> list[SMPLSequence]:
                 rotmats=tracked.rotmats[rows].astype(np.float32),
                 transl=tracked.cam_t[rows].astype(np.float32),
                 confidence=tracked.confidence[rows].astype(np.float32),
+                tracklet=tracked.tracklet_id[rows].astype(np.int64),
             )
         )
     return out

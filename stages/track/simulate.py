@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hmrflow.pipeline.types import N_BETAS, N_JOINTS, MeshEstimates
+from hmrflow.pipeline.types import APPEARANCE_DIM, N_BETAS, N_JOINTS, MeshEstimates
 
 #: Pelvis height above the floor and camera height above the floor (metres).
 PELVIS_Y = 0.95
@@ -79,6 +79,11 @@ class SimNoise:
 
     ``betas`` is the per-estimate noise of every shape coefficient, ``betas_spread`` the
     std of the people's own shapes (smaller = people look more alike).
+    ``appearance``: None for rows without appearance descriptors (all zeros, "unknown"), else
+    each person gets a random descriptor (:func:`random_descriptor`) and every row mixes a
+    fresh random one into it with this weight (0 = identical views); ``same_clothes`` gives all
+    people one descriptor.  Appearance draws come from their own generator, so switching them
+    on changes nothing else.
     """
 
     box_rel: float = 0.02
@@ -91,6 +96,24 @@ class SimNoise:
     false_pos_per_frame: float = 0.0
     occluded_above: float = 0.6
     min_in_image: float = 0.4
+    appearance: float | None = None
+    same_clothes: bool = False
+
+
+def random_descriptor(rng: np.random.Generator) -> np.ndarray:
+    """(APPEARANCE_DIM,) a valid appearance descriptor: per band a hue histogram peaked at a
+    random hue, a random lightness histogram, and a mask fraction of 0.8."""
+    from hmrflow.stages.track.appearance import BANDS, HUE_BINS, L_BINS, PER_BAND
+
+    out = np.zeros(APPEARANCE_DIM)
+    for k in range(len(BANDS)):
+        o = k * PER_BAND
+        hue = np.exp(3.0 * np.cos(2 * np.pi * (np.arange(HUE_BINS) / HUE_BINS - rng.uniform())))
+        light = rng.dirichlet(np.ones(L_BINS))
+        out[o : o + HUE_BINS] = hue / hue.sum()
+        out[o + HUE_BINS : o + HUE_BINS + L_BINS] = light
+        out[o + PER_BAND - 1] = 0.8
+    return out
 
 
 @dataclass(frozen=True)
@@ -188,9 +211,16 @@ def simulate(
         own = rng.normal(0, noise.betas_spread, N_BETAS)
         shapes[p.person_id] = np.asarray(p.betas, np.float64) if p.betas is not None else own
         bases[p.person_id] = rng.normal(0, 0.1, (N_JOINTS, 3))
+    app_rng = np.random.default_rng([seed, 7])
+    looks: dict[int, np.ndarray] = {}
+    if noise.appearance is not None:
+        shared = random_descriptor(app_rng)
+        for p in people:
+            looks[p.person_id] = shared if noise.same_clothes else random_descriptor(app_rng)
     cols: dict[str, list] = {
         k: [] for k in ("frame_idx", "pts", "boxes_xyxy", "scores", "rotmats", "betas", "cam_t", "focal", "confidence")
     }
+    app_rows: list[np.ndarray] = []
     gt: list[int] = []
     img = np.array([0, 0, cam.width, cam.height], np.float64)
 
@@ -205,6 +235,11 @@ def simulate(
         cols["focal"].append(cam.focal)
         cols["confidence"].append(conf)
         gt.append(pid)
+        if noise.appearance is None:
+            app_rows.append(np.zeros(APPEARANCE_DIM))
+        else:
+            base = looks.get(pid, random_descriptor(app_rng))
+            app_rows.append((1.0 - noise.appearance) * base + noise.appearance * random_descriptor(app_rng))
 
     for fi, t in zip(fidx, pts):
         present = []
@@ -273,6 +308,7 @@ def simulate(
         cam_t=np.asarray(cols["cam_t"], np.float32).reshape(n, 3),
         focal=np.asarray(cols["focal"], np.float32).reshape(n),
         confidence=np.asarray(cols["confidence"], np.float32).reshape(n),
+        appearance=np.asarray(app_rows, np.float32).reshape(n, APPEARANCE_DIM),
     )
     return SimResult(est=est, gt_id=np.asarray(gt, np.int64), people=tuple(people))
 

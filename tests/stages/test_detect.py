@@ -467,3 +467,14 @@ def test_train_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 
     assert main(["train", "detector", "--work-dir", str(tmp_path / "w"), "--resume"]) == 2
     assert "last.pt" in capsys.readouterr().err
+
+
+def test_boxes_at_the_image_border_are_flagged() -> None:
+    from hmrflow.stages.detect.stage import touches_border
+
+    boxes = np.array(
+        [[100, 50, 200, 300], [-0.5, 50, 60, 300], [5, 50, 60, 300], [100, 50, 639.5, 300], [100, 50, 200, 479.5]],
+        np.float32,
+    )
+    assert touches_border(boxes, 640, 480).tolist() == [False, True, True, True, True]
+    assert not touches_border(np.array([[20, 20, 600, 440]], np.float32), 640, 480)[0]

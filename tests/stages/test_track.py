@@ -77,10 +77,13 @@ def test_person_hidden_1_5s_comes_back_with_same_id(fps: float) -> None:
     assert stats.n_reidentified >= 1
 
 
+ONLINE = TrackConfig(stitch_window_s=0.0)  # the online pass alone (no whole-video stitching)
+
+
 @pytest.mark.parametrize("fps", [10.0, 30.0])
-def test_person_gone_longer_than_reid_window_gets_new_id(fps: float) -> None:
+def test_online_pass_gives_a_new_id_after_its_reid_window(fps: float) -> None:
     sim = _hidden_scene(3.0, fps)
-    ids, _ = track_video(sim.est, CFG)
+    ids, _ = track_video(sim.est, ONLINE)
     assert_pure(ids, sim.gt_id)
     m = identity_map(ids, sim.gt_id)
     assert len(m[0]) == 2 and -1 not in m[0]
@@ -88,8 +91,20 @@ def test_person_gone_longer_than_reid_window_gets_new_id(fps: float) -> None:
     after = ids[(sim.gt_id == 0) & (sim.est.pts > 5.5)]
     assert len(set(before)) == 1 and len(set(after)) == 1 and before[0] != after[0]
     # the window is in seconds and configurable: a 4 s window re-identifies the person
-    ids4, _ = track_video(sim.est, TrackConfig(reid_window_s=4.0))
+    ids4, _ = track_video(sim.est, TrackConfig(reid_window_s=4.0, stitch_window_s=0.0))
     assert identity_map(ids4, sim.gt_id)[0] == {0}
+
+
+@pytest.mark.parametrize("fps", [10.0, 30.0])
+def test_person_hidden_3s_behind_a_pillar_keeps_the_id_through_stitching(fps: float) -> None:
+    sim = _hidden_scene(3.0, fps)
+    ids, stats = track_video(sim.est, CFG)  # default: stitching across gaps up to 5 s
+    assert_pure(ids, sim.gt_id)
+    assert identity_map(ids, sim.gt_id) == {0: {0}, 1: {1}}
+    assert stats.n_tracklets >= 3 and stats.n_joins == stats.n_tracklets - 2
+    # a gap longer than the stitching window stays a break
+    ids_short, _ = track_video(sim.est, TrackConfig(stitch_window_s=2.0))
+    assert len(identity_map(ids_short, sim.gt_id)[0]) == 2
 
 
 def test_false_single_frame_detection_makes_no_track() -> None:
@@ -146,12 +161,12 @@ def test_variable_frame_rate_and_subsampling() -> None:
 def test_dt_comes_from_pts_not_frame_counts() -> None:
     """Same rows, timestamps stretched: a 1.5 s gap becomes 3 s and exceeds the window."""
     sim = _hidden_scene(1.5, 30)
-    ids, _ = track_video(sim.est, CFG)
+    ids, _ = track_video(sim.est, ONLINE)
     assert len(identity_map(ids, sim.gt_id)[0]) == 1
     slow = MeshEstimates(
         **{**{f: getattr(sim.est, f) for f in MeshEstimates.ROW_FIELDS}, "video_id": "slow", "pts": sim.est.pts * 2.0}
     )
-    ids2, _ = track_video(slow, CFG)
+    ids2, _ = track_video(slow, ONLINE)
     assert len(identity_map(ids2, sim.gt_id)[0]) == 2
 
 
@@ -294,3 +309,102 @@ def test_kalman_dt_consistency_and_velocity() -> None:
         st = kf_update(st, np.array([1.2 * t_now, 0.0, 5.0]), R)
     np.testing.assert_allclose(st.x[3:], [1.2, 0.0, 0.0], atol=0.05)
     assert np.all(np.linalg.eigvalsh(st.P) > 0)
+
+
+# ------------------------------------------------------------- appearance, stitching, duplicates
+def test_two_people_in_the_same_clothes_crossing_keep_their_ids() -> None:
+    """Appearance cannot tell them apart (one shared descriptor): motion decides."""
+    for same_depth in (False, True):
+        noise = SimNoise(miss_prob=0.03, appearance=0.15, same_clothes=True)
+        sim = simulate(crossing_people(6.0, same_depth=same_depth), regular_pts(6.0, 30), noise, seed=3)
+        ids, _ = track_video(sim.est, CFG)
+        assert_pure(ids, sim.gt_id)
+        assert identity_map(ids, sim.gt_id) == {0: {0}, 1: {1}}
+
+
+def _dressed(sim, hues: tuple[float, ...], noise: float = 0.15, seed: int = 0):
+    """``sim`` with person k wearing one colour of hue ``hues[k]`` (in turns) in every band, each
+    row mixed with ``noise`` of a random descriptor (views differ)."""
+    from hmrflow.stages.track.appearance import BANDS, HUE_BINS, L_BINS, PER_BAND
+    from hmrflow.stages.track.simulate import random_descriptor
+
+    rng = np.random.default_rng(seed)
+    app = np.zeros(sim.est.appearance.shape)
+    for k, h in enumerate(hues):
+        look = np.zeros(app.shape[1])
+        for band in range(len(BANDS)):
+            o = band * PER_BAND
+            hist = np.exp(6.0 * np.cos(2 * np.pi * (np.arange(HUE_BINS) / HUE_BINS - h)))
+            look[o : o + HUE_BINS] = hist / hist.sum()
+            look[o + HUE_BINS : o + HUE_BINS + L_BINS] = 1.0 / L_BINS
+            look[o + PER_BAND - 1] = 0.8
+        for r in np.flatnonzero(sim.gt_id == k):
+            app[r] = (1 - noise) * look + noise * random_descriptor(rng)
+    est = MeshEstimates(
+        **{
+            **{f: getattr(sim.est, f) for f in MeshEstimates.ROW_FIELDS},
+            "video_id": sim.est.video_id,
+            "appearance": app.astype(np.float32),
+        }
+    )
+    return type(sim)(est=est, gt_id=sim.gt_id, people=sim.people)
+
+
+def test_person_returning_elsewhere_is_joined_by_appearance_not_by_motion() -> None:
+    """A leaves at the right edge; B enters at the right edge just after, walking left (where A's
+    motion points); A comes back 3.6 s later from the left edge.  Only appearance can join A's
+    return to A and keep B apart."""
+    a = PersonPath(0, ((0.0, 0.0, 5.0), (2.5, 3.6, 5.0), (5.5, -3.6, 5.0), (8.0, -0.5, 5.0)), hidden=((2.2, 5.8),))
+    b = PersonPath(1, ((3.0, 3.6, 5.2), (8.0, 0.5, 5.2)))
+    sim = _dressed(simulate([a, b], regular_pts(8.0, 30), SimNoise(miss_prob=0.02), seed=5), hues=(0.0, 0.5))
+    ids, stats = track_video(sim.est, CFG)
+    assert_pure(ids, sim.gt_id)
+    m = identity_map(ids, sim.gt_id)
+    assert len(m[0] - {-1}) == 1 and len(m[1] - {-1}) == 1 and not (m[0] & m[1] - {-1})
+    assert stats.n_joins >= 1
+
+
+def _with_duplicates(sim, person: int, frames: range) -> tuple[MeshEstimates, np.ndarray]:
+    """Rows of ``person`` in ``frames`` detected a second time: an upper-body box inside the
+    first and a root 0.15 m off (what a detector firing twice on one body gives)."""
+    est = sim.est
+    rows = np.flatnonzero((sim.gt_id == person) & np.isin(est.frame_idx, list(frames)))
+    dup = est.select(rows)
+    b = dup.boxes_xyxy.copy()
+    b[:, 3] = b[:, 1] + 0.55 * (b[:, 3] - b[:, 1])
+    dup = MeshEstimates(
+        **{
+            **{f: getattr(dup, f) for f in MeshEstimates.ROW_FIELDS},
+            "video_id": est.video_id,
+            "boxes_xyxy": b,
+            "cam_t": dup.cam_t + np.float32([0.15, 0.0, 0.0]),
+            "scores": dup.scores * 0.9,
+        }
+    )
+    both = MeshEstimates.cat([est, dup])
+    return both, np.r_[sim.gt_id, np.full(len(dup), person)]
+
+
+def test_never_two_tracks_on_one_person_in_one_frame() -> None:
+    sim = simulate([PersonPath(0, ((0.0, -2.0, 5.0), (6.0, 2.0, 5.0)))], regular_pts(6.0, 30), CLEAN, seed=2)
+    est, gt = _with_duplicates(sim, 0, range(40, 130))
+    ids, stats = track_video(est, CFG)
+    assert stats.n_duplicate_rows > 0
+    tracked = ids >= 0
+    for f in np.unique(est.frame_idx[tracked]):
+        assert len(set(ids[tracked & (est.frame_idx == f)].tolist())) == 1, f"two tracks on one person in frame {f}"
+    assert set(ids[gt == 0].tolist()) - {-1} == {0}  # and the person stays one track
+
+
+def test_stitching_work_is_linear_in_the_tracklets() -> None:
+    """Candidate pairs come from a sorted sweep within the window: doubling a crowd's duration
+    about doubles them, it does not quadruple them."""
+    from hmrflow.stages.track.stitch import Tracklet, candidate_pairs
+
+    def tracklets(n: int) -> list[Tracklet]:
+        z3, zb, zd = np.zeros(3), np.zeros(10), np.zeros(51)
+        return [Tracklet(np.array([i]), 2.0 * i, 2.0 * i + 1.5, z3, z3, z3, z3, zb, zb, zd, zd) for i in range(n)]
+
+    n1 = len(candidate_pairs(tracklets(200), 5.0))
+    n2 = len(candidate_pairs(tracklets(400), 5.0))
+    assert n1 > 0 and n2 <= 2.1 * n1

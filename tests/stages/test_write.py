@@ -352,3 +352,38 @@ def test_input_hashed_once_and_again_when_changed(tmp_path: Path, video: Path) -
     assert provenance.HASH_CACHE.misses == 2
     m = json.loads((out / "manifest.json").read_text())
     assert m["input"]["sha256"] == hashlib.sha256(b"different content").hexdigest()
+
+
+def test_manifest_records_the_tracklets_and_joins_of_each_track() -> None:
+    n = 9
+    seq = SMPLSequence(
+        video_id="v",
+        track_id=4,
+        betas=np.zeros(10, np.float32),
+        frame_idx=np.arange(n, dtype=np.int64),
+        pts=np.arange(n) / 10.0,
+        observed=np.array([1, 1, 1, 0, 0, 1, 1, 0, 1], bool),
+        rotmats=np.tile(np.eye(3, dtype=np.float32), (n, 24, 1, 1)),
+        transl=np.zeros((n, 3), np.float32),
+        confidence=np.ones(n, np.float32),
+        tracklet=np.array([2, 2, 2, -1, -1, 7, 7, -1, 7], np.int64),
+    )
+    rec = provenance.tracklet_record(seq)
+    assert [t["tracklet"] for t in rec["tracklets"]] == [2, 7]
+    assert rec["tracklets"][0]["first_frame"] == 0 and rec["tracklets"][0]["last_frame"] == 2
+    assert rec["tracklets"][1]["first_frame"] == 5 and rec["tracklets"][1]["last_frame"] == 8
+    (join,) = rec["joins"]
+    assert (join["from_tracklet"], join["to_tracklet"]) == (2, 7)
+    assert (join["last_frame_before"], join["first_frame_after"]) == (2, 5)
+    assert join["gap_s"] == pytest.approx(0.3)
+    # a track made of one tracklet has no joins
+    one = provenance.tracklet_record(
+        SMPLSequence(
+            **{
+                **{f: getattr(seq, f) for f in ("video_id", "track_id", "betas")},
+                **{f: getattr(seq, f) for f in SMPLSequence.ROW_FIELDS},
+                "tracklet": np.zeros(n, np.int64),
+            }
+        )
+    )
+    assert len(one["tracklets"]) == 1 and one["joins"] == []

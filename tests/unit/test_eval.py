@@ -360,3 +360,156 @@ def test_predictions_are_boxed_with_their_own_recorded_camera(tmp_path: Path, to
     seen = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy).per_video.loc["clip"]
     assert seen["recall"] == 1.0 and seen["precision"] == 1.0
     assert seen["pa_mpjpe_mm"] == pytest.approx(0.0, abs=1e-3)
+
+
+# ------------------------------------------------- one track per person (identity)
+def _match(rows: list[tuple[int, int, list[float]]], gt: np.ndarray, counted: np.ndarray | None = None, gate=0.5):
+    """rows: (frame, track, box); gt: (F, P, 4) -> VideoMatching."""
+    f, t, b = (np.array(x) for x in zip(*rows)) if rows else (np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4)))
+    counted = np.ones(gt.shape[:2], bool) if counted is None else counted
+    return match_video(f, t, b, gt, counted, np.arange(gt.shape[1]) + 7, gate=gate)
+
+
+A, B = [0.0, 0.0, 50.0, 100.0], [300.0, 0.0, 350.0, 100.0]
+
+
+def test_fragments_count_distinct_tracks_per_matched_person() -> None:
+    gt = np.array([[A, B, [600.0, 0, 630, 60]]] * 10)  # third person never predicted
+    rows = [(f, 10 if f < 5 else 11, A) for f in range(10)] + [(f, 20, B) for f in range(10)]
+    ic = _match(rows, gt).identity
+    assert (ic.matched_people, ic.person_track_ids, ic.fragmented_people) == (2, 3, 1)
+    assert ic.fragments_per_person == pytest.approx(1.5)
+    vm = _match(rows, gt)
+    assert vm.person_tracks == {7: 2, 8: 1, 9: 0}
+
+
+def test_fragments_ignore_matches_to_dont_care_frames() -> None:
+    gt = np.array([[A]] * 10)
+    counted = np.ones((10, 1), bool)
+    counted[6:] = False  # person hidden: a new track there is not a fragment of a counted person
+    rows = [(f, 1 if f < 6 else 2, A) for f in range(10)]
+    ic = _match(rows, gt, counted).identity
+    assert (ic.matched_people, ic.person_track_ids, ic.fragmented_people) == (1, 1, 0)
+    assert ic.matched_frames == 6
+
+
+def test_duplicate_frames_need_an_unmatched_second_box_on_the_person() -> None:
+    gt = np.array([[A, B]] * 10)
+    rows = [(f, 1, A) for f in range(10)] + [(f, 2, B) for f in range(10)]
+    rows += [(f, 9, [0.0, 0.0, 50.0, 90.0]) for f in range(4)]  # IoU 0.9 with A: duplicate
+    rows += [(f, 8, [0.0, 0.0, 50.0, 40.0]) for f in range(6)]  # IoU 0.4 with A: not one
+    ic = _match(rows, gt).identity
+    assert (ic.duplicate_frames, ic.matched_frames) == (4, 20)
+    assert ic.duplicate_frac == pytest.approx(0.2)
+    assert _match(rows, gt).person_duplicates == {7: 4, 8: 0}
+
+
+def test_box_matched_to_another_person_is_not_a_duplicate() -> None:
+    # two people whose boxes overlap (IoU 0.6); each has its own track: no duplicate
+    other = [0.0, 0.0, 50.0, 60.0]
+    gt = np.array([[A, other]] * 5)
+    rows = [(f, 1, A) for f in range(5)] + [(f, 2, other) for f in range(5)]
+    assert _match(rows, gt).identity.duplicate_frames == 0
+    # same when the second person is don't-care (its box is matched to it, so not free)
+    counted = np.array([[True, False]] * 5)
+    assert _match(rows, gt, counted).identity.duplicate_frames == 0
+
+
+def test_a_box_over_two_people_is_not_a_duplicate() -> None:
+    # person C, hidden behind A (don't-care), keeps a track whose box lies over A (IoU 0.55) and
+    # over C (IoU 0.4, under the match gate): it is C's imprecise track, not a second track on A
+    c = [10.0, 0.0, 60.0, 90.0]
+    gt = np.array([[A, c]] * 4)
+    counted = np.array([[True, False]] * 4)
+    free = [0.0, 0.0, 50.0, 55.0]
+    from hmrflow.pipeline.boxes import box_iou
+
+    iou = box_iou(np.array([free]), np.array([A, c]))[0]
+    assert iou[0] >= 0.5 and 0.3 <= iou[1] < 0.5
+    rows = [(f, 1, A) for f in range(4)] + [(f, 2, free) for f in range(4)]
+    assert _match(rows, gt, counted).identity.duplicate_frames == 0
+
+
+def test_unmatched_person_has_no_duplicate_even_if_boxes_overlap_it() -> None:
+    # with a 0.7 gate a 0.6-IoU box is not a match; nothing is matched, nothing is a duplicate
+    gt = np.array([[A]] * 3)
+    rows = [(f, 1, [0.0, 0.0, 50.0, 60.0]) for f in range(3)]
+    ic = _match(rows, gt, gate=0.7).identity
+    assert (ic.matched_frames, ic.duplicate_frames) == (0, 0)
+    assert np.isnan(ic.duplicate_frac) and np.isnan(ic.fragments_per_person)
+
+
+def test_recall_overlap_counts_only_overlapping_counted_people() -> None:
+    near = [25.0, 0.0, 75.0, 100.0]  # IoU 1/3 with A
+    gt = np.array([[A, near]] * 5 + [[A, B]] * 5)
+    rows = [(f, 1, A) for f in range(10)]
+    rows += [(f, 2, near) for f in (0, 1)] + [(f, 2, B) for f in range(5, 10)]
+    ic = _match(rows, gt).identity
+    assert (ic.overlap_instances, ic.overlap_matched) == (10, 7)
+    assert ic.recall_overlap == pytest.approx(0.7)
+    # an overlapping don't-care person makes nobody an overlap instance
+    counted = np.ones((10, 2), bool)
+    counted[:5, 1] = False
+    ic = _match(rows, gt, counted).identity
+    assert (ic.overlap_instances, ic.overlap_matched) == (0, 0) and np.isnan(ic.recall_overlap)
+
+
+def test_identity_measures_on_empty_inputs_are_nan_not_errors() -> None:
+    ic = _match([], np.array([[A, B]] * 3)).identity
+    assert ic.overlap_instances == 0 and np.isnan(ic.recall_overlap)
+    assert ic.matched_people == 0 and np.isnan(ic.fragments_per_person) and np.isnan(ic.duplicate_frac)
+    ic = _match([], np.zeros((3, 0, 4))).identity  # a clip without people
+    assert ic == type(ic)()
+
+
+def test_identity_columns_in_report_and_overall_pools_people(tmp_path: Path, toy) -> None:
+    arr2, arr1 = gt_arrays(n_people=2), gt_arrays(n_people=1)
+    write_gt(tmp_path / "gt", "a", arr2)
+    write_gt(tmp_path / "gt", "b", arr1)
+    # video a: person 0 split into tracks 100 / 200 at frame 10; video b: one track
+    write_tracks(
+        tmp_path / "pred", "a", perfect_rows(arr2, track_of=lambda p, f: 100 + p + (100 if p == 0 and f >= 10 else 0))
+    )
+    write_tracks(tmp_path / "pred", "b", perfect_rows(arr1))
+    rep = evaluate(tmp_path / "pred", tmp_path / "gt", body_model=toy)
+    a, b = rep.per_video.loc["a"], rep.per_video.loc["b"]
+    assert a["fragments_per_person"] == pytest.approx(1.5) and a["fragmented_people"] == 1
+    assert b["fragments_per_person"] == 1.0 and b["duplicate_frames"] == 0 and b["duplicate_frac"] == 0.0
+    assert rep.overall["fragments_per_person"] == pytest.approx(4 / 3)  # 4 ids over 3 people, not (1.5 + 1) / 2
+    assert rep.overall["fragmented_people"] == 1
+    assert rep.people.set_index("person_id").loc[7, "track_ids"].tolist() == [2, 1]
+    d = json.loads(rep.to_json())
+    assert d["overall"]["recall_overlap"] is None and d["overall"]["overlap_instances"] == 0  # people 3 m apart
+    assert d["videos"][0]["fragments_per_person"] == 1.5
+    header = rep.to_markdown().splitlines()[0]
+    for col in ("fragments_per_person", "fragmented_people", "duplicate_frac", "recall_overlap"):
+        assert col in header
+
+
+def test_track_bench_scores_fragments_and_duplicates_from_row_identities() -> None:
+    import dataclasses
+
+    from hmrflow.jobs.bench.track_eval import identity_counts, score
+    from hmrflow.pipeline.types import MeshEstimates
+    from hmrflow.stages.track.simulate import SimResult
+
+    near_a = [0.0, 0.0, 50.0, 90.0]  # IoU 0.9 with A
+    rows = [(f, 0, 1 if f < 3 else 2, A) for f in range(6)]  # person 0: two tracks
+    rows += [(f, 1, 5 if f < 5 else -1, B) for f in range(6)]  # person 1: one track, last row dropped
+    rows += [(0, -1, 7, near_a), (1, -1, 7, near_a)]  # a false detection kept on person 0: duplicates
+    rows += [(2, -1, -1, near_a)]  # dropped by the tracker: no duplicate
+    rows += [(4, -1, 8, [600.0, 0, 640, 40])]  # a false track elsewhere: no duplicate
+    frame, gt, track, boxes = (np.array(x) for x in zip(*rows))
+    est = dataclasses.replace(
+        MeshEstimates.empty("v", len(rows)),
+        frame_idx=frame.astype(np.int64),
+        boxes_xyxy=boxes.astype(np.float32),
+        pts=frame / 30.0,
+    )
+    sim = SimResult(est=est, gt_id=gt.astype(np.int64))
+    ic = identity_counts(sim, track.astype(np.int64))
+    assert (ic.matched_people, ic.person_track_ids, ic.fragmented_people) == (2, 3, 1)
+    assert (ic.matched_frames, ic.duplicate_frames) == (11, 2)
+    s = score(sim, track.astype(np.int64))
+    assert s["fragments_per_person"] == pytest.approx(1.5) and s["fragmented_people"] == 1.0
+    assert s["duplicate_frames"] == 2.0 and s["duplicate_frac"] == pytest.approx(2 / 11)

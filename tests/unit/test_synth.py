@@ -170,3 +170,92 @@ def test_bad_spec_rejected(tmp_path) -> None:
         load_bench_set(str(bad))
     with pytest.raises(ConfigError):
         SceneSpec(camera="orbit")
+
+
+# ------------------------------------------------ crossings, groups, look-alikes
+def _xz(person) -> np.ndarray:
+    """(F, 2) ground position (x, z) of a person's root."""
+    return person.trans[:, [0, 2]].astype(np.float64)
+
+
+def _unit(heading_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Walking direction u (x, z) of a heading about +y, and its perpendicular v pointing away
+    from the camera (+z), the direction in which the sampler lines up a group's members."""
+    h = np.radians(heading_deg)
+    u = np.array([np.sin(h), np.cos(h)])
+    v = np.array([-u[1], u[0]])
+    return u, (v if v[1] >= 0 else -v)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_members_walk_side_by_side_at_the_stated_gap(seed: int) -> None:
+    spec = SceneSpec(seed=seed, people=3, groups=1, group_size=(3, 3), seconds=3.0, walkers=1.0)
+    scene = sample_scene(spec)
+    (group,) = scene.extra["groups"]
+    members = [scene.people[i] for i in group["people"]]
+    assert [m.role for m in members] == ["group"] * 3 and len(group["gaps_m"]) == 2
+    u, v = _unit(group["heading_deg"])
+    for a, b, gap in zip(members, members[1:], group["gaps_m"]):
+        assert 0.5 <= gap <= 0.8
+        d = _xz(b) - _xz(a)  # (F, 2) from one neighbour to the next, every frame
+        # side by side: the whole distance is across the walking direction (gait sway aside)
+        assert np.abs(d @ v - gap).max() < 0.1
+        assert np.abs(d @ u).max() < 0.1
+    # same speed and direction: every member advances the same along u
+    adv = [(_xz(m)[-1] - _xz(m)[0]) @ u for m in members]
+    assert min(adv) > 0 and max(adv) - min(adv) < 0.1
+    assert adv[0] == pytest.approx(group["speed_m_s"] * (spec.n_frames - 1) / spec.fps, abs=0.15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crossing_walkers_pass_each_other_at_the_stated_gap(seed: int) -> None:
+    spec = SceneSpec(seed=seed, people=2, cross_pairs=1, seconds=4.0, walkers=1.0)
+    scene = sample_scene(spec)
+    (cross,) = scene.extra["crossings"]
+    a, b = (scene.people[i] for i in cross["people"])
+    u, v = _unit(cross["heading_deg"])
+    assert 0.3 <= cross["gap_m"] <= 0.8
+    assert (_xz(a)[-1] - _xz(a)[0]) @ u > 1.0 and (_xz(b)[-1] - _xz(b)[0]) @ u < -1.0  # opposite ways
+    d = _xz(b) - _xz(a)
+    assert np.abs(np.abs(d @ v) - cross["gap_m"]).max() < 0.1  # parallel lines gap apart
+    along = d @ u
+    assert along[0] > 0 > along[-1]  # b starts ahead and ends behind: they pass
+    meet = int(np.argmin(np.abs(along)))
+    assert meet / spec.fps == pytest.approx(cross["meet_s"], abs=0.2)
+
+
+def test_twins_share_clothes_and_shape_but_other_sets_do_not(body) -> None:
+    def heights(scene) -> np.ndarray:
+        betas = torch.from_numpy(np.stack([p.betas for p in scene.people]))
+        with torch.no_grad():
+            v = body.model(torch.eye(3).expand(len(betas), 24, 3, 3), betas, torch.zeros(len(betas), 3)).vertices
+        return (v[..., 1].amax(1) - v[..., 1].amin(1)).numpy()
+
+    for spec in load_bench_set("twins"):
+        scene = sample_scene(spec)
+        pal = np.stack([p.palette for p in scene.people])  # (P, parts, 3)
+        assert len(pal) >= 2
+        assert np.abs(pal - pal[0]).max() < 0.15, spec.name
+        assert np.ptp(heights(scene)) < 0.04, spec.name
+    crowd = sample_scene(load_bench_set("crowded", n_clips=1)[0])
+    pal = np.stack([p.palette for p in crowd.people])
+    assert np.abs(pal - pal[0]).max() > 0.3
+
+
+def test_new_sets_contain_crossings_and_groups() -> None:
+    for name in ("crossings", "twins"):
+        scenes = [sample_scene(s) for s in load_bench_set(name)]
+        assert any(s.extra.get("crossings") for s in scenes), name
+        assert any(s.extra.get("groups") for s in scenes), name
+        assert all(s.extra for s in scenes), name
+
+
+def test_twins_clip_same_seed_same_gt_bytes(body, tmp_path) -> None:
+    (spec,) = load_bench_set("twins", n_clips=1, seed=11, **TINY)
+    d1 = render_clip(spec, tmp_path / "a", body=body, progress=False)
+    d2 = render_clip(spec, tmp_path / "b", body=body, progress=False)
+    assert (d1 / "gt.npz").read_bytes() == (d2 / "gt.npz").read_bytes()
+    assert "layout" in (d1 / "scene.json").read_text()
+    (other,) = load_bench_set("twins", n_clips=1, seed=12, **TINY)
+    d3 = render_clip(other, tmp_path / "c", body=body, progress=False)
+    assert (d3 / "gt.npz").read_bytes() != (d1 / "gt.npz").read_bytes()
