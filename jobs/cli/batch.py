@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="folder, glob, CSV/Parquet manifest (path column) or video file")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output root (OUT/<video_id>/ per video)")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output root (OUT/<video_id>/ per video)")
     add_preset_arguments(parser, "archive")
     parser.add_argument(
         "--address",

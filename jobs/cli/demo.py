@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hmrflow.jobs.cli.run import add_config_arguments
 
-    parser.add_argument("--out", default="hmrflow-demo", help="output root (default ./hmrflow-demo)")
+    parser.add_argument("-o", "--out", default="hmrflow-demo", help="output root (default ./hmrflow-demo)")
     parser.add_argument("--people", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--size", default="640x480", help="WxH of the demo clip")

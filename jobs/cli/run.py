@@ -57,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="input video file")
-    parser.add_argument("--out", default="hmrflow-out", help="output root (default ./hmrflow-out)")
+    parser.add_argument("-o", "--out", default="hmrflow-out", help="output root (default ./hmrflow-out)")
     add_config_arguments(parser)
 
 

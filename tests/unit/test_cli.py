@@ -53,3 +53,11 @@ def test_every_benchmark_runs_as_hmrflow_bench_name() -> None:
         with pytest.raises(SystemExit) as ex:
             cli.main(["bench", name, "--help"])
         assert ex.value.code == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run", "x.mp4", "-o", "D"], ["batch", "IN", "-o", "D"], ["demo", "-o", "D"]],
+)
+def test_output_root_has_the_short_option(argv: list[str]) -> None:
+    assert cli.build_parser().parse_args(argv).out == "D"
