@@ -19,7 +19,16 @@ echo "[bootstrap] installing hmrflow (editable) with test, lint, fast-path, Ray 
 
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 case "$what" in
-  test) exec "$PY" -m pytest "$@" ;;
+  test)
+    # the report's browser tests need Chromium (a Debian package); without it they are skipped
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+        && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      echo "[bootstrap] installing chromium (browser tests of the HTML report)"
+      { apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } \
+        || echo "[bootstrap] chromium could not be installed: the browser tests will be skipped"
+    fi
+    exec "$PY" -m pytest "$@" ;;
   demo) exec hmrflow demo "$@" ;;
   lint)
     "$PY" -m ruff check .
