@@ -372,29 +372,6 @@ def render_shards(
     return DetectionFrames.cat(parts)
 
 
-def bench_specs(name: str, seed: int | None = None, n_clips: int | None = None) -> list[SceneSpec]:
-    """The clips of a named benchmark set, optionally from another base ``seed``.
-
-    With ``seed`` the set's YAML is loaded as if its ``seed`` field were ``seed`` (clip ``i``
-    uses ``seed + i`` and the per-clip choices are drawn from ``seed``), so fresh scenes of
-    the same kind can be scored without touching ``configs/bench``.
-    """
-    import tempfile
-
-    import yaml
-
-    from hmrflow.jobs.synth.bench_sets import bench_set_path, load_bench_set
-
-    if seed is None:
-        return load_bench_set(name, n_clips)
-    doc = yaml.safe_load(bench_set_path(name).read_text())
-    doc["seed"] = int(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{Path(name).stem}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        return load_bench_set(str(path), n_clips)
-
-
 def bench_frames(
     name: str,
     out_dir: str | Path,
@@ -408,17 +385,19 @@ def bench_frames(
 
     The scenes are exactly the set's clips (same specs and seeds as ``hmrflow synth --bench``);
     only ``frames_per_clip`` frames of each are rendered.  ``seed`` / ``n_clips`` replace the
-    set's base seed and clip count (:func:`bench_specs`).  Cached as
+    set's base seed and clip count (as in :func:`~hmrflow.jobs.synth.bench_sets.load_bench_set`).  Cached as
     ``bench_<name>_<k>.npz`` (``bench_<name>_s<seed>_c<n_clips>_<k>.npz`` with overrides).
     """
     from tqdm.auto import tqdm
+
+    from hmrflow.jobs.synth.bench_sets import load_bench_set
 
     tag = "" if seed is None and n_clips is None else f"_s{seed}_c{n_clips}"
     path = Path(out_dir) / f"bench_{name}{tag}_{frames_per_clip}.npz"
     if path.is_file():
         return DetectionFrames.load(path)
     parts = []
-    for spec in tqdm(bench_specs(name, seed, n_clips), desc=f"bench {name}", unit="clip", disable=not progress):
+    for spec in tqdm(load_bench_set(name, n_clips, seed=seed), desc=f"bench {name}", unit="clip", disable=not progress):
         body = body or load_body_assets(spec.body_model)
         idx = np.linspace(0, spec.n_frames - 1, frames_per_clip).round().astype(np.int64)
         parts.append(render_scene_frames(spec, idx, body))
