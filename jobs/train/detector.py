@@ -272,32 +272,18 @@ def run(args: argparse.Namespace) -> int:
     train = render_shards(
         work / "data", "mixed", args.frames, TRAIN_SEED + args.seed, size, shard=50, frames_per_scene=5
     )
-    if args.crowded_frames > 0:
-        from hmrflow.jobs.train.synth_frames import DetectionFrames
+    from hmrflow.jobs.train.synth_frames import DetectionFrames
 
-        extra = render_shards(
-            work / "data",
-            "crowded",
-            args.crowded_frames,
-            CROWDED_TRAIN_SEED + args.seed,
-            size,
-            shard=50,
-            frames_per_scene=5,
-        )
-        train = DetectionFrames.cat([train, extra])
-    if args.overlap_frames > 0:
-        from hmrflow.jobs.train.synth_frames import DetectionFrames
-
-        extra = render_shards(
-            work / "data",
-            "overlap",
-            args.overlap_frames,
-            OVERLAP_TRAIN_SEED + args.seed,
-            size,
-            shard=50,
-            frames_per_scene=3,
-        )
-        train = DetectionFrames.cat([train, extra])
+    extra_sets = [
+        ("crowded", args.crowded_frames, CROWDED_TRAIN_SEED, 5),
+        ("overlap", args.overlap_frames, OVERLAP_TRAIN_SEED, 3),
+    ]
+    for kind, n_frames, base_seed, per_scene in extra_sets:
+        if n_frames > 0:
+            extra = render_shards(
+                work / "data", kind, n_frames, base_seed + args.seed, size, shard=50, frames_per_scene=per_scene
+            )
+            train = DetectionFrames.cat([train, extra])
     val = {
         k: render_shards(work / "data", k, args.val_frames, s, size, shard=50, frames_per_scene=3)
         for k, s in VAL_SEEDS.items()
