@@ -38,9 +38,10 @@ def _estimate_stage(cfg: PipelineConfig, out: Path) -> Any:
 
 
 def _refine_stage(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.mesh.stage import estimator_feature_id
     from hmrflow.stages.refine.stage import RefineStage
 
-    return RefineStage(cfg.refine, seed=cfg.seed)
+    return RefineStage(cfg.refine, seed=cfg.seed, feature_source=estimator_feature_id(cfg.estimate))
 
 
 #: Model stages: part name -> factory (imports lazily so the CLI starts fast).

@@ -182,12 +182,16 @@ class RefineConfig(Strict):
     weights: Optional[str] = None
     window: int = Field(64, ge=4)
     overlap: int = Field(16, ge=0)
-    steps: int = Field(5, ge=1, description="diffusion sampling steps")
+    steps: int = Field(2, ge=1, description="diffusion sampling steps (1-5 are what the prior is tuned for)")
     max_gap_s: float = Field(1.0, ge=0.0, description="fill gaps up to this long")
     sampler: Literal["ddim", "dpm"] = Field("ddim", description="few-step sampler (DDIM eta=0 or DPM-Solver++)")
     batch_windows: int = Field(64, ge=1, description="windows per denoiser batch")
     guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance (1 = plain conditional)")
     smooth_sigma: float = Field(1.5, ge=0.0, description="Gaussian low-pass of the refined motion, frames (0 = off)")
+    use_features: bool = Field(
+        True, description="condition on the estimator's image features (when the prior has them)"
+    )
+    refine_shape: bool = Field(True, description="refine each track's body shape from its features (feature priors)")
     device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
 
 

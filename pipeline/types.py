@@ -34,6 +34,16 @@ N_JOINTS = 24
 N_BETAS = 10
 #: Width of the per-detection appearance descriptor (see :mod:`hmrflow.stages.track.appearance`).
 APPEARANCE_DIM = 51
+#: Width of the per-row image feature the estimator emits for refinement
+#: (see :mod:`hmrflow.stages.mesh.features`); stored as float16.
+FEATURE_DIM = 128
+
+
+def _default_feature(obj: Any, rows_from: str) -> None:
+    """Fill an unset ``feature`` column with zeros (all-zero row: "no image feature")."""
+    if obj.feature is None:
+        n = len(np.asarray(getattr(obj, rows_from)))
+        object.__setattr__(obj, "feature", np.zeros((n, FEATURE_DIM), np.float16))
 
 
 def _default_appearance(obj: Any, rows_from: str) -> None:
@@ -259,6 +269,9 @@ class MeshEstimates(Columnar):
     appearance: (N, APPEARANCE_DIM) float32, the detection's appearance descriptor (zeros:
         unknown); None at construction means zeros.
     at_border: (N,) bool, the detection's box touches the image border; None means False.
+    feature: (N, FEATURE_DIM) float16, the estimator's compact image feature of the row (what
+        the refinement's denoiser is conditioned on beside the SMPL estimate); an all-zero row
+        means "no feature"; None at construction means zeros.
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -273,6 +286,7 @@ class MeshEstimates(Columnar):
         "confidence",
         "appearance",
         "at_border",
+        "feature",
     )
 
     video_id: str
@@ -287,9 +301,11 @@ class MeshEstimates(Columnar):
     confidence: np.ndarray
     appearance: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     at_border: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    feature: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
         _default_appearance(self, "frame_idx")
+        _default_feature(self, "frame_idx")
         super().__post_init__()
 
     @classmethod
@@ -308,6 +324,7 @@ class MeshEstimates(Columnar):
             confidence=np.zeros(n, np.float32),
             appearance=np.zeros((n, APPEARANCE_DIM), np.float32),
             at_border=np.zeros(n, bool),
+            feature=np.zeros((n, FEATURE_DIM), np.float16),
         )
 
 
@@ -340,6 +357,8 @@ class SMPLSequence(Columnar):
     betas: (10,) float32, one body shape per track.
     tracklet: (T,) int64, the online tracklet an observed row came from (a track is one or more
         tracklets joined by stitching); -1 on filled rows.  None at construction means all 0.
+    feature: (T, FEATURE_DIM) float16, the estimator's image feature of each row (all zero on
+        filled rows and where none is known).  None at construction means zeros.
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -350,6 +369,7 @@ class SMPLSequence(Columnar):
         "transl",
         "confidence",
         "tracklet",
+        "feature",
     )
     META_FIELDS: ClassVar[tuple[str, ...]] = ("video_id", "track_id", "betas")
 
@@ -363,10 +383,12 @@ class SMPLSequence(Columnar):
     transl: np.ndarray
     confidence: np.ndarray
     tracklet: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    feature: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
         if self.tracklet is None:
             object.__setattr__(self, "tracklet", np.zeros(len(np.asarray(self.frame_idx)), np.int64))
+        _default_feature(self, "frame_idx")
         super().__post_init__()
         if np.asarray(self.betas).shape != (N_BETAS,):
             raise ValueError(f"SMPLSequence.betas must have shape ({N_BETAS},), got {np.asarray(self.betas).shape}")

@@ -17,6 +17,7 @@ TARGETS: dict[str, str] = {
     "pipeline": "hmrflow.jobs.bench.pipeline",
     "track": "hmrflow.jobs.bench.track_eval",
     "refine": "hmrflow.jobs.bench.refine_eval",
+    "refine-pairs": "hmrflow.jobs.bench.refine_pairs",
     "batch": "hmrflow.jobs.bench.batch_fps",
     "decode": "hmrflow.jobs.bench.decode_fps",
     "render": "hmrflow.jobs.bench.render",

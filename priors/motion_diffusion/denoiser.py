@@ -2,8 +2,14 @@
 
 Input per frame: the noisy normalised motion features ``x_t`` (N_FEAT) concatenated with the
 conditioning (N_COND: the per-frame estimate, its observed mask and confidence, the camera
-ray, see :mod:`.representation`); the diffusion timestep enters as a sinusoidal embedding
-added to every token.  Output: the clean features ``x_0`` (``prediction_type="sample"``), as the per-frame estimate
+ray, see :mod:`.representation`; then, for a model with ``n_img_feat > 0``, the estimator's
+normalised image feature of the frame and a "feature present" flag, see
+:func:`image_conditioning`); the diffusion timestep enters as a sinusoidal embedding
+added to every token.
+
+A model trained with image features also carries a small shape head
+(:meth:`MotionDenoiser.refine_betas`): one body shape per track from the mean of its frames'
+features and the per-frame shape estimates.  Output: the clean features ``x_0`` (``prediction_type="sample"``), as the per-frame estimate
 (the first ``n_feat`` conditioning channels) plus a learned correction.
 
 A diffusers ``ModelMixin``/``ConfigMixin``, so ``save_pretrained(folder)`` and
@@ -52,13 +58,27 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         feat_mean: Optional[Sequence[float]] = None,
         feat_std: Optional[Sequence[float]] = None,
         smooth_sigmas: Sequence[float] = (24.0, 8.0, 2.5),
+        n_img_feat: int = 0,
+        img_mean: Optional[Sequence[float]] = None,
+        img_std: Optional[Sequence[float]] = None,
+        feature_estimator: Optional[str] = None,
     ) -> None:
         super().__init__()
         mean = torch.zeros(n_feat) if feat_mean is None else torch.tensor(list(feat_mean), dtype=torch.float32)
         std = torch.ones(n_feat) if feat_std is None else torch.tensor(list(feat_std), dtype=torch.float32)
         self.register_buffer("norm_mean", mean, persistent=False)
         self.register_buffer("norm_std", std, persistent=False)
-        self.in_proj = nn.Linear(n_feat + n_cond, d_model)
+        imean = torch.zeros(n_img_feat) if img_mean is None else torch.tensor(list(img_mean), dtype=torch.float32)
+        istd = torch.ones(n_img_feat) if img_std is None else torch.tensor(list(img_std), dtype=torch.float32)
+        self.register_buffer("img_norm_mean", imean, persistent=False)
+        self.register_buffer("img_norm_std", istd, persistent=False)
+        n_in = n_feat + n_cond + (n_img_feat + 1 if n_img_feat else 0)
+        self.in_proj = nn.Linear(n_in, d_model)
+        if n_img_feat:
+            # per-track shape: pooled normalised features + median betas -> betas residual
+            self.shape_mlp = nn.Sequential(nn.Linear(n_img_feat + 10, 128), nn.GELU(), nn.Linear(128, 10))
+            nn.init.zeros_(self.shape_mlp[2].weight)
+            nn.init.zeros_(self.shape_mlp[2].bias)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         layer = nn.TransformerEncoderLayer(
             d_model,
@@ -77,6 +97,30 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
+    @property
+    def cond_width(self) -> int:
+        """Channels of the conditioning :meth:`forward` takes: ``n_cond`` (+ image features + flag)."""
+        k = int(self.config.n_img_feat)
+        return int(self.config.n_cond) + (k + 1 if k else 0)
+
+    def image_conditioning(self, feature: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_img_feat) raw features, (B, T) bool present -> (B, T, n_img_feat + 1)
+        normalised features (zero where absent) and the present flag."""
+        m = present.to(torch.float32)[..., None]
+        f = (feature.float() - self.img_norm_mean) / self.img_norm_std * m
+        return torch.cat([f, m], dim=-1)
+
+    def refine_betas(self, feature: torch.Tensor, present: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """One shape per track: (B, T, n_img_feat) features, (B, T) present, (B, 10) median
+        betas -> (B, 10) refined betas (``betas`` unchanged where no frame has a feature)."""
+        if not self.config.n_img_feat:
+            return betas
+        m = present.to(torch.float32)[..., None]
+        n = m.sum(1)
+        pooled = ((feature.float() - self.img_norm_mean) / self.img_norm_std * m).sum(1) / n.clamp_min(1.0)
+        delta = self.shape_mlp(torch.cat([pooled, betas.float()], dim=-1))
+        return betas.float() + delta * (n > 0).float()
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -87,8 +131,9 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         """Predict clean features.
 
         sample: (B, T, n_feat) noisy normalised features; timestep: scalar or (B,);
-        cond: (B, T, n_cond); base: optional precomputed :meth:`smoothed_estimate` of ``cond``
-        (it does not depend on the timestep, so a sampler computes it once).
+        cond: (B, T, :attr:`cond_width`) (the motion conditioning, then for a feature model
+        :meth:`image_conditioning`); base: optional precomputed :meth:`smoothed_estimate` of
+        ``cond`` (it does not depend on the timestep, so a sampler computes it once).
         Returns (B, T, n_feat).
         """
         b, t, _ = sample.shape

@@ -8,6 +8,14 @@ per-frame estimates, canonicalised on those estimates (:mod:`.representation`), 
 denoiser learns ``x0`` from ``x_t`` and the conditioning (DDPM, random timesteps) with an
 MSE on features plus an MSE on their frame-to-frame differences (smoothness).
 
+With ``pairs_dirs`` (folders written by ``hmrflow train prior-pairs``) the model is conditioned
+on the estimator's image features too, and each batch mixes ``real_fraction`` windows of the
+pipeline's real tracks paired with ground truth (:mod:`.pairs`; features present) with
+noise-model windows (features absent); the loss is masked to frames with ground truth and
+adds the pelvis-aligned joint error of the predicted poses (forward kinematics of the template
+body, :func:`joint_loss`) and a per-track shape loss.  ``init_from`` starts from an earlier
+prior (its weights are copied; new input columns start at zero).
+
 One epoch is ``steps_per_epoch`` optimiser steps; after each epoch the full state (model,
 optimiser, learning-rate schedule, epoch) is written to ``work_dir/resume.pt`` and the model
 is exported with ``save_pretrained`` to ``out_dir``.  ``resume=True`` continues from
@@ -30,8 +38,12 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from hmrflow.pipeline.types import FEATURE_DIM
+from hmrflow.priors.motion_diffusion import load_prior
 from hmrflow.priors.motion_diffusion.denoiser import MotionDenoiser
 from hmrflow.priors.motion_diffusion.noise_model import NoiseConfig, apply_noise, random_camera, world_to_camera
+from hmrflow.priors.motion_diffusion.pairs import feature_stats as pair_feature_stats
+from hmrflow.priors.motion_diffusion.pairs import load_pair_tracks, sample_pair_windows
 from hmrflow.priors.motion_diffusion.representation import (
     N_FEAT,
     N_ROT_FEAT,
@@ -71,6 +83,13 @@ class TrainConfig:
     amass_dir: Optional[str] = None
     val_motions: int = 8
     extend_lr_factor: float = 0.3
+    pairs_dirs: tuple[str, ...] = ()
+    real_fraction: float = 0.5
+    feature_drop: float = 0.15
+    joint_weight: float = 1.0
+    shape_weight: float = 0.1
+    init_from: Optional[str] = None
+    feature_estimator: Optional[str] = None
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def to_dict(self) -> dict:
@@ -81,6 +100,8 @@ class TrainConfig:
         d = dict(d)
         noise = d.pop("noise", {}) or {}
         noise = {k: tuple(v) if isinstance(v, list) else v for k, v in noise.items()}
+        if "pairs_dirs" in d:
+            d["pairs_dirs"] = tuple(d["pairs_dirs"] or ())
         return cls(noise=NoiseConfig(**noise), **d)
 
 
@@ -166,13 +187,71 @@ def sample_windows(
     return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
 
 
-def prepare(batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows -> (normalised clean features (B, W, N_FEAT), conditioning (B, W, N_COND))."""
+def prepare(
+    batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor, model: Optional[MotionDenoiser] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows -> (normalised clean features (B, W, N_FEAT), conditioning (B, W, C)).
+
+    With a ``model`` that takes image features, ``C`` is its ``cond_width``: the batch's
+    ``feature``/``feature_present`` are appended (absent when the batch has none).
+    """
     w = batch["observed"].float() * batch["confidence"]
     frame = reference_frame(batch["rot"][:, :, 0], batch["transl"], w)
     x0 = (canonicalise(batch["clean_rot"], batch["clean_transl"], frame) - mean) / std
     cond = conditioning(batch["rot"], batch["transl"], batch["observed"], batch["confidence"], frame, mean, std)
+    if model is not None and model.config.n_img_feat:
+        b, t = cond.shape[:2]
+        feat = batch.get("feature", torch.zeros(b, t, model.config.n_img_feat))
+        present = batch.get("feature_present", torch.zeros(b, t, dtype=torch.bool))
+        cond = torch.cat([cond, model.image_conditioning(feat, present)], dim=-1)
     return x0, cond
+
+
+class TemplateKinematics:
+    """Pelvis-relative joint positions of the template body posed by rotations (torch, fp32)."""
+
+    def __init__(self) -> None:
+        from hmrflow.priors.body_model import load_body_model
+
+        bm = load_body_model(kind="synthetic", device="cpu")
+        self.rest = bm.rest_joints(batch=1)[0].detach().float()  # (24, 3)
+        self.parents = torch.as_tensor(np.asarray(bm.parents), dtype=torch.long)
+
+    def __call__(self, rotmats: torch.Tensor) -> torch.Tensor:
+        """(..., 24, 3, 3) -> (..., 24, 3) joints minus the root joint."""
+        from smplx.lbs import batch_rigid_transform
+
+        lead = rotmats.shape[:-3]
+        r = rotmats.reshape(-1, 24, 3, 3)
+        joints, _ = batch_rigid_transform(r, self.rest.expand(r.shape[0], 24, 3), self.parents)
+        joints = joints - joints[:, :1]
+        return joints.reshape(*lead, 24, 3)
+
+
+def joint_loss(
+    kin: TemplateKinematics,
+    pred: torch.Tensor,
+    x0: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean pelvis-aligned joint distance (metres) between the poses of two normalised feature
+    windows (B, W, N_FEAT), plus the same with both root orientations removed, over every other
+    frame where ``mask`` (B, W) is True."""
+    from hmrflow.priors.rotations import rot6d_to_matrix
+
+    # every other frame: forward kinematics costs more than the denoiser itself on a CPU
+    pred, x0, mask = pred[:, ::2], x0[:, ::2], mask[:, ::2]
+    b, t = pred.shape[:2]
+    rp = rot6d_to_matrix((pred * std + mean)[..., :N_ROT_FEAT].reshape(b, t, 24, 6))
+    rg = rot6d_to_matrix((x0 * std + mean)[..., :N_ROT_FEAT].reshape(b, t, 24, 6))
+    d = (kin(rp) - kin(rg)).norm(dim=-1).mean(-1)  # (B, W) what MPJPE measures (root orientation included)
+    # the articulation alone (both roots set to the identity), what PA-MPJPE mostly measures
+    eye = torch.eye(3).expand(b, t, 1, 3, 3)
+    local = (kin(torch.cat([eye, rp[:, :, 1:]], 2)) - kin(torch.cat([eye, rg[:, :, 1:]], 2))).norm(dim=-1).mean(-1)
+    m = mask.float()
+    return ((d + local) * m).sum() / m.sum().clamp_min(1.0)
 
 
 def feature_stats(bank: ClipBank, cfg: TrainConfig, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,9 +281,20 @@ def diffusion_loss(
     gen: torch.Generator,
     vel_weight: float,
     cond_drop: float,
+    mask: Optional[torch.Tensor] = None,
+    kin: Optional[TemplateKinematics] = None,
+    joint_weight: float = 0.0,
 ) -> torch.Tensor:
-    """DDPM x0 loss: MSE on features + ``vel_weight`` x MSE on frame differences."""
+    """DDPM x0 loss: MSE on features + ``vel_weight`` x MSE on frame differences, over frames
+    where ``mask`` (B, W) is True (default all), + ``joint_weight`` x :func:`joint_loss` in
+    decimetres when ``kin`` is given.  Frames outside the mask are given the model's
+    smoothed estimate as their clean value (their ground truth is unknown)."""
     b = x0.shape[0]
+    m = torch.ones(x0.shape[:2], dtype=torch.bool) if mask is None else mask
+    mf = m.float()[..., None]
+    if mask is not None:
+        with torch.no_grad():
+            x0 = torch.where(m[..., None], x0, model.smoothed_estimate(cond))
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
     xt = scheduler.add_noise(x0, noise, t)
@@ -212,9 +302,15 @@ def diffusion_loss(
         keep = (torch.rand(b, generator=gen) >= cond_drop).float()[:, None, None]
         cond = cond * keep
     pred = model(xt, t, cond)
-    loss = torch.mean((pred - x0) ** 2)
+    denom = mf.sum().clamp_min(1.0) * x0.shape[-1]
+    loss = ((pred - x0) ** 2 * mf).sum() / denom
     if vel_weight > 0:
-        loss = loss + vel_weight * torch.mean((pred.diff(dim=1) - x0.diff(dim=1)) ** 2)
+        mv = mf[:, 1:] * mf[:, :-1]
+        loss = loss + vel_weight * ((pred.diff(dim=1) - x0.diff(dim=1)) ** 2 * mv).sum() / (
+            mv.sum().clamp_min(1.0) * x0.shape[-1]
+        )
+    if kin is not None and joint_weight > 0:
+        loss = loss + joint_weight * 10.0 * joint_loss(kin, pred, x0, model.norm_mean, model.norm_std, m)
     return loss
 
 
@@ -246,8 +342,24 @@ def train_prior(
             log.warning("resume: training config differs from the one in %s; using the saved model config", resume_path)
         model = MotionDenoiser.from_config(state["model_config"])
         model.load_state_dict(state["model"])
-    else:
-        mean, std = feature_stats(bank, cfg)
+    pair_tracks = load_pair_tracks(list(cfg.pairs_dirs)) if cfg.pairs_dirs else []
+    if cfg.pairs_dirs and not pair_tracks:
+        raise ValueError(f"no usable tracks in the pairs folders {list(cfg.pairs_dirs)}")
+    if state is None:
+        init = load_prior(cfg.init_from) if cfg.init_from else None
+        if init is not None:
+            mean, std = init.norm_mean.clone(), init.norm_std.clone()
+        else:
+            mean, std = feature_stats(bank, cfg)
+        img_kw: dict = {}
+        if pair_tracks:
+            img_mean, img_std = pair_feature_stats(pair_tracks)
+            img_kw = dict(
+                n_img_feat=FEATURE_DIM,
+                img_mean=img_mean.tolist(),
+                img_std=img_std.tolist(),
+                feature_estimator=cfg.feature_estimator,
+            )
         torch.manual_seed(cfg.seed)
         model = MotionDenoiser(
             d_model=cfg.d_model,
@@ -258,7 +370,10 @@ def train_prior(
             fps=cfg.fps,
             feat_mean=mean.tolist(),
             feat_std=std.tolist(),
+            **img_kw,
         )
+        if init is not None:
+            copy_matching_weights(init, model)
     scheduler = training_scheduler()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
@@ -293,9 +408,34 @@ def train_prior(
     val_bank = build_bank(
         dataclasses.replace(cfg, amass_dir=None), range(cfg.seed + 100_000, cfg.seed + 100_000 + cfg.val_motions)
     )
-    val_x0, val_cond = prepare(
-        sample_windows(val_bank, np.random.default_rng([cfg.seed, 7]), 128, cfg.window, cfg.fps, cfg.noise), mean, std
-    )
+    kin = TemplateKinematics() if cfg.joint_weight > 0 else None
+
+    def make_batch(rng: np.random.Generator, bank_: ClipBank, n: int) -> tuple[torch.Tensor, ...]:
+        """A mixed batch: (x0, cond, loss mask, real-window batch or None)."""
+        n_real = int(round(n * cfg.real_fraction)) if pair_tracks else 0
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        if n - n_real > 0:
+            x0, cond = prepare(sample_windows(bank_, rng, n - n_real, cfg.window, cfg.fps, cfg.noise), mean, std, model)
+            parts.append((x0, cond, torch.ones(x0.shape[:2], dtype=torch.bool)))
+        real = None
+        if n_real:
+            real = sample_pair_windows(pair_tracks, rng, n_real, cfg.window, feature_drop=cfg.feature_drop)
+            rx0, rcond = prepare(real, mean, std, model)
+            parts.append((rx0, rcond, real["loss_mask"]))
+        x0, cond, mask = (torch.cat([p[i] for p in parts]) for i in range(3))
+        return x0, cond, mask, real
+
+    def batch_loss(batch: tuple, gen: torch.Generator, cond_drop: float) -> torch.Tensor:
+        x0, cond, mask, real = batch
+        loss = diffusion_loss(model, scheduler, x0, cond, gen, cfg.vel_weight, cond_drop, mask, kin, cfg.joint_weight)
+        if real is not None and cfg.shape_weight > 0:
+            has = real["loss_mask"].any(1).float()
+            pred_b = model.refine_betas(real["feature"], real["feature_present"], real["betas"])
+            err = ((pred_b - real["gt_betas"]) ** 2).mean(-1)
+            loss = loss + cfg.shape_weight * (err * has).sum() / has.sum().clamp_min(1.0)
+        return loss
+
+    val_batch = make_batch(np.random.default_rng([cfg.seed, 7]), val_bank, 128)
     t_start = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -308,8 +448,7 @@ def train_prior(
 
             it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for _ in it:
-            x0, cond = prepare(sample_windows(bank, rng, cfg.batch_size, cfg.window, cfg.fps, cfg.noise), mean, std)
-            loss = diffusion_loss(model, scheduler, x0, cond, gen, cfg.vel_weight, cfg.cond_drop)
+            loss = batch_loss(make_batch(rng, bank, cfg.batch_size), gen, cfg.cond_drop)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -319,7 +458,7 @@ def train_prior(
         model.eval()
         with torch.no_grad():
             vgen = torch.Generator().manual_seed(1)
-            val_loss = float(diffusion_loss(model, scheduler, val_x0, val_cond, vgen, cfg.vel_weight, 0.0))
+            val_loss = float(batch_loss(val_batch, vgen, 0.0))
         minutes = minutes_before + (time.monotonic() - t_start) / 60.0
         history.append(
             {
@@ -348,6 +487,22 @@ def train_prior(
             log.warning("stopping after epoch %d: time budget of %.0f min reached", epoch + 1, cfg.max_minutes)
             break
     return out_dir
+
+
+def copy_matching_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """Copy every parameter of ``src`` whose name and shape ``dst`` shares; a wider input
+    projection gets the old columns and zeros for the new ones (new inputs start ignored)."""
+    dst_state = dst.state_dict()
+    for name, val in src.state_dict().items():
+        if name not in dst_state:
+            continue
+        tgt = dst_state[name]
+        if tgt.shape == val.shape:
+            tgt.copy_(val)
+        elif name == "in_proj.weight" and tgt.shape[0] == val.shape[0] and tgt.shape[1] > val.shape[1]:
+            tgt.zero_()
+            tgt[:, : val.shape[1]] = val
+    dst.load_state_dict(dst_state)
 
 
 def export(model: MotionDenoiser, out_dir: Path, cfg: TrainConfig, history: list[dict], n_params: int) -> None:

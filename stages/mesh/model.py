@@ -16,6 +16,7 @@ from torch import nn
 
 from hmrflow.priors.rotations import rot6d_to_matrix
 from hmrflow.stages.mesh.backbone import ViTBackbone, ViTConfig
+from hmrflow.stages.mesh.features import compact_feature
 from hmrflow.stages.mesh.head import HeadConfig, HeadOutput, SMPLHead
 
 #: Crop size (H, W) HMR2.0 feeds its ViT.
@@ -76,6 +77,9 @@ class EstimatorOutput:
     pred_cam: (B, 3) fp32 weak-perspective (s, tx, ty) in the crop (see ``camera``).
     confidence: (B,) fp32 in (0, 1).
     pose6d: (B, 24, 6) fp32, the 6D values behind ``rotmats`` (for losses).
+    feature: (B, FEATURE_DIM) fp32 compact image feature for refinement
+        (:func:`~hmrflow.stages.mesh.features.compact_feature` of the head's final query), or
+        None where not computed.
     """
 
     rotmats: torch.Tensor
@@ -83,6 +87,7 @@ class EstimatorOutput:
     pred_cam: torch.Tensor
     confidence: torch.Tensor
     pose6d: torch.Tensor
+    feature: Optional[torch.Tensor] = None
 
 
 class MeshEstimator(nn.Module):
@@ -116,8 +121,14 @@ class MeshEstimator(nn.Module):
             pose6d = out.pose6d.float()
             rotmats = rot6d_to_matrix(pose6d)
             conf = torch.sigmoid(out.confidence_logit.float())
+            feature = compact_feature(out.query.detach())
         return EstimatorOutput(
-            rotmats=rotmats, betas=out.betas.float(), pred_cam=out.cam.float(), confidence=conf, pose6d=pose6d
+            rotmats=rotmats,
+            betas=out.betas.float(),
+            pred_cam=out.cam.float(),
+            confidence=conf,
+            pose6d=pose6d,
+            feature=feature,
         )
 
     def forward(self, crops: torch.Tensor) -> EstimatorOutput:

@@ -157,6 +157,10 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             raise RuntimeError("EstimateStage.depth: call setup() first")
         return len(self.model.backbone.blocks)
 
+    def feature_id(self) -> Optional[str]:
+        """Id of the estimator whose image features this stage emits (see :func:`estimator_feature_id`)."""
+        return estimator_feature_id(self.cfg)
+
     def _weights_file(self) -> Path:
         """``cfg.weights``, else the bundled (merged, with ``cfg.eclm``) file; CheckpointError if none."""
         cfg = self.cfg
@@ -210,12 +214,14 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 o = self.model(chunk, **kw)
             outs.append(
-                EstimatorOutput(*(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d)))
+                EstimatorOutput(
+                    *(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d, o.feature))
+                )
             )
         return EstimatorOutput(
             *(
                 torch.cat([getattr(o, f) for o in outs])
-                for f in ("rotmats", "betas", "pred_cam", "confidence", "pose6d")
+                for f in ("rotmats", "betas", "pred_cam", "confidence", "pose6d", "feature")
             )
         )
 
@@ -270,4 +276,17 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             confidence=out.confidence.numpy().astype(np.float32),
             appearance=np.asarray(det.appearance, np.float32),
             at_border=np.asarray(det.at_border, bool),
+            feature=out.feature.numpy().astype(np.float16),
         )
+
+
+def estimator_feature_id(cfg: EstimateConfig) -> Optional[str]:
+    """The first 16 hex digits of the sha256 of the weights file ``cfg`` loads (its image
+    features are what a feature-conditioned motion prior was trained on); None when the file
+    is not there (the stage itself reports that)."""
+    from hmrflow.pipeline.provenance import cached_file_sha256
+
+    path = Path(cfg.weights).expanduser() if cfg.weights else bundled_weights_path(cfg.size, eclm=cfg.eclm)
+    if not path.is_file():
+        return None
+    return cached_file_sha256(path)[:16]

@@ -15,7 +15,12 @@
    Gaussian low-pass (``cfg.smooth_sigma`` frames) removes the sampler's residual frame-to-frame
    noise.
 3. **Shape**: a track carries one ``betas`` (the tracker's confidence-weighted median of the
-   per-frame shapes); it is kept as the track's single consolidated shape.
+   per-frame shapes); a prior trained with image features refines it from the mean of all the
+   track's observed features (``cfg.refine_shape``), otherwise it is kept as it is.
+
+Image features (``SMPLSequence.feature``, the estimator's compact per-row feature) condition
+the denoiser when the prior was trained on them and on this run's estimator
+(:func:`features_match`); filled frames have none (masked).
 
 The noise seed of a track is ``(seed, track_id)`` (``seed`` is the run's ``PipelineConfig.seed``): results do not depend on batching or on
 which other tracks are processed, and reproduce across machines.
@@ -58,6 +63,7 @@ class FilledTrack:
     transl: np.ndarray
     confidence: np.ndarray
     segment: np.ndarray
+    feature: np.ndarray
 
 
 def _slerp_rotmats(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -77,7 +83,7 @@ def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
     one median pts step (the time during which the person was not seen).  Inserted frames get
     ``frame_idx = prev + k * step`` (below the next observed frame), pts interpolated linearly in
     ``frame_idx``, placeholder poses slerped between the neighbours (the prior replaces them),
-    ``observed=False``, ``confidence=0``.
+    ``observed=False``, ``confidence=0``, an all-zero (absent) image feature.
     """
     fi = np.asarray(seq.frame_idx, np.int64)
     n = len(fi)
@@ -86,8 +92,11 @@ def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
     rot = np.asarray(seq.rotmats, np.float32)
     tr = np.asarray(seq.transl, np.float32)
     conf = np.asarray(seq.confidence, np.float32)
+    feat = np.asarray(seq.feature, np.float16)
     if n < 2:
-        return FilledTrack(fi.copy(), pts.copy(), obs.copy(), rot.copy(), tr.copy(), conf.copy(), np.zeros(n, np.int64))
+        return FilledTrack(
+            fi.copy(), pts.copy(), obs.copy(), rot.copy(), tr.copy(), conf.copy(), np.zeros(n, np.int64), feat.copy()
+        )
     dfi = np.diff(fi)
     step = max(1, int(np.median(dfi)))
     dpts = np.diff(pts)
@@ -109,7 +118,7 @@ def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
         ins["transl"].append(((1 - w)[:, None] * tr[i] + w[:, None] * tr[i + 1]).astype(np.float32))
         ins["segment"].append(np.full(len(w), segment[i], np.int64))
     if not ins["frame_idx"]:
-        return FilledTrack(fi.copy(), pts.copy(), obs.copy(), rot.copy(), tr.copy(), conf.copy(), segment)
+        return FilledTrack(fi.copy(), pts.copy(), obs.copy(), rot.copy(), tr.copy(), conf.copy(), segment, feat.copy())
     m = sum(len(x) for x in ins["frame_idx"])
     all_fi = np.concatenate([fi, *ins["frame_idx"]])
     order = np.argsort(all_fi, kind="stable")
@@ -121,6 +130,7 @@ def fill_gaps(seq: SMPLSequence, max_gap_s: float) -> FilledTrack:
         transl=np.concatenate([tr, *ins["transl"]])[order],
         confidence=np.concatenate([conf, np.zeros(m, np.float32)])[order],
         segment=np.concatenate([segment, *ins["segment"]])[order],
+        feature=np.concatenate([feat, np.zeros((m, feat.shape[1]), np.float16)])[order],
     )
 
 
@@ -141,12 +151,14 @@ def refine_arrays(
     batch_windows: int = 64,
     guidance_scale: float = 1.0,
     smooth_sigma: float = 0.0,
+    feature: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refine one contiguous run of frames with the motion prior.
 
     rotmats (N, 24, 3, 3), transl (N, 3) camera frame (placeholders where unobserved);
-    observed (N,) bool; confidence (N,).  Returns refined (rotmats (N, 24, 3, 3) float32,
-    transl (N, 3) float32).  Windows shorter than ``window`` (short tracks) are padded at the
+    observed (N,) bool; confidence (N,); feature (N, F) the estimator's image features (rows
+    that are all zero, and every row when None, count as absent; ignored by a prior trained
+    without features).  Returns refined (rotmats (N, 24, 3, 3) float32, transl (N, 3) float32).  Windows shorter than ``window`` (short tracks) are padded at the
     end with unobserved copies of the last frame, and the padding is dropped.
     """
     n = len(rotmats)
@@ -168,6 +180,16 @@ def refine_arrays(
     frame = reference_frame(rot[:, :, 0], tr, weights)
     mean, std = model.norm_mean.cpu(), model.norm_std.cpu()
     cond = conditioning(rot, tr, obs, conf, frame, mean, std)
+    n_img = int(getattr(model.config, "n_img_feat", 0) or 0)
+    if n_img:
+        if feature is None:
+            feat = torch.zeros(*idx.shape, n_img)
+            present = torch.zeros(idx.shape, dtype=torch.bool)
+        else:
+            f = np.asarray(feature)
+            feat = torch.from_numpy(f[idx].astype(np.float32))
+            present = obs & torch.from_numpy(np.abs(f).max(axis=1)[idx] > 0)
+        cond = torch.cat([cond, model.image_conditioning(feat.to(device), present.to(device)).cpu()], dim=-1)
     k = len(starts)
     noise = torch.randn((k, window, model.config.n_feat), generator=cpu_generator(seed), dtype=torch.float32)
     outs = []
@@ -210,12 +232,17 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
 
     resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=GPU_SHARE)
 
-    def __init__(self, cfg: RefineConfig = RefineConfig(), seed: int = 0) -> None:
+    def __init__(self, cfg: RefineConfig = RefineConfig(), seed: int = 0, feature_source: Optional[str] = None) -> None:
+        """``feature_source``: the id of the estimator whose features the tracks carry
+        (:func:`~hmrflow.stages.mesh.stage.estimator_feature_id`); a prior trained on another
+        estimator's features (or an unknown source) refines without them."""
         super().__init__()
         self.cfg = cfg
         self.seed = int(seed)
+        self.feature_source = feature_source
         self.model: Optional[torch.nn.Module] = None
         self.schedule: Optional[dict] = None
+        self.use_features = False
 
     def setup(self) -> None:
         """Load the prior (``cfg.weights`` folder, default the bundled one) on the resolved device."""
@@ -223,6 +250,14 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
         if self.cfg.enabled:
             self.model = load_prior(self.cfg.weights, device=str(dev))  # CheckpointError names a bad folder
             self.schedule = load_schedule(self.cfg.weights)
+            self.use_features = self.cfg.use_features and features_match(self.model, self.feature_source)
+            if self.cfg.use_features and getattr(self.model.config, "n_img_feat", 0) and not self.use_features:
+                log.warning(
+                    "refine: the prior was trained on the features of estimator %s, this run's estimator is %s; "
+                    "refining without image features (less accurate; train a prior on this estimator's pairs)",
+                    self.model.config.feature_estimator,
+                    self.feature_source,
+                )
         self._ready = True
 
     def __call__(self, seq: SMPLSequence) -> SMPLSequence:
@@ -242,6 +277,10 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
                     model_fps,
                 )
         rot, tr = filled.rotmats.copy(), filled.transl.copy()
+        betas = np.asarray(seq.betas, np.float32).copy()
+        feature = filled.feature if self.use_features else None
+        if self.cfg.enabled and self.model is not None and feature is not None and self.cfg.refine_shape:
+            betas = refine_shape(self.model, feature[filled.observed], betas)
         if self.cfg.enabled and self.model is not None and len(filled.frame_idx) > 0:
             for s in np.unique(filled.segment):
                 m = filled.segment == s
@@ -260,12 +299,13 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
                     batch_windows=self.cfg.batch_windows,
                     guidance_scale=self.cfg.guidance_scale,
                     smooth_sigma=self.cfg.smooth_sigma,
+                    feature=None if feature is None else feature[m],
                 )
                 rot[m], tr[m] = r, t
         return SMPLSequence(
             video_id=seq.video_id,
             track_id=seq.track_id,
-            betas=np.asarray(seq.betas, np.float32).copy(),
+            betas=betas,
             frame_idx=filled.frame_idx,
             pts=filled.pts,
             observed=filled.observed,
@@ -273,7 +313,30 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
             transl=tr.astype(np.float32),
             confidence=filled.confidence,
             tracklet=_carry_tracklets(seq, filled),
+            feature=filled.feature,
         )
+
+
+def features_match(model: torch.nn.Module, source: Optional[str]) -> bool:
+    """True when ``model`` takes image features and was trained on those of estimator ``source``
+    (the prior's ``feature_estimator``: comma-separated ids, or empty for any estimator)."""
+    if not int(getattr(model.config, "n_img_feat", 0) or 0):
+        return False
+    accepted = [x for x in str(getattr(model.config, "feature_estimator", "") or "").split(",") if x]
+    return not accepted or (source is not None and source in accepted)
+
+
+@torch.no_grad()
+def refine_shape(model: torch.nn.Module, feature: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """One body shape per track from its observed frames' features (T, F) and its median
+    betas (10,): the prior's shape head (:meth:`MotionDenoiser.refine_betas`); (10,) float32."""
+    if len(feature) == 0:
+        return betas
+    dev = next(model.parameters()).device
+    f = torch.from_numpy(np.asarray(feature, np.float32))[None].to(dev)
+    present = f.abs().amax(-1) > 0
+    b = torch.from_numpy(np.asarray(betas, np.float32))[None].to(dev)
+    return model.refine_betas(f, present, b)[0].cpu().numpy().astype(np.float32)
 
 
 def _carry_tracklets(seq: SMPLSequence, filled: FilledTrack) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The default pipeline (bundled detector, estimator and motion prior) under Ray equals the
-LocalRunner, and the Ray workers ask for the GPUs the stages declare.
+LocalRunner (with the estimator's image features carried to refinement), and the Ray workers
+ask for the GPUs the stages declare.
 
 The local Ray instance declares one GPU (no CUDA is needed: Ray schedules on declared
 resources and tells each worker which GPU ids it was given through ``CUDA_VISIBLE_DEVICES``;
@@ -59,6 +60,15 @@ def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(
     local = build_spec(cfg, tmp_path / "local").local_runner()
     for v in inputs:
         local.run(probe_clip(v.path, v.video_id))
+
+    # the estimator's image features reach refinement (the bundled prior is conditioned on
+    # them): refined without them, the same video gives other tables
+    v0 = inputs[0]
+    nofeat = build_spec(load_config("clip", ["refine.use_features=false"]), tmp_path / "nofeat").local_runner()
+    nofeat.run(probe_clip(v0.path, v0.video_id))
+    assert (tmp_path / "nofeat" / v0.video_id / "tracks.parquet").read_bytes() != (
+        tmp_path / "local" / v0.video_id / "tracks.parquet"
+    ).read_bytes()
 
     from hmrflow.pipeline.runner_ray import RayRunner
 

@@ -133,3 +133,24 @@ def test_iter_amass_dir(tmp_path: Path) -> None:
     assert [m.n_frames for m in ms] == [30, 15]
     with pytest.raises(AmassFormatError):
         list(iter_amass_dir(tmp_path, fps=30.0, skip_errors=False))
+
+
+def test_train_prior_amass_option_adds_the_folder_to_the_motion_bank(tmp_path: Path) -> None:
+    """``hmrflow train prior --amass DIR``: the documented option reaches the training bank."""
+    import argparse
+
+    from hmrflow.jobs.train.prior import add_arguments
+    from hmrflow.priors.motion_diffusion.train import TrainConfig, build_bank
+
+    _zup_file(tmp_path / "long.npz", n=480)  # 4 s at 120 fps -> 120 frames at 30 fps
+    _zup_file(tmp_path / "short.npz", n=120)  # 30 frames at 30 fps: shorter than a window
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--amass", str(tmp_path)])
+    assert args.amass_dir == str(tmp_path)
+    cfg = TrainConfig(n_motions=2, motion_seconds=3.0, window=64, amass_dir=args.amass_dir)
+    bank = build_bank(cfg, range(2))
+    assert len(bank) == 3  # 2 library motions + the AMASS file long enough for a window
+    assert bank.rotmats[-1].shape == (120, 24, 3, 3)
+    # upright in the y-up world: the root's body-up axis (its y column) points up
+    assert float(np.median(bank.rotmats[-1][:, 0, 1, 1])) > 0.9
