@@ -187,11 +187,15 @@ class RefineConfig(Strict):
     sampler: Literal["ddim", "dpm"] = Field("ddim", description="few-step sampler (DDIM eta=0 or DPM-Solver++)")
     batch_windows: int = Field(64, ge=1, description="windows per denoiser batch")
     guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance (1 = plain conditional)")
-    smooth_sigma: float = Field(1.5, ge=0.0, description="Gaussian low-pass of the refined motion, frames (0 = off)")
+    smooth_sigma: float = Field(2.5, ge=0.0, description="Gaussian low-pass of the refined motion, frames (0 = off)")
     use_features: bool = Field(
         True, description="condition on the estimator's image features (when the prior has them)"
     )
-    refine_shape: bool = Field(True, description="refine each track's body shape from its features (feature priors)")
+    refine_shape: bool = Field(
+        False,
+        description="refine each track's body shape from its features with the prior's shape head "
+        "(off: on held-out clips it did not beat the median of the per-frame shapes, docs/bench/refinement.md)",
+    )
     device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
 
 

@@ -9,7 +9,9 @@ observed frames go through :class:`~hmrflow.stages.refine.stage.RefineStage` exa
 run (gap filling, windows, features, shape); then both the per-frame rows and the refined rows
 are posed with the synthetic body model (each with its own betas) and compared with the ground
 truth's joints: MPJPE (pelvis-aligned), PA-MPJPE on observed frames, MPJPE on filled frames,
-acceleration error.  Only rows whose ground truth is known count.  This isolates refinement
+acceleration error, and the angle between the camera rays to the predicted and the true
+pelvis (how far from the person's pixels the body is drawn).
+Only rows whose ground truth is known count.  This isolates refinement
 from detection and tracking (and runs in seconds); ``hmrflow bench pipeline`` gives the
 end-to-end figures with ``hmrflow eval``'s matching.
 """
@@ -40,6 +42,14 @@ def _pose(bm: Any, rot: np.ndarray, betas: np.ndarray, transl: np.ndarray) -> np
             torch.from_numpy(np.ascontiguousarray(transl, np.float32)),
         )
     return out.joints.numpy().astype(np.float64)
+
+
+def _ray_mrad(joints: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(T,) angle (milliradians) between the camera rays to the predicted and the true pelvis:
+    how far the body is drawn from where the person is in the image."""
+    a = joints[:, 0] / np.linalg.norm(joints[:, 0], axis=-1, keepdims=True)
+    b = gt[:, 0] / np.linalg.norm(gt[:, 0], axis=-1, keepdims=True)
+    return 1000.0 * np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0))
 
 
 def evaluate_pairs(
@@ -104,6 +114,8 @@ def evaluate_pairs(
             acc["in_accel"].append(M.accel_error(est[gv], gto[gv], a["frame_idx"][o][gv]))
             ob = out.observed & valid
             fl = ~out.observed & valid
+            acc["in_ray"].append(_ray_mrad(est[gv], gto[gv]))
+            acc["out_ray"].append(_ray_mrad(ref[ob], gt[ob]))
             acc["out_mpjpe"].append(M.mpjpe(ref[ob], gt[ob]))
             acc["out_pa"].append(M.pa_mpjpe(ref[ob], gt[ob]))
             acc["out_accel"].append(M.accel_error(ref[valid], gt[valid], out.frame_idx[valid]))
@@ -127,7 +139,10 @@ def evaluate_pairs(
             ok = np.isfinite(v) & (wt > 0)
             return float((v[ok] * wt[ok]).sum() / wt[ok].sum()) if ok.any() else float("nan")
 
-        s = {k: wmean(k) for k in ("in_mpjpe", "in_pa", "in_accel", "out_mpjpe", "out_pa", "out_accel")}
+        s = {
+            k: wmean(k)
+            for k in ("in_mpjpe", "in_pa", "in_accel", "in_ray", "out_mpjpe", "out_pa", "out_accel", "out_ray")
+        }
         s["filled_mpjpe"] = wmean("filled_mpjpe", wf)
         s["clips"] = len(rs)
         s["frames"] = int(w.sum())
@@ -146,15 +161,16 @@ def format_sets(res: dict[str, Any]) -> str:
     """Markdown table of :func:`evaluate_pairs`' per-set summary."""
     head = (
         "| set | clips | frames | MPJPE per-frame | refined | ratio | PA-MPJPE per-frame | refined | ratio | "
-        "clips worse (MPJPE/PA) | accel change | filled frames | filled MPJPE | filled/observed |"
+        "clips worse (MPJPE/PA) | accel change | filled frames | filled MPJPE | filled/observed | "
+        "pelvis ray error mrad per-frame / refined |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for name, s in res["sets"].items():
         lines.append(
             f"| {name} | {s['clips']} | {s['frames']} | {s['in_mpjpe']:.1f} | {s['out_mpjpe']:.1f} | "
             f"{s['mpjpe_ratio']:.3f} | {s['in_pa']:.1f} | {s['out_pa']:.1f} | {s['pa_ratio']:.3f} | "
             f"{s['clips_worse_mpjpe']}/{s['clips_worse_pa']} | {-100 * s['accel_reduction']:+.0f}% | {s['filled']} | "
-            f"{s['filled_mpjpe']:.1f} | {s['filled_over_observed']:.2f} |"
+            f"{s['filled_mpjpe']:.1f} | {s['filled_over_observed']:.2f} | {s['in_ray']:.1f} / {s['out_ray']:.1f} |"
         )
     lines.append(f"\nrefine stage: {res['fps']:.0f} refined frames/s on {res['threads']} threads")
     return "\n".join(lines)

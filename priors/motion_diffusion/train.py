@@ -87,7 +87,8 @@ class TrainConfig:
     real_fraction: float = 0.5
     feature_drop: float = 0.15
     joint_weight: float = 1.0
-    shape_weight: float = 0.1
+    root_weight: float = 1.0
+    shape_weight: float = 1.0
     init_from: Optional[str] = None
     feature_estimator: Optional[str] = None
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -216,6 +217,15 @@ class TemplateKinematics:
         bm = load_body_model(kind="synthetic", device="cpu")
         self.rest = bm.rest_joints(batch=1)[0].detach().float()  # (24, 3)
         self.parents = torch.as_tensor(np.asarray(bm.parents), dtype=torch.long)
+        # rest joints are linear in betas: J(b) = rest + b @ shape_dirs, shape_dirs (10, 24, 3)
+        eye = torch.eye(10)
+        self.shape_dirs = (bm.rest_joints(eye) - self.rest[None]).detach().float()
+
+    def shape_error(self, betas: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, 10) x2 -> (B,) mean distance (metres) of the rest-pose joints relative to the root."""
+        d = torch.einsum("bl,ljc->bjc", betas - target, self.shape_dirs)
+        d = d - d[:, :1]
+        return d.norm(dim=-1).mean(-1)
 
     def __call__(self, rotmats: torch.Tensor) -> torch.Tensor:
         """(..., 24, 3, 3) -> (..., 24, 3) joints minus the root joint."""
@@ -284,10 +294,12 @@ def diffusion_loss(
     mask: Optional[torch.Tensor] = None,
     kin: Optional[TemplateKinematics] = None,
     joint_weight: float = 0.0,
+    root_weight: float = 0.0,
 ) -> torch.Tensor:
     """DDPM x0 loss: MSE on features + ``vel_weight`` x MSE on frame differences, over frames
     where ``mask`` (B, W) is True (default all), + ``joint_weight`` x :func:`joint_loss` in
-    decimetres when ``kin`` is given.  Frames outside the mask are given the model's
+    decimetres when ``kin`` is given, + ``root_weight`` x the root position error across the
+    viewing ray in decimetres (plus a tenth of the error along it).  Frames outside the mask are given the model's
     smoothed estimate as their clean value (their ground truth is unknown)."""
     b = x0.shape[0]
     m = torch.ones(x0.shape[:2], dtype=torch.bool) if mask is None else mask
@@ -311,6 +323,16 @@ def diffusion_loss(
         )
     if kin is not None and joint_weight > 0:
         loss = loss + joint_weight * 10.0 * joint_loss(kin, pred, x0, model.norm_mean, model.norm_std, m)
+    if root_weight > 0:
+        # root position error across the viewing ray (decimetres): where the body is drawn in the
+        # image, which the normalised feature loss weighs as 3 numbers out of 147; the error
+        # along the ray (depth, poorly observed) counts a tenth
+        std = model.norm_std[N_ROT_FEAT:]
+        dp = (pred[..., N_ROT_FEAT:] - x0[..., N_ROT_FEAT:]) * std  # (B, W, 3) metres, canonical frame
+        ray = cond[..., N_FEAT + 2 : N_FEAT + 5]  # unit viewing ray (zero where unobserved)
+        along = (dp * ray).sum(-1, keepdim=True)
+        d = (dp - along * ray).norm(dim=-1) + 0.1 * along[..., 0].abs()
+        loss = loss + root_weight * 10.0 * (d * m.float()).sum() / m.float().sum().clamp_min(1.0)
     return loss
 
 
@@ -427,11 +449,16 @@ def train_prior(
 
     def batch_loss(batch: tuple, gen: torch.Generator, cond_drop: float) -> torch.Tensor:
         x0, cond, mask, real = batch
-        loss = diffusion_loss(model, scheduler, x0, cond, gen, cfg.vel_weight, cond_drop, mask, kin, cfg.joint_weight)
+        loss = diffusion_loss(
+            model, scheduler, x0, cond, gen, cfg.vel_weight, cond_drop, mask, kin, cfg.joint_weight, cfg.root_weight
+        )
         if real is not None and cfg.shape_weight > 0:
             has = real["loss_mask"].any(1).float()
             pred_b = model.refine_betas(real["feature"], real["feature_present"], real["betas"])
-            err = ((pred_b - real["gt_betas"]) ** 2).mean(-1)
+            if kin is not None:  # what the shape changes in the joints (decimetres), as MPJPE sees it
+                err = 10.0 * kin.shape_error(pred_b, real["gt_betas"])
+            else:
+                err = ((pred_b - real["gt_betas"]) ** 2).mean(-1)
             loss = loss + cfg.shape_weight * (err * has).sum() / has.sum().clamp_min(1.0)
         return loss
 

@@ -181,3 +181,18 @@ def test_no_acceleration_spike_at_window_borders(refined_track):
     border = border[1:-1]
     assert border.any() and (~border).any()
     assert err[border].mean() < 1.5 * err[~border].mean() + 1e-4, (err[border].mean(), err[~border].mean())
+
+
+def _ray_error(joints: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(T,) angle (radians) between the camera rays to the predicted and the true pelvis."""
+    a = joints[:, 0] / np.linalg.norm(joints[:, 0], axis=-1, keepdims=True)
+    b = gt[:, 0] / np.linalg.norm(gt[:, 0], axis=-1, keepdims=True)
+    return np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0))
+
+
+@needs_bundle
+def test_bundled_prior_keeps_people_where_the_image_shows_them(refined_track):
+    # refinement may fix depth and pose, but the body must stay on its pixels: boxes, overlays
+    # and evaluation match people by where they project
+    t = refined_track
+    assert _ray_error(t["ref"], t["gt"]).mean() <= 1.1 * _ray_error(t["est"], t["gt"]).mean() + 1e-3
