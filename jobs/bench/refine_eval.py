@@ -59,14 +59,16 @@ def make_tracks(n_tracks: int, seconds: float, fps: float = 30.0, seed: int = HE
     return out
 
 
-def _joints(bm, rot: np.ndarray, transl: np.ndarray) -> np.ndarray:
+def _joints(bm, rot: np.ndarray, transl: np.ndarray, betas: np.ndarray | None = None) -> np.ndarray:
+    """(T, 24, 3) float64 joints of the body model ``bm`` posed by rot (T, 24, 3, 3), transl (T, 3)
+    and betas (T, 10) (None: the template shape)."""
     import torch
 
     with torch.no_grad():
         return (
             bm(
                 torch.from_numpy(np.ascontiguousarray(rot, np.float32)),
-                None,
+                None if betas is None else torch.from_numpy(np.ascontiguousarray(betas, np.float32)),
                 torch.from_numpy(np.ascontiguousarray(transl, np.float32)),
             )
             .joints.numpy()

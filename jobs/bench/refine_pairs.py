@@ -32,18 +32,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _pose(bm: Any, rot: np.ndarray, betas: np.ndarray, transl: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        out = bm(
-            torch.from_numpy(np.ascontiguousarray(rot, np.float32)),
-            torch.from_numpy(np.ascontiguousarray(betas, np.float32)),
-            torch.from_numpy(np.ascontiguousarray(transl, np.float32)),
-        )
-    return out.joints.numpy().astype(np.float64)
-
-
 def _ray_mrad(joints: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """(T,) angle (milliradians) between the camera rays to the predicted and the true pelvis:
     how far the body is drawn from where the person is in the image."""
@@ -62,6 +50,7 @@ def evaluate_pairs(
     """
     import torch
 
+    from hmrflow.jobs.bench.refine_eval import _joints
     from hmrflow.pipeline.types import SMPLSequence
     from hmrflow.priors import metrics as M
     from hmrflow.priors.body_model import load_body_model
@@ -104,9 +93,9 @@ def evaluate_pairs(
             pos = np.searchsorted(a["frame_idx"][sel], out.frame_idx)
             g = sel[pos]
             valid = a["gt_valid"][g]
-            gt = _pose(bm, a["gt_rotmats"][g], a["gt_betas"][g], a["gt_transl"][g])
-            ref = _pose(bm, out.rotmats, np.broadcast_to(out.betas, (len(out), 10)), out.transl)
-            est = _pose(bm, a["rotmats"][o], np.broadcast_to(betas, (len(o), 10)), a["transl"][o])
+            gt = _joints(bm, a["gt_rotmats"][g], a["gt_transl"][g], a["gt_betas"][g])
+            ref = _joints(bm, out.rotmats, out.transl, np.broadcast_to(out.betas, (len(out), 10)))
+            est = _joints(bm, a["rotmats"][o], a["transl"][o], np.broadcast_to(betas, (len(o), 10)))
             gv = a["gt_valid"][o]
             gto = gt[np.searchsorted(out.frame_idx, a["frame_idx"][o])]
             acc["in_mpjpe"].append(M.mpjpe(est[gv], gto[gv]))
