@@ -114,6 +114,7 @@ def feature_prior(tmp_path_factory):
         feature_drop=0.15,
         shape_weight=0.0,
         joint_weight=0.0,
+        root_weight=0.0,
     )
     torch.manual_seed(0)
     out = train_prior(cfg, root / "prior", root / "work", progress=False)
