@@ -158,8 +158,9 @@ def refine_arrays(
     rotmats (N, 24, 3, 3), transl (N, 3) camera frame (placeholders where unobserved);
     observed (N,) bool; confidence (N,); feature (N, F) the estimator's image features (rows
     that are all zero, and every row when None, count as absent; ignored by a prior trained
-    without features).  Returns refined (rotmats (N, 24, 3, 3) float32, transl (N, 3) float32).  Windows shorter than ``window`` (short tracks) are padded at the
-    end with unobserved copies of the last frame, and the padding is dropped.
+    without features).  Returns refined (rotmats (N, 24, 3, 3) float32, transl (N, 3) float32).
+    Windows shorter than ``window`` (short tracks) are padded at the end with unobserved copies
+    of the last frame, and the padding is dropped.
     """
     n = len(rotmats)
     if n == 0:
