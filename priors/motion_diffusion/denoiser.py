@@ -137,6 +137,11 @@ class MotionDenoiser(ModelMixin, ConfigMixin):
         Returns (B, T, n_feat).
         """
         b, t, _ = sample.shape
+        if cond.shape[-1] != self.cond_width:
+            raise ValueError(
+                f"conditioning has {cond.shape[-1]} channels, this denoiser takes {self.cond_width} "
+                f"(n_cond {self.config.n_cond}, image features {self.config.n_img_feat})"
+            )
         ts = (
             torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
             if not torch.is_tensor(timestep) or timestep.numel() == 1
