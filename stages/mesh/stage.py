@@ -157,10 +157,6 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             raise RuntimeError("EstimateStage.depth: call setup() first")
         return len(self.model.backbone.blocks)
 
-    def feature_id(self) -> Optional[str]:
-        """Id of the estimator whose image features this stage emits (see :func:`estimator_feature_id`)."""
-        return estimator_feature_id(self.cfg)
-
     def _weights_file(self) -> Path:
         """``cfg.weights``, else the bundled (merged, with ``cfg.eclm``) file; CheckpointError if none."""
         cfg = self.cfg
