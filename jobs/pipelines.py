@@ -76,7 +76,9 @@ def _decode(cfg: PipelineConfig, out: Path) -> Any:
 
 
 def _frame_stages(cfg: PipelineConfig, out: Path) -> list[Any]:
-    return [_model("detect")(cfg, out), _model("estimate")(cfg, out)]
+    from hmrflow.stages.camera.observe import CameraObserver
+
+    return [_model("detect")(cfg, out), CameraObserver(cfg.camera), _model("estimate")(cfg, out)]
 
 
 def _track(cfg: PipelineConfig, out: Path) -> Any:
@@ -95,6 +97,12 @@ def _refine(cfg: PipelineConfig, out: Path) -> Any:
     return _model("refine")(cfg, out) if cfg.refine.enabled else None
 
 
+def _world(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.camera.world import WorldStage
+
+    return WorldStage(cfg.camera, cfg.body_model)
+
+
 def _write(cfg: PipelineConfig, out: Path) -> Any:
     from hmrflow.stages.write import WriteStage
 
@@ -109,6 +117,7 @@ STAGE_FACTORIES: dict[str, StageFn] = {
     "track": _track,
     "to_sequences": _to_sequences,
     "refine": _refine,
+    "world": _world,
     "write": _write,
 }
 

@@ -71,6 +71,7 @@ class BuiltStages:
     to_sequences: Callable[[TrackedEstimates], list[SMPLSequence]]
     refine: Any | None
     write: Any
+    world: Any | None = None
 
     def frame_part(self) -> list[Any]:
         """Stages that see frames (run fused, where the frames are decoded)."""
@@ -78,7 +79,7 @@ class BuiltStages:
 
     def video_part(self) -> list[Any]:
         """Stages that see one whole video's small tables."""
-        return [s for s in (self.track, self.refine, self.write) if s is not None]
+        return [s for s in (self.track, self.refine, self.world, self.write) if s is not None]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class PipelineSpec:
     to_sequences: ``TrackedEstimates -> list[SMPLSequence]`` (module-level function).
     write: ``VideoResult -> Path`` (writes ``OUT/<video_id>/``).
     refine: ``SMPLSequence -> SMPLSequence`` per track, or None.
+    world: ``(sequences, camera, clip) -> WorldResult`` (final camera and world frame,
+        :class:`~hmrflow.stages.camera.world.WorldStage`), or None (working camera only).
     config: the resolved config (``PipelineConfig.resolved_dict()``) recorded as provenance.
     Each stage entry is an instance or a :class:`StageFactory`.
     """
@@ -102,6 +105,7 @@ class PipelineSpec:
     to_sequences: Callable[[TrackedEstimates], list[SMPLSequence]]
     write: Any
     refine: Any | None = None
+    world: Any | None = None
     probe: Callable[[str, str], ClipRef] = default_probe
     config: Mapping[str, Any] = field(default_factory=dict)
 
@@ -118,6 +122,7 @@ class PipelineSpec:
             to_sequences=self.to_sequences,
             refine=materialize(self.refine) if self.refine is not None else None,
             write=materialize(self.write),
+            world=materialize(self.world) if self.world is not None else None,
         )
 
     def local_runner(self, progress: bool = False, built: BuiltStages | None = None) -> LocalRunner:
@@ -130,6 +135,7 @@ class PipelineSpec:
             to_sequences=b.to_sequences,
             write=b.write,
             refine=b.refine,
+            world=b.world,
             config=dict(self.config),
             progress=progress,
         )
@@ -402,7 +408,7 @@ def error_line(exc: BaseException) -> str:
 # ------------------------------------------------------------------ spec factories
 #: A factory dict maps a part name to ``fn(cfg, out_root) -> stage`` (or None = absent).
 #: Keys: "probe" (returns the probe function), "decode", "frame_stages" (returns a list),
-#: "track", "to_sequences" (returns the function), "refine", "write".
+#: "track", "to_sequences" (returns the function), "refine", "world", "write".
 FactoryDict = Mapping[str, Callable[[Any, Path], Any] | None]
 
 
@@ -411,7 +417,7 @@ def spec_from_factories(factories: FactoryDict, cfg: Any, out_root: str | os.Pat
 
     ``cfg`` is the resolved ``PipelineConfig`` (the factories pick the sections their stage
     needs); the spec's ``config`` is ``cfg.resolved_dict()``.  A missing or None factory
-    for "refine" means no refinement; every other part is required.
+    for "refine" means no refinement, for "world" no world frame; every other part is required.
     """
     out = Path(out_root)
     required = ("decode", "frame_stages", "track", "to_sequences", "write")
@@ -432,6 +438,7 @@ def spec_from_factories(factories: FactoryDict, cfg: Any, out_root: str | os.Pat
         track=call("track"),
         to_sequences=call("to_sequences"),
         refine=call("refine"),
+        world=call("world"),
         write=call("write"),
         config=config,
     )

@@ -199,6 +199,61 @@ class RefineConfig(Strict):
     device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
 
 
+class CameraConfig(Strict):
+    """The clip's camera: intrinsics, field of view, camera motion, world frame (see docs/world.md).
+
+    Intrinsics are in the pixels of the original video, upright (rotation metadata applied),
+    whatever ``decode.max_side`` does; ``fy`` defaults to ``fx`` and the principal point to
+    the image centre.  ``intrinsics`` names a JSON or YAML file with the same keys (and
+    optionally ``width``/``height``, the image size they refer to); it may not be combined
+    with ``fx``...
+    """
+
+    fx: Optional[float] = Field(None, gt=0, description="focal length in x, original video pixels")
+    fy: Optional[float] = Field(None, gt=0, description="focal length in y (default fx)")
+    cx: Optional[float] = Field(None, description="principal point x, original video pixels (default: centre)")
+    cy: Optional[float] = Field(None, description="principal point y (default: centre)")
+    intrinsics: Optional[str] = Field(None, description="JSON/YAML file with fx, fy, cx, cy (and width, height)")
+    fov: Literal["estimate", "diagonal", "hmr2"] = Field(
+        "estimate",
+        description="when no intrinsics are given: estimate the field of view from the frames (a network trained "
+        "on renders), or assume the diagonal (sqrt(W^2+H^2)) or HMR2.0's (5000/256*max(W,H)) focal",
+    )
+    fov_weights: Optional[str] = Field(None, description="field-of-view network weights (default: bundled)")
+    fov_frames: int = Field(
+        32, ge=1, le=1024, description="frames the field of view is estimated on, spread over the clip"
+    )
+    motion: Literal["estimate", "static"] = Field(
+        "estimate",
+        description="estimate camera rotation from the background (people masked), or assume a static camera",
+    )
+    motion_max_side: int = Field(320, ge=64, le=4096, description="frames are tracked at this longer side (pixels)")
+    world: bool = Field(True, description="gravity, ground and world-frame outputs (off: camera frame only)")
+    depth_smooth_s: float = Field(
+        0.3,
+        ge=0.0,
+        le=5.0,
+        description="Gaussian smoothing (sigma, seconds) of each track's distance along its viewing ray: depth "
+        "from apparent size is noisy from frame to frame, the direction is not (0 = off)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CameraConfig":
+        given = {k: getattr(self, k) for k in ("fx", "fy", "cx", "cy") if getattr(self, k) is not None}
+        if self.intrinsics is not None and given:
+            raise ValueError(f"camera.intrinsics and camera.{', camera.'.join(given)} are both set; give one")
+        if given and self.fx is None:
+            raise ValueError(f"camera.{', camera.'.join(given)} given without camera.fx")
+        if self.intrinsics is not None and not Path(self.intrinsics).is_file():
+            raise ValueError(f"camera.intrinsics: {self.intrinsics}: file not found")
+        return self
+
+    @property
+    def has_intrinsics(self) -> bool:
+        """True when the user gave the intrinsics (values or a file)."""
+        return self.fx is not None or self.intrinsics is not None
+
+
 class WriteConfig(Strict):
     """Outputs (see :mod:`hmrflow.stages.write`)."""
 
@@ -224,6 +279,7 @@ class PipelineConfig(Strict):
     estimate: EstimateConfig = EstimateConfig()
     track: TrackConfig = TrackConfig()
     refine: RefineConfig = RefineConfig()
+    camera: CameraConfig = CameraConfig()
     write: WriteConfig = WriteConfig()
 
     @model_validator(mode="after")

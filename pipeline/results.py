@@ -31,6 +31,8 @@ class VideoResult:
     volatile: provenance that may differ between two runs of the same input and config (e.g.
         ``frame_worker``: the process that decoded and ran the models), written under the
         manifest's ``volatile`` key.
+    cameras: the per-frame camera poses in the world frame
+        (:class:`~hmrflow.stages.camera.world.CameraTrack`, written as ``camera.npz``), or None.
     """
 
     clip: ClipRef
@@ -39,3 +41,4 @@ class VideoResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     volatile: dict[str, Any] = field(default_factory=dict)
+    cameras: Any = None

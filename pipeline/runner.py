@@ -57,17 +57,21 @@ class FramePart:
     frame_hw: tuple[int, int] | None
     timings_s: dict[str, float]
     worker: dict[str, Any] = field(default_factory=worker_info)
+    observed: dict[str, Any] | None = None
 
     def camera(self) -> dict[str, Any] | None:
-        """The pinhole camera the estimates' ``cam_t`` refer to (for overlays and evaluation).
+        """The pinhole camera the estimates' ``cam_t`` refer to, plus what the camera observer saw.
 
         focal_px is the estimator's focal (median over rows); the principal point is the
         centre of the decoded frame, in the decoded frame's pixels (``width`` x ``height``).
+        ``observed``: the frame stages' camera observations (``end_clip()`` of
+        :class:`~hmrflow.stages.camera.observe.CameraObserver`), for the world stage.
+        None when nobody was found.
         """
         if self.frame_hw is None or self.estimates is None or not len(self.estimates):
             return None
         h, w = self.frame_hw
-        return {
+        cam: dict[str, Any] = {
             "model": "pinhole",
             "focal_px": float(np.median(self.estimates.focal)),
             "cx": w / 2.0,
@@ -75,6 +79,9 @@ class FramePart:
             "width": int(w),
             "height": int(h),
         }
+        if self.observed is not None:
+            cam["observed"] = self.observed
+        return cam
 
 
 def run_frame_part(
@@ -87,6 +94,9 @@ def run_frame_part(
     """
     timer = StageTimer()
     per_batch: list[MeshEstimates] = []
+    observers = [st for st in frame_stages if hasattr(st, "begin_clip")]
+    for st in observers:  # before the first frame is decoded: they check the clip up front
+        timer.call(type(st).__name__, st.begin_clip, clip)
     batches: Iterator[FrameBatch] = iter(decode(clip))
     n_frames, frame_hw = 0, None
     while True:
@@ -107,7 +117,10 @@ def run_frame_part(
         if on_batch is not None:
             on_batch(len(batch))
     estimates = MeshEstimates.cat(per_batch) if per_batch else None
-    return FramePart(estimates, n_frames, frame_hw, dict(timer.seconds))
+    observed: dict[str, Any] | None = None
+    for st in observers:
+        observed = {**(observed or {}), **timer.call(type(st).__name__, type(st).end_clip, st)}
+    return FramePart(estimates, n_frames, frame_hw, dict(timer.seconds), observed=observed)
 
 
 def run_video_part(
@@ -130,6 +143,28 @@ def run_video_part(
     return sequences
 
 
+def run_world(
+    world: Any | None,
+    sequences: list[SMPLSequence],
+    camera: dict[str, Any] | None,
+    clip: ClipRef,
+    timings_s: dict[str, float],
+) -> tuple[list[SMPLSequence], dict[str, Any] | None, Any]:
+    """The world stage over one video's refined tracks (adds to ``timings_s``).
+
+    Returns (sequences, the manifest's camera record, per-frame cameras or None).  Without a
+    world stage the working camera is the record, minus the raw observations.
+    """
+    if world is None or not sequences:
+        rec = None if camera is None else {k: v for k, v in camera.items() if k != "observed"}
+        return sequences, rec, None
+    timer = StageTimer()
+    res = timer.call(type(world).__name__, world, (sequences, camera, clip))
+    for k, v in timer.seconds.items():
+        timings_s[k] = timings_s.get(k, 0.0) + v
+    return res.sequences, res.record, res.cameras
+
+
 def result_extra(part: FramePart, extra: dict[str, Any] | None) -> dict[str, Any]:
     """``VideoResult.extra`` of a video: caller's provenance plus frame count and camera."""
     info = dict(extra or {})
@@ -150,6 +185,7 @@ class LocalRunner:
     to_sequences: ``TrackedEstimates -> list[SMPLSequence]``.
     refine: ``SMPLSequence -> SMPLSequence`` per track (optional).
     write: ``VideoResult -> Path``.
+    world: ``(sequences, camera, clip) -> WorldResult`` (optional).
     """
 
     decode: Any
@@ -158,14 +194,14 @@ class LocalRunner:
     to_sequences: Callable[[TrackedEstimates], list[SMPLSequence]]
     write: Any
     refine: Any | None = None
+    world: Any | None = None
     config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     _is_setup: bool = False
 
     def stages(self) -> list[Any]:
         out = [self.decode, *self.frame_stages, self.track, self.write]
-        if self.refine is not None:
-            out.append(self.refine)
+        out.extend(s for s in (self.refine, self.world) if s is not None)
         return out
 
     def setup(self) -> None:
@@ -186,14 +222,19 @@ class LocalRunner:
             part = run_frame_part(self.decode, self.frame_stages, clip, on_batch=bar.update)
         timings = dict(part.timings_s)
         sequences = run_video_part(part.estimates, self.track, self.to_sequences, self.refine, timings)
+        info = result_extra(part, extra)
+        sequences, camera, cameras = run_world(self.world, sequences, info.pop("camera", None), clip, timings)
+        if camera is not None:
+            info["camera"] = camera
         timings["total"] = time.perf_counter() - t_start
         result = VideoResult(
             clip=clip,
             sequences=sequences,
             config=self.config,
             timings_s=timings,
-            extra=result_extra(part, extra),
+            extra=info,
             volatile={"frame_worker": part.worker},
+            cameras=cameras,
         )
         timer = StageTimer()
         out = timer.call(type(self.write).__name__, self.write, result)

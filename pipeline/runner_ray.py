@@ -50,7 +50,7 @@ from hmrflow.pipeline.assembly import (
     setup_stage,
 )
 from hmrflow.pipeline.results import VideoResult
-from hmrflow.pipeline.runner import run_frame_part, run_video_part
+from hmrflow.pipeline.runner import run_frame_part, run_video_part, run_world
 from hmrflow.pipeline.types import ClipRef, MeshEstimates
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
@@ -238,7 +238,7 @@ class Finisher:
     def __init__(self, spec: PipelineSpec, built: BuiltStages | None = None) -> None:
         self.spec = spec
         built = built or spec.build()
-        self.track, self.refine, self.write = built.track, built.refine, built.write
+        self.track, self.refine, self.write, self.world = built.track, built.refine, built.write, built.world
         self.to_sequences = built.to_sequences
         for st in built.video_part():
             setup_stage(st)
@@ -275,8 +275,9 @@ class Finisher:
         sequences = run_video_part(est, self.track, self.to_sequences, self.refine, timings)
         extra = dict(info.get("extra", {}))
         extra.setdefault("n_frames_decoded", int(info["n_frames"]))
-        if info.get("camera") is not None:
-            extra["camera"] = info["camera"]
+        sequences, camera, cameras = run_world(self.world, sequences, info.get("camera"), clip, timings)
+        if camera is not None:
+            extra["camera"] = camera
         timings["total"] = float(info.get("seconds", 0.0)) + time.perf_counter() - t_start
         result = VideoResult(
             clip=clip,
@@ -285,6 +286,7 @@ class Finisher:
             timings_s=timings,
             extra=extra,
             volatile={"frame_worker": info.get("worker")},
+            cameras=cameras,
         )
         return self.write(result)
 

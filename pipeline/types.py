@@ -156,7 +156,9 @@ class Columnar:
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
             if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-                if not np.array_equal(np.asarray(a), np.asarray(b)):
+                a, b = np.asarray(a), np.asarray(b)
+                nan_ok = a.dtype.kind in "fc" and b.dtype.kind in "fc"  # unknown (NaN) columns are equal
+                if not np.array_equal(a, b, equal_nan=nan_ok):
                     return False
             elif a != b:
                 return False
@@ -359,6 +361,9 @@ class SMPLSequence(Columnar):
         tracklets joined by stitching); -1 on filled rows.  None at construction means all 0.
     feature: (T, FEATURE_DIM) float16, the estimator's image feature of each row (all zero on
         filled rows and where none is known).  None at construction means zeros.
+    world_rotmat: (T, 3, 3) float32 global orientation in the clip's world frame (y up, see
+        :mod:`hmrflow.stages.camera.world`); world_transl: (T, 3) float32 SMPL translation there.
+        None at construction means NaN (no world frame known).
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -370,6 +375,8 @@ class SMPLSequence(Columnar):
         "confidence",
         "tracklet",
         "feature",
+        "world_rotmat",
+        "world_transl",
     )
     META_FIELDS: ClassVar[tuple[str, ...]] = ("video_id", "track_id", "betas")
 
@@ -384,10 +391,17 @@ class SMPLSequence(Columnar):
     confidence: np.ndarray
     tracklet: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     feature: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    world_rotmat: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    world_transl: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
+        n = len(np.asarray(self.frame_idx))
         if self.tracklet is None:
-            object.__setattr__(self, "tracklet", np.zeros(len(np.asarray(self.frame_idx)), np.int64))
+            object.__setattr__(self, "tracklet", np.zeros(n, np.int64))
+        if self.world_rotmat is None:
+            object.__setattr__(self, "world_rotmat", np.full((n, 3, 3), np.nan, np.float32))
+        if self.world_transl is None:
+            object.__setattr__(self, "world_transl", np.full((n, 3), np.nan, np.float32))
         _default_feature(self, "frame_idx")
         super().__post_init__()
         if np.asarray(self.betas).shape != (N_BETAS,):

@@ -97,6 +97,25 @@ def mpjpe(pred: Array, gt: Array, align: Align = "pelvis") -> Array:
     return _out((p - g).norm(dim=-1).mean(dim=-1) * M_TO_MM, is_np)
 
 
+def similarity_transform(pred: Array, gt: Array, scale: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best similarity (or rigid, ``scale=False``) transform of point set ``pred`` onto ``gt`` (Umeyama).
+
+    pred, gt: (K, 3) corresponding points.  Returns ``(s, R (3, 3), t (3,))`` float64 with
+    ``s R pred + t`` closest to gt; R is a proper rotation.
+    """
+    p = np.asarray(pred, np.float64).reshape(-1, 3)
+    g = np.asarray(gt, np.float64).reshape(-1, 3)
+    mu_p, mu_g = p.mean(0), g.mean(0)
+    x, y = p - mu_p, g - mu_g
+    u, sv, vt = np.linalg.svd(x.T @ y)
+    d = 1.0 if np.linalg.det(vt.T @ u.T) >= 0 else -1.0
+    e = np.array([1.0, 1.0, d])
+    rot = vt.T @ np.diag(e) @ u.T
+    var = float((x**2).sum())
+    s = float((sv * e).sum() / var) if (scale and var > 1e-20) else 1.0
+    return s, rot, mu_g - s * rot @ mu_p
+
+
 def _procrustes_t(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     mu_p = p.mean(dim=1, keepdim=True)
     mu_g = g.mean(dim=1, keepdim=True)

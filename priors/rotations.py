@@ -113,3 +113,30 @@ def rot6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
     b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
     b3 = torch.cross(b1, b2, dim=-1)
     return torch.stack([b1, b2, b3], dim=-1)
+
+
+def rotation_z_to(rays: torch.Tensor) -> torch.Tensor:
+    """(..., 3) directions -> (..., 3, 3) minimal rotations taking (0, 0, 1) onto each (no roll
+    about it; Rodrigues' formula).  Used for viewing rays: a crop shows a person along the ray
+    through it, not along the optical axis."""
+    ray = rays / rays.norm(dim=-1, keepdim=True)
+    z = torch.zeros_like(ray)
+    z[..., 2] = 1.0
+    axis = torch.cross(z, ray, dim=-1)  # |axis| = sin(angle)
+    sin = axis.norm(dim=-1)
+    cos = ray[..., 2]
+    k = axis / sin.clamp_min(1e-12)[..., None]
+    zero = torch.zeros_like(sin)
+    K = torch.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0], -k[..., 1], k[..., 0], zero], -1)
+    K = K.reshape(ray.shape[:-1] + (3, 3))
+    eye = torch.eye(3, dtype=ray.dtype, device=ray.device).expand_as(K)
+    return eye + sin[..., None, None] * K + (1 - cos)[..., None, None] * (K @ K)
+
+
+def nearest_rotation(m: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) matrices -> the nearest rotations in the Frobenius norm (SVD, det +1)."""
+    u, _, vh = torch.linalg.svd(m)
+    d = torch.sign(torch.det(u @ vh))
+    fix = torch.ones(m.shape[:-2] + (3,), dtype=m.dtype, device=m.device)
+    fix[..., 2] = d
+    return u @ torch.diag_embed(fix) @ vh

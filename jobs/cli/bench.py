@@ -21,6 +21,7 @@ TARGETS: dict[str, str] = {
     "batch": "hmrflow.jobs.bench.batch_fps",
     "decode": "hmrflow.jobs.bench.decode_fps",
     "render": "hmrflow.jobs.bench.render",
+    "world": "hmrflow.jobs.bench.world",
 }
 
 

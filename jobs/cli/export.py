@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="trc/c3d: 24 SMPL joints, or also 21 surface markers on the mesh",
     )
     p.add_argument("--units", default="mm", choices=["mm", "m"], help="trc units")
+    p.add_argument(
+        "--frame",
+        default="world",
+        choices=["world", "camera"],
+        help="world: the video's gravity-aligned frame (y up, shared by all tracks); camera: the camera frame turned upright",
+    )
     add_body_model_arguments(p)
 
 
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     total = 0
     for v in videos:
         dest = Path(args.dest) / v.name if args.dest and len(videos) > 1 else args.dest
-        files = export_video(v, args.fmt, dest, body_model, markers=args.markers, units=args.units)
+        files = export_video(v, args.fmt, dest, body_model, markers=args.markers, units=args.units, frame=args.frame)
         for f in files:
             print(f)
         total += len(files)

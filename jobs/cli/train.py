@@ -1,4 +1,4 @@
-"""Train hmrflow's models: ``hmrflow train detector|estimator|prior|prior-pairs [options]``.
+"""Train hmrflow's models: ``hmrflow train detector|estimator|prior|prior-pairs|fov [options]``.
 
 Targets are a plain dict ``name -> "module:function"``; each target module exposes
 ``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when listed targets
@@ -17,6 +17,7 @@ TARGETS: dict[str, str] = {
     "estimator": "hmrflow.jobs.train.estimator",
     "prior": "hmrflow.jobs.train.prior",
     "prior-pairs": "hmrflow.jobs.train.prior_pairs",
+    "fov": "hmrflow.jobs.train.fov",
 }
 
 

@@ -106,6 +106,8 @@ class GroundTruth:
     joints: (F, P, 24, 3) and vertices (F, P, V, 3) float32 metres from the body model;
     boxes: (F, P, 4) projected-mesh boxes (NaN = not in the image);
     visible_frac: (F, P); pts: (F,) seconds; K: (3, 3); person_id: (P,).
+    world_joints: (F, P, 24, 3) in the synthetic world (y up), None when gt.npz has no world
+    poses; cam_R0: (3, 3) world->camera rotation of the first frame (None likewise).
     """
 
     video_id: str
@@ -119,6 +121,8 @@ class GroundTruth:
     joints: np.ndarray
     vertices: np.ndarray
     boxes: np.ndarray
+    world_joints: np.ndarray | None = None
+    cam_R0: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -132,7 +136,8 @@ class Predictions:
     track_id, frame_idx: (N,) int64; pts: (N,) float64; observed: (N,) bool;
     confidence: (N,) float32; joints (N, 24, 3), vertices (N, V, 3) float32 metres,
     camera frame; boxes (N, 4) projected with the prediction's camera
-    (:func:`prediction_camera`).
+    (:func:`prediction_camera`).  world_joints: (N, 24, 3) from the world-frame columns
+    (None for outputs without them; NaN rows where the world frame is unknown).
     """
 
     video_id: str
@@ -144,6 +149,7 @@ class Predictions:
     joints: np.ndarray
     vertices: np.ndarray
     boxes: np.ndarray
+    world_joints: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.track_id)
@@ -222,7 +228,18 @@ def load_ground_truth(video_dir: str | Path, mesh_fn: MeshFn) -> GroundTruth:
                 diff * 1000,
                 _scalar(data.get("body_model", np.array("?"))),
             )
+    world_joints = cam_R0 = None
+    if "world_poses" in data and "world_transl" in data and "cam_R" in data:
+        wj, _ = mesh_fn(
+            np.asarray(data["world_poses"], np.float32).reshape(-1, 72),
+            flat_betas,
+            np.asarray(data["world_transl"], np.float32).reshape(-1, 3),
+        )
+        world_joints = wj.reshape(n_frames, n_people, N_JOINTS, 3)
+        cam_R0 = np.asarray(data["cam_R"], np.float64)[0]
     return GroundTruth(
+        world_joints=world_joints,
+        cam_R0=cam_R0,
         video_id=video_id,
         fps=float(_scalar(data["fps"])),
         width=width,
@@ -328,7 +345,18 @@ def load_predictions(video_dir: str | Path, gt: GroundTruth, mesh_fn: MeshFn) ->
         if len(pose)
         else (np.zeros((0, N_JOINTS, 3), np.float32), np.zeros((0, 0, 3), np.float32))
     )
+    world_joints = None
+    if "world_global_orient" in table.column_names and "world_transl" in table.column_names:
+        w_orient = _list_column(table, "world_global_orient", 3, path)[order]
+        w_transl = _list_column(table, "world_transl", 3, path)[order]
+        world_joints = np.full((len(pose), N_JOINTS, 3), np.nan, np.float32)
+        known = np.isfinite(w_orient).all(1) & np.isfinite(w_transl).all(1)
+        if known.any():
+            wpose = pose[known].copy()
+            wpose[:, :3] = w_orient[known]
+            world_joints[known] = mesh_fn(wpose, betas[known], w_transl[known])[0]
     return Predictions(
+        world_joints=world_joints,
         video_id=gt.video_id,
         track_id=track,
         frame_idx=frame,

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hmrflow.jobs.evaluate import world as W
 from hmrflow.jobs.evaluate.loading import (
     TRACKS_FILE,
     EvalInputError,
@@ -180,14 +181,52 @@ def _jitter_samples(gt: GroundTruth, pred: Predictions) -> tuple[np.ndarray, np.
     return cat(pj), cat(gj)
 
 
+def _world_samples(gt: GroundTruth, pred: Predictions, vm: Any, camera: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """World-frame samples of a video (:mod:`.world`): per segment, per contact, per walking person, per video."""
+    s: dict[str, np.ndarray] = {k: np.zeros(0) for k in W.WORLD_METRICS + ("speed_err_pct",)}
+    cam = W.camera_errors(camera, gt.K, gt.height, gt.cam_R0)
+    s["fov_err_deg"] = np.array([cam["fov_err_deg"]])
+    s["gravity_err_deg"] = np.array([cam["gravity_err_deg"]])
+    if gt.world_joints is None or pred.world_joints is None or not len(vm.pair_pred):
+        return s
+    acc: dict[str, list] = {k: [] for k in s if k not in ("fov_err_deg", "gravity_err_deg")}
+    fps = gt.fps if gt.fps > 0 else 30.0
+    for p, pid in enumerate(gt.person_id.tolist()):
+        best, _ = vm.best_track[pid]
+        sel = np.nonzero((vm.pair_gt == p) & (pred.track_id[vm.pair_pred] == best))[0]
+        if not len(sel):
+            continue
+        sel = sel[np.argsort(vm.pair_frame[sel], kind="stable")]
+        frames = vm.pair_frame[sel]
+        res = W.person_world(pred.world_joints[vm.pair_pred[sel]], gt.world_joints[frames, p], frames, fps)
+        for k in ("wa_mpjpe_mm", "w_mpjpe_mm", "rte_pct"):
+            acc[k].append(np.asarray(res[k], np.float64))
+        acc["foot_skate_mm"].append(res["foot_skate_mm"])
+        if np.isfinite(res["speed_true"]) and res["speed_true"] >= W.WALKING_MPS:
+            acc["speed_err_pct"].append(
+                np.array([abs(res["speed_pred"] - res["speed_true"]) / res["speed_true"] * 100])
+            )
+    for k, v in acc.items():
+        s[k] = np.concatenate(v) if v else np.zeros(0)
+    return s
+
+
 def evaluate_video(
-    gt: GroundTruth, pred: Predictions, visibility: float = 0.3, iou_threshold: float = 0.5
+    gt: GroundTruth,
+    pred: Predictions,
+    visibility: float = 0.3,
+    iou_threshold: float = 0.5,
+    camera: dict[str, Any] | None = None,
 ) -> VideoEval:
-    """Score one video's predictions against its ground truth (see the module doc)."""
+    """Score one video's predictions against its ground truth (see the module doc).
+
+    camera: the prediction's manifest ``camera`` entry (field of view and gravity errors).
+    """
     counted = gt.visible_frac >= visibility
     vm = match_video(pred.frame_idx, pred.track_id, pred.boxes, gt.boxes, counted, gt.person_id, gate=iou_threshold)
     samples = _pose_samples(gt, pred, vm.pair_pred, vm.pair_frame, vm.pair_gt)
     samples["jitter_m_s3"], samples["gt_jitter_m_s3"] = _jitter_samples(gt, pred)
+    samples.update(_world_samples(gt, pred, vm, camera))
     precision, recall, f1 = M.precision_recall_f1(vm.tp, vm.fp, vm.fn)
     row: dict[str, Any] = {
         "video_id": gt.video_id,
@@ -212,6 +251,7 @@ def evaluate_video(
     row.update(_split(samples))
     row["jitter_m_s3"] = _mean(samples["jitter_m_s3"])
     row["gt_jitter_m_s3"] = _mean(samples["gt_jitter_m_s3"])
+    row.update(_world_row(samples))
     people = []
     for p, pid in enumerate(gt.person_id.tolist()):
         best, _ = vm.best_track[pid]
@@ -351,6 +391,18 @@ def _overall(videos: list[VideoEval], mot: pd.DataFrame) -> dict[str, Any]:
     out.update(_split(cat))
     out["jitter_m_s3"] = _mean(cat["jitter_m_s3"])
     out["gt_jitter_m_s3"] = _mean(cat["gt_jitter_m_s3"])
+    out.update(_world_row(cat))
+    return out
+
+
+def _world_row(samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means of the world metrics (segments, contacts, walking people) and the camera errors
+    (mean and median over videos)."""
+    out = {k: _mean(samples[k]) for k in W.WORLD_METRICS + ("speed_err_pct",)}
+    for k in ("fov_err_deg", "gravity_err_deg"):
+        v = samples[k][np.isfinite(samples[k])]
+        out[k] = _mean(v)
+        out[k + "_median"] = float(np.median(v)) if len(v) else float("nan")
     return out
 
 
@@ -391,7 +443,9 @@ def evaluate(
         else:
             log.warning("%s: no %s for video %r: every person counts as missed", pdir, TRACKS_FILE, gt.video_id)
             pred = Predictions.empty(gt.video_id)
-        res = evaluate_video(gt, pred, visibility=visibility, iou_threshold=iou_threshold)
+        res = evaluate_video(
+            gt, pred, visibility=visibility, iou_threshold=iou_threshold, camera=W.manifest_camera(pdir)
+        )
         results.append(res)
         log.info("%s: recall %.3f, MPJPE %.1f mm", gt.video_id, res.row["recall"], res.row["mpjpe_mm"])
     mot = tracking_metrics({r.row["video_id"]: r.accumulator for r in results})

@@ -8,14 +8,19 @@
 * ``bvh``: SMPL skeleton animation (cm, Y-up, ZXY channels);
 * ``c3d``: markers through ezc3d (mm, Y-up).
 
-Units, axes, frame rate and timestamps: docs/exports.md.
+Units, axes, frame rate and timestamps: docs/exports.md.  ``frame="world"`` (the default)
+exports the video's gravity-aligned world frame (docs/world.md); ``frame="camera"`` the
+first-person camera frame turned upright, as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from hmrflow.jobs.export.reading import TrackData, VideoOutput, find_video_outputs, load_video_output
 
@@ -23,6 +28,9 @@ log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("trc", "mot", "csv", "bvh", "c3d")
 ExportFormat = Literal["trc", "mot", "csv", "bvh", "c3d"]
+ExportFrame = Literal["world", "camera"]
+#: The exporters turn OpenCV camera data upright with this rotation (x right, y up, z back).
+_C = np.diag([1.0, -1.0, -1.0])
 
 __all__ = [
     "FORMATS",
@@ -35,6 +43,23 @@ __all__ = [
 ]
 
 
+def world_as_camera(track: TrackData, root_joint: np.ndarray) -> TrackData:
+    """The track's world-frame root expressed so that the exporters' camera-to-upright turn
+    (``diag(1, -1, -1)``, its own inverse) gives back the world frame exactly.
+
+    root_joint: (3,) the shaped body's rest-pose root joint J0 (SMPL rotates about it, so a
+    rigid motion ``x -> A x`` changes a translation to ``A (J0 + t) - J0``).
+    """
+    from scipy.spatial.transform import Rotation
+
+    assert track.world_orient is not None and track.world_transl is not None
+    poses = np.array(track.poses, np.float32, copy=True)
+    rw = Rotation.from_rotvec(np.asarray(track.world_orient, np.float64)).as_matrix()
+    poses[:, :3] = Rotation.from_matrix(_C @ rw).as_rotvec().astype(np.float32)
+    transl = (np.asarray(track.world_transl, np.float64) + root_joint) @ _C.T - root_joint
+    return dataclasses.replace(track, poses=poses, transl=transl.astype(np.float32))
+
+
 def export_track(
     track: TrackData,
     video_id: str,
@@ -43,17 +68,32 @@ def export_track(
     body_model: Any = None,
     markers: str = "joints",
     units: str = "mm",
+    frame: str = "world",
 ) -> Path:
     """Write one track in ``fmt`` to ``dest/<video_id>_track<id>.<fmt>``; returns the path.
 
     ``body_model`` (a :class:`~hmrflow.priors.body_model.BodyModel`) is needed for trc, bvh
-    and c3d (joint positions / rest offsets); angles need none.
+    and c3d (joint positions / rest offsets); angles need none.  ``frame``: ``world`` (y up,
+    the video's world frame; a track without one is exported in the camera frame with a
+    warning) or ``camera``.
     """
     from hmrflow.jobs.export import angles as ang
     from hmrflow.jobs.export import positions
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
+    if frame not in ("world", "camera"):
+        raise ValueError(f"unknown export frame {frame!r}: world or camera")
+    if frame == "world":
+        if not track.has_world:
+            log.warning(
+                "%s track %d: no world frame in the output; exporting the camera frame", video_id, track.track_id
+            )
+        else:
+            j0 = np.zeros(3)
+            if body_model is not None:
+                j0 = positions.rest_joints(track, body_model)[0]
+            track = world_as_camera(track, j0)
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{video_id}_track{track.track_id}.{fmt}"
     if fmt in ("mot", "csv"):
@@ -89,6 +129,7 @@ def export_video(
     body_model: Any = None,
     markers: str = "joints",
     units: str = "mm",
+    frame: str = "world",
 ) -> list[Path]:
     """Export every track of ``OUT/<video_id>/``; ``dest`` defaults to ``<video_dir>/exports``."""
     out = load_video_output(video_dir)
@@ -97,6 +138,6 @@ def export_video(
     for t in out.tracks:
         if len(t) == 0:
             continue
-        written.append(export_track(t, out.video_id, fmt, folder, body_model, markers, units))
+        written.append(export_track(t, out.video_id, fmt, folder, body_model, markers, units, frame))
     log.info("%s: wrote %d %s file(s) to %s", out.video_id, len(written), fmt, folder)
     return written

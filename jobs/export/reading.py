@@ -39,6 +39,8 @@ class TrackData:
     betas: (10,) float32.
     observed: (T,) bool (False = filled by refinement).
     confidence: (T,) float32.
+    world_orient, world_transl: (T, 3) float32 global orientation (axis-angle) and translation
+    in the video's world frame (y up, docs/world.md); None for outputs without them.
     """
 
     track_id: int
@@ -50,6 +52,17 @@ class TrackData:
     observed: np.ndarray
     confidence: np.ndarray
     gender: str = "neutral"
+    world_orient: np.ndarray | None = None
+    world_transl: np.ndarray | None = None
+
+    @property
+    def has_world(self) -> bool:
+        """True when every row has a world-frame root."""
+        return (
+            self.world_orient is not None
+            and self.world_transl is not None
+            and bool(np.isfinite(self.world_orient).all() and np.isfinite(self.world_transl).all())
+        )
 
     def __len__(self) -> int:
         return int(self.frame_idx.shape[0])
@@ -150,6 +163,10 @@ def _tracks_from_parquet(path: Path) -> list[TrackData]:
     transl = _fixed(table.column("transl"), 3, "transl", path)
     conf = table.column("confidence").to_numpy().astype(np.float32)
     obs = table.column("observed").to_numpy(zero_copy_only=False).astype(bool)
+    w_or = w_tr = None
+    if "world_global_orient" in table.column_names and "world_transl" in table.column_names:
+        w_or = _fixed(table.column("world_global_orient"), 3, "world_global_orient", path)
+        w_tr = _fixed(table.column("world_transl"), 3, "world_transl", path)
     out = []
     for t in np.unique(tid):
         rows = np.nonzero(tid == t)[0]
@@ -164,6 +181,8 @@ def _tracks_from_parquet(path: Path) -> list[TrackData]:
                 betas=betas[rows[0]].copy(),
                 observed=obs[rows],
                 confidence=conf[rows],
+                world_orient=None if w_or is None else w_or[rows],
+                world_transl=None if w_tr is None else w_tr[rows],
             )
         )
     return out
@@ -189,6 +208,8 @@ def _track_from_npz(path: Path, track_id: int) -> TrackData:
         observed=d.get("observed", np.ones(t, bool)).astype(bool),
         confidence=d.get("confidence", np.ones(t, np.float32)).astype(np.float32),
         gender=str(d["gender"]) if "gender" in d else "neutral",
+        world_orient=d["world_global_orient"].astype(np.float32).reshape(t, 3) if "world_global_orient" in d else None,
+        world_transl=d["world_trans"].astype(np.float32).reshape(t, 3) if "world_trans" in d else None,
     )
 
 

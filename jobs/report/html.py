@@ -100,6 +100,23 @@ def _angle_plot(track: TrackData, angles: dict[str, np.ndarray]) -> str:
     )
 
 
+def _top_view(tracks: list[TrackData]) -> list[str]:
+    """The "Top view" section: every track's ground path in the world frame (empty without one)."""
+    paths = [
+        (f"track {t.track_id}", hex_color(track_color(t.track_id)), np.asarray(t.world_transl, np.float64)[:, [0, 2]])
+        for t in tracks
+        if t.world_transl is not None and np.isfinite(t.world_transl).any()
+    ]
+    if not paths:
+        return []
+    return [
+        "<h2>Top view (world frame)</h2>",
+        svg.top_view(paths),
+        '<p class="meta">ground paths of the tracks seen from above (SMPL translation, metres); the triangle is the '
+        "first frame's camera looking up the page, a dot marks where a track starts (docs/world.md).</p>",
+    ]
+
+
 def _fmt(v: float, digits: int = 2) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -146,6 +163,7 @@ def render_html(
         "<h2>Timeline</h2>",
         svg.timeline(rows, (f0, f1)) if rows else "",
         '<p class="meta">solid: observed (person detected); striped: filled by refinement.</p>',
+        *_top_view(tracks),
         "<h2>Per track</h2>",
     ]
     for s in summaries:

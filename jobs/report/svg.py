@@ -161,3 +161,65 @@ def timeline(
         )
     out.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 3}" font-size="11" text-anchor="middle">frame</text></svg>')
     return "".join(out)
+
+
+def top_view(
+    paths: Sequence[tuple[str, str, np.ndarray]],
+    *,
+    width: int = 420,
+    height: int = 420,
+    css_class: str = "topview",
+) -> str:
+    """Ground-plane trajectories seen from above, equal scale on both axes, metres.
+
+    paths: (label, CSS colour, (T, 2) points (world x, world z)); non-finite points break a
+    path.  The first camera stands at the origin looking up the page (+z); a circle marks
+    where each path starts.
+    """
+    pts = [p[np.isfinite(p).all(axis=1)] for _, _, p in paths]
+    allp = np.concatenate([p for p in pts if len(p)] + [np.zeros((1, 2))])
+    lo, hi = allp.min(0) - 0.5, allp.max(0) + 0.5
+    span = float(max(hi - lo))
+    mid = (lo + hi) / 2
+    lo, hi = mid - span / 2, mid + span / 2
+    pad = 40
+    s = (min(width, height) - 2 * pad) / span
+
+    def xy(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # world x points to the camera's left, so it is drawn right-to-left: the view matches the image
+        return pad + (hi[0] - p[..., 0]) * s, height - pad - (p[..., 1] - lo[1]) * s
+
+    out = [
+        f'<svg class="{css_class}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img"><title>top view of the trajectories (world frame, metres)</title>',
+        f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#ccc"/>',
+    ]
+    for t in nice_ticks(float(lo[0]), float(hi[0])):
+        x, _ = xy(np.array([t, lo[1]]))
+        out.append(f'<text x="{x:.1f}" y="{height - pad + 14}" font-size="10" text-anchor="middle">{_fmt(t)}</text>')
+    for t in nice_ticks(float(lo[1]), float(hi[1])):
+        _, y = xy(np.array([hi[0], t]))
+        out.append(f'<text x="{pad - 4}" y="{y + 3:.1f}" font-size="10" text-anchor="end">{_fmt(t)}</text>')
+    out.append(
+        f'<text x="{width / 2}" y="{height - 6}" font-size="11" text-anchor="middle">x (m; +x is the camera&#39;s left)</text>'
+    )
+    out.append(
+        f'<text x="12" y="{height / 2}" font-size="11" transform="rotate(-90 12 {height / 2})" text-anchor="middle">z (m, away from the camera)</text>'
+    )
+    cx, cy = xy(np.zeros(2))
+    out.append(
+        f'<path d="M{cx:.1f},{cy - 8:.1f} L{cx - 6:.1f},{cy + 6:.1f} L{cx + 6:.1f},{cy + 6:.1f} Z" fill="#444"><title>camera (first frame)</title></path>'
+    )
+    for (label, color, p), _ in zip(paths, pts):
+        ok = np.isfinite(p).all(axis=1)
+        for a, b in runs(ok):
+            x, y = xy(p[a:b])
+            coords = " ".join(f"{u:.1f},{v:.1f}" for u, v in zip(x, y))
+            out.append(
+                f'<polyline class="path" fill="none" stroke="{color}" stroke-width="2" points="{coords}"><title>{escape(label)}</title></polyline>'
+            )
+        if ok.any():
+            x, y = xy(p[np.argmax(ok)])
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>')
+    out.append("</svg>")
+    return "".join(out)

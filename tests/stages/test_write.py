@@ -33,6 +33,8 @@ NPZ_KEYS = {
     "confidence",
     "frame",
     "camera_to_zup",
+    "world_global_orient",
+    "world_trans",
 }
 
 
@@ -127,6 +129,8 @@ def test_parquet_readable_with_pandas_and_round_trips(tmp_path: Path, video: Pat
         "transl",
         "confidence",
         "observed",
+        "world_global_orient",
+        "world_transl",
     ]
     assert len(df) == 900 and (df["video_id"] == "clip").all()
     assert df["track_id"].dtype == np.int64 and df["frame_idx"].dtype == np.int64

@@ -236,3 +236,44 @@ def test_cli_export(out_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["export", str(out_dir.parent), "--format", "csv", "--dest", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_track1.csv", "clip_track4.csv"]
     assert main(["export", str(tmp_path / "nothing"), "--format", "csv"]) == 2
+
+
+def test_world_frame_export_puts_the_body_where_the_world_columns_say() -> None:
+    """The exporters turn camera data upright with diag(1, -1, -1); a world-frame track is
+    handed to them so that this turn gives back the world frame exactly (J0 included)."""
+    import torch
+
+    from hmrflow.jobs.export import world_as_camera
+    from hmrflow.jobs.export.positions import rest_joints, track_positions
+    from hmrflow.jobs.export.reading import TrackData
+    from hmrflow.priors.body_model import load_body_model
+
+    rng = np.random.default_rng(3)
+    t = 12
+    body = load_body_model("synthetic")
+    poses = rng.normal(0, 0.3, (t, 72)).astype(np.float32)
+    world = TrackData(
+        track_id=1,
+        frame_idx=np.arange(t),
+        pts=np.arange(t) / 30.0,
+        poses=np.zeros((t, 72), np.float32),
+        transl=np.zeros((t, 3), np.float32),
+        betas=rng.normal(0, 0.5, 10).astype(np.float32),
+        observed=np.ones(t, bool),
+        confidence=np.ones(t, np.float32),
+        world_orient=poses[:, :3].copy(),
+        world_transl=rng.normal(0, 1, (t, 3)).astype(np.float32),
+    )
+    world = TrackData(**{**world.__dict__, "poses": poses})
+    assert world.has_world
+    moved = world_as_camera(world, rest_joints(world, body)[0])
+    got = track_positions(moved, body) @ np.diag([1.0, -1.0, -1.0])
+    wpose = poses.copy()
+    wpose[:, :3] = world.world_orient
+    with torch.no_grad():
+        want = body.forward_axis_angle(
+            torch.from_numpy(wpose),
+            torch.from_numpy(np.tile(world.betas, (t, 1))),
+            torch.from_numpy(world.world_transl),
+        ).joints.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -95,3 +95,30 @@ def test_cli_report(report: tuple[Path, Path, Path], tmp_path: Path) -> None:
 
     assert main(["report", str(report[0].parent), "--dest", str(tmp_path)]) == 0
     assert (tmp_path / report[0].name / "report.html").is_file()
+
+
+def test_top_view_draws_each_tracks_world_path(tmp_path: Path) -> None:
+    import dataclasses
+
+    rng = np.random.default_rng(5)
+    seqs = []
+    for tid, z0 in ((3, 4.0), (8, 6.0)):
+        s = make_sequence(rng, tid, np.arange(0, 30))
+        path = np.stack([np.linspace(-2, 2, 30), np.zeros(30), np.full(30, z0)], 1).astype(np.float32)
+        seqs.append(
+            dataclasses.replace(s, world_rotmat=np.tile(np.eye(3, dtype=np.float32), (30, 1, 1)), world_transl=path)
+        )
+    html, _ = build_report(write_output(tmp_path, seqs))
+    text = html.read_text(encoding="utf-8")
+    tops = re.findall(r'<svg class="topview".*?</svg>', text, flags=re.S)
+    assert len(tops) == 1
+    root = ET.fromstring(tops[0])
+    lines = root.findall(f"{SVG_NS}polyline")
+    assert [ln.find(f"{SVG_NS}title").text for ln in lines] == ["track 3", "track 8"]
+    pts = [np.array([p.split(",") for p in ln.get("points").split()], float) for ln in lines]
+    assert pts[0][0, 0] > pts[0][-1, 0]  # +x (the camera's left) is drawn on the left
+    assert pts[1][0, 1] < pts[0][0, 1]  # the farther track is higher up the page
+    # without world columns there is no top view (the module fixture's outputs)
+    (tmp_path / "no").mkdir()
+    out = write_output(tmp_path / "no", [make_sequence(rng, 1, np.arange(10))])
+    assert "topview" not in build_report(out)[0].read_text(encoding="utf-8")

@@ -1,0 +1,302 @@
+"""``WorldStage``: every track in the final camera and in one shared, gravity-aligned world frame.
+
+The estimator and the tracker work with a *working* camera (the estimator's focal,
+principal point at the image centre: ``FramePart.camera()``).  After refinement this stage
+
+1. decides the clip's intrinsics: the user's (:mod:`.intrinsics`), else the field of view
+   estimated from the frames (:mod:`.fov`), else a fixed default;
+2. moves every row into that camera exactly: the root keeps its image position, its depth
+   scales with the focal length, and the global orientation turns with the viewing ray
+   (the estimator predicts orientation as seen along the ray); then smooths each track's
+   distance along its ray over ``depth_smooth_s`` (:func:`smooth_depth`);
+3. turns the per-frame camera rotations (:mod:`.motion`) into rotations relative to the
+   first frame, and with them puts every row into the first frame's camera;
+4. fits gravity and the ground there from all people together (:mod:`.ground`) and defines
+   the world frame: y up, origin on the ground below the first frame's camera, z its
+   viewing direction laid flat (:func:`~hmrflow.stages.camera.ground.world_from_camera`);
+5. adds the world-frame root orientation and translation to every row and returns the
+   per-frame camera poses in that world.
+
+SMPL rotates the body about its root joint ``J0(betas)``, so a rigid motion ``x -> A x + b``
+of a body changes its translation to ``A (J0 + t) + b - J0`` and its global orientation to
+``A R``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from hmrflow.pipeline.config import BodyModelConfig, CameraConfig
+from hmrflow.pipeline.stage import BaseStage, Resources
+from hmrflow.pipeline.types import ClipRef, SMPLSequence
+from hmrflow.priors.rotations import rotation_z_to
+from hmrflow.stages.camera.ground import GroundFit, fit_ground, world_from_camera
+from hmrflow.stages.camera.intrinsics import Intrinsics, centred, user_intrinsics
+
+log = logging.getLogger(__name__)
+
+#: Ankle and foot joints: the sole offset is measured from them.
+_FOOT = [7, 8, 10, 11]
+
+
+@dataclass(frozen=True)
+class CameraTrack:
+    """The camera of every decoded frame in the world frame (``camera.npz``).
+
+    frame_idx: (F,) int64; pts: (F,) float64 seconds; R: (F, 3, 3) float64 world->camera
+    rotation and t: (F, 3) float64 translation (``x_cam = R @ x_world + t``, OpenCV camera);
+    K: (3, 3) float64 intrinsics in decoded pixels.
+    """
+
+    frame_idx: np.ndarray
+    pts: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    K: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of ``camera.npz`` (key order fixed)."""
+        return {
+            "frame_idx": self.frame_idx.astype(np.int64),
+            "pts": self.pts.astype(np.float64),
+            "R": self.R.astype(np.float64),
+            "t": self.t.astype(np.float64),
+            "K": self.K.astype(np.float64),
+            "frame": np.array("world_y_up"),
+        }
+
+
+@dataclass(frozen=True)
+class WorldResult:
+    """What :class:`WorldStage` returns: the sequences, the manifest's ``camera`` record and the
+    per-frame cameras (None when the world frame is off or nobody was found)."""
+
+    sequences: list[SMPLSequence]
+    record: dict[str, Any] | None
+    cameras: CameraTrack | None
+
+
+def final_intrinsics(cfg: CameraConfig, clip: ClipRef, working: Mapping[str, Any]) -> Intrinsics:
+    """The clip's intrinsics in decoded pixels (see module docstring, step 1)."""
+    w, h = int(working["width"]), int(working["height"])
+    user = user_intrinsics(cfg, clip.width or w, clip.height or h)
+    if user is not None:
+        return user.scaled(w, h)
+    fov = (working.get("observed") or {}).get("fov")
+    if cfg.fov == "estimate" and fov and fov.get("focal_rel"):
+        from hmrflow.stages.camera.fov import aggregate_focal_rel
+
+        return centred(aggregate_focal_rel(np.asarray(fov["focal_rel"])) * h, w, h, "estimated")
+    if cfg.fov == "diagonal":
+        return centred(math.hypot(w, h), w, h, "diagonal")
+    if cfg.fov == "hmr2":
+        return centred(5000.0 / 256.0 * max(w, h), w, h, "hmr2")
+    return centred(float(working["focal_px"]), w, h, "estimator")
+
+
+def to_camera(
+    rotmats: np.ndarray, transl: np.ndarray, working: Mapping[str, Any], cam: Intrinsics
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (T, 24, 3, 3), (T, 3) in the working camera -> the same rows in camera ``cam`` (step 2)."""
+    f_w = float(working["focal_px"])
+    cw = np.array([float(working["cx"]), float(working["cy"])])
+    t = np.asarray(transl, np.float64)
+    z = np.maximum(t[:, 2], 1e-6)
+    pix = f_w * t[:, :2] / z[:, None] + cw
+    z2 = z * math.sqrt(cam.fx * cam.fy) / f_w
+    t2 = np.stack([(pix[:, 0] - cam.cx) * z2 / cam.fx, (pix[:, 1] - cam.cy) * z2 / cam.fy, z2], axis=1)
+    turn = rotation_z_to(torch.from_numpy(t2)) @ rotation_z_to(torch.from_numpy(t)).transpose(-1, -2)
+    out = np.array(rotmats, np.float32, copy=True)
+    out[:, 0] = (turn.numpy() @ np.asarray(rotmats[:, 0], np.float64)).astype(np.float32)
+    return out, t2.astype(np.float32)
+
+
+def smooth_depth(transl: np.ndarray, frame_idx: np.ndarray, sigma_frames: float) -> np.ndarray:
+    """(T, 3) camera-frame translations with their distance from the camera smoothed in time.
+
+    The direction of each translation (its pixel) is kept; the log of its length is smoothed
+    with a Gaussian of ``sigma_frames`` over each run of consecutive frames (gaps split runs).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    t = np.asarray(transl, np.float64)
+    if sigma_frames <= 0 or len(t) < 3:
+        return np.asarray(transl, np.float32)
+    d = np.linalg.norm(t, axis=1)
+    log_d = np.log(np.maximum(d, 1e-6))
+    out = log_d.copy()
+    breaks = np.nonzero(np.diff(np.asarray(frame_idx)) != 1)[0] + 1
+    for run in np.split(np.arange(len(t)), breaks):
+        if len(run) >= 3:
+            out[run] = gaussian_filter1d(log_d[run], sigma_frames, mode="nearest")
+    return (t * (np.exp(out) / np.maximum(d, 1e-6))[:, None]).astype(np.float32)
+
+
+def camera_rotations(
+    observed: Mapping[str, Any] | None, cam: Intrinsics
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Per decoded frame: (frame_idx (F,), pts (F,), R_t (F, 3, 3) camera 0 -> camera t, motion kind).
+
+    kind: ``static`` (not estimated, or every frame pair still), ``rotating``.  Empty arrays
+    when nothing was tracked.
+    """
+    from hmrflow.stages.camera.motion import rotations_from_homographies
+
+    motion = (observed or {}).get("motion")
+    if not motion or not motion.get("frame_idx"):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3, 3)), "static"
+    idx = np.asarray(motion["frame_idx"], np.int64)
+    pts = np.asarray(motion.get("pts", np.full(len(idx), np.nan)), np.float64)
+    status = np.asarray(motion["status"], np.int64)
+    if not np.any(status == 2):
+        return idx, pts, np.broadcast_to(np.eye(3), (len(idx), 3, 3)).copy(), "static"
+    H = np.asarray(motion["H"], np.float64).reshape(-1, 3, 3)
+    principal = ((cam.cx - cam.width / 2.0) / cam.height, (cam.cy - cam.height / 2.0) / cam.height)
+    return idx, pts, rotations_from_homographies(H, cam.fy / cam.height, principal), "rotating"
+
+
+class WorldStage(BaseStage[Any, WorldResult]):
+    """``(sequences, camera, clip) -> WorldResult`` (see module docstring).
+
+    cfg: the ``camera`` section; body_model: the body model the estimates use (for the root
+    joint and the sole offset).
+    """
+
+    resources: ClassVar[Resources] = Resources(cpus=1.0)
+
+    def __init__(self, cfg: CameraConfig, body_model: BodyModelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body_cfg = body_model or BodyModelConfig()
+        self._body: Any = None
+        self._sole = 0.0
+
+    def device_setting(self) -> str | None:
+        return None
+
+    def setup(self) -> None:
+        if self.cfg.world and self._body is None:
+            from hmrflow.priors.body_model import load_body_model
+
+            self._body = load_body_model(self.body_cfg, device="cpu")
+            with torch.no_grad():
+                rest = self._body.forward(torch.eye(3).expand(1, 24, 3, 3).contiguous())
+            # foot joints above the lowest vertex in the rest pose (y is up in model space)
+            self._sole = float(rest.joints[0, _FOOT, 1].min() - rest.vertices[0, :, 1].min())
+        super().setup()
+
+    def _joints(self, rotmats: np.ndarray, betas: np.ndarray, transl: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for a in range(0, len(rotmats), 1024):
+                b = slice(a, a + 1024)
+                o = self._body.forward(
+                    torch.from_numpy(np.ascontiguousarray(rotmats[b], np.float32)),
+                    torch.from_numpy(np.ascontiguousarray(betas[b], np.float32)),
+                    torch.from_numpy(np.ascontiguousarray(transl[b], np.float32)),
+                )
+                out.append(o.joints.numpy())
+        return np.concatenate(out) if out else np.zeros((0, 24, 3), np.float32)
+
+    def _root_joint(self, betas: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self._body.rest_joints(torch.from_numpy(np.asarray(betas, np.float32)[None]))[0, 0].numpy()
+
+    def __call__(self, x: tuple[list[SMPLSequence], Mapping[str, Any] | None, ClipRef]) -> WorldResult:
+        sequences, working, clip = x
+        if not sequences or not working:
+            return WorldResult(list(sequences), dict(working) if working else None, None)
+        self.ensure_setup()
+        cam = final_intrinsics(self.cfg, clip, working)
+        moved = []
+        fps = clip.fps if clip.fps and clip.fps > 0 else 30.0
+        for s in sequences:
+            rot, tr = to_camera(s.rotmats, s.transl, working, cam)
+            tr = smooth_depth(tr, np.asarray(s.frame_idx), self.cfg.depth_smooth_s * fps)
+            moved.append(dataclasses.replace(s, rotmats=rot, transl=tr))
+        record: dict[str, Any] = {
+            "model": "pinhole",
+            "focal_px": math.sqrt(cam.fx * cam.fy),
+            "cx": cam.cx,
+            "cy": cam.cy,
+            "width": cam.width,
+            "height": cam.height,
+            "intrinsics": cam.record(),
+            "intrinsics_original": cam.scaled(clip.width, clip.height).record() if clip.width and clip.height else None,
+            "working_focal_px": float(working["focal_px"]),
+        }
+        fov = (working.get("observed") or {}).get("fov")
+        if fov and fov.get("focal_rel"):
+            from hmrflow.stages.camera.fov import aggregate_focal_rel, vfov_from_focal_rel
+
+            record["fov_estimate"] = {
+                "vfov_deg": float(vfov_from_focal_rel(aggregate_focal_rel(np.asarray(fov["focal_rel"])))),
+                "frames": len(fov["focal_rel"]),
+                "used": cam.source == "estimated",
+            }
+        if not self.cfg.world:
+            record["world"] = None
+            return WorldResult(moved, record, None)
+        return self._world(moved, working, cam, record)
+
+    def _world(
+        self, seqs: list[SMPLSequence], working: Mapping[str, Any], cam: Intrinsics, record: dict[str, Any]
+    ) -> WorldResult:
+        idx, pts, R_t, kind = camera_rotations(working.get("observed"), cam)
+        pos = {int(f): i for i, f in enumerate(idx)}
+        eye = np.eye(3)
+
+        def rot_of(frames: np.ndarray) -> np.ndarray:
+            if not len(idx):
+                return np.broadcast_to(eye, (len(frames), 3, 3))
+            k = np.array([pos.get(int(f), -1) for f in frames])
+            near = np.clip(np.searchsorted(idx, frames), 0, len(idx) - 1)
+            return R_t[np.where(k >= 0, k, near)]
+
+        # every row in the first frame's camera (camera 0)
+        cam0 = []
+        for s in seqs:
+            A = np.transpose(rot_of(np.asarray(s.frame_idx)), (0, 2, 1))  # camera t -> camera 0
+            j0 = self._root_joint(s.betas)
+            rot = np.array(s.rotmats, np.float64, copy=True)
+            rot[:, 0] = A @ rot[:, 0]
+            tr = np.einsum("tij,tj->ti", A, np.asarray(s.transl, np.float64) + j0) - j0
+            cam0.append((rot, tr, j0))
+        obs = [np.asarray(s.observed, bool) for s in seqs]
+        rows = [(r[o], np.broadcast_to(s.betas, (int(o.sum()), 10)), t[o]) for s, (r, t, _), o in zip(seqs, cam0, obs)]
+        joints = np.concatenate([self._joints(*r) for r in rows if len(r[0])] or [np.zeros((0, 24, 3))])
+        if not len(joints):
+            joints = np.concatenate(
+                [self._joints(r, np.broadcast_to(s.betas, (len(r), 10)), t) for s, (r, t, _) in zip(seqs, cam0)]
+            )
+        ground: GroundFit = fit_ground(joints, self._sole)
+        Rw, o = world_from_camera(ground.up, ground.height)
+        out = []
+        for s, (rot, tr, j0) in zip(seqs, cam0):
+            wrot = np.einsum("ij,tjk->tik", Rw, rot[:, 0])
+            wtr = np.einsum("ij,tj->ti", Rw, tr + j0 - o) - j0
+            out.append(
+                dataclasses.replace(s, world_rotmat=wrot.astype(np.float32), world_transl=wtr.astype(np.float32))
+            )
+        cameras = None
+        if len(idx):
+            Rwc = R_t @ Rw.T[None]  # world -> camera t
+            cameras = CameraTrack(idx, pts, Rwc, np.einsum("fij,j->fi", R_t, o), cam.K())
+        record["world"] = {
+            "frame": "y up, origin on the ground below the first frame's camera, z = its viewing direction laid flat",
+            "camera_motion": kind,
+            "gravity_source": ground.source,
+            "up_in_first_camera": ground.up.round(6).tolist(),
+            "camera_height_m": round(ground.height, 4),
+            "contact_points": ground.n_points,
+            "contact_spread_m": round(ground.spread_m, 3),
+            "world_from_first_camera": {"R": Rw.round(8).tolist(), "origin_in_camera": o.round(6).tolist()},
+        }
+        return WorldResult(out, record, cameras)
