@@ -5,6 +5,7 @@ Files (all readable with plain pandas/pyarrow and numpy, no hmrflow needed):
 * ``tracks.parquet`` one row per (track, frame), sorted by (track_id, frame_idx), with
   fixed-size list columns for ``pose`` (72), ``betas`` (10) and ``transl`` (3);
 * ``track_<id>.npz`` one AMASS-style file per track;
+* ``camera.npz`` the camera of every decoded frame in the world frame (when known);
 * ``manifest.json`` provenance (:func:`hmrflow.pipeline.provenance.build_manifest`).
 
 The whole folder is built in a hidden temporary sibling and renamed into place
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TRACKS_FILE = "tracks.parquet"
 MANIFEST_FILE = "manifest.json"
+CAMERA_FILE = "camera.npz"
 #: OpenCV camera (x right, y down, z forward) -> z-up (x right, y forward, z up).
 CAMERA_TO_ZUP: np.ndarray = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=np.float64)
 #: Fixed zip timestamp so that .npz bytes do not depend on when they were written.
@@ -56,6 +58,8 @@ TRACKS_SCHEMA = pa.schema(
         pa.field("transl", pa.list_(pa.field("item", pa.float32(), nullable=False), 3), nullable=False),
         pa.field("confidence", pa.float32(), nullable=False),
         pa.field("observed", pa.bool_(), nullable=False),
+        pa.field("world_global_orient", pa.list_(pa.field("item", pa.float32(), nullable=False), 3), nullable=False),
+        pa.field("world_transl", pa.list_(pa.field("item", pa.float32(), nullable=False), 3), nullable=False),
     ]
 )
 
@@ -115,7 +119,20 @@ def _track_arrays(seq: SMPLSequence, poses: np.ndarray, gender: str, fallback_fp
         "confidence": np.asarray(seq.confidence, dtype=np.float32),
         "frame": np.array("opencv_camera"),
         "camera_to_zup": CAMERA_TO_ZUP.copy(),
+        "world_global_orient": world_orient(seq),
+        "world_trans": np.asarray(seq.world_transl, dtype=np.float32),
     }
+
+
+def world_orient(seq: SMPLSequence) -> np.ndarray:
+    """(T, 3) float32 axis-angle of the world-frame global orientation (NaN where unknown)."""
+    rot = np.asarray(seq.world_rotmat, np.float32)
+    known = np.isfinite(rot).all(axis=(1, 2))
+    out = np.full((len(rot), 3), np.nan, np.float32)
+    if known.any():
+        with torch.no_grad():
+            out[known] = matrix_to_axis_angle(torch.from_numpy(np.ascontiguousarray(rot[known]))).numpy()
+    return out
 
 
 def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
@@ -135,6 +152,8 @@ def tracks_table(video_id: str, sequences: list[SMPLSequence], poses: list[np.nd
         transl = np.concatenate([np.asarray(s.transl, np.float32).reshape(len(s), 3) for s in sequences])
         conf = np.concatenate([np.asarray(s.confidence, np.float32) for s in sequences])
         observed = np.concatenate([np.asarray(s.observed, bool) for s in sequences])
+        w_orient = np.concatenate([world_orient(s) for s in sequences])
+        w_transl = np.concatenate([np.asarray(s.world_transl, np.float32).reshape(len(s), 3) for s in sequences])
     else:
         track_id = frame_idx = np.zeros(0, np.int64)
         pts = np.zeros(0, np.float64)
@@ -143,6 +162,7 @@ def tracks_table(video_id: str, sequences: list[SMPLSequence], poses: list[np.nd
         transl = np.zeros((0, 3), np.float32)
         conf = np.zeros(0, np.float32)
         observed = np.zeros(0, bool)
+        w_orient = w_transl = np.zeros((0, 3), np.float32)
     columns = [
         pa.array([video_id] * n, type=pa.string()),
         pa.array(track_id, type=pa.int64()),
@@ -153,6 +173,8 @@ def tracks_table(video_id: str, sequences: list[SMPLSequence], poses: list[np.nd
         _fixed_list(transl, 3),
         pa.array(conf, type=pa.float32()),
         pa.array(observed, type=pa.bool_()),
+        _fixed_list(w_orient, 3),
+        _fixed_list(w_transl, 3),
     ]
     return pa.Table.from_arrays(columns, schema=TRACKS_SCHEMA)
 
@@ -208,6 +230,9 @@ class WriteStage(BaseStage[VideoResult, Path]):
                     name = track_file_name(seq.track_id)
                     files[name] = tmp / name
                     write_npz_deterministic(files[name], _track_arrays(seq, pose, gender, result.clip.fps))
+            if result.cameras is not None:
+                files[CAMERA_FILE] = tmp / CAMERA_FILE
+                write_npz_deterministic(files[CAMERA_FILE], result.cameras.arrays())
             manifest = build_manifest(result, files, self.models)
             (tmp / MANIFEST_FILE).write_text(dumps_json(manifest), encoding="utf-8")
         log.info(

@@ -50,6 +50,7 @@ from hmrflow.pipeline.errors import CheckpointError, ConfigError
 from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates
+from hmrflow.priors.rotations import rotation_z_to
 from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal, diagonal_focal
 from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
 from hmrflow.stages.mesh.crop import make_crops
@@ -75,17 +76,7 @@ def ray_rotation(
     c = torch.as_tensor(center, dtype=torch.float32).reshape(-1, 2)
     wh = torch.as_tensor(image_wh, dtype=torch.float32)
     f = torch.as_tensor(focal, dtype=torch.float32).expand(c.shape[0])
-    ray = torch.cat([c - wh / 2, f[:, None]], dim=-1)
-    ray = ray / ray.norm(dim=-1, keepdim=True)
-    z = torch.tensor([0.0, 0.0, 1.0]).expand_as(ray)
-    axis = torch.cross(z, ray, dim=-1)  # |axis| = sin(angle)
-    sin = axis.norm(dim=-1)
-    cos = ray[:, 2]
-    k = axis / sin.clamp_min(1e-12)[:, None]
-    zero = torch.zeros_like(sin)
-    K = torch.stack([zero, -k[:, 2], k[:, 1], k[:, 2], zero, -k[:, 0], -k[:, 1], k[:, 0], zero], -1).reshape(-1, 3, 3)
-    eye = torch.eye(3).expand_as(K)
-    return eye + sin[:, None, None] * K + (1 - cos)[:, None, None] * (K @ K)
+    return rotation_z_to(torch.cat([c - wh / 2, f[:, None]], dim=-1))
 
 
 class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
