@@ -1,7 +1,7 @@
 """Render an overlay video: tracked meshes (or skeletons) over the clip, coloured per track.
 
 ``hmrflow render OUT_DIR/<video_id> --video CLIP.mp4 [-o overlay.mp4] [--skeleton]
-[--view camera|side-by-side|top]``.  Runs headless on CPU (torch rasteriser, PyAV).
+[--view camera|side-by-side|top|map]``.  Runs headless on CPU (torch rasteriser, PyAV).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--view",
         default="camera",
-        choices=["camera", "side-by-side", "top"],
-        help="add a side or top view panel to the right of the overlay",
+        choices=["camera", "side-by-side", "top", "map"],
+        help="add a side or top view panel to the right of the overlay (map: ground paths in the world frame)",
     )
     p.add_argument(
         "--focal",

@@ -15,7 +15,9 @@ the image centre); ``focal`` overrides both.  Colours: :func:`hmrflow.jobs.repor
 Views: ``camera`` (the overlay only), ``side-by-side`` (overlay | the same people seen from
 the camera's right, on grey) or ``top`` (overlay | seen from above, far people at the top).
 The extra panel's virtual camera looks at the median root position of the clip from a
-distance that fits everyone.
+distance that fits everyone.  ``map`` (overlay | a map of the world frame seen from above:
+every track's ground path, the part walked so far drawn thick, each person's position now,
+and the first frame's camera; docs/world.md) needs the world-frame columns.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from hmrflow.pipeline.errors import HmrflowError
 log = logging.getLogger(__name__)
 
 Mode = Literal["mesh", "skeleton"]
-View = Literal["camera", "side-by-side", "top"]
+View = Literal["camera", "side-by-side", "top", "map"]
 #: Rotations from the camera frame into the extra panel's camera (rows = new axes in old coords).
 PANEL_ROTATIONS: dict[str, np.ndarray] = {
     # camera on the right (+x) looking toward -x: x' = z, y' = y, z' = -x
@@ -235,6 +237,63 @@ def _draw_layer(
     return np.stack([np.asarray(p) for p in pil])
 
 
+@dataclass(frozen=True)
+class WorldMap:
+    """The ``map`` panel: ground paths (world x, z) of every track drawn from above.
+
+    paths: per track (track id, frame_idx (T,), (T, 2) panel pixels); size: (width, height).
+    """
+
+    paths: list[tuple[int, np.ndarray, np.ndarray]]
+    camera_px: tuple[float, float]
+    size: tuple[int, int]
+
+    @classmethod
+    def build(cls, tracks: list[TrackData], width: int, height: int) -> "WorldMap":
+        """Fit every track's world path into a ``width`` x ``height`` panel (equal scale on both axes)."""
+        xz = [np.asarray(t.world_transl, np.float64)[:, [0, 2]] if t.world_transl is not None else None for t in tracks]
+        pts = [p[np.isfinite(p).all(1)] for p in xz if p is not None]
+        if not pts or not sum(len(p) for p in pts):
+            raise HmrflowError("--view map needs the world-frame columns (an output made with camera.world on)")
+        allp = np.concatenate(pts + [np.zeros((1, 2))])
+        lo, hi = allp.min(0) - 0.5, allp.max(0) + 0.5
+        pad = 0.08 * min(width, height)
+        s = min((width - 2 * pad) / (hi[0] - lo[0]), (height - 2 * pad) / (hi[1] - lo[1]))
+        cx, cz = (lo + hi) / 2
+
+        def px(p: np.ndarray) -> np.ndarray:
+            # +x is the camera's left: drawn on the left, so the map reads like the image; far is up
+            return np.stack([width / 2 - (p[:, 0] - cx) * s, height / 2 - (p[:, 1] - cz) * s], axis=1)
+
+        paths = [(t.track_id, t.frame_idx, px(p)) for t, p in zip(tracks, xz) if p is not None]
+        cam = px(np.zeros((1, 2)))[0]
+        return cls(paths, (float(cam[0]), float(cam[1])), (width, height))
+
+    def draw(self, frame: int) -> np.ndarray:
+        """(height, width, 3) uint8 panel at ``frame``."""
+        from PIL import Image, ImageDraw
+
+        img = Image.new("RGB", self.size, PANEL_BACKGROUND)
+        d = ImageDraw.Draw(img)
+        x, y = self.camera_px
+        d.polygon([(x, y - 9), (x - 7, y + 7), (x + 7, y + 7)], fill=(200, 200, 200))
+        for tid, frames, p in self.paths:
+            col = tuple(int(c) for c in track_color(tid))
+            ok = np.isfinite(p).all(1)
+            faint = tuple(int(0.45 * c + 0.55 * b) for c, b in zip(col, PANEL_BACKGROUND))
+            if ok.sum() > 1:
+                d.line([tuple(q) for q in p[ok]], fill=faint, width=1)
+            done = ok & (frames <= frame)
+            if done.sum() > 1:
+                d.line([tuple(q) for q in p[done]], fill=col, width=3)
+            now = np.nonzero(ok & (frames == frame))[0]
+            if len(now):
+                qx, qy = p[now[0]]
+                d.ellipse([qx - 5, qy - 5, qx + 5, qy + 5], fill=col)
+                d.text((qx + 7, qy - 7), str(tid), fill=col)
+        return np.asarray(img)
+
+
 def iter_overlay_frames(
     video: VideoOutput, clip_path: str, body_model: Any, opts: OverlayOptions = OverlayOptions()
 ) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -249,7 +308,8 @@ def iter_overlay_frames(
     tracks = [t for t in video.tracks if len(t)]
     index = _Rows.build(tracks)
     faces = np.asarray(body_model.faces, np.int64)
-    panel = panel_camera(tracks, opts.view, K, width, height) if opts.view != "camera" else None
+    panel = panel_camera(tracks, opts.view, K, width, height) if opts.view in PANEL_ROTATIONS else None
+    world_map = WorldMap.build(tracks, width, height) if opts.view == "map" else None
     for batch in DecodeStage(DecodeConfig(backend="av", batch_size=opts.batch_size))(clip):
         rows: list[tuple[TrackData, int]] = []
         image_of: list[int] = []
@@ -272,6 +332,8 @@ def iter_overlay_frames(
             pj = (joints.astype(np.float64) @ rot.T + tr).astype(np.float32)
             side = _draw_layer(bg, rows, img_of, pv, pj, faces, K, OverlayOptions(**{**opts.__dict__, "alpha": 1.0}))
             images = np.concatenate([images, side], axis=2)
+        if world_map is not None:
+            images = np.concatenate([images, np.stack([world_map.draw(int(f)) for f in batch.frame_idx])], axis=2)
         for b in range(len(batch)):
             yield int(batch.frame_idx[b]), float(batch.pts[b]), images[b]
 

@@ -1,10 +1,12 @@
-"""``hmrflow train fov``: train the field-of-view network (:mod:`hmrflow.stages.camera.fov`).
+"""``hmrflow train fov``: train the camera network (:mod:`hmrflow.stages.camera.fov`):
+field of view and the up direction.
 
-Steps (each resumable): render training and held-out frames with random fields of view
-(shards cached in ``WORK/data``, :mod:`hmrflow.jobs.train.fov_data`), train with a
-checkpoint per epoch (``WORK/last.pt``), then write ``fov.safetensors`` (fp16),
+Steps (each resumable): render training and held-out frames with random fields of view and
+camera tilts (shards cached in ``WORK/data``, :mod:`hmrflow.jobs.train.fov_data`), train
+with a checkpoint per epoch (``WORK/last.pt``), then write ``fov.safetensors`` (fp16),
 ``train_config.json`` and ``validation.json`` (per-frame and per-scene errors in degrees of
-vertical field of view on the held-out frames) into ``--out`` (default ``WORK/final``).
+vertical field of view and of the up direction, on the held-out frames) into ``--out``
+(default ``WORK/final``).
 """
 
 from __future__ import annotations
@@ -46,18 +48,22 @@ def vfov_errors(pred_rel: np.ndarray, true_rel: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: Any, data: dict[str, np.ndarray], batch: int = 256) -> dict[str, float]:
-    """Per-frame and per-scene (median over a scene's frames) field-of-view errors, degrees."""
+    """Per-frame and per-scene (median over a scene's frames) field-of-view errors, and per-frame
+    up-direction errors, degrees."""
     import torch
 
-    from hmrflow.stages.camera.fov import aggregate_focal_rel, to_input
+    from hmrflow.stages.camera.fov import aggregate_focal_rel, split_output, to_input
 
     model.eval()
-    preds = []
+    preds, ups = [], []
     with torch.no_grad():
         for a in range(0, len(data["images"]), batch):
             x = to_input(data["images"][a : a + batch])
-            preds.append(model(x, torch.from_numpy(data["aspect"][a : a + batch])).exp().numpy())
+            log_f, up = split_output(model(x, torch.from_numpy(data["aspect"][a : a + batch])))
+            preds.append(log_f.exp().numpy())
+            ups.append(up.numpy())
     pred = np.concatenate(preds)
+    up_err = np.degrees(np.arccos(np.clip((np.concatenate(ups) * data["up"]).sum(1), -1.0, 1.0)))
     err = vfov_errors(pred, data["focal_rel"])
     scenes = np.unique(data["scene_seed"])
     per_scene = np.array(
@@ -77,6 +83,8 @@ def evaluate(model: Any, data: dict[str, np.ndarray], batch: int = 256) -> dict[
         "scenes": int(len(scenes)),
         "scene_median_deg": float(np.median(per_scene)),
         "scene_p90_deg": float(np.percentile(per_scene, 90)),
+        "up_frame_median_deg": float(np.median(up_err)),
+        "up_frame_p90_deg": float(np.percentile(up_err, 90)),
     }
 
 
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hmrflow.jobs.train.fov_data import RENDER_SIZES, VFOV_RANGE, render_fov_shards
     from hmrflow.pipeline.atomic import atomic_write_json
-    from hmrflow.stages.camera.fov import FovNet, save_fov, to_input
+    from hmrflow.stages.camera.fov import FovNet, save_fov, split_output, to_input
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("resumed at epoch %d", start)
     rng = np.random.default_rng(args.seed)
     target = torch.from_numpy(np.log(train["focal_rel"]))
+    target_up = torch.from_numpy(train["up"]).float()
     aspect = torch.from_numpy(train["aspect"])
     t0 = time.time()
     for epoch in range(start, args.epochs):
@@ -121,8 +130,12 @@ def run(args: argparse.Namespace) -> int:
             x = to_input(train["images"][idx])
             flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # a mirror keeps the field of view
+            up = target_up[idx].clone()
+            up[:, 0] = torch.where(flip, -up[:, 0], up[:, 0])  # ... and mirrors the roll
             x = (x * torch.from_numpy(rng.uniform(0.7, 1.3, (len(idx), 1, 1, 1))).float()).clamp(0, 1)
-            loss = torch.nn.functional.smooth_l1_loss(model(x, aspect[idx]), target[idx], beta=0.05)
+            log_f, up_pred = split_output(model(x, aspect[idx]))
+            loss = torch.nn.functional.smooth_l1_loss(log_f, target[idx], beta=0.05)
+            loss = loss + (1.0 - (up_pred * up).sum(1)).mean() * 4.0
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -166,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
             if k in ("frames", "val_frames", "epochs", "batch_size", "lr", "width", "seed")
         ),
     }
+    from hmrflow.jobs.train.fov_data import PITCH_RANGE_DEG, ROLL_STD_DEG
+
+    config.update(
+        pitch_range_deg=list(PITCH_RANGE_DEG), roll_std_deg=ROLL_STD_DEG, loss="smooth_l1(log f) + 4 (1 - cos up)"
+    )
     atomic_write_json(out / "train_config.json", config)
     atomic_write_json(out / "validation.json", {"held_out": history[-1] if history else None, "history": history})
     log.info("wrote %s", out)

@@ -1,12 +1,17 @@
-"""Rendered frames with a random field of view, for the field-of-view model (:mod:`hmrflow.stages.camera.fov`).
+"""Rendered frames with a random field of view and camera tilt, for the camera network
+(:mod:`hmrflow.stages.camera.fov`).
 
 Each scene is drawn like the detector's ``mixed`` family (1-6 people, static, panning or
-dollying camera) with the vertical field of view uniform in ``VFOV_RANGE`` and a camera
-pitched down by up to ``MAX_PITCH_DEG`` more than the world's default look-at, at 4:3 or
-16:9.  A few frames per scene are rendered and stored at the model's input size
+dollying camera) at 4:3 or 16:9, with the vertical field of view uniform in ``VFOV_RANGE``;
+the camera is then tilted by an extra pitch uniform in ``PITCH_RANGE_DEG`` (positive turns
+the camera up; with the scenes' own downward look of 0-16 degrees this spans about 26
+degrees down to 30 up) and a roll of ``ROLL_STD_DEG`` (clipped at twice that) about its own
+axes.  A few
+frames per scene are rendered and stored at the network's input size
 (:data:`hmrflow.stages.camera.fov.INPUT_HW`, area-resampled like the stage does), so the
 data set is small: ``images`` (N, h, w, 3) uint8, ``focal_rel`` (N,) fy / image height,
-``aspect`` (N,) width / height, ``scene_seed`` (N,).
+``up`` (N, 3) the world's up direction in the camera frame, ``aspect`` (N,) width / height,
+``scene_seed`` (N,).
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ log = logging.getLogger(__name__)
 VFOV_RANGE = (30.0, 90.0)
 #: Sizes (width, height) frames are rendered at before resampling to the model's input.
 RENDER_SIZES = ((320, 240), (384, 216))
+#: Extra camera pitch (degrees, positive turns the camera up) and roll spread added to each scene.
+PITCH_RANGE_DEG = (-10.0, 30.0)
+ROLL_STD_DEG = 3.0
+
+
+def tilt(rng: np.random.Generator) -> np.ndarray:
+    """(3, 3) a random extra camera rotation (pitch then roll, in the camera frame)."""
+    from scipy.spatial.transform import Rotation
+
+    pitch = math.radians(rng.uniform(*PITCH_RANGE_DEG))
+    roll = math.radians(float(np.clip(rng.normal(0.0, ROLL_STD_DEG), -2 * ROLL_STD_DEG, 2 * ROLL_STD_DEG)))
+    # OpenCV camera: x right, y down; turning the world by -pitch about x turns the camera up
+    return Rotation.from_rotvec([0.0, 0.0, roll]).as_matrix() @ Rotation.from_rotvec([-pitch, 0.0, 0.0]).as_matrix()
 
 
 def render_fov_frames(rng: np.random.Generator, n: int, frames_per_scene: int = 2) -> dict[str, np.ndarray]:
@@ -32,11 +50,12 @@ def render_fov_frames(rng: np.random.Generator, n: int, frames_per_scene: int = 
     from tqdm.auto import tqdm
 
     from hmrflow.jobs.synth.clip import load_body_assets
+    from hmrflow.jobs.synth.scene import sample_scene
     from hmrflow.jobs.train.synth_frames import render_scene_frames, scene_spec_for
     from hmrflow.stages.camera.fov import resize_for_fov
 
     body = load_body_assets("synthetic")
-    images, focal, aspect, seeds = [], [], [], []
+    images, focal, aspect, seeds, ups = [], [], [], [], []
     got = 0
     with tqdm(total=n, desc="fov frames", unit="frame", leave=False) as bar:
         while got < n:
@@ -47,31 +66,38 @@ def render_fov_frames(rng: np.random.Generator, n: int, frames_per_scene: int = 
             spec = dataclasses.replace(spec, vfov_deg=(vfov, vfov))
             k = min(frames_per_scene, n - got)
             idx = np.sort(rng.choice(spec.n_frames, size=k, replace=False))
-            part = render_scene_frames(spec, idx, body)
-            for img in part.images:
+            scene = sample_scene(spec)
+            extra = tilt(rng)
+            scene = dataclasses.replace(
+                scene, cam_R=np.einsum("ij,fjk->fik", extra, scene.cam_R), cam_t=scene.cam_t @ extra.T
+            )
+            part = render_scene_frames(spec, idx, body, scene=scene)
+            for img, f in zip(part.images, idx):
                 images.append(resize_for_fov(img))
                 focal.append(0.5 / math.tan(math.radians(vfov) / 2))
                 aspect.append(w / h)
                 seeds.append(seed)
+                ups.append(scene.cam_R[f] @ np.array([0.0, 1.0, 0.0]))
             got += k
             bar.update(k)
     return {
         "images": np.stack(images),
         "focal_rel": np.asarray(focal, np.float32),
+        "up": np.asarray(ups, np.float32),
         "aspect": np.asarray(aspect, np.float32),
         "scene_seed": np.asarray(seeds, np.int64),
     }
 
 
 def render_fov_shards(out_dir: str | Path, n: int, seed: int, shard: int = 200) -> dict[str, np.ndarray]:
-    """Render (or reuse) ``n`` frames as shards ``fov_s<seed>_<i>.npz``; shard i uses ``default_rng([seed, i])``."""
+    """Render (or reuse) ``n`` frames as shards ``cam_s<seed>_<i>.npz``; shard i uses ``default_rng([seed, i])``."""
     from hmrflow.pipeline.atomic import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for i in range(-(-n // shard)):
-        path = out / f"fov_s{seed}_{i:03d}.npz"
+        path = out / f"cam_s{seed}_{i:03d}.npz"
         if not path.is_file():
             part = render_fov_frames(np.random.default_rng([seed, i]), min(shard, n - i * shard))
             buf = io.BytesIO()

@@ -1,11 +1,14 @@
-"""Field of view from the frames: a small convolutional network and its clip-level aggregation.
+"""Field of view and gravity from the frames: a small convolutional network and its clip-level aggregation.
 
 The network sees a whole frame resampled to :data:`INPUT_HW` (any aspect ratio is squeezed
 into it; the true width / height is a second input) with two normalised coordinate
 channels, so it can relate where things are in the image to how they are foreshortened
-(the ground's texture, people standing on it).  It predicts ``log(fy / H)``: the focal
-length in units of the image height, which is ``0.5 / tan(vfov / 2)``.  A clip's focal is
-the median over evenly spaced frames (:func:`aggregate_focal_rel`).
+(the ground's texture, the horizon, people standing on the ground).  It predicts
+``log(fy / H)`` (the focal length in units of the image height, ``0.5 / tan(vfov / 2)``) and
+the world's up direction in the camera frame (a unit 3-vector; the camera's pitch and
+roll).  A clip's focal is the median over evenly spaced frames
+(:func:`aggregate_focal_rel`); the up directions are brought into one camera with the
+estimated camera rotations and averaged by the world stage.
 
 It is trained on renders of the synthetic world only (``hmrflow train fov``,
 :mod:`hmrflow.jobs.train.fov_data`): on real video its answer is a guess and users with
@@ -30,7 +33,7 @@ from hmrflow.pipeline.errors import CheckpointError
 #: (height, width) of the network's input.
 INPUT_HW = (96, 128)
 #: What our weights files say in their safetensors header (``format``).
-FOV_FORMAT = "hmrflow.fov.v1"
+FOV_FORMAT = "hmrflow.fov.v2"
 #: Widest and narrowest vertical field of view the network answers (degrees); outside the
 #: trained range its answer is clamped.
 VFOV_LIMITS_DEG = (25.0, 100.0)
@@ -59,9 +62,10 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class FovNet(nn.Module):
-    """Frame -> log focal length in image heights.
+    """Frame -> log focal length in image heights and the up direction in the camera frame.
 
-    forward(images (B, 3, h, w) float in [0, 1], aspect (B,) width / height) -> (B,) log(fy / H).
+    forward(images (B, 3, h, w) float in [0, 1], aspect (B,) width / height) -> (B, 4):
+    column 0 log(fy / H), columns 1-3 the up direction (not normalised; see :func:`split_output`).
     """
 
     def __init__(self, width: int = 16) -> None:
@@ -72,19 +76,24 @@ class FovNet(nn.Module):
         flat = chans[-1] * (h // 32) * (w // 32)
         self.drop = nn.Dropout(0.1)
         self.hidden = nn.Linear(flat + 1, 128)
-        self.out = nn.Linear(128, 1)
+        self.out = nn.Linear(128, 4)
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
         # the middle of the trained range (about 55 degrees) is the starting answer
         with torch.no_grad():
-            self.out.bias.fill_(math.log(0.95))
+            self.out.bias.copy_(torch.tensor([math.log(0.95), 0.0, -1.0, 0.0]))  # upright camera (y down)
         self.width = width
 
     def forward(self, images: torch.Tensor, aspect: torch.Tensor) -> torch.Tensor:
         x = (images - 0.45) / 0.25
         x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         f = torch.cat([self.drop(self.features(x).flatten(1)), aspect[:, None].log()], dim=1)
-        return self.out(torch.relu(self.hidden(f)))[:, 0]
+        return self.out(torch.relu(self.hidden(f)))
+
+
+def split_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 4) network output -> (log focal (B,), unit up direction (B, 3))."""
+    return out[:, 0], torch.nn.functional.normalize(out[:, 1:], dim=1)
 
 
 def to_input(frames: np.ndarray) -> torch.Tensor:
@@ -129,13 +138,14 @@ def load_fov(path: str | Path | None = None) -> FovNet:
 
 
 @torch.no_grad()
-def predict_focal_rel(model: FovNet, frames: np.ndarray, aspect: float) -> np.ndarray:
-    """(B, h, w, 3) resampled uint8 frames of one clip -> (B,) focal lengths in image heights."""
+def predict_camera(model: FovNet, frames: np.ndarray, aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """(B, h, w, 3) resampled uint8 frames of one clip -> focal lengths in image heights (B,)
+    and unit up directions in each frame's camera (B, 3)."""
     if not len(frames):
-        return np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), np.zeros((0, 3), np.float32)
     x = to_input(frames)
-    out = model(x, torch.full((x.shape[0],), float(aspect)))
-    return out.exp().numpy().astype(np.float32)
+    log_f, up = split_output(model(x, torch.full((x.shape[0],), float(aspect))))
+    return log_f.exp().numpy().astype(np.float32), up.numpy().astype(np.float32)
 
 
 def aggregate_focal_rel(per_frame: np.ndarray) -> float:

@@ -1,17 +1,19 @@
-"""Gravity and the ground plane from the people: their upright bodies and their feet.
+"""Gravity and the ground plane from the people's feet, with a prior up direction.
 
-Two cues, both in one camera frame (OpenCV axes, metres):
+Cues, all in one camera frame (OpenCV axes, metres):
 
-* **body up**: the mean direction from the pelvis to the neck over all observed rows of all
-  people (people mostly stand and walk upright; leaning averages out);
-* **foot contacts**: in every row the lowest of the ankle and foot joints along the current
-  up direction is on the ground (while walking one foot always is).  A plane fitted to those
-  points (robustly: iteratively reweighted, outliers beyond ``OUTLIER_MAD`` MADs dropped)
-  gives the ground's normal and height.
+* **prior up**: the camera network's up direction (:mod:`hmrflow.stages.camera.fov`) when
+  there is one, else the **body up**: the mean direction from the pelvis to the neck over all
+  rows (people mostly stand upright; but the estimator barely sees the camera's pitch, so
+  the body up leans with the camera);
+* **foot contacts**: in every row the lowest of the ankle and foot joints along the prior up
+  is on the ground (while walking one foot always is).  A plane fitted to those points
+  (robustly: iteratively reweighted, outliers beyond ``OUTLIER_MAD`` MADs dropped) gives
+  the ground's normal and height.
 
 The plane's normal is used when the contact points spread over at least
 ``min_spread_m`` in two directions (several people, or people who walk) and agrees with
-the body up within ``MAX_DISAGREE_DEG``; otherwise gravity is the body up and only the
+the prior up within ``MAX_DISAGREE_DEG``; otherwise gravity is the prior up and only the
 plane's height is fitted.  The height is lowered by the body model's sole offset (the
 joints sit above the sole), so the ground is where the soles are.
 """
@@ -37,8 +39,9 @@ class GroundFit:
 
     up: (3,) unit vector pointing up (against gravity).  height: the camera's height above the
     ground (metres; points x on the ground satisfy ``up . x = -height``).  source: ``plane``
-    (normal of the foot-contact plane) or ``body`` (mean body up).  n_points: contact points
-    used; spread_m: their spread along the plane's second principal axis.
+    (normal of the foot-contact plane), ``network`` (the camera network's up direction) or
+    ``body`` (mean body up).  n_points: contact points used; spread_m: their spread along the
+    plane's second principal axis; body_up: the mean body up (reported for checks).
     """
 
     up: np.ndarray
@@ -47,6 +50,7 @@ class GroundFit:
     n_points: int
     spread_m: float
     body_plane_angle_deg: float
+    body_up: np.ndarray
 
 
 def body_up(joints: np.ndarray) -> np.ndarray:
@@ -71,15 +75,20 @@ def _plane(points: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return c, vt[2], s / np.sqrt(w.sum())
 
 
-def fit_ground(joints: np.ndarray, sole_offset: float = 0.0, min_spread_m: float = 0.5) -> GroundFit:
+def fit_ground(
+    joints: np.ndarray, sole_offset: float = 0.0, min_spread_m: float = 0.5, prior_up: np.ndarray | None = None
+) -> GroundFit:
     """Gravity and ground height from people's joints (N, 24, 3) in one camera frame (see module docstring).
 
     sole_offset: how far the foot joints sit above the sole in the rest pose (metres).
-    Raises ValueError for no rows.
+    prior_up: an up direction known otherwise (the camera network's); it replaces the mean
+    body up as the starting direction and the fallback (the estimator barely sees the
+    camera's pitch, so bodies look upright to the camera).  Raises ValueError for no rows.
     """
     if len(joints) == 0:
         raise ValueError("fit_ground needs at least one row of joints")
-    up_b = body_up(joints)
+    body = body_up(joints)
+    up_b = body if prior_up is None else np.asarray(prior_up, np.float64) / np.linalg.norm(prior_up)
     pts = lowest_feet(joints, up_b)
     w = np.ones(len(pts))
     normal, spread, centre = up_b, 0.0, np.median(pts, axis=0)
@@ -99,7 +108,8 @@ def fit_ground(joints: np.ndarray, sole_offset: float = 0.0, min_spread_m: float
     up = normal if use_plane else up_b
     foot_h = np.median(pts[w > 0] @ up) if w.sum() else np.median(pts @ up)
     height = -(float(foot_h) - sole_offset)
-    return GroundFit(up, height, "plane" if use_plane else "body", int(w.sum()), spread, angle)
+    source = "plane" if use_plane else ("body" if prior_up is None else "network")
+    return GroundFit(up, height, source, int(w.sum()), spread, angle, body)
 
 
 def world_from_camera(up: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,11 @@ import numpy as np
 STILL_PX = 0.15
 #: Fewest tracked corners a homography is fitted on.
 MIN_CORNERS = 12
+#: goodFeaturesToTrack's quality level: corners weaker than this fraction of the best are
+#: dropped (edges of stripes and other one-directional texture slide along themselves).
+CORNER_QUALITY = 0.05
+#: Corners whose flow, tracked back, misses its start by more than this (pixels) are dropped.
+FB_MAX_PX = 0.5
 #: Box margin (fraction of the box size) masked around each person.
 PERSON_MARGIN = 0.1
 
@@ -37,6 +42,12 @@ def _to_norm(width: int, height: int) -> np.ndarray:
 class MotionTracker:
     """Follows one clip frame by frame; :meth:`add` each frame in order, then :meth:`result`.
 
+    Corners are found in a *keyframe* and followed into every later frame (each frame starts
+    from where the corners were in the frame before), and the homography is fitted between
+    the keyframe and the frame; so errors do not pile up frame after frame, only from one
+    keyframe to the next.  A new keyframe is taken when fewer than half of its corners
+    still fit, or a fit fails.
+
     max_side: frames are tracked at this longer side.  The result holds, per frame after the
     first, the homography mapping the previous frame's normalised coordinates to this
     frame's (identity for still pairs) and whether it was measured.
@@ -49,8 +60,11 @@ class MotionTracker:
     homographies: list[np.ndarray] = field(default_factory=list)
     status: list[int] = field(default_factory=list)  # 0 first frame, 1 still, 2 moving, 3 failed
     _prev: np.ndarray | None = None
-    _pts: np.ndarray | None = None
     _norm: np.ndarray | None = None
+    _key: np.ndarray | None = None  # keyframe corners (K, 2), keyframe pixels
+    _cur: np.ndarray | None = None  # where they are in the previous frame (K, 2)
+    _key_from_0: np.ndarray = field(default_factory=lambda: np.eye(3))  # frame 0 -> keyframe, normalised
+    _prev_from_0: np.ndarray = field(default_factory=lambda: np.eye(3))  # frame 0 -> previous frame
 
     def _small(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         import cv2
@@ -74,10 +88,16 @@ class MotionTracker:
             mask[c:d, a:b] = 0
         return mask
 
-    def add(self, frame_idx: int, pts: float, image: np.ndarray, boxes: np.ndarray) -> None:
-        """One frame (H, W, 3) uint8 RGB at ``pts`` seconds with its people's boxes (K, 4) xyxy in the frame's pixels."""
+    def _new_key(self, gray: np.ndarray, mask: np.ndarray, from_0: np.ndarray) -> None:
         import cv2
 
+        pts = cv2.goodFeaturesToTrack(gray, self.max_corners, CORNER_QUALITY, 7, mask=mask, blockSize=5)
+        self._key = None if pts is None else pts.reshape(-1, 2).astype(np.float32)
+        self._cur = None if self._key is None else self._key.copy()
+        self._key_from_0 = from_0
+
+    def add(self, frame_idx: int, pts: float, image: np.ndarray, boxes: np.ndarray) -> None:
+        """One frame (H, W, 3) uint8 RGB at ``pts`` seconds with its people's boxes (K, 4) xyxy in the frame's pixels."""
         gray, s = self._small(image)
         mask = self._mask(gray.shape, boxes, s)
         self.frame_idx.append(int(frame_idx))
@@ -86,51 +106,59 @@ class MotionTracker:
             self._norm = _to_norm(gray.shape[1], gray.shape[0])
             self.homographies.append(np.eye(3))
             self.status.append(0)
+            self._new_key(gray, mask, np.eye(3))
         else:
-            self._pair(gray, mask)
+            from_0, status = self._track(gray, mask)
+            step = from_0 @ np.linalg.inv(self._prev_from_0)
+            self.homographies.append(step / step[2, 2])
+            self.status.append(status)
+            self._prev_from_0 = from_0
         self._prev = gray
-        # corners found once are followed while enough of them survive (finding them is the
-        # costly part); people walking onto them are dropped in _pair
-        if self._pts is None or len(self._pts) < self.max_corners // 2:
-            pts = cv2.goodFeaturesToTrack(gray, self.max_corners, 0.01, 7, mask=mask, blockSize=5)
-            self._pts = None if pts is None else pts.reshape(-1, 2).astype(np.float32)
 
-    def _pair(self, gray: np.ndarray, mask: np.ndarray) -> None:
+    def _track(self, gray: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+        """(frame 0 -> this frame homography, status); renews the keyframe when needed."""
         import cv2
 
         assert self._prev is not None and self._norm is not None
-        if self._pts is None or len(self._pts) < MIN_CORNERS:
-            self.homographies.append(np.eye(3))
-            self.status.append(3)
-            return
-        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, self._pts, None, winSize=(15, 15), maxLevel=3)
-        ok = ok.reshape(-1).astype(bool)
-        p0, p1 = self._pts[ok], nxt.reshape(-1, 2)[ok]
+        if self._key is None or len(self._key) < MIN_CORNERS:
+            self._new_key(gray, mask, self._prev_from_0)
+            return self._prev_from_0, 3
+        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(
+            self._prev,
+            gray,
+            self._cur,
+            self._cur.copy(),
+            winSize=(15, 15),
+            maxLevel=3,
+            flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+        )
+        p1 = nxt.reshape(-1, 2)
+        back, ok_b, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, nxt, None, winSize=(15, 15), maxLevel=3)
+        fb = np.linalg.norm(back.reshape(-1, 2) - self._cur, axis=1)  # forward-backward check
         h, w = gray.shape
-        inside = (p1[:, 0] >= 0) & (p1[:, 0] < w) & (p1[:, 1] >= 0) & (p1[:, 1] < h)
-        p0, p1 = p0[inside], p1[inside]
-        keep = mask[p1[:, 1].astype(int), p1[:, 0].astype(int)] > 0  # a person walked onto the corner
-        p0, p1 = p0[keep], p1[keep]
-        if len(p0) < MIN_CORNERS:
-            self._pts = None
-            self.homographies.append(np.eye(3))
-            self.status.append(3)
-            return
-        if float(np.median(np.linalg.norm(p1 - p0, axis=1))) < STILL_PX:
-            self._pts = p1
-            self.homographies.append(np.eye(3))
-            self.status.append(1)
-            return
-        H, inl = cv2.findHomography(p0, p1, cv2.RANSAC, 1.0)
+        ok = ok.reshape(-1).astype(bool) & ok_b.reshape(-1).astype(bool) & (fb < FB_MAX_PX)
+        ok &= (p1[:, 0] >= 0) & (p1[:, 0] < w) & (p1[:, 1] >= 0) & (p1[:, 1] < h)
+        ok[ok] = mask[p1[ok, 1].astype(int), p1[ok, 0].astype(int)] > 0  # a person walked onto the corner
+        moved = np.linalg.norm(p1[ok] - self._cur[ok], axis=1)
+        self._key, self._cur, p1 = self._key[ok], self._cur[ok], p1[ok]
+        if len(p1) < MIN_CORNERS:
+            self._new_key(gray, mask, self._prev_from_0)
+            return self._prev_from_0, 3
+        if float(np.median(moved)) < STILL_PX:
+            self._cur = p1
+            return self._prev_from_0, 1
+        H, inl = cv2.findHomography(self._key, p1, cv2.RANSAC, 1.0)
         if H is None or inl is None or int(inl.sum()) < MIN_CORNERS:
-            self._pts = None
-            self.homographies.append(np.eye(3))
-            self.status.append(3)
-            return
-        self._pts = p1[inl.reshape(-1).astype(bool)]
-        Hn = self._norm @ H @ np.linalg.inv(self._norm)
-        self.homographies.append(Hn / Hn[2, 2])
-        self.status.append(2)
+            self._new_key(gray, mask, self._prev_from_0)
+            return self._prev_from_0, 3
+        inl = inl.reshape(-1).astype(bool)
+        from_0 = self._norm @ H @ np.linalg.inv(self._norm) @ self._key_from_0
+        from_0 = from_0 / from_0[2, 2]
+        if inl.sum() < max(MIN_CORNERS, self.max_corners // 4) or inl.mean() < 0.5:
+            self._new_key(gray, mask, from_0)
+        else:
+            self._key, self._cur = self._key[inl], p1[inl]
+        return from_0, 2
 
     def result(self) -> dict[str, list]:
         """JSON-able record: ``frame_idx`` (F,), ``pts`` (F,), ``H`` (F, 9) previous->this frame, normalised
@@ -138,7 +166,7 @@ class MotionTracker:
         return {
             "frame_idx": list(self.frame_idx),
             "pts": list(self.pts),
-            "H": [np.round(h.reshape(-1), 8).tolist() for h in self.homographies],
+            "H": [np.round(h.reshape(-1), 10).tolist() for h in self.homographies],
             "status": list(self.status),
         }
 

@@ -42,12 +42,13 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         return None  # a tiny network on the CPU: never asks for a GPU
 
     @property
-    def estimates_fov(self) -> bool:
-        """True when the field of view is estimated from the frames."""
-        return self.cfg.fov == "estimate" and not self.cfg.has_intrinsics
+    def runs_network(self) -> bool:
+        """True when the camera network runs: to estimate the field of view, or the camera's
+        tilt for the world frame."""
+        return (self.cfg.fov == "estimate" and not self.cfg.has_intrinsics) or self.cfg.world
 
     def setup(self) -> None:
-        if self.estimates_fov and self._fov_model is None:
+        if self.runs_network and self._fov_model is None:
             from hmrflow.stages.camera.fov import load_fov
 
             self._fov_model = load_fov(self.cfg.fov_weights)
@@ -61,6 +62,7 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         self._seen = 0
         self._fov_idx: list[int] = []
         self._fov_val: list[float] = []
+        self._fov_up: list[list[float]] = []
         self._frame_hw: tuple[int, int] | None = None
         n = clip.n_frames if clip is not None else -1
         self._stride = max(1, n // self.cfg.fov_frames) if n > 0 else FOV_STRIDE_UNKNOWN
@@ -81,25 +83,29 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         for i, f in enumerate(np.asarray(frames.frame_idx)):
             if self._tracker is not None:
                 self._tracker.add(int(f), float(frames.pts[i]), frames.images[i], det.boxes_xyxy[rows == f])
-            if self.estimates_fov and self._seen % self._stride == 0:
+            if self.runs_network and self._seen % self._stride == 0:
                 sample.append(i)
             self._seen += 1
         if sample:
-            from hmrflow.stages.camera.fov import predict_focal_rel, resize_for_fov
+            from hmrflow.stages.camera.fov import predict_camera, resize_for_fov
 
             h, w = self._frame_hw
             small = np.stack([resize_for_fov(frames.images[i]) for i in sample])
-            self._fov_val.extend(float(v) for v in predict_focal_rel(self._fov_model, small, w / h))
+            focal, up = predict_camera(self._fov_model, small, w / h)
+            self._fov_val.extend(float(v) for v in focal)
+            self._fov_up.extend(np.round(up.astype(np.float64), 6).tolist())
             self._fov_idx.extend(int(frames.frame_idx[i]) for i in sample)
         return x
 
     def end_clip(self) -> dict[str, Any]:
         """What the clip showed (JSON-able): ``motion`` (see
         :meth:`~hmrflow.stages.camera.motion.MotionTracker.result`, None when not estimated),
-        ``fov`` (``frame_idx`` and ``focal_rel`` of the sampled frames, None when not estimated)."""
+        ``fov`` (``frame_idx``, ``focal_rel`` and ``up`` (the up direction in that frame's
+        camera) of the sampled frames, None when not estimated)."""
+        fov = {"frame_idx": self._fov_idx, "focal_rel": self._fov_val, "up": self._fov_up}
         out: dict[str, Any] = {
             "motion": self._tracker.result() if self._tracker is not None else None,
-            "fov": {"frame_idx": self._fov_idx, "focal_rel": self._fov_val} if self.estimates_fov else None,
+            "fov": fov if self.runs_network else None,
         }
         self._reset(None)
         return out

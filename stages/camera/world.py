@@ -90,7 +90,7 @@ def final_intrinsics(cfg: CameraConfig, clip: ClipRef, working: Mapping[str, Any
     if user is not None:
         return user.scaled(w, h)
     fov = (working.get("observed") or {}).get("fov")
-    if cfg.fov == "estimate" and fov and fov.get("focal_rel"):
+    if cfg.fov == "estimate" and not cfg.has_intrinsics and fov and fov.get("focal_rel"):
         from hmrflow.stages.camera.fov import aggregate_focal_rel
 
         return centred(aggregate_focal_rel(np.asarray(fov["focal_rel"])) * h, w, h, "estimated")
@@ -160,6 +160,21 @@ def camera_rotations(
     H = np.asarray(motion["H"], np.float64).reshape(-1, 3, 3)
     principal = ((cam.cx - cam.width / 2.0) / cam.height, (cam.cy - cam.height / 2.0) / cam.height)
     return idx, pts, rotations_from_homographies(H, cam.fy / cam.height, principal), "rotating"
+
+
+def network_up(observed: Mapping[str, Any] | None, idx: np.ndarray, R_t: np.ndarray) -> np.ndarray | None:
+    """The camera network's up direction averaged over the sampled frames, in the first frame's
+    camera (each frame's answer turned back by that frame's camera rotation); None without answers."""
+    fov = (observed or {}).get("fov") or {}
+    ups = np.asarray(fov.get("up") or [], np.float64).reshape(-1, 3)
+    if not len(ups):
+        return None
+    frames = np.asarray(fov["frame_idx"], np.int64)
+    if len(idx):
+        k = np.clip(np.searchsorted(idx, frames), 0, len(idx) - 1)
+        ups = np.einsum("fji,fj->fi", R_t[k], ups)  # R_t^T u: camera t -> camera 0
+    m = ups.mean(axis=0)
+    return m / max(float(np.linalg.norm(m)), 1e-9)
 
 
 class WorldStage(BaseStage[Any, WorldResult]):
@@ -276,7 +291,8 @@ class WorldStage(BaseStage[Any, WorldResult]):
             joints = np.concatenate(
                 [self._joints(r, np.broadcast_to(s.betas, (len(r), 10)), t) for s, (r, t, _) in zip(seqs, cam0)]
             )
-        ground: GroundFit = fit_ground(joints, self._sole)
+        up_net = network_up(working.get("observed"), idx, R_t)
+        ground: GroundFit = fit_ground(joints, self._sole, prior_up=up_net)
         Rw, o = world_from_camera(ground.up, ground.height)
         out = []
         for s, (rot, tr, j0) in zip(seqs, cam0):
@@ -293,6 +309,8 @@ class WorldStage(BaseStage[Any, WorldResult]):
             "frame": "y up, origin on the ground below the first frame's camera, z = its viewing direction laid flat",
             "camera_motion": kind,
             "gravity_source": ground.source,
+            "up_network": None if up_net is None else up_net.round(6).tolist(),
+            "up_bodies": ground.body_up.round(6).tolist(),
             "up_in_first_camera": ground.up.round(6).tolist(),
             "camera_height_m": round(ground.height, 4),
             "contact_points": ground.n_points,

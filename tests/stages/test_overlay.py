@@ -140,3 +140,39 @@ def test_intrinsics_follow_the_recorded_camera_unless_overridden() -> None:
     np.testing.assert_allclose(K, [[800.0, 0, 320.0], [0, 800.0, 240.0], [0, 0, 1]])
     np.testing.assert_allclose(intrinsics(640, 480, 500.0, rec)[0, 0], 500.0)
     np.testing.assert_allclose(intrinsics(640, 480)[0, 0], 5000.0 / 256.0 * 640)
+
+
+def test_world_map_panel_marks_each_person_where_the_world_columns_put_them() -> None:
+    from hmrflow.jobs.export.reading import TrackData
+    from hmrflow.jobs.report.colors import track_color
+    from hmrflow.jobs.report.overlay import PANEL_BACKGROUND, WorldMap
+    from hmrflow.pipeline.errors import HmrflowError
+
+    def track(tid: int, path: np.ndarray, frames: np.ndarray, world: bool = True) -> TrackData:
+        t = len(frames)
+        return TrackData(
+            track_id=tid,
+            frame_idx=frames,
+            pts=frames / FPS,
+            poses=np.zeros((t, 72), np.float32),
+            transl=np.zeros((t, 3), np.float32),
+            betas=np.zeros(10, np.float32),
+            observed=np.ones(t, bool),
+            confidence=np.ones(t, np.float32),
+            world_orient=np.zeros((t, 3), np.float32) if world else None,
+            world_transl=path.astype(np.float32) if world else None,
+        )
+
+    walk = np.stack([np.linspace(2, -2, 20), np.zeros(20), np.full(20, 5.0)], 1)  # camera-left to right, 5 m ahead
+    stand = np.tile([0.0, 0.0, 2.0], (10, 1))
+    m = WorldMap.build([track(1, walk, np.arange(20)), track(4, stand, np.arange(10, 20))], 200, 200)
+    img = m.draw(0)
+    x, y = m.paths[0][2][0]
+    assert tuple(img[int(round(y)), int(round(x))]) == tuple(track_color(1))  # walker's dot at its start
+    assert x < 100 and y < m.camera_px[1]  # +x (camera left) on the left; ahead of the camera is up the page
+    far = m.paths[1][2][0]
+    assert tuple(img[int(round(far[1])), int(round(far[0]))]) != tuple(track_color(4))  # not there yet at frame 0
+    assert tuple(m.draw(12)[int(round(far[1])), int(round(far[0]))]) == tuple(track_color(4))
+    assert tuple(img[2, 2]) == PANEL_BACKGROUND
+    with pytest.raises(HmrflowError, match="world-frame"):
+        WorldMap.build([track(1, walk, np.arange(20), world=False)], 200, 200)
