@@ -228,7 +228,15 @@ class CameraConfig(Strict):
         description="estimate camera rotation from the background (people masked), or assume a static camera",
     )
     motion_max_side: int = Field(320, ge=64, le=4096, description="frames are tracked at this longer side (pixels)")
+    motion_stride: int = Field(
+        3, ge=1, le=30, description="track every n-th frame (rotations in between are interpolated)"
+    )
     world: bool = Field(True, description="gravity, ground and world-frame outputs (off: camera frame only)")
+    ground_scale: bool = Field(
+        False,
+        description="with two or more people, rescale each track's depth so its feet stand on the ground plane "
+        "all people share (depth from apparent size is off by a factor per person)",
+    )
     depth_smooth_s: float = Field(
         0.3,
         ge=0.0,

@@ -11,10 +11,12 @@ Cues, all in one camera frame (OpenCV axes, metres):
   (robustly: iteratively reweighted, outliers beyond ``OUTLIER_MAD`` MADs dropped) gives
   the ground's normal and height.
 
-The plane's normal is used when the contact points spread over at least
-``min_spread_m`` in two directions (several people, or people who walk) and agrees with
-the prior up within ``MAX_DISAGREE_DEG``; otherwise gravity is the prior up and only the
-plane's height is fitted.  The height is lowered by the body model's sole offset (the
+With the camera network's up direction, that is gravity and only the plane's height is
+fitted: depth errors that differ between people and along a walk tilt a plane through the
+feet more than the network errs (docs/bench/world.md).  Without it, the plane's normal is
+used when the contact points spread over at least ``min_spread_m`` in two directions
+(several people, or people who walk) and agrees with the body up within
+``MAX_DISAGREE_DEG``; otherwise gravity is the body up.  The height is lowered by the body model's sole offset (the
 joints sit above the sole), so the ground is where the soles are.
 """
 
@@ -81,9 +83,10 @@ def fit_ground(
     """Gravity and ground height from people's joints (N, 24, 3) in one camera frame (see module docstring).
 
     sole_offset: how far the foot joints sit above the sole in the rest pose (metres).
-    prior_up: an up direction known otherwise (the camera network's); it replaces the mean
-    body up as the starting direction and the fallback (the estimator barely sees the
-    camera's pitch, so bodies look upright to the camera).  Raises ValueError for no rows.
+    prior_up: an up direction known otherwise (the camera network's); it is gravity then, and
+    replaces the mean body up as the direction contacts are found along (the estimator
+    barely sees the camera's pitch, so bodies look upright to the camera).  Raises
+    ValueError for no rows.
     """
     if len(joints) == 0:
         raise ValueError("fit_ground needs at least one row of joints")
@@ -104,7 +107,7 @@ def fit_ground(
                 break
             normal, spread = n, float(s[1])
     angle = float(np.degrees(np.arccos(np.clip(normal @ up_b, -1.0, 1.0))))
-    use_plane = spread >= min_spread_m and angle <= MAX_DISAGREE_DEG
+    use_plane = prior_up is None and spread >= min_spread_m and angle <= MAX_DISAGREE_DEG
     up = normal if use_plane else up_b
     foot_h = np.median(pts[w > 0] @ up) if w.sum() else np.median(pts @ up)
     height = -(float(foot_h) - sole_offset)

@@ -60,6 +60,8 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         self._clip = clip
         self._tracker = MotionTracker(self.cfg.motion_max_side) if self.cfg.motion == "estimate" else None
         self._seen = 0
+        self._frames: list[int] = []
+        self._pts: list[float] = []
         self._fov_idx: list[int] = []
         self._fov_val: list[float] = []
         self._fov_up: list[list[float]] = []
@@ -81,7 +83,9 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         rows = np.asarray(det.frame_idx)
         sample = []
         for i, f in enumerate(np.asarray(frames.frame_idx)):
-            if self._tracker is not None:
+            self._frames.append(int(f))
+            self._pts.append(float(frames.pts[i]))
+            if self._tracker is not None and self._seen % self.cfg.motion_stride == 0:
                 self._tracker.add(int(f), float(frames.pts[i]), frames.images[i], det.boxes_xyxy[rows == f])
             if self.runs_network and self._seen % self._stride == 0:
                 sample.append(i)
@@ -98,12 +102,14 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         return x
 
     def end_clip(self) -> dict[str, Any]:
-        """What the clip showed (JSON-able): ``motion`` (see
+        """What the clip showed (JSON-able): ``frames`` (``frame_idx`` and ``pts`` of every frame seen),
+        ``motion`` (every ``camera.motion_stride``-th frame; see
         :meth:`~hmrflow.stages.camera.motion.MotionTracker.result`, None when not estimated),
         ``fov`` (``frame_idx``, ``focal_rel`` and ``up`` (the up direction in that frame's
         camera) of the sampled frames, None when not estimated)."""
         fov = {"frame_idx": self._fov_idx, "focal_rel": self._fov_val, "up": self._fov_up}
         out: dict[str, Any] = {
+            "frames": {"frame_idx": self._frames, "pts": self._pts},
             "motion": self._tracker.result() if self._tracker is not None else None,
             "fov": fov if self.runs_network else None,
         }

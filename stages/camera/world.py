@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 #: Ankle and foot joints: the sole offset is measured from them.
 _FOOT = [7, 8, 10, 11]
+#: Most rows (over all tracks) the ground is fitted on.
+GROUND_ROWS = 600
+#: Fewest contact rows a track needs for its own depth scale, and the scales allowed.
+MIN_CONTACTS = 10
+SCALE_RANGE = (0.7, 1.4)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,20 @@ def camera_rotations(
     return idx, pts, rotations_from_homographies(H, cam.fy / cam.height, principal), "rotating"
 
 
+def rotation_interpolator(idx: np.ndarray, R: np.ndarray) -> Any:
+    """``frames (N,) -> (N, 3, 3)`` camera rotations at any frames, spherically interpolated
+    between the tracked frames ``idx`` (F,) with rotations ``R`` (F, 3, 3) and held beyond
+    them (identity when nothing was tracked)."""
+    from scipy.spatial.transform import Rotation, Slerp
+
+    idx = np.asarray(idx, np.float64)
+    if len(idx) < 2:
+        const = np.eye(3) if not len(idx) else np.asarray(R[0], np.float64)
+        return lambda frames: np.broadcast_to(const, (len(frames), 3, 3)).copy()
+    slerp = Slerp(idx, Rotation.from_matrix(np.asarray(R, np.float64)))
+    return lambda frames: slerp(np.clip(np.asarray(frames, np.float64), idx[0], idx[-1])).as_matrix()
+
+
 def network_up(observed: Mapping[str, Any] | None, idx: np.ndarray, R_t: np.ndarray) -> np.ndarray | None:
     """The camera network's up direction averaged over the sampled frames, in the first frame's
     camera (each frame's answer turned back by that frame's camera rotation); None without answers."""
@@ -207,22 +226,47 @@ class WorldStage(BaseStage[Any, WorldResult]):
             self._sole = float(rest.joints[0, _FOOT, 1].min() - rest.vertices[0, :, 1].min())
         super().setup()
 
-    def _joints(self, rotmats: np.ndarray, betas: np.ndarray, transl: np.ndarray) -> np.ndarray:
-        out = []
+    def _rest(self, betas: np.ndarray) -> np.ndarray:
+        """(24, 3) rest-pose joints of a shaped body (J0 = the root joint)."""
         with torch.no_grad():
-            for a in range(0, len(rotmats), 1024):
-                b = slice(a, a + 1024)
-                o = self._body.forward(
-                    torch.from_numpy(np.ascontiguousarray(rotmats[b], np.float32)),
-                    torch.from_numpy(np.ascontiguousarray(betas[b], np.float32)),
-                    torch.from_numpy(np.ascontiguousarray(transl[b], np.float32)),
-                )
-                out.append(o.joints.numpy())
-        return np.concatenate(out) if out else np.zeros((0, 24, 3), np.float32)
+            rest = self._body.rest_joints(torch.from_numpy(np.asarray(betas, np.float32)[None]))[0]
+        return rest.numpy().astype(np.float64)
 
-    def _root_joint(self, betas: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self._body.rest_joints(torch.from_numpy(np.asarray(betas, np.float32)[None]))[0, 0].numpy()
+    @staticmethod
+    def _joints(rotmats: np.ndarray, transl: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        """(T, 24, 3) posed joints: SMPL's joints are its rest joints carried by the kinematic
+        chain (pose blend shapes move vertices, not joints), so no mesh is needed."""
+        from scipy.spatial.transform import Rotation
+
+        from hmrflow.priors.motions.kinematics import forward_kinematics
+
+        t = len(rotmats)
+        aa = Rotation.from_matrix(np.asarray(rotmats, np.float64).reshape(-1, 3, 3)).as_rotvec().reshape(t, 24, 3)
+        return forward_kinematics(aa, np.asarray(transl, np.float64) + rest[0], rest - rest[0])
+
+    def _ground_scales(self, contacts: list[np.ndarray], ground: GroundFit) -> list[float]:
+        """Per track, the factor that puts its feet on the clip's common ground plane.
+
+        Depth from apparent size is off by a factor per person (a tall person looks near);
+        scaling a track's positions about the camera centre scales its feet's height below
+        the camera by the same factor, so ``camera height / track's own height`` moves it
+        onto the plane all people share.  Needs two or more tracks (one track defines the
+        plane itself) and :data:`MIN_CONTACTS` contact rows; clamped to :data:`SCALE_RANGE`.
+        """
+        from hmrflow.stages.camera.ground import lowest_feet
+
+        if len(contacts) < 2 or ground.height <= 0:
+            return [1.0] * len(contacts)
+        out = []
+        for j in contacts:
+            if len(j) < MIN_CONTACTS:
+                out.append(1.0)
+                continue
+            # the foot joints, not the soles, scale with the track: they belong sole-offset above the ground
+            own = -float(np.median(lowest_feet(j, ground.up) @ ground.up))
+            target = ground.height - self._sole
+            out.append(float(np.clip(target / own, *SCALE_RANGE)) if own > 0 and target > 0 else 1.0)
+        return out
 
     def __call__(self, x: tuple[list[SMPLSequence], Mapping[str, Any] | None, ClipRef]) -> WorldResult:
         sequences, working, clip = x
@@ -265,37 +309,45 @@ class WorldStage(BaseStage[Any, WorldResult]):
         self, seqs: list[SMPLSequence], working: Mapping[str, Any], cam: Intrinsics, record: dict[str, Any]
     ) -> WorldResult:
         idx, pts, R_t, kind = camera_rotations(working.get("observed"), cam)
-        pos = {int(f): i for i, f in enumerate(idx)}
-        eye = np.eye(3)
-
-        def rot_of(frames: np.ndarray) -> np.ndarray:
-            if not len(idx):
-                return np.broadcast_to(eye, (len(frames), 3, 3))
-            k = np.array([pos.get(int(f), -1) for f in frames])
-            near = np.clip(np.searchsorted(idx, frames), 0, len(idx) - 1)
-            return R_t[np.where(k >= 0, k, near)]
+        rot_of = rotation_interpolator(idx, R_t)
+        frames_seen = (working.get("observed") or {}).get("frames") or {}
+        if frames_seen.get("frame_idx") and len(idx):  # every decoded frame, tracked or in between
+            idx = np.asarray(frames_seen["frame_idx"], np.int64)
+            pts = np.asarray(frames_seen["pts"], np.float64)
+            R_t = rot_of(idx)
 
         # every row in the first frame's camera (camera 0)
         cam0 = []
         for s in seqs:
             A = np.transpose(rot_of(np.asarray(s.frame_idx)), (0, 2, 1))  # camera t -> camera 0
-            j0 = self._root_joint(s.betas)
+            rest = self._rest(s.betas)
+            j0 = rest[0]
             rot = np.array(s.rotmats, np.float64, copy=True)
             rot[:, 0] = A @ rot[:, 0]
             tr = np.einsum("tij,tj->ti", A, np.asarray(s.transl, np.float64) + j0) - j0
-            cam0.append((rot, tr, j0))
-        obs = [np.asarray(s.observed, bool) for s in seqs]
-        rows = [(r[o], np.broadcast_to(s.betas, (int(o.sum()), 10)), t[o]) for s, (r, t, _), o in zip(seqs, cam0, obs)]
-        joints = np.concatenate([self._joints(*r) for r in rows if len(r[0])] or [np.zeros((0, 24, 3))])
-        if not len(joints):
-            joints = np.concatenate(
-                [self._joints(r, np.broadcast_to(s.betas, (len(r), 10)), t) for s, (r, t, _) in zip(seqs, cam0)]
-            )
+            cam0.append((rot, tr, rest))
+        # the ground needs contacts from across the clip, not every frame: observed rows,
+        # evenly thinned to at most GROUND_ROWS over all tracks
+        n_obs = sum(int(np.count_nonzero(s.observed)) for s in seqs)
+        step = max(1, -(-n_obs // GROUND_ROWS))
+        parts = []
+        for s, (rot, tr, rest) in zip(seqs, cam0):
+            pick = np.nonzero(np.asarray(s.observed, bool))[0][::step]
+            if not len(pick):
+                pick = np.arange(0, len(s), step)
+            parts.append(self._joints(rot[pick], tr[pick], rest))
+        joints = np.concatenate(parts)
         up_net = network_up(working.get("observed"), idx, R_t)
         ground: GroundFit = fit_ground(joints, self._sole, prior_up=up_net)
+        scales = self._ground_scales(parts, ground) if self.cfg.ground_scale else [1.0] * len(seqs)
         Rw, o = world_from_camera(ground.up, ground.height)
         out = []
-        for s, (rot, tr, j0) in zip(seqs, cam0):
+        for i, (s, (rot, tr, rest)) in enumerate(zip(seqs, cam0)):
+            j0 = rest[0]
+            if scales[i] != 1.0:  # slide the whole track along its viewing rays (about the camera centre)
+                tr = scales[i] * (tr + j0) - j0
+                cam_t = scales[i] * (np.asarray(s.transl, np.float64) + j0) - j0
+                s = dataclasses.replace(s, transl=cam_t.astype(np.float32))
             wrot = np.einsum("ij,tjk->tik", Rw, rot[:, 0])
             wtr = np.einsum("ij,tj->ti", Rw, tr + j0 - o) - j0
             out.append(
@@ -314,6 +366,7 @@ class WorldStage(BaseStage[Any, WorldResult]):
             "up_in_first_camera": ground.up.round(6).tolist(),
             "camera_height_m": round(ground.height, 4),
             "contact_points": ground.n_points,
+            "track_depth_scale": {str(int(s.track_id)): round(float(k), 4) for s, k in zip(seqs, scales)},
             "contact_spread_m": round(ground.spread_m, 3),
             "world_from_first_camera": {"R": Rw.round(8).tolist(), "origin_in_camera": o.round(6).tolist()},
         }

@@ -215,6 +215,9 @@ def test_world_stage_moves_whole_bodies_rigidly_into_the_world_frame() -> None:
     Rw = np.asarray(res.record["world"]["world_from_first_camera"]["R"])
     o = np.asarray(res.record["world"]["world_from_first_camera"]["origin_in_camera"])
     np.testing.assert_allclose(w_j, (cam_j - o) @ Rw.T, atol=2e-4)
+    # the stage's joints-only kinematics equals the body model's joints
+    rest = stage._rest(betas)
+    np.testing.assert_allclose(stage._joints(out.rotmats, out.transl, rest), cam_j, atol=2e-5)
     # depth scaled from the working focal (600) to the diagonal's (800)
     np.testing.assert_allclose(out.transl[:, 2], transl[:, 2] * 800 / 600, rtol=1e-5)
     # y is up: the heads are above the pelvis in the world frame
@@ -302,3 +305,16 @@ def test_run_refuses_contradicting_intrinsics_before_decoding(tmp_path: Path, mo
     assert lines[0].startswith("hmrflow run: error:") and "Traceback" not in lines[0]
     assert str(cam) in lines[0] and "1920x1080" in lines[0] and "64x48" in lines[0]
     assert not (tmp_path / "out" / "clip").exists()
+
+
+def test_each_track_is_slid_along_its_rays_onto_the_common_ground() -> None:
+    rng = np.random.default_rng(6)
+    up = np.array([0.0, -1.0, 0.0])
+    near = _standing_people(up, 1.6, spread=2.0, n=80, rng=rng)
+    far = _standing_people(up, 1.6, spread=2.0, n=60, rng=rng) * 1.3  # depth overestimated by 30 %
+    stage = WorldStage(CameraConfig())
+    stage.setup()
+    fit = fit_ground(np.concatenate([near, far]), stage._sole, prior_up=up)
+    k_near, k_far = stage._ground_scales([near, far], fit)
+    assert k_far / k_near == pytest.approx(1 / 1.3, rel=0.02)  # both now stand on one plane
+    assert stage._ground_scales([near], fit) == [1.0]  # one person defines the plane: nothing to correct
