@@ -238,11 +238,16 @@ class CameraConfig(Strict):
         "all people share (depth from apparent size is off by a factor per person)",
     )
     depth_smooth_s: float = Field(
-        0.3,
+        4.0,
         ge=0.0,
-        le=5.0,
-        description="Gaussian smoothing (sigma, seconds) of each track's distance along its viewing ray: depth "
+        le=10.0,
+        description="window (seconds) over which each track's distance along its viewing ray is smoothed: depth "
         "from apparent size is noisy from frame to frame, the direction is not (0 = off)",
+    )
+    depth_smooth: Literal["gaussian", "savgol"] = Field(
+        "gaussian",
+        description="Gaussian (sigma = window/4) around each run's straight-line trend, or a local quadratic fit "
+        "(Savitzky-Golay: keeps curvature, passes more noise)",
     )
 
     @model_validator(mode="after")

@@ -123,24 +123,38 @@ def to_camera(
     return out, t2.astype(np.float32)
 
 
-def smooth_depth(transl: np.ndarray, frame_idx: np.ndarray, sigma_frames: float) -> np.ndarray:
+def smooth_depth(transl: np.ndarray, frame_idx: np.ndarray, window_frames: float, kind: str = "gaussian") -> np.ndarray:
     """(T, 3) camera-frame translations with their distance from the camera smoothed in time.
 
     The direction of each translation (its pixel) is kept; the log of its length is smoothed
-    with a Gaussian of ``sigma_frames`` over each run of consecutive frames (gaps split runs).
+    over each run of consecutive frames (gaps split runs): ``gaussian`` (sigma = window / 4)
+    around the run's straight-line trend (a walk toward the camera stays straight to its
+    ends), or ``savgol``, a local quadratic fit over ``window_frames``.
     """
     from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import savgol_filter
 
     t = np.asarray(transl, np.float64)
-    if sigma_frames <= 0 or len(t) < 3:
+    if window_frames < 3 or len(t) < 3:
         return np.asarray(transl, np.float32)
     d = np.linalg.norm(t, axis=1)
     log_d = np.log(np.maximum(d, 1e-6))
     out = log_d.copy()
     breaks = np.nonzero(np.diff(np.asarray(frame_idx)) != 1)[0] + 1
     for run in np.split(np.arange(len(t)), breaks):
-        if len(run) >= 3:
-            out[run] = gaussian_filter1d(log_d[run], sigma_frames, mode="nearest")
+        if len(run) < 5:
+            continue
+        if kind == "gaussian":
+            # the run's straight-line trend is kept as it is (a walk toward the camera stays
+            # straight to its ends); what is left around it is low-passed
+            x = np.arange(len(run), dtype=np.float64)
+            line = np.polyval(np.polyfit(x, log_d[run], 1), x)
+            out[run] = line + gaussian_filter1d(log_d[run] - line, window_frames / 4.0, mode="nearest")
+        else:
+            win = int(min(window_frames, len(run)))
+            win -= 1 - win % 2  # odd
+            if win >= 5:
+                out[run] = savgol_filter(log_d[run], win, 2, mode="interp")
     return (t * (np.exp(out) / np.maximum(d, 1e-6))[:, None]).astype(np.float32)
 
 
@@ -278,7 +292,7 @@ class WorldStage(BaseStage[Any, WorldResult]):
         fps = clip.fps if clip.fps and clip.fps > 0 else 30.0
         for s in sequences:
             rot, tr = to_camera(s.rotmats, s.transl, working, cam)
-            tr = smooth_depth(tr, np.asarray(s.frame_idx), self.cfg.depth_smooth_s * fps)
+            tr = smooth_depth(tr, np.asarray(s.frame_idx), self.cfg.depth_smooth_s * fps, self.cfg.depth_smooth)
             moved.append(dataclasses.replace(s, rotmats=rot, transl=tr))
         record: dict[str, Any] = {
             "model": "pinhole",

@@ -278,12 +278,15 @@ def test_depth_smoothing_keeps_each_rows_pixel_and_removes_depth_noise() -> None
     true = np.stack([np.linspace(-1, 1, T), np.full(T, 0.5), np.linspace(4, 6, T)], 1)
     noisy = true * (1 + rng.normal(0, 0.08, T))[:, None]  # depth from apparent size: noise along the ray
     frames = np.r_[np.arange(45), np.arange(50, 95)]  # a gap splits the runs
-    out = smooth_depth(noisy, frames, 9.0)
-    np.testing.assert_allclose(out[:, :2] / out[:, 2:], noisy[:, :2] / noisy[:, 2:], rtol=1e-5)  # same pixel
     err_before = np.abs(noisy[:, 2] - true[:, 2]).mean()
-    err_after = np.abs(out[:, 2] - true[:, 2]).mean()
-    assert err_after < 0.5 * err_before
+    for kind in ("savgol", "gaussian"):
+        out = smooth_depth(noisy, frames, 36.0, kind)
+        np.testing.assert_allclose(out[:, :2] / out[:, 2:], noisy[:, :2] / noisy[:, 2:], rtol=1e-5)  # same pixel
+        assert np.abs(out[:, 2] - true[:, 2]).mean() < 0.5 * err_before, kind
     np.testing.assert_allclose(smooth_depth(noisy, frames, 0.0), noisy, rtol=1e-6)
+    # a walk straight toward the camera (log distance linear in time) stays exactly as it is, ends included
+    walk = np.stack([np.full(T, 0.3), np.full(T, 0.2), np.exp(np.linspace(np.log(8), np.log(3), T))], 1)
+    np.testing.assert_allclose(smooth_depth(walk, np.arange(T), 36.0, "savgol"), walk, rtol=1e-4)
 
 
 def test_run_refuses_contradicting_intrinsics_before_decoding(tmp_path: Path, monkeypatch, capsys) -> None:
