@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hmrflow.configs.bench import BENCH_SETS
 
@@ -148,14 +148,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """One markdown table, numbers with 3 significant decimals."""
+def markdown(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    """One markdown table of ``columns``, numbers with 3 significant decimals."""
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "-" if v != v else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
         return str(v)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -117,7 +117,7 @@ def run_set(set_dir: Path, out_root: Path, preset: str, overrides: list[str], va
 
 
 def run(args: argparse.Namespace) -> int:
-    from hmrflow.jobs.bench.pipeline import render_set
+    from hmrflow.jobs.bench.pipeline import markdown, render_set
     from hmrflow.jobs.evaluate import evaluate
 
     work = Path(args.work)
@@ -138,18 +138,5 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.json) if args.json else work / "world_bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2, default=float))
-    sys.stdout.write(markdown(rows) + "\n")
+    sys.stdout.write(markdown(rows, COLUMNS) + "\n")
     return 0
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """One markdown table of :data:`COLUMNS`."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return "-" if v != v else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
-        return str(v)
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)

@@ -144,7 +144,14 @@ def predict_camera(model: FovNet, frames: np.ndarray, aspect: float) -> tuple[np
     if not len(frames):
         return np.zeros(0, np.float32), np.zeros((0, 3), np.float32)
     x = to_input(frames)
-    log_f, up = split_output(model(x, torch.full((x.shape[0],), float(aspect))))
+    # one thread: convolutions split over threads sum in another order, and the runners must
+    # give the same answer in any process (the network is small enough not to miss them)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        log_f, up = split_output(model(x, torch.full((x.shape[0],), float(aspect))))
+    finally:
+        torch.set_num_threads(threads)
     return log_f.exp().numpy().astype(np.float32), up.numpy().astype(np.float32)
 
 

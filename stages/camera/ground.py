@@ -71,10 +71,15 @@ def lowest_feet(joints: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def _plane(points: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted plane fit: (centre (3,), normal (3,), singular values (3,))."""
-    c = (points * w[:, None]).sum(0) / w.sum()
-    _, s, vt = np.linalg.svd((points - c) * np.sqrt(w)[:, None], full_matrices=False)
-    return c, vt[2], s / np.sqrt(w.sum())
+    """Weighted plane fit: (centre (3,), normal (3,), spreads (3,) largest first).
+
+    Through the 3x3 scatter matrix summed with einsum (no BLAS), so every process gets the
+    same bits whatever its thread count.
+    """
+    c = np.einsum("n,nc->c", w, points) / w.sum()
+    d = points - c
+    vals, vecs = np.linalg.eigh(np.einsum("n,ni,nj->ij", w, d, d) / w.sum())
+    return c, vecs[:, 0], np.sqrt(np.maximum(vals[::-1], 0.0))
 
 
 def fit_ground(

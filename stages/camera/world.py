@@ -234,17 +234,24 @@ class WorldStage(BaseStage[Any, WorldResult]):
             from hmrflow.priors.body_model import load_body_model
 
             self._body = load_body_model(self.body_cfg, device="cpu")
-            with torch.no_grad():
-                rest = self._body.forward(torch.eye(3).expand(1, 24, 3, 3).contiguous())
+            lay = self._body.layer
+            # float64 NumPy copies: plain sums give the same bits in every process, whatever its
+            # BLAS threads (the Ray runner must write the same bytes as the local one)
+            self._template = lay.v_template.double().numpy()
+            self._shapedirs = lay.shapedirs.double().numpy()
+            self._regressor = lay.J_regressor.double().numpy()
+            rest = np.einsum("jv,vc->jc", self._regressor, self._template)
             # foot joints above the lowest vertex in the rest pose (y is up in model space)
-            self._sole = float(rest.joints[0, _FOOT, 1].min() - rest.vertices[0, :, 1].min())
+            self._sole = float(rest[_FOOT, 1].min() - self._template[:, 1].min())
         super().setup()
 
     def _rest(self, betas: np.ndarray) -> np.ndarray:
-        """(24, 3) rest-pose joints of a shaped body (J0 = the root joint)."""
-        with torch.no_grad():
-            rest = self._body.rest_joints(torch.from_numpy(np.asarray(betas, np.float32)[None]))[0]
-        return rest.numpy().astype(np.float64)
+        """(24, 3) rest-pose joints of a shaped body (J0 = the root joint), float64."""
+        b = np.zeros(self._shapedirs.shape[-1])
+        n = min(len(b), len(betas))
+        b[:n] = np.asarray(betas, np.float64)[:n]
+        shaped = self._template + np.einsum("vcl,l->vc", self._shapedirs, b)
+        return np.einsum("jv,vc->jc", self._regressor, shaped)
 
     @staticmethod
     def _joints(rotmats: np.ndarray, transl: np.ndarray, rest: np.ndarray) -> np.ndarray:
