@@ -97,7 +97,7 @@ def mpjpe(pred: Array, gt: Array, align: Align = "pelvis") -> Array:
     return _out((p - g).norm(dim=-1).mean(dim=-1) * M_TO_MM, is_np)
 
 
-def similarity_transform(pred: Array, gt: Array, scale: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def similarity_transform(pred: Array, gt: Array, scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
     """Best similarity (or rigid, ``scale=False``) transform of point set ``pred`` onto ``gt`` (Umeyama).
 
     pred, gt: (K, 3) corresponding points.  Returns ``(s, R (3, 3), t (3,))`` float64 with

@@ -1,7 +1,7 @@
 """Render synthetic clips with exact ground truth (or a shard of single-person training crops).
 
     hmrflow synth OUT [--people N --seconds S --fps F --size WxH --seed K --camera static|pan|dolly]
-    hmrflow synth OUT --bench easy|crowded|occlusion|far|crossings|twins [--clips N] [--seed S]
+    hmrflow synth OUT --bench easy|crowded|occlusion|far|crossings|twins|moving [--clips N] [--seed S]
     hmrflow synth OUT --crops N [--crop-size HxW --seed K]
 
 Clips go to ``OUT/<clip>/`` (``<clip>.mp4``, ``gt.npz``, ``scene.json``, docs/FORMATS.md);
