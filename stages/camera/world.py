@@ -332,7 +332,7 @@ class WorldStage(BaseStage[Any, WorldResult]):
         idx, pts, R_t, kind = camera_rotations(working.get("observed"), cam)
         rot_of = rotation_interpolator(idx, R_t)
         frames_seen = (working.get("observed") or {}).get("frames") or {}
-        if frames_seen.get("frame_idx") and len(idx):  # every decoded frame, tracked or in between
+        if frames_seen.get("frame_idx"):  # every decoded frame, tracked or in between (or a static camera)
             idx = np.asarray(frames_seen["frame_idx"], np.int64)
             pts = np.asarray(frames_seen["pts"], np.float64)
             R_t = rot_of(idx)

@@ -239,7 +239,9 @@ def test_model_stages_plug_into_the_factory_dict_with_one_line_each(tmp_path: Pa
     monkeypatch.setitem(pipelines.MODEL_STAGES, "estimate", lambda cfg, out: PixelEstimate())
     monkeypatch.setitem(pipelines.MODEL_STAGES, "refine", lambda cfg, out: SmoothRefine())
     spec = pipelines.build_spec(cfg, tmp_path)
-    assert [type(s).__name__ for s in spec.frame_stages] == ["BandDetect", "PixelEstimate"]
+    # the camera observer sits between detection and estimation (it sees the frames and the people's boxes)
+    assert [type(s).__name__ for s in spec.frame_stages] == ["BandDetect", "CameraObserver", "PixelEstimate"]
     assert type(spec.refine).__name__ == "SmoothRefine" and spec.config == cfg.resolved_dict()
+    assert type(spec.world).__name__ == "WorldStage"
     no_refine = pipelines.build_spec(load_config("clip", ["refine.enabled=false"]), tmp_path)
     assert no_refine.refine is None and type(no_refine.decode).__name__ == "DecodeStage"
