@@ -14,6 +14,7 @@ that both the LocalRunner and the Ray runner execute.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from hmrflow.pipeline.errors import ConfigError, HmrflowError
 from hmrflow.pipeline.types import ClipRef
 
 StageFn = Callable[[PipelineConfig, Path], Any]
+log = logging.getLogger(__name__)
 
 
 def _detect_stage(cfg: PipelineConfig, out: Path) -> Any:
@@ -103,10 +105,46 @@ def _world(cfg: PipelineConfig, out: Path) -> Any:
     return WorldStage(cfg.camera, cfg.body_model)
 
 
+def model_files(cfg: PipelineConfig) -> dict[str, str]:
+    """The weights files and body model a run with ``cfg`` uses: name -> path (or an id).
+
+    The write stage hashes each into the manifest's ``models`` (sha256 of a file, or of every
+    file of a folder), so an output says exactly which weights made it.
+    """
+    from hmrflow.stages.camera.fov import bundled_fov_path
+    from hmrflow.stages.mesh.checkpoint import bundled_weights_path
+
+    models: dict[str, str] = {}
+    if cfg.detect.kind == "bundled":
+        from hmrflow.stages.detect.stage import bundled_weights_path as detector_path
+
+        models["detector"] = str(cfg.detect.weights or detector_path())
+    elif cfg.detect.kind == "file" and cfg.detect.detections_path:
+        models["detections"] = str(cfg.detect.detections_path)
+    else:
+        models["detector"] = str(cfg.detect.weights or "torchvision-maskrcnn_resnet50_fpn")
+    models["estimator"] = str(cfg.estimate.weights or bundled_weights_path(cfg.estimate.size, cfg.estimate.eclm))
+    if cfg.refine.enabled:
+        from hmrflow.priors.motion_diffusion import BUNDLED_PRIOR
+
+        models["motion_prior"] = str(cfg.refine.weights or BUNDLED_PRIOR)
+    if cfg.camera.world or (cfg.camera.fov == "estimate" and not cfg.camera.has_intrinsics):
+        models["camera_network"] = str(cfg.camera.fov_weights or bundled_fov_path())
+    if cfg.body_model.kind == "smpl":
+        from hmrflow.priors.body_model import find_smpl_file
+
+        models["body_model"] = str(find_smpl_file(cfg.body_model.path, cfg.body_model.gender))
+    else:
+        from hmrflow.priors.body_model import load_body_model
+
+        models["body_model"] = load_body_model("synthetic").sha256
+    return models
+
+
 def _write(cfg: PipelineConfig, out: Path) -> Any:
     from hmrflow.stages.write import WriteStage
 
-    return WriteStage(cfg.write, out)
+    return WriteStage(cfg.write, out, models=model_files(cfg))
 
 
 #: Part name -> factory (see module docstring).
@@ -149,14 +187,25 @@ def build_spec(cfg: PipelineConfig, out_root: str | Path, pipeline: str | None =
 
 def run_one(video: str | Path, out_root: str | Path, cfg: Any, progress: bool = True) -> Path:
     """Run the full pipeline on one video with the LocalRunner; returns ``out_root/<video_id>``."""
+    from hmrflow.pipeline.atomic import check_output_root
     from hmrflow.pipeline.errors import VideoDecodeError
-    from hmrflow.pipeline.naming import sanitize_video_id
+    from hmrflow.pipeline.naming import run_video_id, sanitize_video_id
 
     path = Path(video)
     if not path.is_file():
         raise VideoDecodeError(str(path), "no such file")
-    video_id = sanitize_video_id(path)
     spec = build_spec(cfg, out_root)
+    check_output_root(out_root)
+    video_id = run_video_id(path, out_root)
+    if video_id != sanitize_video_id(path):
+        log.warning(
+            "%s: %s/%s holds another input's output; writing to %s/%s",
+            path,
+            out_root,
+            sanitize_video_id(path),
+            out_root,
+            video_id,
+        )
     clip = spec.probe(str(path), video_id)
     runner = spec.local_runner(progress=progress)
     return runner.run(clip, extra={"seeds": {"pipeline": cfg.seed}})

@@ -255,3 +255,25 @@ def remove_stale_temps(parent: PathLike, name: str | None = None, older_than_s: 
             _remove(entry)
             removed.append(entry)
     return removed
+
+
+def check_output_root(root: PathLike) -> Path:
+    """Make sure ``root`` is a folder this process can write into, before any work starts.
+
+    Creates it (with parents) when missing.  Raises :class:`~hmrflow.pipeline.errors.ConfigError`
+    with one line naming the path when it is a file, or cannot be created or written
+    (read-only, no permission), so a run never fails at the very end after all the work.
+    """
+    from hmrflow.pipeline.errors import ConfigError
+
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{p}: the output root exists and is a file, not a folder; choose another --out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = _sibling(p / "write-check", TMP_TAG)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot write outputs here ({exc.strerror or exc}); choose another --out") from None
+    return p

@@ -143,3 +143,26 @@ def safe_output_dir(root: str | os.PathLike[str], video_id: str) -> Path:
     if target.parent != root_path:
         raise UnsafeFileError(f"{root_path / video_id}: resolves to {target}, outside the output root {root_path}")
     return root_path / video_id
+
+
+def run_video_id(path: str | os.PathLike[str], out_root: str | os.PathLike[str]) -> str:
+    """The id ``hmrflow run`` writes ``path`` under in ``out_root``: its sanitised stem, unless
+    ``out_root/<stem>/`` already holds the output of *another* input (or something that is not
+    an hmrflow output); then ``-<hash of the absolute path>`` is appended, as the batch job does
+    for inputs that share a stem, so no run replaces another input's results.
+    """
+    import json
+
+    full = os.path.abspath(os.fspath(path))
+    vid = sanitize_video_id(full)
+    existing = Path(out_root) / vid
+    if not existing.exists():
+        return vid
+    try:
+        recorded = json.loads((existing / "manifest.json").read_text(encoding="utf-8"))["input"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if recorded == full:
+        return vid
+    suffix = "-" + short_hash(full)
+    return (vid[: MAX_ID_LEN - len(suffix)].rstrip("._-") or "video") + suffix

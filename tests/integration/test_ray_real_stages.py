@@ -61,6 +61,11 @@ def test_real_stages_under_ray_equal_local_and_ask_for_the_declared_gpu(
     for v in inputs:
         local.run(probe_clip(v.path, v.video_id))
 
+    # the manifest names every weights file and the body model with its sha256
+    models = json.loads((tmp_path / "local" / inputs[0].video_id / "manifest.json").read_text())["models"]
+    assert set(models) == {"detector", "estimator", "motion_prior", "camera_network", "body_model"}
+    assert all(len(m["sha256"]) == 64 for m in models.values())
+
     # the estimator's image features reach refinement (the bundled prior is conditioned on
     # them): refined without them, the same video gives other tables
     v0 = inputs[0]
