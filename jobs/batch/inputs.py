@@ -80,11 +80,30 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+def is_hmrflow_output(folder: str | os.PathLike[str]) -> bool:
+    """True for a folder hmrflow wrote (an ``OUT/<video_id>/``: its manifest says so)."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as fh:
+            return json.load(fh).get("format") == "hmrflow.output"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def scan_folder(folder: Path, extensions: Iterable[str] = VIDEO_EXTENSIONS) -> list[Path]:
-    """Video files below ``folder`` (recursive, sorted, hidden entries skipped, symlinks followed once)."""
+    """Video files below ``folder`` (recursive, sorted, hidden entries skipped, symlinks followed once).
+
+    hmrflow's own output folders (overlay videos and exports inside ``OUT/<video_id>/``) are
+    not inputs and are skipped, so a batch over a folder that also holds its outputs does
+    not feed them back in.
+    """
     exts = {e.lower() for e in extensions}
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        if is_hmrflow_output(dirpath):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):

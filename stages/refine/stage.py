@@ -244,6 +244,7 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
         self.model: Optional[torch.nn.Module] = None
         self.schedule: Optional[dict] = None
         self.use_features = False
+        self._fps_warned: set[str] = set()  # videos already warned about (logging only)
 
     def setup(self) -> None:
         """Load the prior (``cfg.weights`` folder, default the bundled one) on the resolved device."""
@@ -268,11 +269,12 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
         if self.model is not None and len(filled.pts) > 2:
             step = float(np.median(np.diff(filled.pts)))
             model_fps = float(self.model.config.fps)
-            if step > 0 and abs(1.0 / step - model_fps) > 0.25 * model_fps:
+            # once per video, not per track (a 15 fps archive run would repeat it for everyone)
+            if step > 0 and abs(1.0 / step - model_fps) > 0.25 * model_fps and seq.video_id not in self._fps_warned:
+                self._fps_warned.add(seq.video_id)
                 log.warning(
-                    "track %d of %s: %.1f fps, the prior was trained at %.0f fps; refinement may be "
+                    "%s: %.1f fps, the prior was trained at %.0f fps; refinement may be "
                     "less accurate (resample with decode.target_fps)",
-                    seq.track_id,
                     seq.video_id,
                     1.0 / step,
                     model_fps,

@@ -196,3 +196,15 @@ def test_bundled_prior_keeps_people_where_the_image_shows_them(refined_track):
     # and evaluation match people by where they project
     t = refined_track
     assert _ray_error(t["ref"], t["gt"]).mean() <= 1.1 * _ray_error(t["est"], t["gt"]).mean() + 1e-3
+
+
+def test_frame_rate_warning_is_given_once_per_video(caplog) -> None:
+    stage = RefineStage(RefineConfig())
+    stage.setup()
+    f = np.arange(0, 40)
+    with caplog.at_level("WARNING", logger="hmrflow.stages.refine.stage"):
+        for tid in (1, 2, 3):  # three people of one 15 fps archive video
+            stage(_seq(f, f / 15.0, track_id=tid))
+        stage(_seq(f, f / 30.0, track_id=4))  # at the prior's rate: nothing to say
+    warned = [r for r in caplog.records if "the prior was trained at" in r.getMessage()]
+    assert len(warned) == 1 and "15.0 fps" in warned[0].getMessage()

@@ -99,3 +99,16 @@ def test_nothing_found_is_an_error(tmp_path: Path) -> None:
 def test_single_file_input(tmp_path: Path) -> None:
     (v,) = enumerate_inputs(_touch(tmp_path / "My Clip (1).mp4"))
     assert v.video_id == "My_Clip_1"
+
+
+def test_hmrflow_outputs_inside_the_input_folder_are_not_inputs(tmp_path: Path) -> None:
+    import json
+
+    _touch(tmp_path / "walk.mp4")
+    out = tmp_path / "out" / "walk"
+    _touch(out / "overlay.mp4")  # hmrflow render's overlay next to the outputs
+    _touch(out / "exports" / "clip.mov")
+    (out / "manifest.json").write_text(json.dumps({"format": "hmrflow.output"}))
+    _touch(tmp_path / "other" / "keep.mp4")
+    (tmp_path / "other" / "manifest.json").write_text(json.dumps({"format": "something else"}))
+    assert sorted(Path(v.path).name for v in enumerate_inputs(tmp_path)) == ["keep.mp4", "walk.mp4"]
