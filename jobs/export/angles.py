@@ -61,7 +61,9 @@ elbow_{l,r}            R_elbow                     YZX      elbow_flexion (+ = f
 * Of the two Euler solutions of a rotation, the one with the smaller first and third
   angles is reported, so the middle angle may exceed 90 deg (arm raised overhead sideways:
   shoulder abduction 150, not flexion 180 + abduction 30 + rotation 180).
-* Angles are unwrapped over time (no 360 deg jumps) and reported in degrees.
+* Angles are continuous over time: no 360 deg jumps, and no switch between the two Euler
+  solutions near a middle angle of +-90 deg; each angle's median lies within +-180 deg.
+  Reported in degrees.
 """
 
 from __future__ import annotations
@@ -219,8 +221,33 @@ def euler_deg(rot: np.ndarray, seq: str, unwrap: bool = True) -> np.ndarray:
             ang = Rotation.from_matrix(rot).as_euler(seq)
     ang = _closest_branch(ang)
     if unwrap and len(ang) > 1:
-        ang = np.unwrap(ang, axis=0)
+        ang = _continuous(ang)
     return np.degrees(ang)
+
+
+def _continuous(ang: np.ndarray) -> np.ndarray:
+    """(T, 3) Euler triples -> a continuous path through them.
+
+    Frame by frame, of the two equivalent triples (:func:`_closest_branch`) and their 360-deg
+    copies, the one nearest the previous frame's is taken, so a passage near the middle
+    angle's +-90 deg does not switch branch and the first and third angles never pile up
+    half-turns (plain unwrapping of the per-frame choice ran to +-380 deg).  Each angle is
+    then shifted by whole turns so that its median lies within +-180 deg.
+    """
+    alt = np.stack([ang[:, 0] + np.pi, np.pi - ang[:, 1], ang[:, 2] + np.pi], axis=1)
+    out = np.empty_like(ang)
+    out[0] = ang[0]
+    two_pi = 2 * np.pi
+    for t in range(1, len(ang)):
+        prev = out[t - 1]
+        best, best_d = ang[t], np.inf
+        for cand in (ang[t], alt[t]):
+            c = cand + two_pi * np.round((prev - cand) / two_pi)
+            d = float(np.sum((c - prev) ** 2))
+            if d < best_d:
+                best, best_d = c, d
+        out[t] = best
+    return out - two_pi * np.round(np.median(out, axis=0) / two_pi)
 
 
 def joint_angles(rotmats: np.ndarray, unwrap: bool = True) -> dict[str, np.ndarray]:

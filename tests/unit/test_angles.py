@@ -119,3 +119,22 @@ def test_euler_round_trip_and_unwrap() -> None:
     knee = joint_angles(rot)["knee_flexion_l"]
     assert np.abs(np.diff(knee)).max() < 1.5
     assert rng is not None
+
+
+def test_angles_stay_continuous_through_the_euler_singularity() -> None:
+    """A segment whose Euler solutions swap back and forth gives continuous, bounded angles that
+    still describe the rotation."""
+    from scipy.spatial.transform import Rotation
+
+    from hmrflow.jobs.export.angles import euler_deg
+
+    t = np.arange(300)
+    # large first and third angles: the per-frame choice of the two solutions alternates, and
+    # plain unwrapping of it piled half-turns up to 864 deg with 180 deg jumps
+    truth = np.stack([100 * np.sin(t / 17), 60 * np.sin(t / 9 + 0.5), 100 * np.cos(t / 23)], 1)
+    rot = Rotation.from_euler("XYZ", truth, degrees=True).as_matrix()
+    ang = euler_deg(rot, "XYZ")
+    assert np.abs(np.diff(ang, axis=0)).max() < 15.0  # no branch switches, no 360 jumps
+    assert np.abs(ang).max() < 200.0  # nothing piles up
+    back = Rotation.from_euler("XYZ", ang, degrees=True).as_matrix()
+    np.testing.assert_allclose(back, rot, atol=1e-9)  # the same rotations
