@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Manifest layout version; bump when keys change meaning.
 MANIFEST_VERSION = 1
+#: The ``format`` of every manifest hmrflow writes (how an output folder is recognised).
+MANIFEST_FORMAT = "hmrflow.output"
 #: Key holding everything that legitimately differs between two identical runs.
 VOLATILE_KEY = "volatile"
 #: Distributions whose versions are recorded (those installed).
@@ -343,7 +345,7 @@ def build_manifest(
             }
         )
     manifest: dict[str, Any] = {
-        "format": "hmrflow.output",
+        "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "video_id": result.clip.video_id,
         "input": _input_entry(result),

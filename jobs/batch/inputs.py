@@ -84,9 +84,11 @@ def is_hmrflow_output(folder: str | os.PathLike[str]) -> bool:
     """True for a folder hmrflow wrote (an ``OUT/<video_id>/``: its manifest says so)."""
     import json
 
+    from hmrflow.pipeline.provenance import MANIFEST_FORMAT
+
     try:
         with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as fh:
-            return json.load(fh).get("format") == "hmrflow.output"
+            return json.load(fh).get("format") == MANIFEST_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -108,12 +108,11 @@ def person_world(pred_joints: np.ndarray, gt_joints: np.ndarray, frames: np.ndar
     out: dict[str, Any] = {k: [] for k in ("wa_mpjpe_mm", "w_mpjpe_mm", "rte_pct")}
     ok = np.isfinite(pred_joints).all(axis=(1, 2))
     pred_joints, gt_joints, frames = pred_joints[ok], gt_joints[ok], frames[ok]
-    for seg in segments(frames):
-        for k, v in segment_errors(pred_joints[seg], gt_joints[seg]).items():
-            out[k].append(v)
     sk = []
     dist_t = dist_p = dur = 0.0
     for seg in segments(frames):
+        for k, v in segment_errors(pred_joints[seg], gt_joints[seg]).items():
+            out[k].append(v)
         sk.append(skate(pred_joints[seg], contact_mask(gt_joints[seg], fps)))
         d_t, t = path_and_time(gt_joints[seg, 0], fps)
         d_p, _ = path_and_time(pred_joints[seg, 0], fps)

@@ -57,7 +57,6 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
     def _reset(self, clip: ClipRef | None) -> None:
         from hmrflow.stages.camera.motion import MotionTracker
 
-        self._clip = clip
         self._tracker = MotionTracker(self.cfg.motion_max_side) if self.cfg.motion == "estimate" else None
         self._seen = 0
         self._frames: list[int] = []
@@ -65,7 +64,6 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         self._fov_idx: list[int] = []
         self._fov_val: list[float] = []
         self._fov_up: list[list[float]] = []
-        self._frame_hw: tuple[int, int] | None = None
         n = clip.n_frames if clip is not None else -1
         self._stride = max(1, n // self.cfg.fov_frames) if n > 0 else FOV_STRIDE_UNKNOWN
 
@@ -79,7 +77,6 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         frames, det = x.frames, x.detections
         if not len(frames):
             return x
-        self._frame_hw = (int(frames.images.shape[1]), int(frames.images.shape[2]))
         rows = np.asarray(det.frame_idx)
         sample = []
         for i, f in enumerate(np.asarray(frames.frame_idx)):
@@ -93,7 +90,7 @@ class CameraObserver(BaseStage[DetectedFrames, DetectedFrames]):
         if sample:
             from hmrflow.stages.camera.fov import predict_camera, resize_for_fov
 
-            h, w = self._frame_hw
+            h, w = frames.images.shape[1:3]
             small = np.stack([resize_for_fov(frames.images[i]) for i in sample])
             focal, up = predict_camera(self._fov_model, small, w / h)
             self._fov_val.extend(float(v) for v in focal)
