@@ -5,4 +5,4 @@ the names without loading the synthetic world.
 """
 
 #: the named sets of this folder (``<name>.yaml``), in the order they are listed to users
-BENCH_SETS: tuple[str, ...] = ("easy", "crowded", "occlusion", "far", "crossings", "twins", "moving")
+BENCH_SETS: tuple[str, ...] = ("easy", "crowded", "occlusion", "far", "crossings", "twins", "moving", "gait")

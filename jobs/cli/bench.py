@@ -22,6 +22,7 @@ TARGETS: dict[str, str] = {
     "decode": "hmrflow.jobs.bench.decode_fps",
     "render": "hmrflow.jobs.bench.render",
     "world": "hmrflow.jobs.bench.world",
+    "opensim": "hmrflow.jobs.bench.opensim",
 }
 
 

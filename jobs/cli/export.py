@@ -1,4 +1,5 @@
-"""Export outputs to biomechanics/animation formats: OpenSim .trc/.mot, .csv, BVH, C3D.
+"""Export outputs to biomechanics/animation formats: OpenSim .trc/.mot, .csv, BVH, C3D, and the
+OpenSim path (a scaled model and OpenSim inverse kinematics per track).
 
 Writes one file per track, ``<dest>/<video_id>_track<id>.<format>`` (default dest:
 ``OUT_DIR/<video_id>/exports``).  Units, axes and timestamps: docs/exports.md.
@@ -22,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-f",
         dest="fmt",
         required=True,
-        choices=["trc", "mot", "csv", "bvh", "c3d"],
-        help="trc: joint markers (mm, Y-up); mot/csv: joint angles (deg); bvh: SMPL skeleton; c3d: markers",
+        choices=["trc", "mot", "csv", "bvh", "c3d", "opensim"],
+        help="trc: joint markers (mm, Y-up); mot/csv: joint angles (deg); bvh: SMPL skeleton; c3d: markers; "
+        "opensim: virtual skin markers, a scaled OpenSim model and OpenSim inverse kinematics (docs/opensim.md)",
     )
     p.add_argument("--dest", default=None, help="folder for the files (default OUT_DIR/<video_id>/exports)")
     p.add_argument(
@@ -45,9 +47,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hmrflow.jobs.export import export_video, find_video_outputs
 
+    if args.fmt == "opensim":
+        from hmrflow.jobs.export import opensim
+
+        if not opensim.opensim_available():
+            raise opensim.OpenSimUnavailableError(
+                "--format opensim needs the opensim package: pip install opensim (CPython 3.11+ wheels on PyPI)"
+            )
     videos = find_video_outputs(args.out_dir)
     body_model = None
-    if args.fmt in ("trc", "bvh", "c3d"):
+    if args.fmt in ("trc", "bvh", "c3d", "opensim"):
         if args.fmt == "c3d":
             from hmrflow.jobs.export.c3d import MissingDependencyError, ezc3d_available
 

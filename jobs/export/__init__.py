@@ -6,7 +6,9 @@
 * ``trc``: OpenSim markers (SMPL joints, optionally surface markers), Y-up, mm;
 * ``mot`` / ``csv``: anatomical joint angles in degrees (:mod:`.angles`);
 * ``bvh``: SMPL skeleton animation (cm, Y-up, ZXY channels);
-* ``c3d``: markers through ezc3d (mm, Y-up).
+* ``c3d``: markers through ezc3d (mm, Y-up);
+* ``opensim``: a folder per track with virtual skin markers, an OpenSim model scaled by
+  OpenSim's ScaleTool and OpenSim's inverse kinematics (:mod:`.opensim`, docs/opensim.md).
 
 Units, axes, frame rate and timestamps: docs/exports.md.  ``frame="world"`` (the default)
 exports the video's gravity-aligned world frame (docs/world.md); ``frame="camera"`` the
@@ -26,8 +28,8 @@ from hmrflow.jobs.export.reading import TrackData, VideoOutput, find_video_outpu
 
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("trc", "mot", "csv", "bvh", "c3d")
-ExportFormat = Literal["trc", "mot", "csv", "bvh", "c3d"]
+FORMATS: tuple[str, ...] = ("trc", "mot", "csv", "bvh", "c3d", "opensim")
+ExportFormat = Literal["trc", "mot", "csv", "bvh", "c3d", "opensim"]
 ExportFrame = Literal["world", "camera"]
 #: The exporters turn OpenCV camera data upright with this rotation (x right, y up, z back).
 _C = np.diag([1.0, -1.0, -1.0])
@@ -84,6 +86,8 @@ def export_track(
         raise ValueError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
     if frame not in ("world", "camera"):
         raise ValueError(f"unknown export frame {frame!r}: world or camera")
+    if fmt == "opensim":
+        raise ValueError("format 'opensim' writes a folder per track: use export_video or export_opensim")
     if frame == "world":
         if not track.has_world:
             log.warning(
@@ -134,9 +138,18 @@ def export_video(
     """Export every track of ``OUT/<video_id>/``; ``dest`` defaults to ``<video_dir>/exports``."""
     out = load_video_output(video_dir)
     folder = Path(dest) if dest is not None else out.path / "exports"
-    written = []
+    written: list[Path] = []
     for t in out.tracks:
         if len(t) == 0:
+            continue
+        if fmt == "opensim":
+            from hmrflow.jobs.export.opensim import export_opensim
+
+            if body_model is None:
+                raise ValueError("format 'opensim' needs a body model")
+            if frame == "camera" and t.has_world:
+                t = dataclasses.replace(t, world_orient=None, world_transl=None)
+            written.extend(export_opensim(t, out.video_id, folder, body_model))
             continue
         written.append(export_track(t, out.video_id, fmt, folder, body_model, markers, units, frame))
     log.info("%s: wrote %d %s file(s) to %s", out.video_id, len(written), fmt, folder)

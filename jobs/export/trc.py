@@ -44,6 +44,7 @@ def write_trc(
     pts: np.ndarray,
     rate: float,
     units: Units = "mm",
+    convert: bool = True,
 ) -> Path:
     """Write markers to ``path``.
 
@@ -54,11 +55,13 @@ def write_trc(
         pts: (T,) float seconds (the ``Time`` column).
         rate: frames per second for ``DataRate``/``CameraRate``.
         units: "mm" or "m".
+        convert: False when ``positions_cam`` is already in the file's frame (the OpenSim
+            path writes its ground frame: X forward, Y up, Z right).
     """
     if units not in _SCALE:
         raise ValueError(f"units must be 'mm' or 'm', got {units!r}")
     path = Path(path)
-    pos = camera_to_yup_points(positions_cam) * _SCALE[units]
+    pos = (camera_to_yup_points(positions_cam) if convert else np.asarray(positions_cam, np.float64)) * _SCALE[units]
     t, m = pos.shape[:2]
     if len(names) != m:
         raise ValueError(f"{len(names)} names for {m} markers")
