@@ -20,13 +20,20 @@ echo "[bootstrap] installing hmrflow (editable) with test, lint, fast-path, Ray 
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 case "$what" in
   test)
-    # the report's browser tests need Chromium (a Debian package); without it they are skipped
+    # the report's browser tests need Chromium (Debian package "chromium": /usr/bin/chromium);
+    # without it they are skipped, or fail when HMRFLOW_REQUIRE_BROWSER=1 (as in CI, .ci/run)
     if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
-        && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        && ! command -v google-chrome >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
       echo "[bootstrap] installing chromium (browser tests of the HTML report)"
-      { apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } \
-        || echo "[bootstrap] chromium could not be installed: the browser tests will be skipped"
+      apt_log=$(mktemp)
+      apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; }
+      # a fresh image has no package lists yet: update when the install alone fails
+      if ! { apt_install >"$apt_log" 2>&1 || { apt-get update -q >>"$apt_log" 2>&1 && apt_install >>"$apt_log" 2>&1; }; }; then
+        echo "[bootstrap] chromium could not be installed: the browser tests will be skipped" \
+          "(or fail with HMRFLOW_REQUIRE_BROWSER=1); apt-get said:" >&2
+        tail -n 5 "$apt_log" >&2
+      fi
+      rm -f "$apt_log"
     fi
     exec "$PY" -m pytest "$@" ;;
   demo) exec hmrflow demo "$@" ;;

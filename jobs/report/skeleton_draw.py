@@ -23,7 +23,9 @@ def draw_skeleton(
     points_xy: (24, 2) pixel coordinates; valid: (24,) bool (False: the joint is skipped).
     """
     p = np.asarray(points_xy, np.float64)
-    ok = np.isfinite(p).all(axis=1) if valid is None else (np.asarray(valid, bool) & np.isfinite(p).all(axis=1))
+    ok = np.asarray(np.isfinite(p).all(axis=1), bool)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
     for j in range(1, len(PARENTS)):
         k = int(PARENTS[j])
         if ok[j] and ok[k]:

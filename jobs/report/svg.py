@@ -26,6 +26,12 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
+def _finite_range(v: np.ndarray, default: tuple[float, float]) -> tuple[float, float]:
+    """(min, max) of the finite values of ``v`` (``default`` when there are none); never NaN."""
+    f = v[np.isfinite(v)]
+    return (float(f.min()), float(f.max())) if f.size else default
+
+
 def line_plot(
     x: np.ndarray,
     series: Mapping[str, np.ndarray],
@@ -38,17 +44,33 @@ def line_plot(
     height: int = 240,
     css_class: str = "plot",
     dashed: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    x_range: tuple[float, float] | None = None,
+    empty_text: str = "no data",
+    shade: Sequence[tuple[float, float]] = (),
+    shade_label: str = "",
 ) -> str:
-    """An inline ``<svg>`` line plot of ``series`` (name -> (N,) values, NaN = gap) over ``x`` (N,)."""
+    """An inline ``<svg>`` line plot of ``series`` (name -> (N,) values) over ``x`` (N,).
+
+    A non-finite value in ``x`` or a series is a gap: each run of finite points is its own
+    ``<polyline class="series" data-name=NAME>`` (a lone point is a ``<circle>``), so no
+    line is drawn across it and no NaN reaches the SVG.  ``labels``: legend text per name
+    (default the name); ``x_range``: the x axis limits (default the finite range of ``x``);
+    ``empty_text`` is written in the plot when no point is finite; ``shade``: (x_start,
+    x_stop) spans drawn as grey bands behind the curves (``<rect class="shade">``), named
+    ``shade_label`` in the legend.
+    """
     ml, mr, mt, mb = 52, 130, 24 if title else 10, 34
     pw, ph = width - ml - mr, height - mt - mb
     x = np.asarray(x, np.float64)
     ys = [np.asarray(v, np.float64) for v in series.values()]
-    finite = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.zeros(0)
-    x0, x1 = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+    x0, x1 = x_range if x_range is not None else _finite_range(x, (0.0, 1.0))
+    if not (np.isfinite(x0) and np.isfinite(x1)):
+        x0, x1 = 0.0, 1.0
     if x1 <= x0:
         x1 = x0 + 1.0
-    y0, y1 = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    in_x = np.isfinite(x) & (x >= x0) & (x <= x1)
+    y0, y1 = _finite_range(np.concatenate([y[in_x] for y in ys]) if ys else np.zeros(0), (0.0, 1.0))
     pad = 0.05 * (y1 - y0) if y1 > y0 else 1.0
     y0, y1 = y0 - pad, y1 + pad
     sx = lambda v: ml + (v - x0) / (x1 - x0) * pw  # noqa: E731
@@ -60,6 +82,13 @@ def line_plot(
     ]
     if title:
         out.append(f'<text x="{ml}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>')
+    for a, b in shade:
+        a, b = max(float(a), x0), min(float(b), x1)
+        if np.isfinite(a) and np.isfinite(b) and b > a:
+            out.append(
+                f'<rect class="shade" x="{sx(a):.1f}" y="{mt}" width="{max(sx(b) - sx(a), 1.0):.1f}" height="{ph}" '
+                'fill="#e6e6e6"/>'
+            )
     for t in nice_ticks(y0, y1):
         yy = sy(t)
         out.append(
@@ -69,7 +98,7 @@ def line_plot(
     for t in nice_ticks(x0, x1):
         xx = sx(t)
         out.append(
-            f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#666"/>'
+            f'<line class="xtick" x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#666"/>'
             f'<text x="{xx:.1f}" y="{mt + ph + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>'
         )
     if xlabel:
@@ -81,24 +110,41 @@ def line_plot(
             f'<text x="12" y="{mt + ph / 2:.0f}" font-size="11" text-anchor="middle" '
             f'transform="rotate(-90 12 {mt + ph / 2:.0f})">{escape(ylabel)}</text>'
         )
+    drawn = 0
     for k, (name, y) in enumerate(zip(series, ys)):
         col = colors.get(name, "#333")
         dash = ' stroke-dasharray="5 3"' if name in dashed else ""
-        ok = np.isfinite(y) & np.isfinite(x)
-        # one polyline per run of finite values
-        idx = np.nonzero(ok)[0]
-        if idx.size:
-            breaks = np.nonzero(np.diff(idx) > 1)[0] + 1
-            for run in np.split(idx, breaks):
-                pts = " ".join(f"{sx(x[i]):.1f},{sy(y[i]):.1f}" for i in run)
+        ok = np.isfinite(y) & in_x
+        for a, b in runs(ok):
+            drawn += 1
+            if b - a == 1:  # a lone point: a polyline of one point paints nothing
                 out.append(
-                    f'<polyline class="series" data-name="{escape(name)}" fill="none" stroke="{col}" '
-                    f'stroke-width="1.6"{dash} points="{pts}"/>'
+                    f'<circle class="series" data-name="{escape(name)}" cx="{sx(x[a]):.1f}" cy="{sy(y[a]):.1f}" '
+                    f'r="2" fill="{col}"/>'
                 )
+                continue
+            pts = " ".join(f"{sx(x[i]):.1f},{sy(y[i]):.1f}" for i in range(a, b))
+            out.append(
+                f'<polyline class="series" data-name="{escape(name)}" fill="none" stroke="{col}" '
+                f'stroke-width="1.6"{dash} points="{pts}"/>'
+            )
         ly = mt + 12 + 16 * k
+        label = (labels or {}).get(name, name)
         out.append(
-            f'<line x1="{ml + pw + 10}" x2="{ml + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" stroke="{col}" '
-            f'stroke-width="2"{dash}/><text x="{ml + pw + 32}" y="{ly}" font-size="11">{escape(name)}</text>'
+            f'<g class="legend"><line x1="{ml + pw + 10}" x2="{ml + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'stroke="{col}" stroke-width="2"{dash}/><text x="{ml + pw + 32}" y="{ly}" font-size="11">'
+            f"{escape(label)}</text></g>"
+        )
+    if shade and shade_label:
+        ly = mt + 12 + 16 * len(series)
+        out.append(
+            f'<g class="legend"><rect x="{ml + pw + 10}" y="{ly - 9}" width="18" height="10" fill="#e6e6e6"/>'
+            f'<text x="{ml + pw + 32}" y="{ly}" font-size="11">{escape(shade_label)}</text></g>'
+        )
+    if not drawn:
+        out.append(
+            f'<text class="empty" x="{ml + pw / 2:.0f}" y="{mt + ph / 2:.0f}" font-size="12" fill="#777" '
+            f'text-anchor="middle">{escape(empty_text)}</text>'
         )
     out.append("</svg>")
     return "".join(out)
@@ -118,10 +164,14 @@ def timeline(
     width: int = 900,
     row_h: int = 18,
     title: str = "Track timeline",
+    fps: float | None = None,
 ) -> str:
-    """Inline ``<svg>``: one row per track, observed frames solid, filled frames light/striped.
+    """Inline ``<svg>``: one row per track, observed frames solid, filled frames light/striped,
+    frames without a row left empty.
 
     rows: (label, colour, frame_idx (T,), observed (T,) bool) per track.
+    frame_range: (first, last) frame of the axis.  fps: when given, the axis is labelled in
+    seconds (frame / fps), else in frames.
     """
     ml, mr, mt, mb = 70, 20, 24, 30
     f0, f1 = frame_range
@@ -154,12 +204,17 @@ def timeline(
                     f'height="{row_h - 4}" fill="{fill}"><title>{escape(label)}: frames {a}-{b - 1} {cls}</title></rect>'
                 )
     yb = mt + row_h * max(len(rows), 1)
-    for t in nice_ticks(f0, f1):
+    seconds = fps is not None and np.isfinite(fps) and fps > 0
+    scale = float(fps) if seconds and fps is not None else 1.0
+    for t in nice_ticks(f0 / scale, f1 / scale):
+        # frame f covers [f, f + 1) on the axis: time t is frame t * fps
+        xx = sx(t * scale)
         out.append(
-            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{yb}" y2="{yb + 4}" stroke="#666"/>'
-            f'<text x="{sx(t):.1f}" y="{yb + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>'
+            f'<line class="xtick" x1="{xx:.1f}" x2="{xx:.1f}" y1="{yb}" y2="{yb + 4}" stroke="#666"/>'
+            f'<text x="{xx:.1f}" y="{yb + 15}" font-size="10" text-anchor="middle">{_fmt(t)}</text>'
         )
-    out.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 3}" font-size="11" text-anchor="middle">frame</text></svg>')
+    unit = "time (s)" if seconds else "frame"
+    out.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 3}" font-size="11" text-anchor="middle">{unit}</text></svg>')
     return "".join(out)
 
 
