@@ -237,11 +237,14 @@ def _angle_plot(rep: TrackReport, x_range: tuple[float, float], fps: float) -> s
 
 def _top_view(tracks: list[TrackData]) -> list[str]:
     """The "Top view" section: every track's ground path in the world frame (empty without one)."""
-    paths = [
-        (f"track {t.track_id}", hex_color(track_color(t.track_id)), np.asarray(t.world_transl, np.float64)[:, [0, 2]])
-        for t in tracks
-        if t.world_transl is not None and len(t) and np.isfinite(t.world_transl).any()
-    ]
+    paths = []
+    for t in tracks:
+        if t.world_transl is None or not len(t) or not np.isfinite(t.world_transl).any():
+            continue
+        # a NaN row where frames are missing: the path is not drawn across a gap
+        gaps = np.nonzero(np.diff(t.frame_idx) > 1)[0] + 1
+        xz = np.insert(np.asarray(t.world_transl, np.float64)[:, [0, 2]], gaps, np.nan, axis=0)
+        paths.append((f"track {t.track_id}", hex_color(track_color(t.track_id)), xz))
     if not paths:
         return []
     return [
@@ -483,8 +486,9 @@ def render_png(video: VideoOutput, reports: Sequence[TrackReport]) -> Any:
             lo, hi = float(vals.min()), float(vals.max())
             pad = 0.05 * (hi - lo) if hi > lo else 1.0  # keep curves off the frame
             lo, hi = lo - pad, hi + pad
-            d.text((PNG_LEFT - 30, top), f"{hi:.0f}", fill="black")
-            d.text((PNG_LEFT - 30, bot - 10), f"{lo:.0f}", fill="black")
+            # round() and not a format spec: "-0" is no label for a clinician
+            d.text((PNG_LEFT - 30, top), f"{round(hi)}", fill="black")
+            d.text((PNG_LEFT - 30, bot - 10), f"{round(lo)}", fill="black")
             for name, _, col in PNG_SERIES:
                 v = np.asarray(r.angles[name], np.float64)
                 ok = np.isfinite(v) & np.isfinite(t.pts)

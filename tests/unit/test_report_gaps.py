@@ -103,6 +103,9 @@ def test_every_track_is_plotted_and_a_gap_splits_the_curve(awkward) -> None:
         assert f'id="track-{tid}"' in text
     knee = [p for p in _plot(text, 1).iter(f"{SVG_NS}polyline") if p.get("data-name") == "knee_flexion_l"]
     assert [len(p.get("points").split()) for p in knee] == [10, 20]  # frames 0-9 | 20-39
+    # the ground path in the top view is not drawn across the gap either
+    top = ET.fromstring(re.search(r'<svg class="topview".*?</svg>', text, flags=re.S).group(0))
+    assert [len(p.get("points").split()) for p in top.iter(f"{SVG_NS}polyline")] == [10, 20]
     # the single frame is a dot per curve; the others say why they are empty
     assert len([c for c in _plot(text, 3).iter(f"{SVG_NS}circle") if c.get("class") == "series"]) == 6
     assert _plot(text, 2).find(f"{SVG_NS}text[@class='empty']").text == "no pose in any frame"
