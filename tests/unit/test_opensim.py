@@ -181,16 +181,26 @@ def test_scaling_and_inverse_kinematics_recover_known_walking_angles(body_model,
     )
     files = export_opensim(track, "walk", tmp_path, body_model)
     folder = tmp_path / "walk_track3_opensim"
-    for name in (
+    # every file docs/opensim.md lists
+    listed = (
         "model.osim",
+        "static.trc",
         "model_scaled.osim",
-        "markers.trc",
-        "ik.mot",
+        "scale_setup.xml",
+        "scale_factors.xml",
         "scale_report.json",
-        "ik_report.json",
+        "markers.trc",
         "ik_setup.xml",
-    ):
-        assert folder / name in files
+        "ik.mot",
+        "ik_marker_errors.sto",
+        "ik_report.json",
+        "opensim.log",
+    )
+    assert sorted(p.name for p in files) == sorted(listed)
+    trc = (folder / "markers.trc").read_text().splitlines()
+    assert trc[2].split("\t")[4] == "mm"
+    first = trc[6].split("\t")
+    assert int(first[0]) == 11 and abs(float(first[1]) - 10 / 30.0) < 1e-6  # Frame# = frame_idx + 1, Time = pts
     ik = read_storage(folder / "ik.mot")
     np.testing.assert_allclose(ik["time"], track.pts, atol=1e-6)
     rmse = sagittal_rmse(ik, poses_to_angles(poses))
@@ -220,3 +230,56 @@ def test_cli_without_opensim_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch
     assert main(["export", str(tmp_path), "--format", "opensim"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install opensim" in err[0]
+
+
+@needs_opensim
+def test_cli_opensim_export_of_a_pipeline_output_in_the_camera_frame(tmp_path: Path, capsys) -> None:
+    """``hmrflow export OUT --format opensim --frame camera`` on a written output: one folder
+    per track, one IK row per track row, a body standing still comes out standing."""
+    from hmrflow.jobs.cli import main
+    from hmrflow.jobs.export.opensim.run import read_storage
+    from tests.unit.test_export import make_sequence, write_output
+
+    rng = np.random.default_rng(3)
+    seq = make_sequence(rng, 2, np.arange(5, 17))
+    seq.rotmats[:, 1:] = np.eye(3)  # standing still, upright in the camera
+    out = write_output(tmp_path, [seq])
+    dest = tmp_path / "exp"
+    assert main(["export", str(out), "--format", "opensim", "--frame", "camera", "--dest", str(dest)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert any(p.endswith("clip_track2_opensim/ik.mot") for p in printed)
+    ik = read_storage(dest / "clip_track2_opensim" / "ik.mot")
+    assert len(ik["time"]) == 12
+    for c in ("knee_angle_r", "hip_flexion_l", "ankle_angle_r"):
+        assert np.abs(ik[c]).max() < 8.0, (c, ik[c])
+
+
+def test_marker_prefers_skin_that_moves_with_its_segment_alone() -> None:
+    """Of two vertices on a marker's ray, the one skinned to its segment alone is taken even
+    when a half-blended one lies farther out; with no such vertex, the farthest one is."""
+    from hmrflow.jobs.export.opensim import markers as mk
+    from hmrflow.priors.skeleton import JOINT_INDEX
+
+    rule = next(m for m in mk.MARKERS if m.name == "LTHI")
+    j = np.zeros((24, 3))
+    j[JOINT_INDEX["left_hip"]] = [0.1, 0.0, 0.0]
+    j[JOINT_INDEX["left_knee"]] = [0.1, -0.4, 0.0]
+    anchor = rule.anchor(j, rule.side)
+    verts = np.array([anchor + [0.05, 0.0, 0.0], anchor + [0.07, 0.0, 0.0]])
+    w = np.zeros((2, 24))
+    w[0, JOINT_INDEX["left_hip"]] = 1.0
+    w[1, JOINT_INDEX["left_hip"]] = 0.5
+    w[1, JOINT_INDEX["pelvis"]] = 0.45
+    w[1, JOINT_INDEX["spine1"]] = 0.05
+
+    def pick(weights: np.ndarray) -> int:
+        rules = mk.MARKERS
+        try:
+            mk.MARKERS = (rule,)
+            return int(mk.select_vertices(verts, j, weights)[0])
+        finally:
+            mk.MARKERS = rules
+
+    assert pick(w) == 0
+    w[0] = w[1]
+    assert pick(w) == 1

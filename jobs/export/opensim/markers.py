@@ -9,7 +9,9 @@ the shaped rest mesh of the body model in use (SMPL files or the procedural body
   subject's left, y = up, z = forward; T-pose, palms down);
 * a **direction** (unit, same frame; the x component is mirrored for the right side);
 * a **skin region**: the SMPL joints whose skinning region the vertex must belong to (its
-  largest skinning weight), which keeps a ray through one leg from landing on the other.
+  largest skinning weight), which keeps a ray through one leg from landing on the other;
+  where the region has such vertices, only those with most of their skinning weight on the
+  region's joints count (``purity``: skin that moves with that segment alone).
 
 The marker is where the ray from the anchor leaves the skin: among the region's vertices
 within 1.5 cm of the ray (widened until some are found), the one farthest along it.  Arm rules
@@ -45,6 +47,8 @@ class MarkerRule:
     region: SMPL joint names (``{side}`` filled in) whose skinning regions may hold the vertex.
     weight: inverse-kinematics weight.
     side: +1 for left and midline markers, -1 for right ones (mirrors the anchor's offsets).
+    purity: least share of the vertex's skinning weight on the region's joints, where the
+        region has such vertices near the ray (skin that moves with the segment alone).
     """
 
     name: str
@@ -54,6 +58,7 @@ class MarkerRule:
     region: tuple[str, ...]
     weight: float = 1.0
     side: float = 1.0
+    purity: float = 0.9
 
 
 def _j(name: str, side: str | None = None) -> int:
@@ -123,7 +128,7 @@ _SIDED: tuple[MarkerRule, ...] = (
         "torso",
         _lerp("{side}_shoulder", "{side}_shoulder", 0.0),
         (0.0, 1.0, 0.0),
-        ("{side}_collar", "{side}_shoulder"),
+        ("{side}_collar",),
     ),
     MarkerRule("UPA", "humerus_{s}", _lerp("{side}_shoulder", "{side}_elbow", 0.5), (0.0, 1.0, 0.0), _ARM),
     MarkerRule("UPF", "humerus_{s}", _lerp("{side}_shoulder", "{side}_elbow", 0.6), (0.0, 0.0, 1.0), _ARM),
@@ -156,6 +161,7 @@ def _sided(rule: MarkerRule, side: str) -> MarkerRule:
         region=tuple(r.format(side=side) for r in rule.region),
         weight=rule.weight,
         side=s,
+        purity=rule.purity,
     )
 
 
@@ -168,6 +174,21 @@ MARKERS: tuple[MarkerRule, ...] = (
 MARKER_NAMES: tuple[str, ...] = tuple(m.name for m in MARKERS)
 
 
+def _exit_vertex(
+    vertices: np.ndarray, cand: np.ndarray, a: np.ndarray, d: np.ndarray, radii: tuple[float, ...]
+) -> int | None:
+    """The candidate where the ray ``a + s d`` (s > 0) leaves the skin: among ``cand`` within
+    the first radius of ``radii`` that holds any, the one farthest along; None if none does."""
+    rel = vertices[cand] - a
+    along = rel @ d
+    perp = np.linalg.norm(rel - along[:, None] * d, axis=1)
+    for radius in radii:
+        idx = np.flatnonzero((along > 0) & (perp < radius))
+        if idx.size:
+            return int(cand[idx[np.argmax(along[idx])]])
+    return None
+
+
 def select_vertices(vertices: np.ndarray, joints: np.ndarray, skin_weights: np.ndarray) -> np.ndarray:
     """Mesh vertex of every marker in :data:`MARKERS`.
 
@@ -177,28 +198,24 @@ def select_vertices(vertices: np.ndarray, joints: np.ndarray, skin_weights: np.n
         skin_weights: (V, 24) linear-blend skinning weights.
     Returns:
         (M,) int64 vertex indices, in :data:`MARKERS` order.
+    Raises:
+        ValueError: a marker's region has no vertex on its ray (not a body-shaped mesh).
     """
     owner = np.argmax(skin_weights, axis=1)
     ids = np.zeros(len(MARKERS), np.int64)
     for k, rule in enumerate(MARKERS):
-        s = rule.side
-        region = np.isin(owner, [JOINT_INDEX[r] for r in rule.region])
-        cand = np.flatnonzero(region)
-        if cand.size == 0:
-            raise ValueError(f"marker {rule.name}: the body model has no vertex in {rule.region}")
-        a = rule.anchor(joints, s)
+        cols = [JOINT_INDEX[r] for r in rule.region]
+        region = np.isin(owner, cols)
+        # prefer skin that moves with the region alone: a vertex half skinned to the next
+        # segment (the groin below the ASIS, the top of the heel) drifts when that joint turns
+        pure = np.flatnonzero(region & (skin_weights[:, cols].sum(axis=1) >= rule.purity))
+        a = rule.anchor(joints, rule.side)
         d = np.asarray(rule.direction, np.float64)
         d = d / np.linalg.norm(d)
-        rel = vertices[cand] - a
-        along = rel @ d
-        perp = np.linalg.norm(rel - along[:, None] * d, axis=1)
-        ok = along > 0
-        for radius in (0.015, 0.03, 0.06, 0.12):
-            near = ok & (perp < radius)
-            if near.any():
-                break
-        else:
-            near = ok if ok.any() else np.ones_like(ok)
-        idx = np.flatnonzero(near)
-        ids[k] = cand[idx[np.argmax(along[idx])]]
+        vid = _exit_vertex(vertices, pure, a, d, (0.015, 0.03))
+        if vid is None:
+            vid = _exit_vertex(vertices, np.flatnonzero(region), a, d, (0.015, 0.03, 0.06, 0.12))
+        if vid is None:
+            raise ValueError(f"marker {rule.name}: no vertex of {rule.region} on its ray; is this a body mesh?")
+        ids[k] = vid
     return ids
