@@ -1,7 +1,9 @@
 """Write a self-contained HTML (and PNG) QC report per video of an output folder.
 
-For each ``OUT_DIR/<video_id>/``: ``report.html`` (track timeline, per-track joint-angle
-plots, jitter, thumbnails; inline SVG, opens offline in any browser) and ``report.png``.
+For each ``OUT_DIR/<video_id>/``: ``report.html`` (track timeline, per-track quality in plain
+words, gait figures when a person walks, joint-angle plots with gaps left open, thumbnails;
+inline SVG, opens offline in any browser) and ``report.png``.  The written paths are the
+command's output on stdout (one per line, for scripts); progress and warnings go to the log.
 """
 
 from __future__ import annotations

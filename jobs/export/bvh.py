@@ -94,7 +94,7 @@ def motion_values(rotmats: np.ndarray, transl: np.ndarray, rest_joints_m: np.nda
         transl: (T, 3) metres, camera frame.
         rest_joints_m: (24, 3) rest joints of the track's shape, metres.
     """
-    from scipy.spatial.transform import Rotation
+    from hmrflow.jobs.export.angles import euler_deg
 
     rot = np.array(rotmats, np.float64)
     t = rot.shape[0]
@@ -102,8 +102,9 @@ def motion_values(rotmats: np.ndarray, transl: np.ndarray, rest_joints_m: np.nda
     root_pos = (np.asarray(transl, np.float64) + rest_joints_m[0]) @ CAMERA_TO_YUP.T * BVH_SCALE
     cols = [root_pos]
     for j in joint_order():
-        eul = np.degrees(Rotation.from_matrix(rot[:, j]).as_euler(EULER_SEQ)) if t else np.zeros((0, 3))
-        cols.append(eul)
+        # continuous channels (the rule of every export): no 360-degree jumps and no switch
+        # between the two Euler solutions from one frame to the next
+        cols.append(euler_deg(rot[:, j], EULER_SEQ) if t else np.zeros((0, 3)))
     return np.concatenate(cols, axis=1) if t else np.zeros((0, 6 + 3 * 23))
 
 

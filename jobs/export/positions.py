@@ -71,8 +71,8 @@ def track_positions(track: TrackData, body_model: Any, markers: MarkerSet = "joi
             b = min(t, a + chunk)
             res = body_model(
                 torch.from_numpy(rot[a:b]),
-                torch.from_numpy(np.ascontiguousarray(betas[a:b])),
-                torch.from_numpy(np.ascontiguousarray(track.transl[a:b], np.float32)),
+                torch.from_numpy(np.array(betas[a:b], np.float32)),
+                torch.from_numpy(np.array(track.transl[a:b], np.float32)),
             )
             pts = res.joints if markers == "joints" else torch.cat([res.joints, res.extra_joints], dim=1)
             out[a:b] = pts.double().cpu().numpy()

@@ -277,3 +277,23 @@ def test_world_frame_export_puts_the_body_where_the_world_columns_say() -> None:
             torch.from_numpy(world.world_transl),
         ).joints.numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_bvh_channels_are_continuous_through_a_turn() -> None:
+    """A root turning steadily through 360 degrees and a knee passing the Euler branch
+    switch: every channel changes by a few degrees per frame, never by a turn."""
+    from hmrflow.jobs.export.bvh import EULER_SEQ, motion_values
+
+    t = 90
+    rot = np.tile(np.eye(3), (t, 24, 1, 1))
+    rot[:, 0] = (
+        np.diag([1.0, -1.0, -1.0]) @ Rotation.from_euler("y", np.linspace(0, 360, t)[:, None], degrees=True).as_matrix()
+    )
+    rot[:, 4] = Rotation.from_euler(
+        "ZXY", np.stack([np.full(t, 170.0), np.linspace(80, 100, t), np.zeros(t)], 1), degrees=True
+    ).as_matrix()
+    vals = motion_values(rot, np.zeros((t, 3)), np.zeros((24, 3)))
+    assert np.abs(np.diff(vals[:, 3:], axis=0)).max() < 10.0
+    # still the same rotations
+    back = Rotation.from_euler(EULER_SEQ, vals[:, 3:6], degrees=True).as_matrix()
+    np.testing.assert_allclose(back, np.diag([1.0, -1.0, -1.0]) @ rot[:, 0], atol=1e-9)
