@@ -186,7 +186,12 @@ def build_spec(cfg: PipelineConfig, out_root: str | Path, pipeline: str | None =
 
 
 def run_one(video: str | Path, out_root: str | Path, cfg: Any, progress: bool = True) -> Path:
-    """Run the full pipeline on one video with the LocalRunner; returns ``out_root/<video_id>``."""
+    """Run the full pipeline on one video with the LocalRunner; returns ``out_root/<video_id>``.
+
+    A time window (``cfg.decode.start``/``end``) is checked against the probe before any
+    stage is set up (one-line :class:`VideoDecodeError`) and recorded in the manifest under
+    ``extra.window``.
+    """
     from hmrflow.pipeline.atomic import check_output_root
     from hmrflow.pipeline.errors import VideoDecodeError
     from hmrflow.pipeline.naming import run_video_id, sanitize_video_id
@@ -194,9 +199,17 @@ def run_one(video: str | Path, out_root: str | Path, cfg: Any, progress: bool = 
     path = Path(video)
     if not path.is_file():
         raise VideoDecodeError(str(path), "no such file")
+    video_id = run_video_id(path, out_root)
+    # probe (the spec's probe, from the same factory) before the stages are built: a bad file
+    # or a time window outside the video is a one-line error in a second, not after models load
+    clip = STAGE_FACTORIES["probe"](cfg, Path(out_root))(str(path), video_id)
+    extra: dict[str, Any] = {"seeds": {"pipeline": cfg.seed}}
+    window = cfg.decode.window
+    if window.is_set:
+        window.check_fits(str(path), clip.n_frames, clip.duration_s, clip.fps)
+        extra["window"] = window.record()
     spec = build_spec(cfg, out_root)
     check_output_root(out_root)
-    video_id = run_video_id(path, out_root)
     if video_id != sanitize_video_id(path):
         log.warning(
             "%s: %s/%s holds another input's output; writing to %s/%s",
@@ -206,6 +219,5 @@ def run_one(video: str | Path, out_root: str | Path, cfg: Any, progress: bool = 
             out_root,
             video_id,
         )
-    clip = spec.probe(str(path), video_id)
     runner = spec.local_runner(progress=progress)
-    return runner.run(clip, extra={"seeds": {"pipeline": cfg.seed}})
+    return runner.run(clip, extra=extra)

@@ -52,6 +52,7 @@ from hmrflow.pipeline.assembly import (
 from hmrflow.pipeline.results import VideoResult
 from hmrflow.pipeline.runner import run_frame_part, run_video_part, run_world
 from hmrflow.pipeline.types import ClipRef, MeshEstimates
+from hmrflow.pipeline.window import with_task_window
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class FramePartHandler:
         assert self._stages is not None
         t0 = time.perf_counter()
         decode, frame_stages = self._stages[0], self._stages[1:]
-        clip = self.spec.probe(task.path, task.video_id)
+        clip = with_task_window(self.spec.probe(task.path, task.video_id), task.extra)
         part = run_frame_part(decode, frame_stages, clip, on_batch=beat)
         columns = None
         if part.estimates is not None and len(part.estimates):

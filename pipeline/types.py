@@ -175,7 +175,8 @@ class ClipRef:
     ``fps`` is the container's nominal rate (it can be wrong for VFR files: use
     per-frame ``pts``); ``n_frames`` may be an estimate (-1 when unknown);
     ``rotation`` is the clockwise display rotation in degrees (0, 90, 180, 270) that the
-    decoder applies; ``width``/``height`` are the upright (displayed) size.
+    decoder applies; ``width``/``height`` are the upright (displayed) size; ``start``/``end``
+    a per-video time window (a batch manifest's columns).
     """
 
     video_id: str
@@ -186,6 +187,10 @@ class ClipRef:
     width: int = 0
     height: int = 0
     duration_s: float = 0.0
+    #: Time window of this video ("12.5s", "300f"; see :mod:`hmrflow.pipeline.window`): decode
+    #: only ``start <= t < end``.  None sides fall back to ``decode.start``/``decode.end``.
+    start: str | None = None
+    end: str | None = None
 
 
 # ------------------------------------------------------------------------- frames

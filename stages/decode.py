@@ -18,6 +18,12 @@ Frame selection is by timestamp (:class:`SlotSelector`): with ``target_fps`` the
 axis is cut into slots of ``1/target_fps`` seconds and the first frame in each slot is
 kept, which works for variable frame rates.  Memory stays bounded: one batch of
 ``batch_size`` frames at a time.
+
+A time window (``decode.start``/``decode.end`` or the clip's own ``start``/``end``; see
+:mod:`hmrflow.pipeline.window`) is resolved on the probe's table before anything is
+decoded; both backends seek to it (PyAV to the keyframe before its first frame, decord
+exactly) and stop after its last frame.  Subsampling and ``max_frames`` apply within the
+window; delivered indices and timestamps stay those of the whole video.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -33,6 +39,7 @@ from hmrflow.pipeline.config import DecodeConfig
 from hmrflow.pipeline.errors import VideoDecodeError
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import ClipRef, FrameBatch
+from hmrflow.pipeline.window import clip_window
 from hmrflow.stages.video_probe import ProbeScan, _pick_video_stream, scan_video, ticks_to_seconds
 
 log = logging.getLogger(__name__)
@@ -72,10 +79,21 @@ class SlotSelector:
         return False
 
 
-def select_indices(pts_s: np.ndarray, target_fps: float | None, max_frames: int | None = None) -> np.ndarray:
-    """Indices (into ``pts_s``, shape (N,) float64 sorted seconds) of the frames to keep."""
+def select_indices(
+    pts_s: np.ndarray,
+    target_fps: float | None,
+    max_frames: int | None = None,
+    first: int = 0,
+    stop: int | None = None,
+) -> np.ndarray:
+    """Indices (into ``pts_s``, shape (N,) float64 sorted seconds) of the frames to keep.
+
+    Only frames ``first <= i < stop`` (the time window) are candidates; subsampling runs over
+    them and ``max_frames`` counts from the first of them.
+    """
     sel = SlotSelector(target_fps)
-    keep = [i for i, t in enumerate(pts_s.tolist()) if sel.accept(t)]
+    stop = len(pts_s) if stop is None else min(stop, len(pts_s))
+    keep = [i for i in range(first, stop) if sel.accept(float(pts_s[i]))]
     if max_frames is not None:
         keep = keep[:max_frames]
     return np.asarray(keep, np.int64)
@@ -99,6 +117,8 @@ class DecodePlan:
 
     out_width/out_height: upright size of the delivered frames.
     pts_s: (N,) float64 table of all frame timestamps from the probe (ascending).
+    first_idx/stop_idx: the time window as original frame indices, ``first_idx <= i < stop_idx``
+        (None = to the last frame); frames outside it are never delivered.
     """
 
     path: str
@@ -116,6 +136,13 @@ class DecodePlan:
     threads: int
     allow_truncated: bool
     damage: str
+    first_idx: int = 0
+    stop_idx: int | None = None
+
+    @property
+    def stop(self) -> int:
+        """End (exclusive) of the window as a frame index."""
+        return len(self.pts_s) if self.stop_idx is None else self.stop_idx
 
     @property
     def stored_out_size(self) -> tuple[int, int]:
@@ -126,9 +153,15 @@ class DecodePlan:
 
 
 def make_plan(clip: ClipRef, scan: ProbeScan, cfg: DecodeConfig) -> DecodePlan:
-    """Combine a clip, its probe and the decode settings."""
+    """Combine a clip, its probe and the decode settings.
+
+    The time window is the clip's own (a batch manifest's columns), its open sides taken
+    from ``cfg.start``/``cfg.end``; it is resolved on the probe's timestamp table here, so a
+    window outside the video fails with a one-line :class:`VideoDecodeError` before decoding.
+    """
     info = scan.info
     ow, oh = output_size(info.upright_width, info.upright_height, cfg.max_side)
+    first, stop = resolve_window(clip, scan, cfg)
     return DecodePlan(
         path=info.path,
         video_id=clip.video_id,
@@ -145,7 +178,23 @@ def make_plan(clip: ClipRef, scan: ProbeScan, cfg: DecodeConfig) -> DecodePlan:
         threads=cfg.threads,
         allow_truncated=cfg.allow_truncated,
         damage=info.damage,
+        first_idx=first,
+        stop_idx=stop,
     )
+
+
+def resolve_window(clip: ClipRef, scan: ProbeScan, cfg: DecodeConfig) -> tuple[int, int | None]:
+    """``(first_idx, stop_idx)`` of the clip's time window over the config's; ``(0, None)`` when none."""
+    window = clip_window(clip).over(cfg.window)
+    if not window.is_set:
+        return 0, None
+    info = scan.info
+    window.check_fits(info.path, info.n_frames, info.duration_s, info.fps or info.measured_fps)
+    first, stop = window.resolve(info.path, scan.pts_s)
+    if window.end_beyond(info.n_frames, info.duration_s):
+        log.warning("%s: end %s is after the video's last frame; decoding to the end", info.path, window.end)
+    log.info("%s: time window %s = frames %d-%d", info.path, window, first, stop - 1)
+    return first, stop
 
 
 class BatchBuilder:
@@ -189,109 +238,185 @@ def _err_text(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> Iterator[FrameBatch]:
-    """Decode ``plan`` with PyAV in this process.
+class _AvReader:
+    """PyAV demux + decode of one plan: yields ``(original index, seconds, frame)`` in order.
 
-    after_idx: deliver only frames whose original index is greater (to resume after another
-        backend failed); selection still runs over all frames so it matches.
-    already: frames already delivered (counts toward ``max_frames``).
-
-    Damage (undecodable packets, read errors): with ``allow_truncated`` the readable frames
-    are delivered and a warning is logged at the end; otherwise VideoDecodeError is raised
-    at the first problem.
+    With a time window it seeks to the keyframe at or before the window's first frame, so the
+    frames before it that are decoded are only those the codec needs; when the demuxer cannot
+    seek, or lands after the first frame, or cannot place the frames it lands on (no
+    timestamps), it starts again from the beginning without seeking.  Damage is tallied for
+    :meth:`finish`.
     """
-    import av
 
-    try:
-        container = av.open(plan.path, mode="r", metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        raise VideoDecodeError(plan.path, f"cannot open: {_err_text(exc)}") from None
-    try:
-        stream = _pick_video_stream(container)
+    def __init__(self, plan: DecodePlan) -> None:
+        self.plan = plan
+        self.container: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n_decoded = 0
+        self.bad_packets = 0
+        self.dropped = 0
+        self.first_problem = ""
+
+    def _open(self) -> tuple[Any, Any]:
+        import av
+
+        try:
+            self.container = av.open(self.plan.path, mode="r", metadata_errors="ignore")
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(self.plan.path, f"cannot open: {_err_text(exc)}") from None
+        stream = _pick_video_stream(self.container)
         if stream is None:
-            raise VideoDecodeError(plan.path, "no video stream")
+            raise VideoDecodeError(self.plan.path, "no video stream")
         ctx = stream.codec_context
-        if plan.threads != 1:
+        if self.plan.threads != 1:
             ctx.thread_type = "AUTO"
-            ctx.thread_count = plan.threads
-        tb = plan.time_base or float(stream.time_base)
-        sw, sh = plan.stored_out_size
-        k_rot = -(plan.rotation // 90)
+            ctx.thread_count = self.plan.threads
+        return stream, ctx
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+    def frames(self) -> Iterator[tuple[int, float, Any]]:
+        """Every decodable frame from the window's start (or the file's) to the end of the file."""
+        import av
+
+        seek = self.plan.first_idx > 0
+        while True:
+            stream, ctx = self._open()
+            tb = self.plan.time_base or float(stream.time_base)
+            if seek:
+                target = self.plan.origin_ticks + int(round(float(self.plan.pts_s[self.plan.first_idx]) / tb))
+                try:
+                    self.container.seek(target, stream=stream, backward=True, any_frame=False)
+                except av.error.FFmpegError as exc:
+                    log.debug("%s: cannot seek (%s); decoding from the start", self.plan.path, _err_text(exc))
+                    self.close()
+                    seek = False
+                    continue
+            landed = not seek
+            for idx, t, frame, timed in self._decode(stream, ctx, tb):
+                if not landed:
+                    if not timed or idx > self.plan.first_idx:
+                        break  # overshot, or frames that cannot be placed: start again without seeking
+                    landed = True
+                yield idx, t, frame
+            if landed:
+                return
+            log.debug("%s: seeking missed frame %d; decoding from the start", self.plan.path, self.plan.first_idx)
+            self.close()
+            self._reset()
+            seek = False
+
+    def _decode(self, stream: Any, ctx: Any, tb: float) -> Iterator[tuple[int, float, Any, bool]]:
+        import av
+
+        plan = self.plan
         table = plan.pts_s
-        selector = SlotSelector(plan.target_fps)
-        builder = BatchBuilder(plan.video_id, plan.batch_size, plan.out_height, plan.out_width)
-        delivered = already
         prev_idx = -1
-        n_decoded = 0
-        bad_packets = 0
-        dropped = 0
-        first_problem = ""
         last_t = -1.0
-        demux = container.demux(stream)
-        done = plan.max_frames is not None and delivered >= plan.max_frames
-        while not done:
+        demux = self.container.demux(stream)
+        while True:
             try:
                 packet = next(demux)
             except StopIteration:
-                break
+                return
             except av.error.FFmpegError as exc:
-                first_problem = first_problem or f"read error after {n_decoded} frames ({_err_text(exc)})"
+                self.first_problem = (
+                    self.first_problem or f"read error after {self.n_decoded} frames ({_err_text(exc)})"
+                )
                 if not plan.allow_truncated:
-                    raise VideoDecodeError(plan.path, first_problem) from None
-                break
+                    raise VideoDecodeError(plan.path, self.first_problem) from None
+                return
             try:
                 frames = ctx.decode(packet)
             except av.error.FFmpegError as exc:
-                bad_packets += 1
-                problem = f"undecodable data near frame {n_decoded} ({_err_text(exc)})"
-                first_problem = first_problem or problem
+                self.bad_packets += 1
+                problem = f"undecodable data near frame {self.n_decoded} ({_err_text(exc)})"
+                self.first_problem = self.first_problem or problem
                 if not plan.allow_truncated:
                     raise VideoDecodeError(plan.path, problem) from None
                 continue
             for frame in frames:
-                n_decoded += 1
+                self.n_decoded += 1
                 ticks = frame.pts if frame.pts is not None else frame.dts
                 t_found = float(ticks_to_seconds(int(ticks), plan.origin_ticks, tb)) if ticks is not None else None
                 idx = _table_index(table, t_found, prev_idx)
                 if idx is None:
-                    dropped += 1
+                    self.dropped += 1
                     problem = f"frame with timestamp {t_found:.4f} s out of order or unknown (damaged stream?)"
-                    first_problem = first_problem or problem
+                    self.first_problem = self.first_problem or problem
                     if not plan.allow_truncated:
                         raise VideoDecodeError(plan.path, problem)
                     continue
                 t = t_found if t_found is not None else last_t + 1.0 / 30.0
                 last_t = t
                 prev_idx = idx
-                if not selector.accept(t) or idx <= after_idx:
-                    continue
-                image = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation=RESIZE_INTERPOLATION)
-                if k_rot:
-                    image = np.rot90(image, k=k_rot)
-                full = builder.add(idx, t, image)
-                delivered += 1
-                if full is not None:
-                    yield full
-                if plan.max_frames is not None and delivered >= plan.max_frames:
-                    done = True
-                    break
-        tail = builder.flush()
-        if tail is not None:
-            yield tail
-        if n_decoded == 0:
-            raise VideoDecodeError(plan.path, first_problem or "no frame could be decoded")
-        if first_problem or bad_packets or dropped:
+                yield idx, t, frame, t_found is not None
+
+    def finish(self) -> None:
+        """Raise when nothing could be decoded; warn about damage met on the way."""
+        plan = self.plan
+        if self.n_decoded == 0:
+            raise VideoDecodeError(plan.path, self.first_problem or "no frame could be decoded")
+        if self.first_problem or self.bad_packets or self.dropped:
             log.warning(
                 "%s: damaged video, delivered the %d readable frames "
                 "(%d undecodable packets, %d out-of-order frames dropped; first problem: %s)",
                 plan.path,
-                n_decoded - dropped,
-                bad_packets,
-                dropped,
-                first_problem or "?",
+                self.n_decoded - self.dropped,
+                self.bad_packets,
+                self.dropped,
+                self.first_problem or "?",
             )
+
+
+def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> Iterator[FrameBatch]:
+    """Decode ``plan`` with PyAV in this process.
+
+    after_idx: deliver only frames whose original index is greater (to resume after another
+        backend failed); selection still runs over all frames of the window so it matches.
+    already: frames already delivered (counts toward ``max_frames``).
+
+    Only the plan's time window is delivered: decoding starts at the keyframe before it
+    (see :class:`_AvReader`) and stops at its end.  Damage (undecodable packets, read
+    errors): with ``allow_truncated`` the readable frames are delivered and a warning is
+    logged at the end; otherwise VideoDecodeError is raised at the first problem.
+    """
+    if plan.max_frames is not None and already >= plan.max_frames:
+        return  # another backend delivered everything asked for
+    reader = _AvReader(plan)
+    try:
+        sw, sh = plan.stored_out_size
+        k_rot = -(plan.rotation // 90)
+        selector = SlotSelector(plan.target_fps)
+        builder = BatchBuilder(plan.video_id, plan.batch_size, plan.out_height, plan.out_width)
+        delivered = already
+        stop = plan.stop
+        for idx, t, frame in reader.frames():
+            if idx >= stop:
+                break
+            # frames before the window were decoded only because later ones depend on them
+            if idx < plan.first_idx or not selector.accept(t) or idx <= after_idx:
+                continue
+            image = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation=RESIZE_INTERPOLATION)
+            if k_rot:
+                image = np.rot90(image, k=k_rot)
+            full = builder.add(idx, t, image)
+            delivered += 1
+            if full is not None:
+                yield full
+            if plan.max_frames is not None and delivered >= plan.max_frames:
+                break
+        tail = builder.flush()
+        if tail is not None:
+            yield tail
+        reader.finish()
     finally:
-        container.close()
+        reader.close()
 
 
 def _table_index(table: np.ndarray, t: float | None, prev_idx: int) -> int | None:
@@ -315,9 +440,11 @@ class DecodeStage(BaseStage[ClipRef, Iterator[FrameBatch]]):
 
     Each batch: frame_idx (F,) int64 original indices, pts (F,) float64 seconds,
     images (F, H, W, 3) uint8 with H, W the upright (possibly ``max_side``-shrunk) size.
-    The probe runs when the stage is called, so bad files raise :class:`VideoDecodeError`
-    immediately; damage discovered while decoding raises from the iterator (or, with
-    ``allow_truncated``, ends it early with a logged warning).
+    The probe runs when the stage is called, so bad files, and time windows that hold no
+    frame of the file, raise :class:`VideoDecodeError` immediately; damage discovered while
+    decoding raises from the iterator (or, with ``allow_truncated``, ends it early with a
+    logged warning).  Only the window (the clip's ``start``/``end`` over ``decode.start``/
+    ``decode.end``) is delivered, with the video's own indices and timestamps.
     """
 
     resources: ClassVar[Resources] = Resources(cpus=1.0)

@@ -125,8 +125,11 @@ def _worker_loop(conn: Any, req: dict[str, Any], slots: list[shared_memory.Share
         conn.send(("done", 0))
         return
     ts_all = vr.get_frame_timestamp(indices.tolist())[:, 0].astype(np.float64)
-    vr.seek(0)
-    pos = 0  # index of the frame vr.next() returns next
+    pos = int(indices[0])  # index of the frame vr.next() returns next
+    if pos > 0:
+        vr.seek_accurate(pos)  # a time window: no colour conversion of the frames before it either
+    else:
+        vr.seek(0)
     free = list(range(len(slots)))
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
@@ -164,7 +167,7 @@ def iter_decord_batches(plan: Any, timeout_s: float = 60.0, keep_stderr: bool = 
     """
     from hmrflow.stages.decode import select_indices
 
-    indices = select_indices(plan.pts_s, plan.target_fps, plan.max_frames)
+    indices = select_indices(plan.pts_s, plan.target_fps, plan.max_frames, plan.first_idx, plan.stop_idx)
     shape = (plan.out_height, plan.out_width, 3)
     nbytes = max(1, plan.batch_size * int(np.prod(shape)))
     slots = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(N_SLOTS)]

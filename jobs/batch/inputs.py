@@ -7,7 +7,10 @@
   their extension;
 * a **CSV or Parquet manifest** (``.csv``, ``.parquet``, ``.pq``) with a ``path`` column
   (relative paths are relative to the manifest's folder), optionally a ``video_id`` column,
-  and any other columns: per-video metadata carried into the outputs' manifests;
+  optionally ``start``/``end`` columns (a per-video time window: seconds ``12.5``/``12.5s`` or
+  frame numbers ``300f``, see :mod:`hmrflow.pipeline.window`; an empty cell takes the job's
+  ``--start``/``--end``), and any other columns: per-video metadata carried into the outputs'
+  manifests;
 * a single **video file**.
 
 Every input gets a safe, unique ``video_id`` (:func:`hmrflow.pipeline.naming.assign_video_ids`),
@@ -24,10 +27,11 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
-from hmrflow.pipeline.errors import HmrflowError
+from hmrflow.pipeline.errors import ConfigError, HmrflowError
 from hmrflow.pipeline.naming import assign_video_ids, is_safe_video_id, short_hash
+from hmrflow.pipeline.window import TimePointError, Window, canonical, window_of
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,38 @@ class InputError(HmrflowError):
     """INPUT cannot be read or names no videos (the message says which and why)."""
 
 
+#: Manifest columns holding a per-video time window (not carried as metadata).
+WINDOW_COLUMNS: tuple[str, ...] = ("start", "end")
+
+
 @dataclass(frozen=True)
 class InputVideo:
-    """One video of a batch: safe ``video_id``, absolute ``path``, per-video ``metadata``."""
+    """One video of a batch: safe ``video_id``, absolute ``path``, per-video ``metadata``.
+
+    start/end: the video's own time window from a manifest (canonical text such as
+    ``"12.5s"`` or ``"300f"``; None where the job's window applies).
+    """
 
     video_id: str
     path: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    start: Optional[str] = None
+    end: Optional[str] = None
+
+    @property
+    def window(self) -> Window:
+        """The video's own window (open sides are None)."""
+        return window_of(self.start, self.end)
+
+
+class InputRow(NamedTuple):
+    """One input before ids are assigned: file, given id (or None), metadata, own window."""
+
+    path: Path
+    video_id: Optional[str]
+    metadata: dict[str, Any]
+    start: Optional[str] = None
+    end: Optional[str] = None
 
 
 def is_glob(text: str) -> bool:
@@ -147,8 +176,12 @@ def _clean_value(v: Any) -> Any:
     return str(v)
 
 
-def read_manifest_table(path: Path) -> list[tuple[Path, str | None, dict[str, Any]]]:
-    """(path, video_id or None, metadata) per row of a CSV/Parquet manifest."""
+def read_manifest_table(path: Path) -> list[InputRow]:
+    """One :class:`InputRow` per row of a CSV/Parquet manifest.
+
+    ``start``/``end`` columns are checked here, before any video is touched: a bad value is
+    an :class:`InputError` naming the manifest, the row and the column.
+    """
     import pandas as pd
 
     try:
@@ -175,9 +208,39 @@ def read_manifest_table(path: Path) -> list[tuple[Path, str | None, dict[str, An
         if not p.is_absolute():
             p = base / p
         vid = _clean_value(rec.pop("video_id")) if has_id else None
+        start, end = (_window_cell(path, i, col, rec.pop(col, None)) for col in WINDOW_COLUMNS)
+        try:
+            window_of(start, end).check_order()
+        except ConfigError as exc:
+            raise InputError(f"{path}: row {i + 1}: {exc}") from None
         meta = {str(k): _clean_value(v) for k, v in rec.items()}
-        rows.append((p, None if vid in (None, "") else str(vid), meta))
+        rows.append(InputRow(p, None if vid in (None, "") else str(vid), meta, start, end))
     return rows
+
+
+def _window_cell(path: Path, row: int, column: str, value: Any) -> Optional[str]:
+    """Canonical text of a ``start``/``end`` cell (None when empty)."""
+    value = _clean_value(value)
+    try:
+        return canonical(value, column)
+    except TimePointError as exc:
+        raise InputError(f"{path}: row {row + 1}: {column!r} {value!r}: {exc.reason}") from None
+
+
+def check_windows(inputs: Iterable[InputVideo], default: Window) -> None:
+    """Each video's window over ``default`` (the job's ``--start/--end``) must not be empty.
+
+    Checked before the job starts, so a manifest start after the job's end is one line, not
+    one failed video per row.  Mixed units (seconds against frames) need the video's frame
+    rate and are checked by the decode stage.  Raises :class:`InputError`.
+    """
+    for v in inputs:
+        if not v.window.is_set:
+            continue
+        try:
+            v.window.over(default).check_order()
+        except ConfigError as exc:
+            raise InputError(f"{v.path}: time window from the manifest and --start/--end: {exc}") from None
 
 
 def _avoid_reserved(ids: dict[str, str]) -> dict[str, str]:
@@ -204,9 +267,9 @@ def enumerate_inputs(spec: str | os.PathLike[str], extensions: Iterable[str] = V
     """
     text = os.fspath(spec)
     p = Path(os.path.expanduser(text))
-    rows: list[tuple[Path, str | None, dict[str, Any]]]
+    rows: list[InputRow]
     if p.is_dir():
-        rows = [(f, None, {}) for f in scan_folder(p, extensions)]
+        rows = [InputRow(f, None, {}) for f in scan_folder(p, extensions)]
         if not rows:
             raise InputError(f"{p}: no video files found (extensions {', '.join(sorted(set(extensions)))})")
     elif p.suffix.lower() in MANIFEST_SUFFIXES and (p.is_file() or not is_glob(text)):
@@ -214,9 +277,9 @@ def enumerate_inputs(spec: str | os.PathLike[str], extensions: Iterable[str] = V
         if not rows:
             raise InputError(f"{p}: the manifest lists no videos")
     elif p.is_file():
-        rows = [(p, None, {})]
+        rows = [InputRow(p, None, {})]
     elif is_glob(text):
-        rows = [(f, None, {}) for f in scan_glob(text)]
+        rows = [InputRow(f, None, {}) for f in scan_glob(text)]
         if not rows:
             raise InputError(f"{text}: the pattern matches no files")
     else:
@@ -224,17 +287,17 @@ def enumerate_inputs(spec: str | os.PathLike[str], extensions: Iterable[str] = V
     return assign_ids(rows)
 
 
-def assign_ids(rows: list[tuple[Path, str | None, dict[str, Any]]]) -> list[InputVideo]:
+def assign_ids(rows: Iterable[InputRow]) -> list[InputVideo]:
     """Absolute paths, given or derived ids (unique, safe, not reserved), merged duplicates."""
-    by_path: dict[str, tuple[str | None, dict[str, Any]]] = {}
-    for path, vid, meta in rows:
-        full = os.path.abspath(os.fspath(path))
+    by_path: dict[str, InputRow] = {}
+    for row in rows:
+        full = os.path.abspath(os.fspath(row.path))
         if full in by_path:
-            if by_path[full] != (vid, meta):
-                log.warning("%s is listed twice with different id/metadata; using the first", full)
+            if by_path[full][1:] != row[1:]:
+                log.warning("%s is listed twice with different id/metadata/window; using the first", full)
             continue
-        by_path[full] = (vid, meta)
-    given = {full: vid for full, (vid, _meta) in by_path.items() if vid is not None}
+        by_path[full] = row
+    given = {full: row.video_id for full, row in by_path.items() if row.video_id is not None}
     for full, vid in given.items():
         if not is_safe_video_id(vid) or vid.lower() in {r.lower() for r in RESERVED_IDS}:
             raise InputError(
@@ -258,6 +321,9 @@ def assign_ids(rows: list[tuple[Path, str | None, dict[str, Any]]]) -> list[Inpu
         seen[key] = full
     ids = _avoid_reserved(ids)
     return sorted(
-        (InputVideo(video_id=ids[full], path=full, metadata=dict(meta)) for full, (_vid, meta) in by_path.items()),
+        (
+            InputVideo(video_id=ids[full], path=full, metadata=dict(row.metadata), start=row.start, end=row.end)
+            for full, row in by_path.items()
+        ),
         key=lambda v: (v.path, v.video_id),
     )

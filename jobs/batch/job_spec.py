@@ -12,6 +12,13 @@ Example::
     output: /data/gait/hmrflow       # output root (ledger, lock and reports inside)
     strict: true                     # clinical: fail loudly (see below)
     max_attempts: 2
+    start: 2.0                       # optional time window of every video: seconds (2.0, 2s)
+    end: 900f                        #   or frame numbers (900f); a manifest's start/end columns win
+
+``start``/``end`` are ``decode.start``/``decode.end`` (:mod:`hmrflow.pipeline.window`): the
+window ``[start, end)`` of every video, in the video's own time or frame numbers, that is
+decoded; outputs keep the original frame indices and timestamps.  A manifest input's
+``start``/``end`` columns set a video's own window, where a cell is empty the spec's applies.
 
 Relative paths are relative to the spec file's folder.  Unknown keys, wrong types and
 out-of-range values are rejected with the key named (:class:`ConfigError`).
@@ -34,6 +41,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from hmrflow.jobs.batch.inputs import (
     VIDEO_EXTENSIONS,
     InputError,
+    InputRow,
     InputVideo,
     assign_ids,
     read_manifest_table,
@@ -42,6 +50,7 @@ from hmrflow.jobs.batch.inputs import (
 )
 from hmrflow.pipeline.config import Strict, _format_validation_error
 from hmrflow.pipeline.errors import ConfigError
+from hmrflow.pipeline.window import TimePointError, Window, canonical, window_of
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -79,6 +88,30 @@ class JobSpec(Strict):
     stall_timeout_s: float = Field(600.0, gt=0, description="fail a video that makes no progress this long")
     video_timeout_s: Optional[float] = Field(None, gt=0, description="fail a video that takes longer than this")
     pipeline: Optional[str] = Field(None, description="advanced: module:function building the stages")
+    start: Optional[str] = Field(None, description="time window start of every video: 12.5, 12.5s or 300f")
+    end: Optional[str] = Field(None, description="time window end (exclusive), same forms; None = to the end")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time_point(cls, v: Any) -> Optional[str]:
+        # YAML gives 12.5 as a float and 300f as a string: both become canonical text
+        try:
+            return canonical(v)
+        except TimePointError as exc:
+            raise ValueError(exc.reason) from None
+
+    @model_validator(mode="after")
+    def _window_order(self) -> "JobSpec":
+        try:
+            self.window.check_order()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def window(self) -> Window:
+        """The spec's time window (applies where a manifest gives a video none)."""
+        return window_of(self.start, self.end)
 
     @field_validator("name")
     @classmethod
@@ -106,8 +139,12 @@ class JobSpec(Strict):
         return self.model_copy(update={"inputs": inputs, "output": absolute(self.output), "preset": preset})
 
     def config_overrides(self) -> list[str]:
-        """The spec's overrides, plus ``decode.allow_truncated=false`` when strict."""
-        out = list(self.overrides)
+        """The spec's overrides, plus ``decode.allow_truncated=false`` when strict and its window.
+
+        ``start``/``end`` come first so that an explicit ``decode.start=...`` override wins.
+        """
+        out = [f"decode.{k}={v}" for k, v in (("start", self.start), ("end", self.end)) if v is not None]
+        out += self.overrides
         if self.strict:
             out.append("decode.allow_truncated=false")
         return out
@@ -145,7 +182,7 @@ def job_inputs(spec: JobSpec) -> list[InputVideo]:
     import logging
 
     log = logging.getLogger(__name__)
-    rows: list[Any] = []
+    rows: list[InputRow] = []
     for src in spec.inputs:
         try:
             if src.folder is not None:
@@ -154,9 +191,9 @@ def job_inputs(spec: JobSpec) -> list[InputVideo]:
                     raise InputError(f"{folder}: input folder not found")
                 if src.patterns:
                     for pat in src.patterns:
-                        rows += [(f, None, {}) for f in scan_glob(str(folder / pat))]
+                        rows += [InputRow(f, None, {}) for f in scan_glob(str(folder / pat))]
                 else:
-                    rows += [(f, None, {}) for f in scan_folder(folder, VIDEO_EXTENSIONS)]
+                    rows += [InputRow(f, None, {}) for f in scan_folder(folder, VIDEO_EXTENSIONS)]
             else:
                 rows += read_manifest_table(Path(src.manifest or ""))
         except InputError as exc:

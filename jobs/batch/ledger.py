@@ -120,11 +120,16 @@ _COLUMNS = tuple(f.name for f in fields(LedgerEntry))
 
 @dataclass(frozen=True)
 class PlannedInput:
-    """An input to plan: id, path and per-video metadata (JSON-able)."""
+    """An input to plan: id, path and per-video metadata (JSON-able).
+
+    config_hash: this video's own hash when it differs from the job's (a per-video time
+    window), so that changing it redoes the video; None = the job's.
+    """
 
     video_id: str
     path: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    config_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +308,7 @@ class Ledger:
         now = time.time()
         stmts: list[tuple[str, Sequence[Any]]] = []
         for item in inputs:
+            row_hash = item.config_hash or config_hash  # a per-video window has its own
             meta = json.dumps(dict(item.metadata), sort_keys=True, default=str)
             e = self.get(item.video_id)
             if e is None:
@@ -310,7 +316,7 @@ class Ledger:
                     (
                         "INSERT INTO videos (video_id, path, status, config_hash, queued_at, metadata, run_id) "
                         "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                        (item.video_id, str(item.path), config_hash, now, meta, run_id),
+                        (item.video_id, str(item.path), row_hash, now, meta, run_id),
                     )
                 )
                 stmts.append(
@@ -324,7 +330,7 @@ class Ledger:
             reason = ""
             reset_attempts = False
             if e.status == DONE:
-                reason = self._done_still_valid(e, str(item.path), config_hash)
+                reason = self._done_still_valid(e, str(item.path), row_hash)
                 if not reason:
                     skipped.append(item.video_id)
                     continue
@@ -332,7 +338,7 @@ class Ledger:
             elif e.status == RUNNING:
                 reason = "interrupted (was running when a previous run stopped)"
             elif e.status == FAILED:
-                if e.config_hash != config_hash or os.path.abspath(e.path) != os.path.abspath(str(item.path)):
+                if e.config_hash != row_hash or os.path.abspath(e.path) != os.path.abspath(str(item.path)):
                     reset_attempts = True
                     reason = "config or input changed since it failed"
                 elif e.attempts >= max_attempts:
@@ -352,7 +358,7 @@ class Ledger:
                 (
                     "UPDATE videos SET status = 'queued', path = ?, config_hash = ?, metadata = ?, queued_at = ?, "
                     "attempts = CASE WHEN ? THEN 0 ELSE attempts END WHERE video_id = ?",
-                    (str(item.path), config_hash, meta, now, int(reset_attempts), item.video_id),
+                    (str(item.path), row_hash, meta, now, int(reset_attempts), item.video_id),
                 )
             )
             todo.append(item.video_id)

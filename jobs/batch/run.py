@@ -45,6 +45,7 @@ from hmrflow.pipeline.assembly import (
 )
 from hmrflow.pipeline.atomic import remove_stale_temps
 from hmrflow.pipeline.provenance import config_hash
+from hmrflow.pipeline.window import Window, window_of, with_task_window
 from hmrflow.pipeline.worker import IsolatedWorker, WorkerError, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class LocalVideoHandler:
             self.setup()
         self._beat, self._frames = beat, 0
         t0 = time.perf_counter()
-        clip = self.spec.probe(task.path, task.video_id)
+        clip = with_task_window(self.spec.probe(task.path, task.video_id), task.extra)
         out = self._runner.run(clip, extra=dict(task.extra))
         return outcome_from_output(task.video_id, out, self._frames, time.perf_counter() - t0, peak_rss_mb())
 
@@ -276,7 +277,10 @@ def run_batch(
         if removed:
             log.info("removed %d temporaries left by an interrupted run", len(removed))
         plan = ledger.plan(
-            [PlannedInput(v.video_id, v.path, v.metadata) for v in inputs], chash, options.max_attempts, run_id
+            [PlannedInput(v.video_id, v.path, v.metadata, _video_hash(chash, v)) for v in inputs],
+            chash,
+            options.max_attempts,
+            run_id,
         )
         ledger.start_run(
             run_id,
@@ -292,7 +296,8 @@ def run_batch(
         if plan.requeued:
             log.info("%d videos requeued (interrupted, changed or retried)", len(plan.requeued))
         by_id = {v.video_id: v for v in inputs}
-        tasks = [VideoTask(vid, by_id[vid].path, _task_extra(by_id[vid].metadata)) for vid in plan.todo]
+        job_window = _config_window(spec.config)
+        tasks = [VideoTask(vid, by_id[vid].path, _task_extra(by_id[vid], job_window)) for vid in plan.todo]
         t0 = time.perf_counter()
         if tasks:
             _execute(tasks, spec, options, ledger, run_id, summary)
@@ -308,9 +313,32 @@ def run_batch(
     return summary
 
 
-def _task_extra(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-video provenance recorded in the output manifest (only when there is some)."""
-    return {"metadata": dict(metadata)} if metadata else {}
+def _task_extra(video: InputVideo, job_window: Window) -> dict[str, Any]:
+    """Per-video provenance recorded in the output manifest (only when there is some).
+
+    ``window`` is the video's own time window over the job's: the runners hand it to the
+    decode stage with the clip, and the manifest records it under ``extra.window``.
+    """
+    extra: dict[str, Any] = {"metadata": dict(video.metadata)} if video.metadata else {}
+    window = video.window.over(job_window)
+    if window.is_set:
+        extra["window"] = window.record()
+    return extra
+
+
+def _config_window(config: Mapping[str, Any]) -> Window:
+    """``decode.start``/``decode.end`` of a resolved config dict (open for custom pipelines without them)."""
+    decode = config.get("decode")
+    if not isinstance(decode, Mapping):
+        return Window()
+    return window_of(decode.get("start"), decode.get("end"))
+
+
+def _video_hash(job_hash: str, video: InputVideo) -> str | None:
+    """The ledger hash of a video with its own window (None: the job's): a changed window redoes it."""
+    if not video.window.is_set:
+        return None
+    return config_hash({"config": job_hash, "window": video.window.record()})
 
 
 def _execute(

@@ -1,9 +1,11 @@
 """Run the pipeline over many videos: resumable, with a job ledger, per-video errors and a QC report.
 
 INPUT is a folder (searched recursively for video files), a glob ("clips/**/*.mp4"), a
-CSV/Parquet manifest with a ``path`` column (other columns are carried into each output's
-manifest as metadata), or one video.  Re-running the same command resumes: done videos are
-skipped, failed ones retried (``--max-attempts``), interrupted ones redone.  The ledger is
+CSV/Parquet manifest with a ``path`` column (optional ``start``/``end`` columns: each video's
+time window; other columns are carried into each output's manifest as metadata), or one video.
+``--start/--end`` set the window of every video whose manifest cells are empty.  Re-running
+the same command resumes: done videos are skipped, failed ones retried (``--max-attempts``),
+interrupted ones redone.  The ledger is
 ``OUT/_job/ledger.sqlite``; QC reports go to ``OUT/_job/reports/<run>/``.
 Exit code: 0 all done, 1 some videos failed, 2 usage/config error, 3 strict stop.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from hmrflow.jobs.cli.options import add_preset_arguments
+from hmrflow.jobs.cli.options import add_preset_arguments, add_window_arguments, window_overrides
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="folder, glob, CSV/Parquet manifest (path column) or video file")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output root (OUT/<video_id>/ per video)")
     add_preset_arguments(parser, "archive")
+    add_window_arguments(parser, per_video="; a manifest's start/end columns win where they are filled")
     parser.add_argument(
         "--address",
         default=None,
@@ -91,17 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hmrflow.jobs.batch.inputs import enumerate_inputs
+    from hmrflow.jobs.batch.inputs import check_windows, enumerate_inputs
     from hmrflow.jobs.batch.run import BatchOptions, run_batch
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
     from hmrflow.pipeline.provenance import config_hash
 
-    overrides = list(args.overrides)
+    overrides = [*window_overrides(args), *args.overrides]
     if args.strict:
         overrides.append("decode.allow_truncated=false")
     cfg = load_config(args.preset, overrides)
     inputs = enumerate_inputs(args.input)
+    check_windows(inputs, cfg.decode.window)
     spec = build_spec(cfg, args.out, args.pipeline)
     job_hash = config_hash({"config": spec.config, "pipeline": args.pipeline}) if args.pipeline else None
     options = BatchOptions(

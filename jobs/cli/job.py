@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hmrflow.jobs.batch.inputs import check_windows
     from hmrflow.jobs.batch.job_spec import job_inputs, load_job_spec
     from hmrflow.jobs.batch.locking import LockHeld
     from hmrflow.jobs.batch.run import BatchOptions, run_batch
@@ -36,9 +37,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(spec_file.preset, spec_file.config_overrides())
     if args.job_command == "check":
         inputs = job_inputs(spec_file)
+        check_windows(inputs, cfg.decode.window)
+        own = sum(1 for v in inputs if v.window.is_set)
+        window = f"; window {cfg.decode.window}" if cfg.decode.window.is_set else ""
         print(
-            f"{args.spec}: valid; {len(inputs)} videos; preset {cfg.preset} (config {cfg.config_hash()}); "
-            f"output {spec_file.output}; strict {spec_file.strict}"
+            f"{args.spec}: valid; {len(inputs)} videos ({own} with their own window); preset {cfg.preset} "
+            f"(config {cfg.config_hash()}); output {spec_file.output}; strict {spec_file.strict}{window}"
         )
         return 0
     from hmrflow.jobs.batch.locking import JobLock
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"hmrflow job: previous run still going; nothing done ({exc.holder.get('what', '')})")
         return 0
     inputs = job_inputs(spec_file)
+    check_windows(inputs, cfg.decode.window)
     pipe = build_spec(cfg, spec_file.output, spec_file.pipeline)
     job_hash = config_hash({"config": pipe.config, "pipeline": spec_file.pipeline}) if spec_file.pipeline else None
     options = BatchOptions(

@@ -3,8 +3,11 @@
     hmrflow run CLIP.mp4 --out DIR [--preset clip|archive|clinical|FILE.yaml] [--set key=value ...]
                          [--weights W] [--detector-weights W] [--prior-weights W]
                          [--body-model PATH] [--no-refine] [--device auto|cpu|cuda]
+                         [--start T] [--end T]
 
 Writes ``DIR/<video_id>/`` (tracks.parquet, track_<id>.npz, manifest.json; docs/FORMATS.md).
+``--start/--end`` (seconds ``12.5``/``12.5s`` or frame numbers ``300f``) process only the
+frames ``start <= t < end``; outputs keep the video's own frame numbers and timestamps.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import argparse
 import logging
 from typing import Any
 
-from hmrflow.jobs.cli.options import add_preset_arguments
+from hmrflow.jobs.cli.options import add_preset_arguments, add_window_arguments, window_overrides
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         derived.append("refine.enabled=false")
     if args.device:  # the top-level device is every model stage's unless --set gives a section its own
         derived.append(f"device={args.device}")
+    derived += window_overrides(args)
     return load_config(args.preset, [*derived, *args.overrides])
 
 
@@ -59,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="input video file")
     parser.add_argument("-o", "--out", default="hmrflow-out", help="output root (default ./hmrflow-out)")
     add_config_arguments(parser)
+    add_window_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -126,6 +126,59 @@ def test_job_run_leaves_quietly_while_a_previous_run_holds_the_lock(tmp_path: Pa
     assert "1 videos" in capsys.readouterr().out
 
 
+def test_batch_windows_from_manifest_columns_and_start_end(tmp_path: Path, capsys) -> None:
+    """Per-video start/end columns, --start/--end where a cell is empty, a window past a video's
+    end failing that video alone, and a changed window redoing its video."""
+    import pandas as pd
+
+    from hmrflow.jobs import cli
+
+    _videos(tmp_path / "in", ["a", "b", "c", "d"], n_frames=40)  # 40, 41, 42, 43 frames at 30 fps
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(
+        "path,start,end,subject\nin/a.mp4,10f,20f,S1\nin/b.mp4,,,S2\nin/c.mp4,0.5,1s,S3\nin/d.mp4,90f,100f,S4\n"
+    )
+    out = tmp_path / "out"
+    argv = ["batch", str(manifest), "-o", str(out), "--start", "5f", "--end", "30f", "--preset", "clip"]
+    argv += ["--pipeline", "tests.integration.fake_stages:make_spec", "--no-isolate", "--no-progress"]
+    assert cli.main(argv) == 1  # d failed: its window starts after its last frame
+    capsys.readouterr()
+
+    def frames(vid: str) -> tuple[int, int, float, float, dict]:
+        t = pd.read_parquet(out / vid / "tracks.parquet")
+        man = json.loads((out / vid / "manifest.json").read_text())
+        return int(t.frame_idx.min()), int(t.frame_idx.max()), float(t.pts_s.min()), float(t.pts_s.max()), man
+
+    first, last, t0, t1, man = frames("a")  # its own window
+    assert (first, last) == (10, 19) and (t0, t1) == pytest.approx((10 / 30, 19 / 30), abs=1e-9)
+    assert man["extra"] == {"metadata": {"subject": "S1"}, "window": {"start": "10f", "end": "20f"}}
+    assert man["counts"]["frames_decoded"] == 10
+    first, last, *_, man = frames("b")  # empty cells: --start/--end
+    assert (first, last) == (5, 29) and man["extra"]["window"] == {"start": "5f", "end": "30f"}
+    first, last, t0, t1, man = frames("c")  # seconds: 0.5 <= t < 1.0
+    assert (first, last) == (15, 29) and t0 == pytest.approx(0.5, abs=1e-9)
+    with Ledger(ledger_path(out)) as led:
+        rows = {e.video_id: e for e in led.entries()}
+    assert rows["d"].status == "failed" and not (out / "d").exists()
+    assert rows["d"].error.endswith("d.mp4: start 90f is beyond the video's last frame (it has 43 frames, 0-42)")
+
+    # a changed window redoes that video only (done videos with unchanged windows are skipped)
+    manifest.write_text(manifest.read_text().replace("in/a.mp4,10f,20f", "in/a.mp4,12f,20f"))
+    assert cli.main(argv) == 1
+    assert "skipped (already done) 2" in capsys.readouterr().out  # b and c
+    assert frames("a")[:2] == (12, 19)
+
+    # a bad cell stops the job before it starts: exit 2, one line naming the manifest row and column
+    manifest.write_text("path,start\nin/a.mp4,soon\n")
+    assert cli.main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "list.csv: row 1: 'start' 'soon': expected seconds" in err[0]
+    # a manifest start after the job's --end: also before the job starts
+    manifest.write_text("path,start\nin/a.mp4,35f\n")
+    assert cli.main(argv) == 2
+    assert "end 30f must be after start 35f" in capsys.readouterr().err
+
+
 def _children(pid: int) -> list[int]:
     kids: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):

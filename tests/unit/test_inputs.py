@@ -112,3 +112,55 @@ def test_hmrflow_outputs_inside_the_input_folder_are_not_inputs(tmp_path: Path) 
     _touch(tmp_path / "other" / "keep.mp4")
     (tmp_path / "other" / "manifest.json").write_text(json.dumps({"format": "something else"}))
     assert sorted(Path(v.path).name for v in enumerate_inputs(tmp_path)) == ["keep.mp4", "walk.mp4"]
+
+
+def test_manifest_start_end_columns_are_each_videos_window(tmp_path: Path) -> None:
+    for n in ("a", "b", "c", "d"):
+        _touch(tmp_path / f"{n}.mp4")
+    (tmp_path / "list.csv").write_text(
+        "path,start,end,subject\na.mp4,12.5,20s,S1\nb.mp4,300f,450f,S2\nc.mp4,,,S3\nd.mp4,2,,S4\n"
+    )
+    vids = {v.video_id: v for v in enumerate_inputs(tmp_path / "list.csv")}
+    assert {k: (v.start, v.end) for k, v in vids.items()} == {
+        "a": ("12.5s", "20s"),
+        "b": ("300f", "450f"),
+        "c": (None, None),  # empty cells: the job's --start/--end apply
+        "d": ("2s", None),
+    }
+    assert vids["a"].metadata == {"subject": "S1"}  # window columns are not metadata
+    assert not vids["c"].window.is_set and vids["d"].window.start is not None
+    # Parquet: numbers and text alike
+    pd.DataFrame({"path": ["a.mp4", "b.mp4"], "start": [1.5, None], "end": ["90f", None]}).to_parquet(
+        tmp_path / "m.parquet"
+    )
+    vids = {v.video_id: v for v in enumerate_inputs(tmp_path / "m.parquet")}
+    assert (vids["a"].start, vids["a"].end, vids["b"].start, vids["b"].end) == ("1.5s", "90f", None, None)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("a.mp4,1.2x,", r"list\.csv: row 1: 'start' '1\.2x': expected seconds \(12\.5 or 12\.5s\) or a frame number"),
+        ("a.mp4,,-3", r"list\.csv: row 1: 'end' -3: must not be negative"),
+        ("a.mp4,1,2\nb.mp4,5s,3s", r"list\.csv: row 2: end 3s must be after start 5s"),
+        ("a.mp4,10.5f,", r"list\.csv: row 1: 'start' '10\.5f': a frame number must be a whole number"),
+    ],
+)
+def test_bad_window_cells_name_the_manifest_row_and_column(tmp_path: Path, rows: str, message: str) -> None:
+    (tmp_path / "list.csv").write_text("path,start,end\n" + rows + "\n")
+    with pytest.raises(InputError, match=message) as info:
+        enumerate_inputs(tmp_path / "list.csv")
+    assert "\n" not in str(info.value)
+
+
+def test_job_window_fills_empty_cells_and_must_leave_frames(tmp_path: Path) -> None:
+    from hmrflow.jobs.batch.inputs import check_windows
+    from hmrflow.pipeline.window import Window
+
+    _touch(tmp_path / "a.mp4")
+    _touch(tmp_path / "b.mp4")
+    (tmp_path / "list.csv").write_text("path,start,end\na.mp4,5s,\nb.mp4,,\n")
+    vids = enumerate_inputs(tmp_path / "list.csv")
+    check_windows(vids, Window.parse(None, "10s"))  # a: [5 s, 10 s), b: [start, 10 s)
+    with pytest.raises(InputError, match=r"a\.mp4: time window from the manifest and --start/--end: end 3s must be"):
+        check_windows(vids, Window.parse(None, "3s"))

@@ -82,3 +82,43 @@ def test_missing_folder_fails_strict_runs_only(tmp_path: Path) -> None:
     lenient = load_job_spec(_write(tmp_path, text + "strict: false\n"))
     assert [v.video_id for v in job_inputs(lenient)] == ["v"]
     assert lenient.config_overrides() == []
+
+
+def test_spec_window_becomes_decode_start_end(tmp_path: Path) -> None:
+    spec = load_job_spec(_write(tmp_path, GOOD + "start: 2\nend: 900f\n"))
+    assert (spec.start, spec.end) == ("2s", "900f")
+    assert spec.config_overrides() == [
+        "decode.start=2s",
+        "decode.end=900f",
+        "refine.steps=30",
+        "decode.allow_truncated=false",
+    ]
+    cfg = load_config(spec.preset, spec.config_overrides())
+    assert (cfg.decode.start, cfg.decode.end) == ("2s", "900f")
+    # an explicit override comes later and wins
+    spec = load_job_spec(_write(tmp_path, GOOD.replace('["refine.steps=30"]', '["decode.start=3s"]') + "start: 2\n"))
+    assert load_config(spec.preset, spec.config_overrides()).decode.start == "3s"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("start: 1.2x\n", r"job spec .*job\.yaml: invalid config: start: expected seconds .* \(got '1\.2x'\)"),
+        ("end: -4\n", r"end: must not be negative"),
+        ("start: 5s\nend: 2s\n", r"end 2s must be after start 5s"),
+        ("start: [1]\n", r"start: expected seconds"),
+    ],
+)
+def test_bad_spec_windows_are_rejected(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_job_spec(_write(tmp_path, GOOD + extra))
+    assert "\n" not in str(info.value)
+
+
+def test_job_inputs_carry_manifest_windows(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "c.mp4").write_bytes(b"x")
+    (tmp_path / "lists" / "extra.csv").write_text("path,start,end\nc.mp4,100f,\n")
+    (tmp_path / "incoming").mkdir()
+    vids = {v.video_id: v for v in job_inputs(load_job_spec(_write(tmp_path, GOOD)))}
+    assert (vids["c"].start, vids["c"].end) == ("100f", None)
