@@ -4,7 +4,8 @@ Files (all readable with plain pandas/pyarrow and numpy, no hmrflow needed):
 
 * ``tracks.parquet`` one row per (track, frame), sorted by (track_id, frame_idx), with
   fixed-size list columns for ``pose`` (72), ``betas`` (10) and ``transl`` (3);
-* ``track_<id>.npz`` one AMASS-style file per track;
+* ``track_<id>.npz`` one SMPL file per track with AMASS key names (72-value SMPL poses and
+  10 betas, not AMASS's SMPL-H 156-value poses; ``root_orient``/``pose_body`` for body loaders);
 * ``camera.npz`` the camera of every decoded frame in the world frame (when known);
 * ``manifest.json`` provenance (:func:`hmrflow.pipeline.provenance.build_manifest`).
 
@@ -105,10 +106,26 @@ def write_npz_deterministic(path: str | os.PathLike[str], arrays: Mapping[str, n
                 np.lib.format.write_array(fh, arr, allow_pickle=False)
 
 
+#: ``surface_model_type`` of every track npz: the poses are SMPL's 24 joints, not SMPL-H's 52.
+SURFACE_MODEL_TYPE = "smpl"
+#: Values of the body joints 1-21 in a pose, the part SMPL and SMPL-H share (AMASS's ``pose_body``).
+POSE_BODY_VALUES = 63
+
+
 def _track_arrays(seq: SMPLSequence, poses: np.ndarray, gender: str, fallback_fps: float) -> dict[str, np.ndarray]:
-    """The AMASS-style content of ``track_<id>.npz`` (key order fixed)."""
+    """The content of ``track_<id>.npz``: SMPL parameters under AMASS's key names (key order fixed).
+
+    ``poses`` is SMPL's (T, 72).  AMASS's own files hold SMPL-H (T, 156) poses, whose values
+    66-156 are finger joints where SMPL has its two hand joints (66-72), so a loader that
+    slices hands out of ``poses`` gets the wrong thing; ``root_orient`` (T, 3) and
+    ``pose_body`` (T, 63), the keys AMASS-style body loaders read (joints 0 and 1-21, the
+    same in both models), and ``surface_model_type`` say exactly what is there.
+    """
     return {
         "poses": poses,
+        "root_orient": np.ascontiguousarray(poses[:, :3]),
+        "pose_body": np.ascontiguousarray(poses[:, 3 : 3 + POSE_BODY_VALUES]),
+        "surface_model_type": np.array(SURFACE_MODEL_TYPE),
         "trans": np.asarray(seq.transl, dtype=np.float32),
         "betas": np.asarray(seq.betas, dtype=np.float32),
         "gender": np.array(gender),

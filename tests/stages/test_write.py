@@ -23,6 +23,9 @@ from hmrflow.stages.write import CAMERA_TO_ZUP, TRACKS_SCHEMA, WriteStage, mocap
 
 NPZ_KEYS = {
     "poses",
+    "root_orient",
+    "pose_body",
+    "surface_model_type",
     "trans",
     "betas",
     "gender",

@@ -154,3 +154,55 @@ def test_train_prior_amass_option_adds_the_folder_to_the_motion_bank(tmp_path: P
     assert bank.rotmats[-1].shape == (120, 24, 3, 3)
     # upright in the y-up world: the root's body-up axis (its y column) points up
     assert float(np.median(bank.rotmats[-1][:, 0, 1, 1])) > 0.9
+
+
+def test_track_npz_is_smpl_with_amass_body_keys(tmp_path: Path) -> None:
+    """hmrflow's track npz: SMPL-72 poses, plus root_orient/pose_body slices a body loader reads."""
+    from hmrflow.pipeline.config import PipelineConfig, WriteConfig
+    from hmrflow.pipeline.results import VideoResult
+    from hmrflow.pipeline.types import ClipRef, SMPLSequence
+    from hmrflow.stages.write import WriteStage
+
+    rng = np.random.default_rng(3)
+    t = 25
+    aa = rng.normal(0, 0.6, size=(t, 24, 3))
+    seq = SMPLSequence(
+        video_id="clip",
+        track_id=4,
+        betas=rng.normal(size=10).astype(np.float32),
+        frame_idx=np.arange(100, 100 + t, dtype=np.int64),
+        pts=np.arange(100, 100 + t) / 30.0,
+        observed=np.ones(t, bool),
+        rotmats=Rotation.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(t, 24, 3, 3).astype(np.float32),
+        transl=(rng.normal(size=(t, 3)) + [0, 0, 4]).astype(np.float32),
+        confidence=np.ones(t, np.float32),
+    )
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"stands in for a video: only hashed")
+    result = VideoResult(
+        clip=ClipRef("clip", str(video), fps=30.0, n_frames=200),
+        sequences=[seq],
+        config=PipelineConfig().resolved_dict(),
+        timings_s={},
+        extra={},
+    )
+    out = WriteStage(WriteConfig(), tmp_path / "out")(result)
+    with np.load(out / "track_4.npz", allow_pickle=False) as z:
+        poses = z["poses"]
+        assert poses.shape == (t, 72) and z["betas"].shape == (10,)  # SMPL, not SMPL-H's 156 / 16
+        assert str(z["surface_model_type"]) == "smpl"
+        assert z["root_orient"].shape == (t, 3) and z["pose_body"].shape == (t, 63)
+        np.testing.assert_array_equal(z["root_orient"], poses[:, :3])
+        np.testing.assert_array_equal(z["pose_body"], poses[:, 3:66])
+        # the body keys hold the estimated joints 0-21 (not some other slice): same rotations as rotmats
+        body = Rotation.from_rotvec(np.concatenate([z["root_orient"], z["pose_body"]], 1).reshape(-1, 3))
+        ref = Rotation.from_matrix(seq.rotmats[:, :22].reshape(-1, 3, 3).astype(np.float64))
+        assert np.max((body.inv() * ref).magnitude()) < 1e-4
+        body_only = {k: z[k] for k in ("root_orient", "pose_body", "trans", "mocap_framerate")}
+    # an AMASS-style body loader reading root_orient + pose_body gets SMPL's first 22 joints, hands zero
+    np.savez(tmp_path / "body_only.npz", **body_only)
+    m = load_amass_npz(tmp_path / "body_only.npz")
+    full = load_amass_npz(out / "track_4.npz")  # 'poses' (72) is read as SMPL: hands kept
+    np.testing.assert_allclose(m.poses[:, 1:22], full.poses[:, 1:22], atol=1e-6)
+    np.testing.assert_allclose(m.poses[:, 0], full.poses[:, 0], atol=1e-5)
+    assert np.all(m.poses[:, 22:] == 0) and np.any(full.poses[:, 22:] != 0)
