@@ -32,11 +32,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "job": ("hmrflow.jobs.cli.job", "scheduled runs from a job spec (cron-safe lock, idempotent)"),
     "render": ("hmrflow.jobs.cli.render", "overlay video of the tracked meshes/skeletons over a clip"),
     "report": ("hmrflow.jobs.cli.report", "self-contained HTML/PNG QC report per video"),
-    "export": ("hmrflow.jobs.cli.export", "export to OpenSim .trc/.mot, .csv, BVH or C3D"),
+    "export": (
+        "hmrflow.jobs.cli.export",
+        "export to .trc/.mot, .csv, BVH, C3D, or the OpenSim path (scaled model + OpenSim IK)",
+    ),
     "accelerate": ("hmrflow.jobs.cli.accelerate", "merge estimator layers within an error budget (ECLM)"),
     "bench": (
         "hmrflow.jobs.cli.bench",
-        "benchmarks: estimator, estimator-accuracy, pipeline, track, refine, batch, decode, render",
+        "benchmarks: estimator, estimator-accuracy, pipeline, track, refine, refine-pairs, world, opensim, "
+        "batch, decode, render",
     ),
 }
 
