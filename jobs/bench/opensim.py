@@ -9,6 +9,7 @@ SMPL joint angles (:mod:`hmrflow.jobs.export.angles`) over the track's frames:
 
 * ``path``: OpenSim path on the ground-truth body (the error the path itself adds: virtual
   markers on a skinned mesh, a scaled model with hinge knees and ankles, inverse kinematics);
+* ``path-shape``: the same with ``--opensim-model shape`` (model built from the body's shape);
 * ``opensim``: OpenSim path on the estimated track (end to end);
 * ``smpl``: the estimated track's own SMPL angles (``--format mot``), the same frames.
 
@@ -103,11 +104,12 @@ def evaluate_clip(clip_dir: Path, out_root: Path, preset: str, body_model: Any) 
     est_dir = out / "exports"
     export_opensim(track, video.video_id, est_dir, body_model)
     ik = read_storage(est_dir / f"{video.video_id}_track{track.track_id}_opensim" / "ik.mot")
-    export_opensim(gt, f"{video.video_id}_gt", est_dir, body_model)
-    ik_gt = read_storage(est_dir / f"{video.video_id}_gt_track{gt.track_id}_opensim" / "ik.mot")
     t_gt = {k: v[fi] for k, v in truth.items()}
     base = {"clip": clip_dir.name, "frames": int(len(fi)), "coverage": float(len(fi) / len(gt))}
-    rows.append({**base, "variant": "path", **sagittal_rmse({k: v[fi] for k, v in ik_gt.items()}, t_gt)})
+    for kind, variant in (("scaled", "path"), ("shape", "path-shape")):
+        export_opensim(gt, f"{video.video_id}_gt_{kind}", est_dir, body_model, model=kind)
+        ik_gt = read_storage(est_dir / f"{video.video_id}_gt_{kind}_track{gt.track_id}_opensim" / "ik.mot")
+        rows.append({**base, "variant": variant, **sagittal_rmse({k: v[fi] for k, v in ik_gt.items()}, t_gt)})
     rows.append({**base, "variant": "opensim", **sagittal_rmse(ik, t_gt)})
     rows.append({**base, "variant": "smpl", **sagittal_rmse(poses_to_angles(track.poses), t_gt)})
     return rows
@@ -126,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for clip_dir in sorted(p for p in set_dir.iterdir() if (p / "gt.npz").is_file()):
         rows += evaluate_clip(clip_dir, work / "opensim" / set_dir.name, args.preset, body_model)
-        log.info("%s: %s", clip_dir.name, rows[-3:])
-    for variant in ("path", "opensim", "smpl"):
+        log.info("%s: %s", clip_dir.name, rows[-4:])
+    for variant in ("path", "path-shape", "opensim", "smpl"):
         sel = [r for r in rows if r.get("variant") == variant and "knee_rmse_deg" in r]
         if sel:
             mean = {c: float(np.mean([r[c] for r in sel])) for c in COLUMNS[3:]}

@@ -41,6 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["world", "camera"],
         help="world: the video's gravity-aligned frame (y up, shared by all tracks); camera: the camera frame turned upright",
     )
+    p.add_argument(
+        "--opensim-model",
+        default="scaled",
+        choices=["scaled", "shape"],
+        help="opensim: scaled = the generic model scaled by OpenSim's ScaleTool (the lab workflow); "
+        "shape = a model built from each track's own body shape (exact joint centres, no ScaleTool)",
+    )
     add_body_model_arguments(p)
 
 
@@ -68,7 +75,16 @@ def run(args: argparse.Namespace) -> int:
     total = 0
     for v in videos:
         dest = Path(args.dest) / v.name if args.dest and len(videos) > 1 else args.dest
-        files = export_video(v, args.fmt, dest, body_model, markers=args.markers, units=args.units, frame=args.frame)
+        files = export_video(
+            v,
+            args.fmt,
+            dest,
+            body_model,
+            markers=args.markers,
+            units=args.units,
+            frame=args.frame,
+            opensim_model=args.opensim_model,
+        )
         for f in files:
             print(f)
         total += len(files)

@@ -134,8 +134,11 @@ def export_video(
     markers: str = "joints",
     units: str = "mm",
     frame: str = "world",
+    opensim_model: str = "scaled",
 ) -> list[Path]:
-    """Export every track of ``OUT/<video_id>/``; ``dest`` defaults to ``<video_dir>/exports``."""
+    """Export every track of ``OUT/<video_id>/``; ``dest`` defaults to ``<video_dir>/exports``.
+
+    ``opensim_model`` (format ``opensim`` only): ``scaled`` or ``shape`` (docs/opensim.md)."""
     out = load_video_output(video_dir)
     folder = Path(dest) if dest is not None else out.path / "exports"
     written: list[Path] = []
@@ -149,7 +152,7 @@ def export_video(
                 raise ValueError("format 'opensim' needs a body model")
             if frame == "camera" and t.has_world:
                 t = dataclasses.replace(t, world_orient=None, world_transl=None)
-            written.extend(export_opensim(t, out.video_id, folder, body_model))
+            written.extend(export_opensim(t, out.video_id, folder, body_model, model=opensim_model))
             continue
         written.append(export_track(t, out.video_id, fmt, folder, body_model, markers, units, frame))
     log.info("%s: wrote %d %s file(s) to %s", out.video_id, len(written), fmt, folder)

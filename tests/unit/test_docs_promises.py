@@ -29,6 +29,19 @@ def _readme_command_lines() -> list[str]:
     return [ln.split("  #", 1)[0].strip() for ln in block.splitlines() if ln.strip().startswith("hmrflow ")]
 
 
+def _doc_command_lines() -> list[tuple[str, str]]:
+    """(page, line) of every ``hmrflow ...`` line in a fenced block of docs/*.md."""
+    out = []
+    for md in sorted((ROOT / "docs").rglob("*.md")):
+        parts = md.read_text(encoding="utf-8").split("```")
+        for block in parts[1::2]:
+            for ln in block.splitlines():
+                ln = ln.split("  #", 1)[0].strip()
+                if ln.startswith("hmrflow ") and not ln.endswith("\\"):
+                    out.append((md.name, ln))
+    return out
+
+
 @pytest.fixture(scope="module")
 def parser() -> argparse.ArgumentParser:
     from hmrflow.jobs.cli import build_parser
@@ -73,6 +86,11 @@ def test_readme_command_line_matches_the_cli(parser, line: str) -> None:
                 if not alt.isupper() and not alt.endswith(".yaml"):
                     assert alt in last.choices, f"{line}: {alt} is not a choice of {last.option_strings}"
         last = None
+
+
+@pytest.mark.parametrize("page,line", _doc_command_lines())
+def test_docs_command_line_matches_the_cli(parser, page: str, line: str) -> None:
+    test_readme_command_line_matches_the_cli(parser, line)
 
 
 def test_readme_bench_targets_and_export_formats_exist() -> None:

@@ -283,3 +283,46 @@ def test_marker_prefers_skin_that_moves_with_its_segment_alone() -> None:
     assert pick(w) == 0
     w[0] = w[1]
     assert pick(w) == 1
+
+
+@needs_opensim
+def test_shape_model_recovers_walking_angles_and_replaces_old_results(body_model, tmp_path: Path) -> None:
+    """``model="shape"``: the model built from the track's own shape (no ScaleTool), sagittal
+    angles within 4 deg RMSE; an earlier result in the folder is replaced as a whole."""
+    import json
+
+    from hmrflow.jobs.bench.opensim import sagittal_rmse
+    from hmrflow.jobs.export.angles import poses_to_angles
+    from hmrflow.jobs.export.opensim import export_opensim
+    from hmrflow.jobs.export.opensim.run import read_storage
+    from hmrflow.jobs.export.reading import TrackData
+    from hmrflow.priors.motion_library import MOTIONS
+
+    rng = np.random.default_rng(8)
+    mot = MOTIONS["walk"](rng, 1.5, 30.0, speed=1.4, direction=-120.0)
+    t = len(mot.poses)
+    poses = mot.poses.reshape(t, 72)
+    track = TrackData(
+        track_id=5,
+        frame_idx=np.arange(t),
+        pts=np.arange(t) / 30.0,
+        poses=poses,
+        transl=mot.trans,
+        betas=(rng.normal(size=10) * 1.2).astype(np.float32),
+        observed=np.ones(t, bool),
+        confidence=np.ones(t, np.float32),
+        world_orient=poses[:, :3].copy(),
+        world_transl=mot.trans.copy(),
+    )
+    old = tmp_path / "walk_track5_opensim"
+    old.mkdir()
+    (old / "static.trc").write_text("from an earlier run")
+    files = export_opensim(track, "walk", tmp_path, body_model, model="shape")
+    names = sorted(p.name for p in files)
+    assert "static.trc" not in names and "scale_setup.xml" not in names and "model_scaled.osim" in names
+    assert not (tmp_path / "walk_track5_opensim.partial").exists()
+    rmse = sagittal_rmse(read_storage(old / "ik.mot"), poses_to_angles(poses))
+    assert max(rmse.values()) < 4.0, rmse
+    report = json.loads((old / "scale_report.json").read_text())
+    assert report["segments"]["femur_r"]["length_m"] > 0.25
+    assert json.loads((old / "ik_report.json").read_text())["model"] == "shape"

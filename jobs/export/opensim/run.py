@@ -343,18 +343,56 @@ def _write_static_trc(path: Path, body: ShapedBody) -> float:
     return float(times[-1])
 
 
-def export_opensim(track: TrackData, video_id: str, dest: Path, body_model: Any) -> list[Path]:
+#: How the model of a track is made: ``scaled`` (OpenSim's ScaleTool on the generic model,
+#: the lab workflow) or ``shape`` (built directly from the track's own body shape).
+MODEL_KINDS: tuple[str, ...] = ("scaled", "shape")
+
+
+def _shape_report(subject: ShapedBody, generic: ShapedBody) -> dict[str, Any]:
+    """Mass, height and segment lengths of a model built from the track's shape, with their
+    ratio to the generic model's (what ScaleTool's factors would approximate)."""
+    from hmrflow.priors.skeleton import JOINT_INDEX
+
+    lengths: dict[str, Any] = {}
+    for seg in SEGMENTS:
+        if seg.distal_joint is None:
+            continue
+        a, b = JOINT_INDEX[seg.origin_joint], JOINT_INDEX[seg.distal_joint]
+        own = float(np.linalg.norm(subject.joints[b] - subject.joints[a]))
+        ref = float(np.linalg.norm(generic.joints[b] - generic.joints[a]))
+        lengths[seg.name] = {"length_m": round(own, 4), "ratio_to_generic": round(own / ref, 4) if ref else None}
+    return {
+        "tool": "none: model_scaled.osim is built from the track's own shape (betas); joint centres exact",
+        "mass_kg": round(subject.mass_kg, 2),
+        "height_m": round(subject.height_m, 3),
+        "segments": lengths,
+    }
+
+
+def export_opensim(track: TrackData, video_id: str, dest: Path, body_model: Any, model: str = "scaled") -> list[Path]:
     """Run the OpenSim path for one track (world frame when the output has one).
 
-    Writes ``dest/<video_id>_track<id>_opensim/`` (module docstring); returns its files.
+    Writes ``dest/<video_id>_track<id>_opensim/`` (module docstring) and returns its files.
+    ``model``: ``scaled`` (generic model + ScaleTool on a static trial of the track's body) or
+    ``shape`` (the model built from the track's shape; no ScaleTool, so no ``static.trc``,
+    ``scale_setup.xml`` or ``scale_factors.xml``).  The folder is written beside the old one
+    and swapped in when complete, so a failed run leaves the previous results whole.
     """
+    import shutil
+
     from hmrflow.jobs.export import world_as_camera
     from hmrflow.jobs.export.positions import rest_joints
     from hmrflow.jobs.export.trc import write_trc
 
+    if model not in MODEL_KINDS:
+        raise ValueError(f"unknown OpenSim model kind {model!r}: one of {', '.join(MODEL_KINDS)}")
+    if len(track) == 0:
+        raise ValueError(f"{video_id} track {track.track_id}: no rows to export")
     osim = _opensim()
-    folder = Path(dest) / f"{video_id}_track{track.track_id}_opensim"
-    folder.mkdir(parents=True, exist_ok=True)
+    final = Path(dest) / f"{video_id}_track{track.track_id}_opensim"
+    folder = final.with_name(final.name + ".partial")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     if track.has_world:
         track = world_as_camera(track, rest_joints(track, body_model)[0])
     else:
@@ -363,9 +401,15 @@ def export_opensim(track: TrackData, video_id: str, dest: Path, body_model: Any)
     generic = shaped_body(body_model, np.zeros(10), ids)
     generic_file = save_model(opensim_model("hmrflow_generic", generic), folder / "model.osim")
     subject = shaped_body(body_model, track.betas, ids)
-    static_trc = folder / "static.trc"
-    t_static = _write_static_trc(static_trc, subject)
-    scaled, scale_report = run_scaling(osim, generic_file, static_trc, subject, folder, t_static)
+    if model == "scaled":
+        static_trc = folder / "static.trc"
+        t_static = _write_static_trc(static_trc, subject)
+        scaled, scale_report = run_scaling(osim, generic_file, static_trc, subject, folder, t_static)
+    else:
+        scaled = save_model(
+            opensim_model(f"hmrflow_{video_id}_track{track.track_id}", subject), folder / "model_scaled.osim"
+        )
+        scale_report = _shape_report(subject, generic)
     names = [m.name for m in MARKERS]
     pos = track_markers(track, body_model, ids)
     trc = write_trc(folder / "markers.trc", names, pos, track.frame_idx, track.pts, track.frame_rate, convert=False)
@@ -373,10 +417,13 @@ def export_opensim(track: TrackData, video_id: str, dest: Path, body_model: Any)
     _tidy_angles(mot)
     (folder / "scale_report.json").write_text(json.dumps(scale_report, indent=2) + "\n", encoding="utf-8")
     ik_report["coordinates"] = list(COORDINATES)
-    ik_report["observed_share"] = round(float(np.mean(track.observed)), 4) if len(track) else 0.0
+    ik_report["model"] = model
+    ik_report["observed_share"] = round(float(np.mean(track.observed)), 4)
     (folder / "ik_report.json").write_text(json.dumps(ik_report, indent=2) + "\n", encoding="utf-8")
-    log.info("%s track %d: OpenSim model, scaling and IK in %s", video_id, track.track_id, folder)
-    return sorted(p for p in folder.iterdir() if p.is_file())
+    shutil.rmtree(final, ignore_errors=True)
+    folder.rename(final)
+    log.info("%s track %d: OpenSim model (%s), IK in %s", video_id, track.track_id, model, final)
+    return sorted(p for p in final.iterdir() if p.is_file())
 
 
 def _tidy_angles(mot: Path) -> None:
