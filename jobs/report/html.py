@@ -289,6 +289,12 @@ def quality_items(qual: TrackQuality) -> list[str]:
         f"Longest gap: {q.seconds(qual.longest_gap_s)}" if qual.longest_gap_s > 0 else "No gaps",
         f"Frames filled in by the refiner: {qual.n_filled}; frames with no estimate: {qual.n_missing}",
     ]
+    if qual.n_sudden_turns:
+        items.append(
+            f"Sudden turns: {qual.n_sudden_turns} frame step(s) where the whole body turns faster than a person can "
+            f"({q.MAX_TURN_DEG_S:g} degrees per second): usually the estimate flipping front and back; "
+            "angles jump there"
+        )
     if qual.n_joins:
         items.append(
             f"Lost and found again by the tracker {qual.n_joins} time(s): check that it is the same person after each gap"
@@ -309,7 +315,8 @@ def _how_to_read() -> str:
         f"appearance, no gap longer than {q.CARE_GAP_S:g} s, at least {q.POOR_DURATION_S:g} s long, mean confidence "
         f"at least {q.CARE_CONFIDENCE:g}.</li>"
         f"<li><b>usable with care</b>: seen in {100 * q.POOR_SEEN:.0f}-{100 * q.CARE_SEEN:.0f}% of frames, a gap longer "
-        f"than {q.CARE_GAP_S:g} s, or mean confidence {q.POOR_CONFIDENCE:g}-{q.CARE_CONFIDENCE:g}.</li>"
+        f"than {q.CARE_GAP_S:g} s, mean confidence {q.POOR_CONFIDENCE:g}-{q.CARE_CONFIDENCE:g}, or a sudden turn "
+        f"(the whole body turning faster than {q.MAX_TURN_DEG_S:g} degrees per second between two frames).</li>"
         f"<li><b>poor</b>: seen in under {100 * q.POOR_SEEN:.0f}% of frames, shorter than {q.POOR_DURATION_S:g} s, "
         f"or mean confidence under {q.POOR_CONFIDENCE:g}.</li>"
         "<li><b>Gaps</b> are frames where the person was not detected: the curves stop there; frames the refiner "

@@ -10,7 +10,10 @@ A track spans the frames from its first to its last appearance.  Within that spa
 * **joins**: places where the tracker re-identified the person after losing them
   (``manifest.json`` ``tracks[].joins``): worth a look, the identity may have switched;
 * **confidence**: the pose estimator's own 0-1 score on the seen frames (trained to be
-  ``exp(-joint error / 10 cm)``: higher means it expects its joints to be closer).
+  ``exp(-joint error / 10 cm)``: higher means it expects its joints to be closer);
+* **sudden turns**: steps between consecutive frames where the whole body turns faster than
+  :data:`MAX_TURN_DEG_S` (world frame when the output has one): no person turns that fast,
+  so these are almost always the estimate flipping front and back; the angles jump there.
 
 The verdict (:func:`verdict`) applies the thresholds below: **poor** when any of the
 ``POOR_*`` limits is crossed, **usable with care** when any ``CARE_*`` limit is, else
@@ -38,6 +41,9 @@ POOR_DURATION_S = 1.0
 POOR_CONFIDENCE = 0.1
 #: Mean confidence below this (expected joint error above about 16 cm): usable with care.
 CARE_CONFIDENCE = 0.2
+#: Whole-body turning speed (deg/s) above which a frame step is flagged as a sudden turn
+#: (fast pirouettes reach about 1000 deg/s; a front/back flip of the estimate is 180 deg in a frame or two).
+MAX_TURN_DEG_S = 1500.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class TrackQuality:
 
     n_rows: rows in the output; span_frames: frames from the first to the last appearance;
     duration_s: that span in seconds; seen_share: n_seen / span_frames (0 for an empty track);
-    longest_gap_s: 0 without gaps; mean_confidence: NaN when no frame was seen.
+    longest_gap_s: 0 without gaps; mean_confidence: NaN when no frame was seen;
+    n_sudden_turns: frame steps turning faster than :data:`MAX_TURN_DEG_S`.
     """
 
     track_id: int
@@ -62,6 +69,7 @@ class TrackQuality:
     mean_confidence: float
     verdict: str
     reasons: tuple[str, ...]
+    n_sudden_turns: int = 0
 
     @property
     def verdict_line(self) -> str:
@@ -92,10 +100,12 @@ def verdict(
     mean_confidence: float,
     n_rows: int,
     n_posed: int | None = None,
+    n_sudden_turns: int = 0,
 ) -> tuple[str, tuple[str, ...]]:
     """("good" | "usable with care" | "poor", reasons in plain words) from the thresholds above.
 
     n_posed: rows with a finite pose (default all); none makes the track poor.
+    n_sudden_turns: any makes a good track usable with care.
     """
     if n_rows == 0:
         return "poor", ("no frames",)
@@ -116,11 +126,33 @@ def verdict(
         poor.append("low confidence" if np.isfinite(mean_confidence) else "never detected")
     elif mean_confidence < CARE_CONFIDENCE:
         care.append("low confidence")
+    if n_sudden_turns:
+        care.append(f"{n_sudden_turns} sudden turn{'s' if n_sudden_turns > 1 else ''} (front/back flips?)")
     if poor:
         return "poor", tuple(poor + care)
     if care:
         return "usable with care", tuple(care)
     return "good", ()
+
+
+def sudden_turns(track: TrackData, max_deg_s: float = MAX_TURN_DEG_S) -> np.ndarray:
+    """(K,) row indices ``i`` where the body's orientation from row ``i`` to ``i + 1`` turns
+    faster than ``max_deg_s`` (world orientation when the track has one, else the camera-frame
+    root; time from ``pts``, so skipped frames are allowed their time)."""
+    from scipy.spatial.transform import Rotation
+
+    root = track.world_orient if track.has_world else np.asarray(track.poses)[:, :3]
+    if root is None or len(track) < 2:
+        return np.zeros(0, np.int64)
+    root = np.asarray(root, np.float64)
+    ok = np.isfinite(root).all(axis=1)
+    rot = Rotation.from_rotvec(np.where(ok[:, None], root, 0.0))
+    step_deg = np.degrees((rot[:-1].inv() * rot[1:]).magnitude())
+    dt = np.diff(np.asarray(track.pts, np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = np.where(dt > 0, step_deg / dt, np.inf)
+    flagged = ok[:-1] & ok[1:] & (speed > max_deg_s)
+    return np.flatnonzero(flagged)
 
 
 def track_quality(track: TrackData, fps: float | None = None, joins: Sequence[Any] = ()) -> TrackQuality:
@@ -147,7 +179,8 @@ def track_quality(track: TrackData, fps: float | None = None, joins: Sequence[An
     gap_s = max(runs, default=0) / rate
     duration = span / rate
     posed = int((np.isfinite(track.poses).all(axis=1) & np.isfinite(track.transl).all(axis=1)).sum()) if n else 0
-    v, reasons = verdict(share, gap_s, duration, conf, n, posed)
+    turns = int(sudden_turns(track).size) if n else 0
+    v, reasons = verdict(share, gap_s, duration, conf, n, posed, turns)
     return TrackQuality(
         track_id=track.track_id,
         n_rows=n,
@@ -162,4 +195,5 @@ def track_quality(track: TrackData, fps: float | None = None, joins: Sequence[An
         mean_confidence=conf,
         verdict=v,
         reasons=reasons,
+        n_sudden_turns=turns,
     )

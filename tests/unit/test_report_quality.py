@@ -74,3 +74,38 @@ def test_report_speaks_plainly(tmp_path: Path) -> None:
     assert "jitter" not in outside.lower() and "m/s&sup3;" not in outside
     details = re.findall(r"<details>.*?</details>", text, flags=re.S)
     assert len(details) == 1 and "how abruptly the joint positions change" in details[0]
+
+
+def test_sudden_turns_flag_front_back_flips_only() -> None:
+    """A body turning steadily (a walk's curve, a quick pivot at 600 deg/s) is not flagged;
+    a 150-degree flip within two frames is, once per offending step, and the verdict says so."""
+    import dataclasses
+
+    from scipy.spatial.transform import Rotation
+
+    t = 90
+    heading = np.concatenate([np.linspace(0, 90, 60), 90 + 20 * np.arange(1, 31)])  # 20 deg/frame = 600 deg/s
+    orient = Rotation.from_euler("y", heading[:, None], degrees=True).as_rotvec()
+    base = dataclasses.replace(holed_track(), observed=np.ones(len(holed_track()), bool))
+    n = len(base)
+    track = dataclasses.replace(
+        base,
+        frame_idx=np.arange(t),
+        pts=np.arange(t) / FPS,
+        poses=np.zeros((t, 72), np.float32),
+        transl=np.zeros((t, 3), np.float32),
+        observed=np.ones(t, bool),
+        confidence=np.full(t, 0.5, np.float32),
+        world_orient=orient.astype(np.float32),
+        world_transl=np.zeros((t, 3), np.float32),
+    )
+    assert n > 0 and q.sudden_turns(track).size == 0
+    flipped = heading.copy()
+    flipped[40:43] += np.array([75.0, 150.0, 150.0])  # the estimate flips over two frame steps, stays 3 frames
+    bad = dataclasses.replace(
+        track, world_orient=Rotation.from_euler("y", flipped[:, None], degrees=True).as_rotvec().astype(np.float32)
+    )
+    assert q.sudden_turns(bad).tolist() == [39, 40, 42]
+    qual = q.track_quality(bad, FPS)
+    assert qual.n_sudden_turns == 3
+    assert qual.verdict == "usable with care" and "3 sudden turns (front/back flips?)" in qual.reasons
