@@ -4,9 +4,9 @@ All people of a batch of frames are cropped at once (:func:`hmrflow.stages.mesh.
 HMR2.0's box -> crop rule with ``cfg.crop_rescale`` context) and the ViT runs over them in
 chunks of ``cfg.batch_size``.  On CUDA the ViT runs under autocast (``cfg.precision``: bf16 or
 fp16; rotations, the camera conversion and everything after stay fp32).  On the CPU, ``precision="bf16"``
-also autocasts the ViT to bf16: measured on the bundled tiny model (256 held-out crops, one
-thread) it is 2.3x faster (1.42 s vs 3.32 s) with the same accuracy (PA-MPJPE 90.69 vs 90.68 mm;
-joints differ by 0.4 mm on average, 11 mm at most); ``fp16`` runs fp32 on the CPU and
+autocasts the ViT to bf16 only where the CPU has bf16 instructions (AVX512-BF16, AMX, Arm BF16;
+:func:`~hmrflow.pipeline.devices.cpu_has_native_bf16`): elsewhere bf16 is emulated and several
+times slower than fp32, so fp32 runs (docs/bench/estimator.md has the figures); ``fp16`` runs fp32 on the CPU and
 ``precision="fp32"`` turns autocast off everywhere.  The weak-perspective crop camera becomes a full-image SMPL
 translation with a focal length: ``cfg.focal_px`` when the camera is known, else
 ``cfg.focal_default``: ``"diagonal"`` = sqrt(W^2 + H^2) (default; on the synthetic crowded set

@@ -112,19 +112,33 @@ def test_empty_detections_give_empty_estimates(two_people, random_weights) -> No
     assert len(out) == 0 and out.rotmats.shape == (0, 24, 3, 3) and out.video_id == "v"
 
 
+@pytest.fixture
+def force_cpu_bf16(monkeypatch: pytest.MonkeyPatch):
+    """Run the bf16 path even on a CPU without bf16 instructions (where the stage uses fp32)."""
+    from hmrflow.pipeline import devices
+
+    monkeypatch.setenv(devices.CPU_BF16_ENV, "1")
+    devices.cpu_has_native_bf16.cache_clear()
+    yield
+    devices.cpu_has_native_bf16.cache_clear()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_chunking_gives_identical_results(two_people, random_weights, precision) -> None:
+def test_chunking_gives_identical_results(two_people, random_weights, precision, force_cpu_bf16) -> None:
     a = _stage(random_weights, batch_size=64, precision=precision)(two_people)
     b = _stage(random_weights, batch_size=1, precision=precision)(two_people)
     for f in ("rotmats", "betas", "cam_t", "confidence"):
         np.testing.assert_allclose(getattr(a, f), getattr(b, f), atol=2e-5, rtol=1e-5)
 
 
-def test_cpu_bf16_is_close_to_fp32(two_people) -> None:
+def test_cpu_bf16_is_close_to_fp32(two_people, force_cpu_bf16) -> None:
     if not bundled_weights_path("tiny").is_file():
         pytest.skip("bundled tiny weights not built")
     a = _stage(None, precision="fp32")(two_people)
-    b = _stage(None, precision="bf16")(two_people)
+    stage = _stage(None, precision="bf16")
+    assert stage._autocast_dtype() is torch.bfloat16
+    b = stage(two_people)
+    assert np.abs(a.rotmats - b.rotmats).max() > 0  # really another precision
     assert np.abs(a.rotmats - b.rotmats).max() < 0.05
     np.testing.assert_allclose(a.cam_t, b.cam_t, rtol=0.02)
 

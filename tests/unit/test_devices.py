@@ -36,7 +36,6 @@ def test_auto_is_cpu_and_cuda_is_a_one_line_error_without_cuda() -> None:
 def test_autocast_rules() -> None:
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "fp32") is None
-    assert autocast_dtype(cpu, "bf16") is torch.bfloat16
     assert autocast_dtype(cpu, "bf16", cpu_bf16=False) is None  # training keeps fp32 on the CPU
     assert autocast_dtype(cpu, "fp16") is None  # no fast CPU fp16
     cuda = torch.device("cuda")
@@ -64,3 +63,39 @@ def test_cli_device_flag_reaches_refine_and_the_seed_reaches_the_refine_stage() 
     assert (cfg.detect.device, cfg.estimate.device, cfg.refine.device) == ("cpu", "cpu", "cpu")
     spec = build_spec(cfg, "/tmp/unused")
     assert spec.refine.seed == 7 and spec.refine.cfg.device == "cpu"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_only_with_native_instructions(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """Emulated bf16 is several times slower than fp32 on a CPU without bf16 instructions, so
+    ``precision=bf16`` runs fp32 there; with them (or forced) it runs bf16."""
+    from hmrflow.pipeline import devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(devices.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(
+        devices, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"} | ({"avx512_bf16"} if native else set()))
+    )
+    devices.cpu_has_native_bf16.cache_clear()
+    try:
+        assert devices.cpu_has_native_bf16() is native
+        assert (autocast_dtype(cpu, "bf16") is torch.bfloat16) is native
+        monkeypatch.setenv(devices.CPU_BF16_ENV, "1")
+        devices.cpu_has_native_bf16.cache_clear()
+        assert autocast_dtype(cpu, "bf16") is torch.bfloat16
+        monkeypatch.setenv(devices.CPU_BF16_ENV, "0")
+        devices.cpu_has_native_bf16.cache_clear()
+        assert autocast_dtype(cpu, "bf16") is None
+    finally:
+        devices.cpu_has_native_bf16.cache_clear()
+
+
+def test_cpu_flags_are_read_from_cpuinfo() -> None:
+    """On Linux the flags come from /proc/cpuinfo (every x86 CPU there has ``fpu``)."""
+    import platform
+
+    from hmrflow.pipeline.devices import _cpu_flags
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 Linux only")
+    assert "fpu" in _cpu_flags()
