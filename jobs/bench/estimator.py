@@ -80,6 +80,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-calib", type=int, default=128, help="calibration crops for the ECLM search (default 128)")
     p.add_argument("--cache", default=None, help="folder to cache rendered synthetic sets (default OUT/cache)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--settings",
+        default="fasthmr,camerahmr",
+        help="headline ViT-H rows: comma-separated of fasthmr, camerahmr ('' = none)",
+    )
+    p.add_argument(
+        "--headline-batches", default="8", help="batch sizes of the headline rows (default 8; 64 is slow on CPU)"
+    )
+    p.add_argument(
+        "--headline-precisions",
+        default="bf16,fp32",
+        help="precisions of the headline rows, timed side by side (default bf16,fp32)",
+    )
 
 
 def _bundled_weights(eclm: bool = False) -> Optional[Path]:
@@ -147,8 +160,8 @@ def _flops(v: _Variants, variant: str, x, cover) -> dict[str, int]:
         v.set("baseline")
 
 
-def _time(v: _Variants, x, cover, reps: int, device, amp) -> dict[str, float]:
-    """Median seconds per call of each variant, interleaved round-robin."""
+def _time(v: _Variants, x, cover, reps: int, device, amp, variants: tuple[str, ...] = VARIANTS) -> dict[str, float]:
+    """Median seconds per call of each of ``variants``, interleaved round-robin."""
     import torch
 
     def once(variant: str) -> float:
@@ -161,14 +174,14 @@ def _time(v: _Variants, x, cover, reps: int, device, amp) -> dict[str, float]:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     warm = {}
-    for variant in VARIANTS:  # warm-up; fast calls are repeated so one measurement lasts >= 0.2 s
+    for variant in variants:  # warm-up; fast calls are repeated so one measurement lasts >= 0.2 s
         v.set(variant)
         warm[variant] = once(variant)
     inner = max(1, min(50, int(0.2 / max(min(warm.values()), 1e-6))))
     for _ in range(reps):
-        for variant in VARIANTS:
+        for variant in variants:
             v.set(variant)
             times[variant].append(sum(once(variant) for _ in range(inner)) / inner)
     v.set("baseline")
@@ -210,6 +223,86 @@ def _bench_model(
                 secs["baseline"] / secs[k],
                 fl[k]["total"] / 1e9,
             )
+    return rows
+
+
+#: Published acceleration settings for HMR2.0's ViT-H (32 blocks, 192 tokens): layer pairs
+#: merged by ECLM and Mask-ToMe merges in the first blocks.  FastHMR's HMR2.0 result merges 4
+#: layers with token merging in the first 3 blocks; a CameraHMR-like setting merges 6.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fasthmr": {
+        "pairs": 4,
+        "tome_r": (40, 40, 40),
+        "about": "FastHMR's HMR2.0 setting: 4 layers merged, r=40 in blocks 1-3",
+    },
+    "camerahmr": {"pairs": 6, "tome_r": (40, 40, 40), "about": "CameraHMR-like: 6 layers merged, r=40 in blocks 1-3"},
+}
+#: Share of the 16x12 token grid under the person in the headline rows (FastHMR reports about 45 %).
+PERSON_SHARE = 0.45
+
+
+def person_cover(batch: int, grid: tuple[int, int] = (16, 12), share: float = PERSON_SHARE, seed: int = 0):
+    """(B, gh, gw) bool: a person-shaped block per crop (full height minus a margin, width set
+    so that about ``share`` of the tokens are covered, shifted a little per crop)."""
+    import torch
+
+    gh, gw = grid
+    g = torch.Generator().manual_seed(seed)
+    rows = gh - 2
+    cols = max(1, min(gw, round(share * gh * gw / rows)))
+    cover = torch.zeros(batch, gh, gw, dtype=torch.bool)
+    for i in range(batch):
+        c0 = int(torch.randint(0, gw - cols + 1, (1,), generator=g)) if gw > cols else 0
+        cover[i, 1 : 1 + rows, c0 : c0 + cols] = True
+    return cover
+
+
+def headline_rows(
+    settings: list[str], batches: list[int], reps: int, device, precisions: list[str], size: Any = "huge"
+) -> list[dict[str, Any]]:
+    """ViT-H (random weights) under each published setting: unmerged vs ECLM + Mask-ToMe,
+    timed interleaved per batch and precision; crops/s, speed-up, FLOPs ratio and the share
+    of the FLOPs ratio realised.  ``size``: the estimator size or spec (32 blocks, 256x192 crops)."""
+    import torch
+
+    from hmrflow.stages.mesh.accel.tome import MaskToMeConfig
+    from hmrflow.stages.mesh.model import build_estimator
+
+    huge = build_estimator(size, (256, 192)).eval().to(device)
+    rows = []
+    for name in settings:
+        st = SETTINGS[name]
+        plan = _pairs_from_end(32, st["pairs"])
+        cfg = MaskToMeConfig(r=tuple(st["tome_r"]), schedule="list", group_size=None)
+        v = _Variants(huge, plan, cfg)
+        for b in batches:
+            x = torch.randn(b, 3, 256, 192, generator=torch.Generator().manual_seed(b)).to(device)
+            cover = person_cover(b).to(device)
+            with torch.inference_mode():
+                fl = {k: _flops(v, k, x, cover)["total"] for k in ("baseline", "both")}
+            for prec in precisions:
+                with torch.inference_mode():
+                    secs = _time(v, x, cover, reps, device, prec == "bf16", ("baseline", "both"))
+                speed = secs["baseline"] / secs["both"]
+                ratio = fl["baseline"] / fl["both"]
+                rows.append(
+                    {
+                        "setting": name,
+                        "about": st["about"],
+                        "batch": b,
+                        "precision": prec,
+                        "crops_per_s_unmerged": b / secs["baseline"],
+                        "crops_per_s_merged": b / secs["both"],
+                        "speedup": speed,
+                        "gflops_unmerged": fl["baseline"] / 1e9,
+                        "gflops_merged": fl["both"] / 1e9,
+                        "flops_ratio": ratio,
+                        "realised": speed / ratio,
+                    }
+                )
+                log.info(
+                    "%s b=%d %s: x%.2f of FLOPs ratio x%.2f (%.0f %%)", name, b, prec, speed, ratio, 100 * speed / ratio
+                )
     return rows
 
 
@@ -303,6 +396,20 @@ def _clip_accuracy(
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Estimator benchmark ({report['device']}, {report['dtype']}, {report['threads']} threads)", ""]
+    if report.get("headline"):
+        lines += [
+            "## Headline: HMR2.0's ViT-H under published settings (random weights, speed only; "
+            f"{100 * PERSON_SHARE:.0f} % of tokens under the person)",
+            "",
+            "| setting | batch | precision | crops/s unmerged | crops/s merged | speed-up | FLOPs ratio | realised |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["headline"]:
+            lines.append(
+                f"| {r['setting']} | {r['batch']} | {r['precision']} | {r['crops_per_s_unmerged']:.2f} | "
+                f"{r['crops_per_s_merged']:.2f} | {r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {100 * r['realised']:.0f} % |"
+            )
+        lines.append("")
     for name, info in report["models"].items():
         lines += [
             f"## {name}: {info['description']}",
@@ -505,6 +612,20 @@ def _run(args: argparse.Namespace) -> int:
         hb = [int(b) for b in args.huge_batches.split(",") if b]
         report["throughput"] += _bench_model(
             "huge", _Variants(huge, hplan, hcfg), images, cover, hb, max(2, args.reps // 2), device, amp
+        )
+    settings = [t.strip() for t in args.settings.split(",") if t.strip()]
+    if set(settings) - set(SETTINGS):
+        raise ConfigError(f"--settings: choose from {', '.join(SETTINGS)}; got {args.settings!r}")
+    precisions = [t.strip() for t in args.headline_precisions.split(",") if t.strip()]
+    if set(precisions) - {"bf16", "fp32"}:
+        raise ConfigError(f"--headline-precisions: bf16 and/or fp32, got {args.headline_precisions!r}")
+    if settings:
+        report["headline"] = headline_rows(
+            settings,
+            [int(b) for b in args.headline_batches.split(",") if b.strip()],
+            max(2, args.reps // 2),
+            device,
+            precisions,
         )
     atomic_write_bytes(out / "estimator_bench.json", json.dumps(report, indent=2).encode())
     md = _markdown(report)

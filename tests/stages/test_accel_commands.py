@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,8 @@ def test_bench_estimator_reports_four_variants(tmp_path) -> None:
         "",
         "--precision",
         "fp32",
+        "--settings",
+        "",
     ]
     assert cli.main(args) == 0
     rep = json.loads((out / "estimator_bench.json").read_text())
@@ -100,3 +103,27 @@ def test_commands_leave_global_torch_state_alone(tmp_path) -> None:
     )
     assert torch.is_grad_enabled()
     assert torch.equal(torch.rand(3), want)
+
+
+def test_headline_settings_merge_what_they_say() -> None:
+    """The FastHMR and CameraHMR-like rows on a narrow 32-block ViT with HMR2.0's token grid:
+    4 and 6 layer pairs merged, Mask-ToMe in blocks 1-3 only, about 45 % of tokens protected;
+    FLOPs ratios above 1 and growing with the merged layers; every figure finite."""
+    from dataclasses import replace
+
+    from hmrflow.jobs.bench.estimator import headline_rows, person_cover
+    from hmrflow.stages.mesh.model import SIZES
+
+    cover = person_cover(8)
+    assert cover.shape == (8, 16, 12) and abs(float(cover.float().mean()) - 0.45) < 0.05
+    huge = SIZES["huge"]
+    narrow = replace(
+        huge,
+        backbone=replace(huge.backbone, embed_dim=64, num_heads=4),
+        head=replace(huge.head, context_dim=64, dim=64, depth=1, mlp_dim=64),
+    )
+    rows = headline_rows(["fasthmr", "camerahmr"], [2], 1, torch.device("cpu"), ["fp32"], size=narrow)
+    by = {r["setting"]: r for r in rows}
+    assert 1.2 < by["fasthmr"]["flops_ratio"] < by["camerahmr"]["flops_ratio"]
+    for r in rows:
+        assert r["speedup"] > 0 and np.isfinite(r["realised"]) and r["gflops_merged"] < r["gflops_unmerged"]
