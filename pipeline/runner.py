@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from hmrflow.pipeline.prefetch import Prefetcher
 from hmrflow.pipeline.provenance import worker_info
 from hmrflow.pipeline.results import VideoResult
 from hmrflow.pipeline.types import ClipRef, FrameBatch, MeshEstimates, SMPLSequence, TrackedEstimates
@@ -85,10 +86,17 @@ class FramePart:
 
 
 def run_frame_part(
-    decode: Any, frame_stages: Sequence[Any], clip: ClipRef, on_batch: Callable[[int], None] | None = None
+    decode: Any,
+    frame_stages: Sequence[Any],
+    clip: ClipRef,
+    on_batch: Callable[[int], None] | None = None,
+    decode_ahead: int = 2,
 ) -> FramePart:
     """decode -> frame stages over one clip, batch by batch; returns the concatenated estimates.
 
+    Decoding runs in a thread up to ``decode_ahead`` batches ahead of the frame stages
+    (:class:`~hmrflow.pipeline.prefetch.Prefetcher`); the timings record its busy seconds
+    under the decode stage's name and the frame stages' wait for it as ``decode_wait``.
     ``on_batch(n_frames)`` is called after every batch (progress bars, heartbeats).  Used
     by the LocalRunner and by the Ray runner's fused operator, so both do the same work.
     """
@@ -97,25 +105,31 @@ def run_frame_part(
     observers = [st for st in frame_stages if hasattr(st, "begin_clip")]
     for st in observers:  # before the first frame is decoded: they check the clip up front
         timer.call(type(st).__name__, st.begin_clip, clip)
-    batches: Iterator[FrameBatch] = iter(decode(clip))
     n_frames, frame_hw = 0, None
-    while True:
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        timer.seconds[type(decode).__name__] += time.perf_counter() - t0
-        if batch is None:
-            break
-        if frame_hw is None and len(batch):
-            frame_hw = (int(batch.images.shape[1]), int(batch.images.shape[2]))
-        x: Any = batch
-        for st in frame_stages:
-            x = timer.call(type(st).__name__, st, x)
-        if not isinstance(x, MeshEstimates):
-            raise TypeError(f"the last frame stage must return MeshEstimates, got {type(x).__name__}")
-        per_batch.append(x)
-        n_frames += len(batch)
-        if on_batch is not None:
-            on_batch(len(batch))
+    # the next batch is decoded while this one is detected and estimated (decode_ahead batches)
+    batches: Prefetcher[FrameBatch] = Prefetcher(decode(clip), depth=decode_ahead, name="decode")
+    try:
+        it: Iterator[FrameBatch] = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            timer.seconds["decode_wait"] += time.perf_counter() - t0
+            if batch is None:
+                break
+            if frame_hw is None and len(batch):
+                frame_hw = (int(batch.images.shape[1]), int(batch.images.shape[2]))
+            x: Any = batch
+            for st in frame_stages:
+                x = timer.call(type(st).__name__, st, x)
+            if not isinstance(x, MeshEstimates):
+                raise TypeError(f"the last frame stage must return MeshEstimates, got {type(x).__name__}")
+            per_batch.append(x)
+            n_frames += len(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        batches.close()
+        timer.seconds[type(decode).__name__] += batches.busy_s
     estimates = MeshEstimates.cat(per_batch) if per_batch else None
     observed: dict[str, Any] | None = None
     for st in observers:

@@ -1,18 +1,27 @@
 """End-to-end accuracy and speed of the whole pipeline on the synthetic benchmark sets.
 
     hmrflow bench pipeline [--sets easy crowded occlusion far crossings twins] [--clips N]
-                           [--seed S] [--work DIR] [--variants per-frame refined]
+                           [--seed S] [--size WxH] [--work DIR] [--variants per-frame refined]
                            [--preset clip] [--set KEY=VALUE ...] [--json PATH]
 
 For every set (rendered once into ``WORK/sets/<set>/``, reused when present; with
 ``--seed S`` fresh clips of the same kind, clip i seeded ``S + i``, in
-``WORK/sets/<set>_s<S>/`` with outputs in ``WORK/outputs/<set>_s<S>/``) and every
-variant, the LocalRunner runs detect -> estimate -> track (-> refine) -> write on each clip
+``WORK/sets/<set>_s<S>/`` with outputs in ``WORK/outputs/<set>_s<S>/``; with ``--size WxH``
+the clips are rendered at that frame size, the same scenes scaled, in folders ending
+``_<W>x<H>``) and every variant, the LocalRunner runs detect -> estimate -> track (-> refine) -> write on each clip
 and ``hmrflow eval`` scores the outputs against the exact ground truth.  ``per-frame`` is the
 pipeline with refinement switched off (the estimator's own per-frame output, tracked),
 ``refined`` the full pipeline.  Prints one markdown table (one row per set and variant) and
 writes the same rows as JSON (every overall column of ``hmrflow eval``, plus set, seed,
 variant, clips, frames, fps).  All figures are synthetic: label them so.
+
+Speed: ``fps`` is frames decoded per second of pipeline wall time (weights loaded before the
+clock starts, so start-up is not in it; evaluation is not in it).  The ``*_pct`` columns
+split the stage seconds each clip's manifest records (``volatile.timings_s``, summed over the
+clips) into shares: decode, detect, estimate, track (with turning estimates into sequences),
+refine, camera (field of view and camera motion, the world stage) and write (the rest of the
+clip's wall time: writing outputs and overheads).  Decoding runs beside the other stages
+(a reader thread), so its share can overlap the others' time.
 """
 
 from __future__ import annotations
@@ -34,6 +43,17 @@ VARIANTS: dict[str, list[str]] = {
     "per-frame": ["refine.enabled=false"],
     "refined": ["refine.enabled=true"],
 }
+#: Stage-time shares reported by the bench: column -> the ``timings_s`` names summed into it.
+STAGE_SHARES: dict[str, tuple[str, ...]] = {
+    "decode_pct": ("DecodeStage",),
+    "detect_pct": ("DetectStage",),
+    "estimate_pct": ("EstimateStage",),
+    "track_pct": ("TrackStage", "to_sequences"),
+    "refine_pct": ("RefineStage",),
+    "camera_pct": ("CameraObserver", "WorldStage"),
+}
+
+
 COLUMNS = (
     "set",
     "seed",
@@ -55,6 +75,8 @@ COLUMNS = (
     "mpjpe_mm_filled",
     "fps",
 )
+#: The speed table: frames/s and where the time goes.
+SPEED_COLUMNS = ("set", "size", "variant", "frames", "fps", *STAGE_SHARES, "write_pct")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="base seed of fresh clips (clip i gets S + i; sets go to WORK/sets/<set>_s<S>/); default the sets' own",
     )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        metavar="WxH",
+        help="render the clips at this frame size (e.g. 1920x1080; default the set's own, 640x480)",
+    )
     parser.add_argument("--work", default="hmrflow-bench", help="folder for rendered sets and outputs")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--preset", default="clip")
@@ -73,15 +102,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write the rows here (default WORK/pipeline_bench.json)")
 
 
-def render_set(name: str, n_clips: int | None, root: Path, seed: int | None = None) -> Path:
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1920x1080"`` -> (1920, 1080); an argparse error for anything else."""
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 1920x1080") from None
+    if not (16 <= w <= 7680 and 16 <= h <= 4320):
+        raise argparse.ArgumentTypeError(f"size {text!r}: width 16-7680 and height 16-4320 pixels")
+    return w, h
+
+
+def render_set(
+    name: str, n_clips: int | None, root: Path, seed: int | None = None, size: tuple[int, int] | None = None
+) -> Path:
     """Render bench set ``name`` into ``root/<name>/`` (``root/<name>_s<seed>/`` with a base
-    seed) and return that folder; clips already there are kept."""
+    seed, ``..._<W>x<H>`` at another frame ``size``) and return that folder; clips already
+    there are kept."""
     from hmrflow.jobs.synth.bench_sets import load_bench_set, set_dir_name
     from hmrflow.jobs.synth.clip import load_body_assets, render_clip
 
-    out = root / set_dir_name(name, seed)
+    out = root / (set_dir_name(name, seed) + (f"_{size[0]}x{size[1]}" if size else ""))
     body = None
-    for spec in load_bench_set(name, n_clips=n_clips, seed=seed):
+    sized = {"width": size[0], "height": size[1]} if size else {}
+    for spec in load_bench_set(name, n_clips=n_clips, seed=seed, **sized):
         if (out / spec.name / "gt.npz").is_file() and (out / spec.name / f"{spec.name}.mp4").is_file():
             continue
         body = body or load_body_assets()
@@ -89,8 +133,21 @@ def render_set(name: str, n_clips: int | None, root: Path, seed: int | None = No
     return out
 
 
-def run_variant(set_dir: Path, out_dir: Path, preset: str, overrides: list[str]) -> tuple[float, int]:
-    """Run the pipeline over every clip of ``set_dir``; returns (seconds, frames decoded)."""
+def stage_shares(timings: dict[str, float]) -> dict[str, float]:
+    """Summed ``timings_s`` -> percentage per :data:`STAGE_SHARES` column and ``write_pct``
+    (what ``total`` holds beyond the stages), all of the stage sum plus that rest."""
+    parts = {col: sum(float(timings.get(k, 0.0)) for k in names) for col, names in STAGE_SHARES.items()}
+    rest = max(0.0, float(timings.get("total", 0.0)) - sum(parts.values()))
+    parts["write_pct"] = rest
+    whole = sum(parts.values())
+    return {col: (100.0 * v / whole if whole > 0 else float("nan")) for col, v in parts.items()}
+
+
+def run_variant(
+    set_dir: Path, out_dir: Path, preset: str, overrides: list[str], timings: dict[str, float] | None = None
+) -> tuple[float, int]:
+    """Run the pipeline over every clip of ``set_dir``; returns (seconds, frames decoded) and
+    adds every clip's stage seconds (manifest ``volatile.timings_s``) into ``timings``."""
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
 
@@ -103,8 +160,20 @@ def run_variant(set_dir: Path, out_dir: Path, preset: str, overrides: list[str])
     for clip_dir in clips:
         clip = spec.probe(str(clip_dir / f"{clip_dir.name}.mp4"), clip_dir.name)
         out = runner.run(clip, extra={"seeds": {"pipeline": cfg.seed}})
-        frames += int(json.loads((out / "manifest.json").read_text())["counts"]["frames_decoded"])
+        man = json.loads((out / "manifest.json").read_text())
+        frames += int(man["counts"]["frames_decoded"])
+        if timings is not None:
+            for k, v in (man.get("volatile", {}).get("timings_s") or {}).items():
+                timings[k] = timings.get(k, 0.0) + float(v)
     return time.perf_counter() - t0, frames
+
+
+def frame_size(set_dir: Path) -> str:
+    """``"WxH"`` of a rendered set's clips (from the first clip's scene.json; ``"?"`` without one)."""
+    for scene in sorted(set_dir.glob("*/scene.json")):
+        spec = json.loads(scene.read_text()).get("spec") or {}
+        return f"{spec.get('width')}x{spec.get('height')}"
+    return "?"
 
 
 def set_seed(name: str, seed: int | None) -> int:
@@ -124,19 +193,22 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work)
     rows: list[dict[str, Any]] = []
     for name in args.sets:
-        set_dir = render_set(name, args.clips, work / "sets", seed=args.seed)
+        set_dir = render_set(name, args.clips, work / "sets", seed=args.seed, size=args.size)
         for variant in args.variants:
             # outputs live beside their set's folder name so different seeds never mix
             out_dir = work / "outputs" / set_dir.name / variant
-            seconds, frames = run_variant(set_dir, out_dir, args.preset, [*VARIANTS[variant], *args.overrides])
+            timings: dict[str, float] = {}
+            seconds, frames = run_variant(set_dir, out_dir, args.preset, [*VARIANTS[variant], *args.overrides], timings)
             over = evaluate(out_dir, set_dir).overall
             row = {
                 "set": name,
                 "seed": set_seed(name, args.seed),
+                "size": frame_size(set_dir),
                 "variant": variant,
                 "clips": len(list(out_dir.iterdir())),
                 "frames": frames,
                 "fps": frames / seconds if seconds > 0 else float("nan"),
+                **stage_shares(timings),
             }
             row.update({k: v for k, v in over.items() if k not in row})
             rows.append(row)
@@ -144,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.json) if args.json else work / "pipeline_bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2, default=float))
-    sys.stdout.write(markdown(rows) + "\n")
+    sys.stdout.write(markdown(rows) + "\n\n" + markdown(rows, SPEED_COLUMNS) + "\n")
     return 0
 
 

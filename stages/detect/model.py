@@ -98,13 +98,24 @@ class TokenBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
+    def _attend(self, y: torch.Tensor) -> torch.Tensor:
+        """Self-attention of ``self.attn``'s weights over tokens (B, N, C) -> (B, N, C).
+
+        The same sums as ``self.attn(y, y, y)`` (no dropout), through the fused attention
+        kernel: ``nn.MultiheadAttention`` falls back to bmm + softmax here."""
+        a = self.attn
+        b, n, c = y.shape
+        qkv = F.linear(y, a.in_proj_weight, a.in_proj_bias).reshape(b, n, 3, a.num_heads, c // a.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return a.out_proj(o.transpose(1, 2).reshape(b, n, c))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, h, w) -> (B, C, h, w)."""
         b, c, h, w = x.shape
         t = x.flatten(2).transpose(1, 2)
         # learned-free position signal: the conv features already encode position via padding
-        y = self.norm1(t)
-        t = t + self.attn(y, y, y, need_weights=False)[0]
+        t = t + self._attend(self.norm1(t))
         t = t + self.mlp(self.norm2(t))
         return t.transpose(1, 2).reshape(b, c, h, w)
 
@@ -158,6 +169,53 @@ class DenseDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
+
+
+def _fuse_conv_bn(module: nn.Module) -> nn.Module:
+    """``module`` with every eval-mode ``Conv2d -> BatchNorm2d`` pair of a Sequential (at any
+    depth) folded into one conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if isinstance(module, nn.Sequential):
+        mods, out, i = list(module), [], 0
+        while i < len(mods):
+            if i + 1 < len(mods) and isinstance(mods[i], nn.Conv2d) and isinstance(mods[i + 1], nn.BatchNorm2d):
+                out.append(fuse_conv_bn_eval(mods[i], mods[i + 1]))
+                i += 2
+            else:
+                out.append(_fuse_conv_bn(mods[i]))
+                i += 1
+        return nn.Sequential(*out)
+    for name, child in list(module.named_children()):
+        setattr(module, name, _fuse_conv_bn(child))
+    return module
+
+
+def for_inference(model: DenseDetector) -> DenseDetector:
+    """An eval-only copy of ``model`` computing the same maps faster on CPU.
+
+    * every conv + batch norm pair becomes one conv;
+    * the stem's pixel-unshuffle (4x4) + 3x3 conv becomes one 12x12 conv of stride 4 on the
+      image (the same sums: unshuffled channel ``c * 16 + 4 i + j`` of cell ``(y, x)`` is pixel
+      ``(4 y + i, 4 x + j)`` of colour ``c``), which skips writing the unshuffled copy;
+    * weights in channels-last layout, which oneDNN's convolutions run without reordering
+      (feed it channels-last images: :func:`~hmrflow.stages.detect.stage.letterbox` does).
+
+    Not for training: batch-norm statistics are frozen into the convs.
+    """
+    import copy
+
+    m = _fuse_conv_bn(copy.deepcopy(model).eval())
+    unshuffle, stem_conv = m.stem[0], m.stem[1][0]
+    assert isinstance(unshuffle, nn.PixelUnshuffle) and unshuffle.downscale_factor == 4
+    w = stem_conv.weight.detach()  # (c1, 48, 3, 3) over (colour, i, j) x (dy, dx)
+    c1 = w.shape[0]
+    big = nn.Conv2d(3, c1, 12, stride=4, padding=4, bias=True)
+    with torch.no_grad():
+        big.weight.copy_(w.reshape(c1, 3, 4, 4, 3, 3).permute(0, 1, 4, 2, 5, 3).reshape(c1, 3, 12, 12))
+        big.bias.copy_(stem_conv.bias.detach())
+    m.stem = nn.Sequential(big, *list(m.stem[1])[1:])
+    return m.to(memory_format=torch.channels_last)
 
 
 def convert_to_stride4(state: dict[str, torch.Tensor], model: DenseDetector) -> None:

@@ -31,7 +31,7 @@ from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch
 from hmrflow.stages.detect.decode_boxes import FrameDetections, decode_frame, to_image_coords
-from hmrflow.stages.detect.model import DenseDetector, DetectorSpec, normalise
+from hmrflow.stages.detect.model import DenseDetector, DetectorSpec, for_inference, normalise
 from hmrflow.stages.track.appearance import describe
 
 log = logging.getLogger(__name__)
@@ -83,15 +83,24 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu") -> Dense
 
 def letterbox(images: np.ndarray, spec: DetectorSpec) -> tuple[torch.Tensor, tuple[float, float]]:
     """(B, H, W, 3) uint8 -> normalised (B, 3, in_h, in_w) with the frames resized to fit
-    (antialiased), placed top-left, padded with 0; and the (x, y) scale image -> input."""
+    (antialiased), placed top-left, padded with 0; and the (x, y) scale image -> input.
+
+    The resize runs on the uint8 frames as they come (channels last), before normalising:
+    torch has a fast path for exactly that, and only the small result is turned into floats,
+    instead of the full-resolution frame (the same image up to uint8 rounding)."""
     b, h, w, _ = images.shape
     s = min(spec.input_w / w, spec.input_h / h)
     nw, nh = max(1, min(spec.input_w, round(w * s))), max(1, min(spec.input_h, round(h * s)))
-    x = normalise(torch.from_numpy(np.ascontiguousarray(images)))
+    u = torch.from_numpy(np.ascontiguousarray(images))
     if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        small = F.interpolate(
+            u.permute(0, 3, 1, 2), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+        )
+        u = small.permute(0, 2, 3, 1)
+    x = normalise(u)
     x = F.pad(x, (0, spec.input_w - nw, 0, spec.input_h - nh))
-    return x, (nw / w, nh / h)
+    # channels last, the layout the inference detector's convolutions run in without reordering
+    return x.contiguous(memory_format=torch.channels_last), (nw / w, nh / h)
 
 
 @torch.no_grad()
@@ -142,7 +151,7 @@ class BundledDetector:
                 "or set detect.weights=FILE"
             )
         self.device = resolve_device(cfg.device, "detect.device")
-        self.model = load_detector(path, self.device)
+        self.model = for_inference(load_detector(path, self.device))
         self.cfg = cfg
 
     def __call__(self, frames: FrameBatch) -> list[FrameDetections]:

@@ -16,8 +16,15 @@ from hmrflow.pipeline.errors import HmrflowError
 from hmrflow.pipeline.types import MASK_RES, FrameBatch
 from hmrflow.stages.detect.decode_boxes import decode_frame, to_image_coords
 from hmrflow.stages.detect.file_adapter import read_detections, write_json, write_mot
-from hmrflow.stages.detect.model import STRIDE, VOTE_SCALE, DenseDetector, DetectorSpec, convert_to_stride4
-from hmrflow.stages.detect.stage import DetectStage, bundled_weights_path
+from hmrflow.stages.detect.model import (
+    STRIDE,
+    VOTE_SCALE,
+    DenseDetector,
+    DetectorSpec,
+    convert_to_stride4,
+    for_inference,
+)
+from hmrflow.stages.detect.stage import DetectStage, bundled_weights_path, letterbox
 from hmrflow.stages.detect.train import (
     DetectorTrainer,
     augment,
@@ -34,6 +41,58 @@ torch.set_num_threads(1)
 
 def _maps(h=12, w=16):
     return torch.zeros(h, w), torch.zeros(2, h, w), torch.zeros(2, h, w), torch.zeros(h, w), torch.zeros(2, h, w)
+
+
+# ---------------------------------------------------------------- inference copy
+@pytest.mark.parametrize("stride", [4, 8])
+def test_inference_copy_computes_the_same_maps(stride):
+    """Folded batch norms, the stem as one 12x12 conv and channels-last weights change how the
+    maps are computed, not what they are (batch-norm statistics made non-trivial first)."""
+    torch.manual_seed(0)
+    model = DenseDetector(DetectorSpec(input_w=128, input_h=96, stride=stride))
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    fast = for_inference(model)
+    images = np.random.default_rng(0).integers(0, 255, (3, 150, 170, 3), dtype=np.uint8)
+    x, _ = letterbox(images, model.spec)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, got = model(x.contiguous()), fast(x)
+    for k in ref:
+        assert torch.allclose(ref[k], got[k], atol=1e-4, rtol=1e-4), k
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert not any(isinstance(m, torch.nn.PixelUnshuffle) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+def test_token_block_attention_equals_multihead_attention():
+    torch.manual_seed(1)
+    block = DenseDetector(DetectorSpec()).tokens.eval()
+    y = torch.randn(2, 30, block.attn.embed_dim)
+    with torch.no_grad():
+        want = block.attn(y, y, y, need_weights=False)[0]
+        got = block._attend(y)
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+def test_letterbox_resizes_uint8_like_the_float_image():
+    """Resizing the uint8 frames before normalising gives the float resize up to uint8 rounding."""
+    from hmrflow.stages.detect.model import normalise
+
+    spec = DetectorSpec(input_w=160, input_h=120)
+    rng = np.random.default_rng(2)
+    images = np.repeat(np.repeat(rng.integers(0, 255, (2, 60, 80, 3), dtype=np.uint8), 8, 1), 8, 2)  # 480x640
+    x, scale = letterbox(images, spec)
+    want = F.interpolate(
+        normalise(torch.from_numpy(images)), size=(120, 160), mode="bilinear", align_corners=False, antialias=True
+    )
+    assert scale == (0.25, 0.25)
+    assert (x - want).abs().max().item() <= 1.0 / 64.0 + 1e-6  # half a grey level after rounding, /PIXEL_STD
 
 
 # ---------------------------------------------------------------- decoding

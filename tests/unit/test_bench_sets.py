@@ -80,16 +80,26 @@ def test_scene_spec_checks_structured_people() -> None:
     assert SceneSpec(people=5, cross_pairs=1, groups=1).structured_people == 5
 
 
+class _RenderCalls(list):
+    """(clip name, seed, set folder) of every render, with the frame sizes in ``sizes``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+
 @pytest.fixture
-def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, Path]]:
+def fake_render(monkeypatch: pytest.MonkeyPatch) -> _RenderCalls:
     """Replace rendering by a record of (clip name, seed, set folder); writes the files a
     rendered clip has so that reuse checks see them."""
     import hmrflow.jobs.synth.clip as clip_mod
 
-    calls: list[tuple[str, int, Path]] = []
+    calls = _RenderCalls()
+    sizes = calls.sizes
 
     def render_clip(spec: SceneSpec, out_dir, body=None, **_: object) -> Path:
         calls.append((spec.name, spec.seed, Path(out_dir)))
+        sizes.append((spec.width, spec.height))
         d = Path(out_dir) / spec.name
         d.mkdir(parents=True, exist_ok=True)
         (d / "gt.npz").write_bytes(b"")
@@ -133,3 +143,40 @@ def test_bench_pipeline_seed_renders_and_names_separately(tmp_path: Path, fake_r
     pipeline.add_arguments(parser)
     args = parser.parse_args(["--sets", "crossings", "twins", "--seed", "77"])
     assert args.seed == 77 and args.sets == ["crossings", "twins"]
+
+
+def test_bench_pipeline_size_renders_the_same_scenes_at_that_size(tmp_path: Path, fake_render) -> None:
+    from hmrflow.jobs.bench import pipeline
+
+    a = pipeline.render_set("easy", 1, tmp_path, seed=9, size=(1920, 1080))
+    assert a.name == "easy_s9_1920x1080"
+    assert [c[:2] for c in fake_render] == [("easy_s9_000", 9)]  # the same scene (name, seed) as at 640x480
+    assert fake_render.sizes == [(1920, 1080)]
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    assert parser.parse_args(["--size", "1920x1080"]).size == (1920, 1080)
+    for bad in ("1920", "axb", "10x10", "100000x10"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            pipeline.parse_size(bad)
+
+
+def test_bench_pipeline_stage_shares_split_the_clip_time() -> None:
+    from hmrflow.jobs.bench.pipeline import stage_shares
+
+    shares = stage_shares(
+        {
+            "DecodeStage": 1.0,
+            "DetectStage": 4.0,
+            "EstimateStage": 2.0,
+            "TrackStage": 0.5,
+            "to_sequences": 0.5,
+            "RefineStage": 0.5,
+            "CameraObserver": 0.25,
+            "WorldStage": 0.25,
+            "decode_wait": 0.1,
+            "total": 10.0,
+        }
+    )
+    assert shares["detect_pct"] == pytest.approx(40.0) and shares["track_pct"] == pytest.approx(10.0)
+    assert shares["camera_pct"] == pytest.approx(5.0) and shares["write_pct"] == pytest.approx(10.0)
+    assert sum(shares.values()) == pytest.approx(100.0)
