@@ -60,6 +60,9 @@ class DecodeConfig(Strict):
     )
     decord_timeout_s: float = Field(60.0, gt=0, description="kill the decord fast path after this long")
     threads: int = Field(1, ge=0, le=64, description="decoder threads (0 = FFmpeg's choice)")
+    prefetch: int = Field(
+        2, ge=0, le=16, description="frame batches decoded ahead in a thread while the others work (0 = in line)"
+    )
 
     @field_validator("start", "end", mode="before")
     @classmethod

@@ -90,13 +90,14 @@ def run_frame_part(
     frame_stages: Sequence[Any],
     clip: ClipRef,
     on_batch: Callable[[int], None] | None = None,
-    decode_ahead: int = 2,
+    decode_ahead: int | None = None,
 ) -> FramePart:
     """decode -> frame stages over one clip, batch by batch; returns the concatenated estimates.
 
     Decoding runs in a thread up to ``decode_ahead`` batches ahead of the frame stages
-    (:class:`~hmrflow.pipeline.prefetch.Prefetcher`); the timings record its busy seconds
-    under the decode stage's name and the frame stages' wait for it as ``decode_wait``.
+    (:class:`~hmrflow.pipeline.prefetch.Prefetcher`; default the decode stage's
+    ``cfg.prefetch``, 0 = in line); the timings record its busy seconds under the decode
+    stage's name and the frame stages' wait for it as ``decode_wait``.
     ``on_batch(n_frames)`` is called after every batch (progress bars, heartbeats).  Used
     by the LocalRunner and by the Ray runner's fused operator, so both do the same work.
     """
@@ -106,10 +107,12 @@ def run_frame_part(
     for st in observers:  # before the first frame is decoded: they check the clip up front
         timer.call(type(st).__name__, st.begin_clip, clip)
     n_frames, frame_hw = 0, None
-    # the next batch is decoded while this one is detected and estimated (decode_ahead batches)
-    batches: Prefetcher[FrameBatch] = Prefetcher(decode(clip), depth=decode_ahead, name="decode")
+    if decode_ahead is None:
+        decode_ahead = int(getattr(getattr(decode, "cfg", None), "prefetch", 2))
+    # the next batches are decoded while this one is detected and estimated
+    batches = Prefetcher(decode(clip), depth=decode_ahead, name="decode") if decode_ahead > 0 else None
     try:
-        it: Iterator[FrameBatch] = iter(batches)
+        it: Iterator[FrameBatch] = iter(batches) if batches is not None else iter(decode(clip))
         while True:
             t0 = time.perf_counter()
             batch = next(it, None)
@@ -128,8 +131,10 @@ def run_frame_part(
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
-        batches.close()
-        timer.seconds[type(decode).__name__] += batches.busy_s
+        if batches is not None:
+            batches.close()
+        # in line, the frame stages' wait is the decoding itself
+        timer.seconds[type(decode).__name__] += batches.busy_s if batches is not None else timer.seconds["decode_wait"]
     estimates = MeshEstimates.cat(per_batch) if per_batch else None
     observed: dict[str, Any] | None = None
     for st in observers:

@@ -243,4 +243,5 @@ def convert_to_stride4(state: dict[str, torch.Tensor], model: DenseDetector) -> 
 
 def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalised."""
-    return (images_uint8.permute(0, 3, 1, 2).float() - PIXEL_MEAN) / PIXEL_STD
+    # one conversion, then in place: the frames are the largest tensors this model sees
+    return images_uint8.permute(0, 3, 1, 2).float().sub_(PIXEL_MEAN).div_(PIXEL_STD)

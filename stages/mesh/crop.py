@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hmrflow.pipeline.images import as_nchw, frame_window, halve
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Default context factor applied to detector boxes before the aspect expansion.
@@ -112,17 +114,6 @@ def _crop_pixels_in_image(boxes: CropBoxes, crop_hw: tuple[int, int]) -> torch.T
     return crop_to_image(pts, boxes, crop_hw)
 
 
-def _frame_region(frame: torch.Tensor, x0: int, y0: int, w: int, h: int) -> torch.Tensor:
-    """(H, W, 3) uint8 frame -> float (1, 3, h, w) window at (x0, y0); zeros outside the frame."""
-    xa, ya = max(x0, 0), max(y0, 0)
-    xb, yb = min(x0 + w, frame.shape[1]), min(y0 + h, frame.shape[0])
-    inside = xa == x0 and ya == y0 and xb == x0 + w and yb == y0 + h
-    out = torch.empty(1, 3, h, w) if inside else torch.zeros(1, 3, h, w)
-    if xb > xa and yb > ya:
-        out[0, :, ya - y0 : yb - y0, xa - x0 : xb - x0] = frame[ya:yb, xa:xb].permute(2, 0, 1)
-    return out
-
-
 def crop_images(
     frames: torch.Tensor | np.ndarray,
     frame_index: torch.Tensor | np.ndarray,
@@ -134,13 +125,14 @@ def crop_images(
 
     frames: (F, H, W, 3) uint8 RGB; frame_index: (N,) index into frames for each box.
     Returns (N, 3, crop_h, crop_w) float32 ImageNet-normalised (outside the image = black).
-    Per frame only the window covering its boxes is converted to float, 2x average-pooled
-    once per pyramid level needed (``antialias``), and all boxes of a level are sampled in
-    one ``grid_sample`` call.
+    Per frame only the window covering its boxes is converted to float, 2x area-averaged
+    once per pyramid level needed (``antialias``; :mod:`hmrflow.pipeline.images`), and all
+    boxes of a level are sampled in one ``grid_sample`` call.
     """
     frames_t = torch.as_tensor(frames)
     if frames_t.ndim != 4 or frames_t.shape[-1] != 3:
         raise ValueError(f"frames must be (F, H, W, 3) uint8, got {tuple(frames_t.shape)}")
+    frames_np = frames_t.cpu().numpy()
     idx = torch.as_tensor(np.asarray(frame_index) if not isinstance(frame_index, torch.Tensor) else frame_index).long()
     n = len(boxes)
     if idx.shape != (n,):
@@ -161,22 +153,25 @@ def crop_images(
         # window holding every sample (+1 px for bilinear), a multiple of 2^top pixels wide/high
         # (clipped to the frame +- one step: beyond it grid_sample's zero padding is black too)
         frame_wh = torch.tensor([frames_t.shape[2], frames_t.shape[1]])
-        lo = (torch.floor(pix.reshape(-1, 2).amin(0)).long() - step).clamp(min=-step)
-        hi = torch.minimum(torch.ceil(pix.reshape(-1, 2).amax(0)).long() + step, frame_wh + step)
+        # the grid is affine in each box with a positive scale: its extremes are the corner pixels
+        corners = pix[:, [0, -1]][:, :, [0, -1]].reshape(-1, 2)
+        lo = (torch.floor(corners.amin(0)).long() - step).clamp(min=-step)
+        hi = torch.minimum(torch.ceil(corners.amax(0)).long() + step, frame_wh + step)
         hi = torch.maximum(hi, lo + step)
         # origin on the absolute 2^top grid: pooled pixels are the same blocks whatever the
         # window, so a crop never depends on the other boxes of its frame
         x0, y0 = (int(v) for v in torch.div(lo, step, rounding_mode="floor") * step)
         w = -(-(int(hi[0]) - x0) // step) * step
         h = -(-(int(hi[1]) - y0) // step) * step
-        img = _frame_region(frames_t[f], x0, y0, w, h)  # (1, 3, h, w) in [0, 255]
+        win = frame_window(frames_np[f], x0, y0, w, h)  # (h, w, 3) float32 in [0, 255]
         extent = torch.tensor([float(w), float(h)])
         grid = (pix - torch.tensor([float(x0), float(y0)])).div_(extent).mul_(2).sub_(1)
         level = 0
         for lv in sorted(set(levels[sel_f].tolist())):
             while level < lv:  # exact 2x area average: the level still spans the same window
-                img = F.avg_pool2d(img, 2)
+                win = halve(win)
                 level += 1
+            img = as_nchw(win)
             pick = (levels[sel_f] == lv).nonzero().flatten()
             g = grid[pick].reshape(1, len(pick) * ch, cw, 2)  # stack crops along the height
             sampled = F.grid_sample(img, g, mode="bilinear", padding_mode="zeros", align_corners=False)

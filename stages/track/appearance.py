@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hmrflow.pipeline.images import as_nchw, frame_window
 from hmrflow.pipeline.types import APPEARANCE_DIM
 
 #: Bands of the box height (top, bottom) as fractions: head, torso, legs.
@@ -109,13 +110,17 @@ def describe(
     boxes = torch.as_tensor(np.asarray(boxes_xyxy, np.float32))
     idx = torch.as_tensor(np.asarray(frame_index, np.int64))
     px, py = _sample_points(boxes, SAMPLE_HW)
-    grid = torch.stack([(px + 0.5) / fw * 2 - 1, (py + 0.5) / fh * 2 - 1], -1)  # (N, h, w, 2)
     rgb = torch.zeros(n, 3, *SAMPLE_HW)
     for f in torch.unique(idx).tolist():  # one frame at a time: never a copy of every frame per row
         sel = (idx == f).nonzero().flatten()
-        img = frames[f].permute(2, 0, 1)[None].float() / 255.0
+        sx, sy = px[sel], py[sel]
+        # only the window the samples touch (bilinear neighbours included) becomes float
+        x0, y0 = int(np.floor(float(sx.min()))) - 1, int(np.floor(float(sy.min()))) - 1
+        w, h = int(np.ceil(float(sx.max()))) + 2 - x0, int(np.ceil(float(sy.max()))) + 2 - y0
+        img = as_nchw(frame_window(frames[f], x0, y0, w, h) / np.float32(255.0))
+        grid = torch.stack([(sx - x0 + 0.5) / w * 2 - 1, (sy - y0 + 0.5) / h * 2 - 1], -1)  # (k, h, w, 2)
         rgb[sel] = F.grid_sample(
-            img.expand(len(sel), -1, -1, -1), grid[sel], mode="bilinear", padding_mode="zeros", align_corners=False
+            img.expand(len(sel), -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
     inside = ((px >= -0.5) & (px <= fw - 0.5) & (py >= -0.5) & (py <= fh - 0.5)).float()
     m = torch.as_tensor(np.asarray(masks)).float()[:, None]

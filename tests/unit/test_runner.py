@@ -143,3 +143,28 @@ def test_stage_protocol_and_actor_rule() -> None:
     assert isinstance(BrightnessToPerson(), Stage)
     assert CountingDecode(1).needs_actor()  # has its own setup -> keep alive as an actor
     assert not BrightnessToPerson().needs_actor()  # stateless CPU -> Ray task
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_frame_part_gives_the_same_rows_with_decoding_ahead_or_in_line(ahead: int) -> None:
+    from hmrflow.pipeline.runner import run_frame_part
+
+    part = run_frame_part(CountingDecode(10), [BrightnessToPerson()], ClipRef("a", "a.mp4"), decode_ahead=ahead)
+    assert part.n_frames == 10
+    assert part.estimates is not None and part.estimates.cam_t[:, 0].tolist() == list(range(10))
+    assert part.timings_s["CountingDecode"] >= 0.0 and "decode_wait" in part.timings_s
+
+
+class FailingDecode(CountingDecode):
+    def __call__(self, clip: ClipRef) -> Iterator[FrameBatch]:
+        yield from super().__call__(clip)
+        raise RuntimeError(f"{clip.path}: truncated after {self.n} frames")
+
+
+def test_a_decode_error_reaches_the_runner_from_the_decoding_thread() -> None:
+    from hmrflow.pipeline.runner import run_frame_part
+
+    seen: list[int] = []
+    with pytest.raises(RuntimeError, match="a.mp4: truncated after 8 frames"):
+        run_frame_part(FailingDecode(8), [BrightnessToPerson()], ClipRef("a", "a.mp4"), on_batch=seen.append)
+    assert seen == [4, 4]  # the batches before the error were processed
