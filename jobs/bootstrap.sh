@@ -14,8 +14,8 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "[bootstrap] installing torch==2.13.0 (CPU build when available)"
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-echo "[bootstrap] installing hmrflow (editable) with test, lint, fast-path, Ray and export extras"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test,fast,ray,export,lint]"
+echo "[bootstrap] installing hmrflow (editable) with test, lint, fast-path, Ray, export and ONNX extras"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,fast,ray,export,lint,onnx]"
 
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 case "$what" in

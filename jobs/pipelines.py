@@ -121,6 +121,13 @@ def model_files(cfg: PipelineConfig) -> dict[str, str]:
         models["detector"] = str(cfg.detect.weights or detector_path())
     elif cfg.detect.kind == "file" and cfg.detect.detections_path:
         models["detections"] = str(cfg.detect.detections_path)
+    elif cfg.detect.kind == "onnx" and cfg.detect.onnx_path:
+        models["detector"] = str(cfg.detect.onnx_path)
+    elif cfg.detect.kind == "hog":
+        import cv2
+
+        # the SVM ships inside OpenCV: its version names it
+        models["detector"] = f"opencv-{cv2.__version__}-hog-default-people"
     else:
         models["detector"] = str(cfg.detect.weights or "torchvision-maskrcnn_resnet50_fpn")
     models["estimator"] = str(cfg.estimate.weights or bundled_weights_path(cfg.estimate.size, cfg.estimate.eclm))
@@ -142,9 +149,10 @@ def model_files(cfg: PipelineConfig) -> dict[str, str]:
 
 
 def _write(cfg: PipelineConfig, out: Path) -> Any:
+    from hmrflow.stages.detect.stage import detector_notes
     from hmrflow.stages.write import WriteStage
 
-    return WriteStage(cfg.write, out, models=model_files(cfg))
+    return WriteStage(cfg.write, out, models=model_files(cfg), notes=detector_notes(cfg.detect))
 
 
 #: Part name -> factory (see module docstring).

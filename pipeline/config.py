@@ -92,9 +92,26 @@ class BodyModelConfig(Strict):
 class DetectConfig(Strict):
     """Person detection (see :mod:`hmrflow.stages.detect`)."""
 
-    kind: Literal["bundled", "file", "maskrcnn"] = "bundled"
+    kind: Literal["bundled", "file", "maskrcnn", "onnx", "hog"] = "bundled"
     weights: Optional[str] = None
     detections_path: Optional[str] = Field(None, description="for kind=file: MOT txt or JSON boxes")
+    onnx_path: Optional[str] = Field(None, description="for kind=onnx: a YOLO-style ONNX detector or segmenter")
+    onnx_layout: Literal["auto", "yolov8", "yolov5", "end2end"] = Field(
+        "auto", description="for kind=onnx: output layout (auto tells them apart for 80-class or 1-class models)"
+    )
+    onnx_person_class: int = Field(0, ge=0, description="for kind=onnx: class index of 'person' (0 in COCO YOLO)")
+    onnx_input_size: int = Field(
+        640, ge=32, le=4096, description="for kind=onnx: input side when the model's height and width are dynamic"
+    )
+    hog_scale: float = Field(
+        1.0, gt=0.0, le=4.0, description="for kind=hog: scan frames at this scale (>1 finds smaller people, slower)"
+    )
+    nms_iou: float = Field(
+        0.7, gt=0.0, le=1.0, description="boxes overlapping a stronger one more than this are dropped"
+    )
+    masks: Literal["person", "box"] = Field(
+        "person", description="box: each detection's mask is its whole box (as HOG and box files give)"
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     batch_size: int = Field(16, ge=1)
     device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
@@ -440,6 +457,15 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid config: " + "; ".join(lines)
 
 
+def _real_preset_onnx(name: str, tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Preset ``real`` runs the user's ONNX detector when one is given (``detect.onnx_path``)
+    and ``detect.kind`` was not set on the command line; HOG otherwise."""
+    det = tree.get("detect")
+    chosen = any(str(ov).split("=", 1)[0].strip() == "detect.kind" for ov in overrides)
+    if name == "real" and isinstance(det, dict) and det.get("onnx_path") and not chosen:
+        det["kind"] = "onnx"
+
+
 def load_config(preset: str | None = "clip", overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Build a :class:`PipelineConfig` from a preset name or YAML path plus ``key=value`` overrides.
 
@@ -451,6 +477,7 @@ def load_config(preset: str | None = "clip", overrides: list[str] | tuple[str, .
     tree.setdefault("preset", name)
     for ov in overrides:
         _apply_override(tree, ov)
+    _real_preset_onnx(name, tree, overrides)
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:

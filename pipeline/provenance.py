@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -308,13 +308,16 @@ def build_manifest(
     result: VideoResult,
     files: Mapping[str, str | os.PathLike[str]],
     models: Mapping[str, str | os.PathLike[str]] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The ``manifest.json`` content of one video's output (JSON-serialisable dict).
 
     files: output file name -> path of the written file (hashed; recorded by name only).
     models: model name -> weights file/folder (hashed) or a sha256 / id string; merged over
         ``result.extra["models"]``.
-    Keys: ``format``, ``format_version``, ``video_id``, ``input`` (path, size, sha256 and
+    notes: what a reader of the output must know about how it was made (e.g. a detector meant
+        for synthetic clips), in plain words.
+    Keys: ``format``, ``format_version``, ``video_id``, ``notes``, ``input`` (path, size, sha256 and
     clip facts), ``config``, ``config_hash``, ``versions``, ``models``, ``seeds``, ``camera`` (the
     pinhole camera of the camera-frame outputs: focal_px, cx, cy, width, height; null when
     nobody was found),
@@ -348,6 +351,7 @@ def build_manifest(
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "video_id": result.clip.video_id,
+        "notes": list(notes),
         "input": _input_entry(result),
         "config": to_jsonable(result.config),
         "config_hash": config_hash(result.config),

@@ -21,7 +21,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -211,7 +211,8 @@ class WriteStage(BaseStage[VideoResult, Path]):
     (:func:`hmrflow.pipeline.naming.assign_video_ids`), anything else raises
     :class:`~hmrflow.pipeline.errors.UnsafeFileError`.
     ``models``: name -> weights path (or sha256) recorded in every manifest, merged with
-    ``result.extra["models"]``.  An existing output folder of the same video is replaced
+    ``result.extra["models"]``; ``notes``: plain-word caveats recorded in every manifest
+    (``notes``).  An existing output folder of the same video is replaced
     atomically.  Holds no state between calls (input hashes are memoised process-wide by
     (path, size, mtime)).
     """
@@ -221,12 +222,17 @@ class WriteStage(BaseStage[VideoResult, Path]):
     STALE_TEMP_S: ClassVar[float] = 3600.0
 
     def __init__(
-        self, cfg: WriteConfig, out_root: str | os.PathLike[str], models: Mapping[str, str] | None = None
+        self,
+        cfg: WriteConfig,
+        out_root: str | os.PathLike[str],
+        models: Mapping[str, str] | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.out_root = Path(out_root)
         self.models = dict(models or {})
+        self.notes = list(notes)
 
     def __call__(self, result: VideoResult) -> Path:
         video_id = result.clip.video_id
@@ -250,7 +256,7 @@ class WriteStage(BaseStage[VideoResult, Path]):
             if result.cameras is not None:
                 files[CAMERA_FILE] = tmp / CAMERA_FILE
                 write_npz_deterministic(files[CAMERA_FILE], result.cameras.arrays())
-            manifest = build_manifest(result, files, self.models)
+            manifest = build_manifest(result, files, self.models, self.notes)
             (tmp / MANIFEST_FILE).write_text(dumps_json(manifest), encoding="utf-8")
         log.info(
             "%s: wrote %d tracks (%d rows) to %s", video_id, len(sequences), sum(len(s) for s in sequences), out_dir

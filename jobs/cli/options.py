@@ -10,7 +10,7 @@ def add_preset_arguments(parser: argparse.ArgumentParser, default_preset: str) -
     parser.add_argument(
         "--preset",
         default=default_preset,
-        help=f"preset name (clip, archive, clinical) or a YAML file (default: {default_preset})",
+        help=f"preset name (clip, archive, clinical, real) or a YAML file (default: {default_preset})",
     )
     parser.add_argument(
         "--set",

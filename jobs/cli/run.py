@@ -1,6 +1,6 @@
 """Run the pipeline on one video: decode -> detect -> estimate -> track -> refine -> write.
 
-    hmrflow run CLIP.mp4 --out DIR [--preset clip|archive|clinical|FILE.yaml] [--set key=value ...]
+    hmrflow run CLIP.mp4 --out DIR [--preset clip|archive|clinical|real|FILE.yaml] [--set key=value ...]
                          [--weights W] [--detector-weights W] [--prior-weights W]
                          [--body-model PATH] [--no-refine] [--device auto|cpu|cuda]
                          [--start T] [--end T]

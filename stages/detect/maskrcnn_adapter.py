@@ -95,12 +95,12 @@ class MaskRCNNDetector:
             ]
             for r in self.model(imgs):
                 keep = r["labels"] == PERSON_LABEL
-                boxes = r["boxes"][keep].float().cpu()
-                masks = masks_in_boxes(r["masks"][keep][:, 0].float().cpu(), boxes)
                 # torchvision boxes are in edge coordinates (0..W); hmrflow uses pixel centres
+                boxes = r["boxes"][keep].float().cpu() - 0.5
+                masks = masks_in_boxes(r["masks"][keep][:, 0].float().cpu(), boxes)
                 out.append(
                     FrameDetections(
-                        (boxes - 0.5).numpy().astype(np.float32),
+                        boxes.numpy().astype(np.float32),
                         r["scores"][keep].float().cpu().numpy().clip(0, 1).astype(np.float32),
                         masks.numpy(),
                     )

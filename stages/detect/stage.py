@@ -6,7 +6,11 @@
   shipped in ``stages/detect/weights/detector.safetensors`` (or ``cfg.weights``);
 * ``file``: boxes read from ``cfg.detections_path`` (MOT txt or JSON, see
   :mod:`.file_adapter`), for users with their own detector;
-* ``maskrcnn``: torchvision's Mask R-CNN with the user's weights file (``cfg.weights``).
+* ``maskrcnn``: torchvision's Mask R-CNN with the user's weights file (``cfg.weights``);
+* ``onnx``: a YOLO-style ONNX detector or instance segmenter run by onnxruntime
+  (``cfg.onnx_path``, see :mod:`.onnx_adapter`);
+* ``hog``: OpenCV's built-in HOG people detector, weight-free, for real footage when no model
+  is at hand (box masks; see :mod:`.hog_adapter`).
 
 Frames are processed in chunks of ``cfg.batch_size``; any frame size is letterboxed to the
 network input and boxes come back in the frame's pixel coordinates.
@@ -158,7 +162,11 @@ class BundledDetector:
         out: list[FrameDetections] = []
         for s in range(0, len(frames), self.cfg.batch_size):
             out += detect_images(
-                self.model, frames.images[s : s + self.cfg.batch_size], self.cfg.score_threshold, device=self.device
+                self.model,
+                frames.images[s : s + self.cfg.batch_size],
+                self.cfg.score_threshold,
+                nms_iou=self.cfg.nms_iou,
+                device=self.device,
             )
         return out
 
@@ -175,12 +183,42 @@ def _maskrcnn_detector(cfg: DetectConfig) -> Callable[[FrameBatch], list[FrameDe
     return MaskRCNNDetector(cfg)
 
 
+def _onnx_detector(cfg: DetectConfig) -> Callable[[FrameBatch], list[FrameDetections]]:
+    from hmrflow.stages.detect.onnx_adapter import OnnxDetector
+
+    return OnnxDetector(cfg)
+
+
+def _hog_detector(cfg: DetectConfig) -> Callable[[FrameBatch], list[FrameDetections]]:
+    from hmrflow.stages.detect.hog_adapter import HogDetector
+
+    return HogDetector(cfg)
+
+
 #: cfg.kind -> factory of a ``FrameBatch -> list[FrameDetections]`` callable (built in setup()).
 DETECTORS: dict[str, Callable[[DetectConfig], Callable[[FrameBatch], list[FrameDetections]]]] = {
     "bundled": BundledDetector,
     "file": _file_detector,
     "maskrcnn": _maskrcnn_detector,
+    "onnx": _onnx_detector,
+    "hog": _hog_detector,
 }
+
+
+#: What the manifest and the log say when the bundled detector runs (it never saw a real person).
+SYNTHETIC_DETECTOR_NOTE = (
+    "detect.kind=bundled: the bundled person detector was trained on synthetic renders only and misses "
+    "most people in real video; for real footage use --preset real (OpenCV's HOG people detector, no "
+    "weights) or detect.kind=onnx with detect.onnx_path=MODEL.onnx (see docs/real-video.md)"
+)
+_noted: set[str] = set()
+
+
+def detector_notes(cfg: DetectConfig) -> list[str]:
+    """Plain-word caveats about the detector ``cfg`` picks (recorded in every manifest)."""
+    if cfg.kind == "bundled" and not cfg.weights:
+        return [SYNTHETIC_DETECTOR_NOTE]
+    return []
 
 
 def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_threshold: float) -> Detections:
@@ -248,10 +286,16 @@ class DetectStage(BaseStage[FrameBatch, DetectedFrames]):
     def setup(self) -> None:
         """Load weights / read the detections file; resolve the device."""
         self._detector = DETECTORS[self.cfg.kind](self.cfg)
+        for note in detector_notes(self.cfg):
+            if note not in _noted:  # once per process, not per video of a batch
+                _noted.add(note)
+                log.warning("%s", note)
         super().setup()
 
     def __call__(self, frames: FrameBatch) -> DetectedFrames:
         self.ensure_setup()
         assert self._detector is not None
         per_frame = self._detector(frames) if len(frames) else []
+        if self.cfg.masks == "box":
+            per_frame = [FrameDetections(d.boxes_xyxy, d.scores, np.ones_like(d.masks, dtype=bool)) for d in per_frame]
         return DetectedFrames(frames=frames, detections=to_detections(frames, per_frame, self.cfg.score_threshold))
