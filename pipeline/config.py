@@ -414,11 +414,12 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
 
 def _load_preset(preset: str) -> tuple[str, dict[str, Any]]:
     path = Path(preset)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    res = resources.files(PRESETS_PACKAGE) / f"{preset}.yaml"
+    # a preset's name wins over a folder of the same name in the working directory
+    if path.suffix in (".yaml", ".yml") or (path.exists() and not res.is_file()):
         if not path.is_file():
             raise ConfigError(f"{preset}: config file not found")
         return path.stem, _read_yaml(path.read_text(encoding="utf-8"), str(path))
-    res = resources.files(PRESETS_PACKAGE) / f"{preset}.yaml"
     if not res.is_file():
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(list_presets())} or give a .yaml path")
     return preset, _read_yaml(res.read_text(encoding="utf-8"), f"preset {preset}")

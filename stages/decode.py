@@ -374,6 +374,21 @@ class _AvReader:
             )
 
 
+def rgb_view(frame: Any, width: int, height: int) -> np.ndarray:
+    """A decoded PyAV frame -> (height, width, 3) uint8 RGB, resized when its size differs.
+
+    A view of the converted frame's buffer (no copy): the batch builder copies it once into
+    its batch, where ``to_ndarray`` would first copy it into an array of its own.
+    """
+    if (frame.width, frame.height) == (width, height):
+        rgb = frame.reformat(format="rgb24")
+    else:
+        rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation=RESIZE_INTERPOLATION)
+    plane = rgb.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(rgb.height, plane.line_size)
+    return rows[:, : rgb.width * 3].reshape(rgb.height, rgb.width, 3)
+
+
 def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> Iterator[FrameBatch]:
     """Decode ``plan`` with PyAV in this process.
 
@@ -402,7 +417,7 @@ def iter_av_batches(plan: DecodePlan, after_idx: int = -1, already: int = 0) -> 
             # frames before the window were decoded only because later ones depend on them
             if idx < plan.first_idx or not selector.accept(t) or idx <= after_idx:
                 continue
-            image = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation=RESIZE_INTERPOLATION)
+            image = rgb_view(frame, sw, sh)
             if k_rot:
                 image = np.rot90(image, k=k_rot)
             full = builder.add(idx, t, image)

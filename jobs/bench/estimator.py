@@ -395,7 +395,9 @@ def _clip_accuracy(
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Estimator benchmark ({report['device']}, {report['dtype']}, {report['threads']} threads)", ""]
+    # the dtype is --precision's, which only the tiny/huge rows use; headline rows name theirs
+    dtype = f", {report['dtype']}" if report.get("models") else ""
+    lines = [f"# Estimator benchmark ({report['device']}{dtype}, {report['threads']} threads)", ""]
     if report.get("headline"):
         lines += [
             "## Headline: HMR2.0's ViT-H under published settings (random weights, speed only; "

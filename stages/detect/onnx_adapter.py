@@ -206,6 +206,12 @@ class OnnxDetector:
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # share the cores with torch and the decoding thread: as many threads as torch uses,
+        # and no spinning between runs (idle onnxruntime threads would spin on cores the
+        # estimator needs)
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models

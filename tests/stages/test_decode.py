@@ -272,3 +272,20 @@ def test_corrupt_middle(vids, tmp_path: Path, caplog) -> None:
     assert 40 <= len(idx) < 60
     assert idx[0] == 0 and idx[-1] == 59 and np.all(np.diff(idx) > 0)
     assert "damaged video" in caplog.text
+
+
+def test_rgb_view_equals_pyav_arrays_with_and_without_resizing(tmp_path):
+    import av
+
+    from hmrflow.jobs.bench.decode_fps import write_clip
+    from hmrflow.stages.decode import RESIZE_INTERPOLATION, rgb_view
+
+    path = tmp_path / "c.mp4"
+    write_clip(path, 3, 96, 64)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        same = rgb_view(frame, 96, 64)
+        assert same.shape == (64, 96, 3) and np.array_equal(same, frame.to_ndarray(format="rgb24"))
+        small = rgb_view(frame, 50, 34)  # odd width: the buffer's rows are padded
+        want = frame.to_ndarray(format="rgb24", width=50, height=34, interpolation=RESIZE_INTERPOLATION)
+        assert small.shape == (34, 50, 3) and np.array_equal(small, want)

@@ -280,3 +280,9 @@ def test_maskrcnn_path_runs_and_keeps_people_only(tmp_path: Path) -> None:
     (a, _) = det(fb)
     assert a.boxes_xyxy.tolist() == [[29.5, 19.5, 49.5, 59.5]] * 2  # the car (label 3) is gone; edge -> centre
     assert a.scores.tolist() == pytest.approx([0.9, 0.6]) and a.masks.all()
+
+
+def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "real").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("real").detect.kind == "hog"
