@@ -51,6 +51,16 @@ class OpenSimUnavailableError(HmrflowError, RuntimeError):
     """The ``opensim`` package is not installed (it has wheels for CPython 3.11 on PyPI)."""
 
 
+def _add_marker_tasks(osim: Any, tasks: Any) -> None:
+    """Append one weighted IK marker task per virtual marker to an OpenSim IKTaskSet."""
+    for m in MARKERS:
+        task = osim.IKMarkerTask()
+        task.setName(m.name)
+        task.setWeight(m.weight)
+        task.setApply(True)
+        tasks.cloneAndAppend(task)
+
+
 def opensim_available() -> bool:
     """True when ``import opensim`` works."""
     try:
@@ -229,12 +239,7 @@ def run_scaling(
     # is held at zero while the markers are placed (as a lab enters a known static posture);
     # left free, the hinge joints absorb scaling differences and bake offsets into the markers
     tasks = mp.getIKTaskSet()
-    for m in MARKERS:
-        task = osim.IKMarkerTask()
-        task.setName(m.name)
-        task.setWeight(m.weight)
-        task.setApply(True)
-        tasks.cloneAndAppend(task)
+    _add_marker_tasks(osim, tasks)
     for seg in SEGMENTS[1:]:
         for c in seg.coordinates:
             ctask = osim.IKCoordinateTask()
@@ -280,12 +285,7 @@ def run_ik(osim: Any, model_file: Path, trc: Path, t0: float, t1: float, folder:
     tool.set_report_errors(True)
     tool.setResultsDir(str(folder))
     tasks = tool.getIKTaskSet()
-    for m in MARKERS:
-        task = osim.IKMarkerTask()
-        task.setName(m.name)
-        task.setWeight(m.weight)
-        task.setApply(True)
-        tasks.cloneAndAppend(task)
+    _add_marker_tasks(osim, tasks)
     tool.printToXML(str(folder / "ik_setup.xml"))
     tool.setModel(model)
     with _console_to(folder / "opensim.log"):
