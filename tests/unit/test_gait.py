@@ -95,18 +95,11 @@ def test_gait_of_ground_truth_walker(speed: float, body_model) -> None:
 def test_gaps_split_bouts_and_camera_fallback(body_model) -> None:
     speed = 1.2
     track = gt_track(walking_scene(speed))
-    keep = np.r_[0:60, 80:150]  # a 20-frame hole
-    holed = dataclasses.replace(
-        track,
-        frame_idx=track.frame_idx[keep],
-        pts=track.pts[keep],
-        poses=track.poses[keep],
-        transl=track.transl[keep],
-        observed=track.observed[keep],
-        confidence=track.confidence[keep],
-        world_orient=track.world_orient[keep],
-        world_transl=track.world_transl[keep],
-    )
+    from hmrflow.jobs.report.html import _rows
+
+    keep = np.zeros(len(track.frame_idx), bool)
+    keep[np.r_[0:60, 80:150]] = True  # a 20-frame hole
+    holed = _rows(track, keep)
     g = gm.gait_of_track(holed, body_model)
     assert [(int(holed.frame_idx[a]), int(holed.frame_idx[b - 1])) for a, b in g.bouts] == [(0, 59), (80, 149)]
     assert g.speed_m_s == pytest.approx(speed, rel=0.03)
