@@ -121,6 +121,17 @@ class EstimateConfig(Strict):
     """ViT mesh estimator (see :mod:`hmrflow.stages.mesh`)."""
 
     size: Literal["tiny", "small", "base", "large", "huge"] = "tiny"
+    head: Literal["smpl", "fastmetro"] = Field(
+        "smpl",
+        description="smpl: HMR2.0's one-query SMPL decoder; fastmetro: FastMETRO's mesh encoder-decoder "
+        "with an SMPL readout (bundled estimator_<size>_fastmetro.safetensors when weights is unset)",
+    )
+    vertices: bool = Field(
+        False, description="fastmetro: keep each row's predicted mesh and write it per track (npz 'vertices')"
+    )
+    mesh_fit_steps: int = Field(
+        0, ge=0, le=200, description="fastmetro: Adam steps fitting the SMPL readout to the predicted mesh (0 = off)"
+    )
     weights: Optional[str] = None
     batch_size: int = Field(64, ge=1)
     device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N; unset = the top-level device")
@@ -152,6 +163,12 @@ class EstimateConfig(Strict):
     focal_default: Literal["diagonal", "hmr2"] = Field(
         "diagonal", description="focal when unknown: diagonal = sqrt(W^2+H^2); hmr2 = 5000/256*max(W,H)"
     )
+
+    @model_validator(mode="after")
+    def _mesh_options_need_fastmetro(self) -> "EstimateConfig":
+        if self.head != "fastmetro" and (self.vertices or self.mesh_fit_steps):
+            raise ValueError("estimate.vertices and estimate.mesh_fit_steps need estimate.head: fastmetro")
+        return self
 
     @model_validator(mode="after")
     def _tome_schedule_follows_tome_r(self) -> "EstimateConfig":

@@ -46,6 +46,13 @@ def _default_feature(obj: Any, rows_from: str) -> None:
         object.__setattr__(obj, "feature", np.zeros((n, FEATURE_DIM), np.float16))
 
 
+def _default_vertices(obj: Any, rows_from: str) -> None:
+    """Fill an unset ``vertices`` column with (N, 0, 3): no mesh kept."""
+    if obj.vertices is None:
+        n = len(np.asarray(getattr(obj, rows_from)))
+        object.__setattr__(obj, "vertices", np.zeros((n, 0, 3), np.float16))
+
+
 def _default_appearance(obj: Any, rows_from: str) -> None:
     """Fill unset ``appearance`` (zeros: "no appearance known") and ``at_border`` (False) columns."""
     n = len(np.asarray(getattr(obj, rows_from)))
@@ -279,6 +286,9 @@ class MeshEstimates(Columnar):
     feature: (N, FEATURE_DIM) float16, the estimator's compact image feature of the row (what
         the refinement's denoiser is conditioned on beside the SMPL estimate); an all-zero row
         means "no feature"; None at construction means zeros.
+    vertices: (N, V, 3) float16, the estimator's own mesh of the row (a FastMETRO head with
+        ``estimate.vertices``): metres relative to its pelvis joint, camera axes; (N, 0, 3)
+        when no mesh is kept (None at construction).
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -294,6 +304,7 @@ class MeshEstimates(Columnar):
         "appearance",
         "at_border",
         "feature",
+        "vertices",
     )
 
     video_id: str
@@ -309,10 +320,12 @@ class MeshEstimates(Columnar):
     appearance: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     at_border: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     feature: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    vertices: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
         _default_appearance(self, "frame_idx")
         _default_feature(self, "frame_idx")
+        _default_vertices(self, "frame_idx")
         super().__post_init__()
 
     @classmethod
@@ -332,6 +345,7 @@ class MeshEstimates(Columnar):
             appearance=np.zeros((n, APPEARANCE_DIM), np.float32),
             at_border=np.zeros(n, bool),
             feature=np.zeros((n, FEATURE_DIM), np.float16),
+            vertices=np.zeros((n, 0, 3), np.float16),
         )
 
 
@@ -369,6 +383,9 @@ class SMPLSequence(Columnar):
     world_rotmat: (T, 3, 3) float32 global orientation in the clip's world frame (y up, see
         :mod:`hmrflow.stages.camera.world`); world_transl: (T, 3) float32 SMPL translation there.
         None at construction means NaN (no world frame known).
+    vertices: (T, V, 3) float16, the estimator's own mesh of each observed row (see
+        :class:`MeshEstimates`), NaN on filled rows; (T, 0, 3) when none is kept (None at
+        construction).
     """
 
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -382,6 +399,7 @@ class SMPLSequence(Columnar):
         "feature",
         "world_rotmat",
         "world_transl",
+        "vertices",
     )
     META_FIELDS: ClassVar[tuple[str, ...]] = ("video_id", "track_id", "betas")
 
@@ -398,9 +416,11 @@ class SMPLSequence(Columnar):
     feature: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     world_rotmat: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     world_transl: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    vertices: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
 
     def __post_init__(self) -> None:
         n = len(np.asarray(self.frame_idx))
+        _default_vertices(self, "frame_idx")
         if self.tracklet is None:
             object.__setattr__(self, "tracklet", np.zeros(n, np.int64))
         if self.world_rotmat is None:

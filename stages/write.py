@@ -119,9 +119,11 @@ def _track_arrays(seq: SMPLSequence, poses: np.ndarray, gender: str, fallback_fp
     66-156 are finger joints where SMPL has its two hand joints (66-72), so a loader that
     slices hands out of ``poses`` gets the wrong thing; ``root_orient`` (T, 3) and
     ``pose_body`` (T, 63), the keys AMASS-style body loaders read (joints 0 and 1-21, the
-    same in both models), and ``surface_model_type`` say exactly what is there.
+    same in both models), and ``surface_model_type`` say exactly what is there.  A track that
+    keeps the estimator's mesh (FastMETRO head, ``estimate.vertices``) adds ``vertices``
+    (T, V, 3) float16: metres relative to the pelvis joint, camera axes, NaN on filled rows.
     """
-    return {
+    arrays = {
         "poses": poses,
         "root_orient": np.ascontiguousarray(poses[:, :3]),
         "pose_body": np.ascontiguousarray(poses[:, 3 : 3 + POSE_BODY_VALUES]),
@@ -139,6 +141,9 @@ def _track_arrays(seq: SMPLSequence, poses: np.ndarray, gender: str, fallback_fp
         "world_global_orient": world_orient(seq),
         "world_trans": np.asarray(seq.world_transl, dtype=np.float32),
     }
+    if np.asarray(seq.vertices).shape[1] > 0:
+        arrays["vertices"] = np.asarray(seq.vertices, dtype=np.float16)
+    return arrays
 
 
 def world_orient(seq: SMPLSequence) -> np.ndarray:

@@ -93,6 +93,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="bf16,fp32",
         help="precisions of the headline rows, timed side by side (default bf16,fp32)",
     )
+    p.add_argument(
+        "--heads",
+        default="bundled",
+        help="head comparison rows: comma-separated NAME=PATH estimators, or 'bundled' (the bundled SMPL-head "
+        "and FastMETRO tiny estimators); '' = none",
+    )
+    p.add_argument("--heads-batches", default="1,64", help="batch sizes of the head comparison (default 1,64)")
+    p.add_argument("--heads-n-eval", type=int, default=512, help="held-out crops of the head comparison")
+    p.add_argument(
+        "--heads-fit-steps", type=int, default=10, help="vertex-fit steps of the mesh heads' extra rows (0 = none)"
+    )
 
 
 def _bundled_weights(eclm: bool = False) -> Optional[Path]:
@@ -456,6 +467,10 @@ def _markdown(report: dict[str, Any]) -> str:
         base = acc["variants"]["baseline"]["pa_mpjpe_mm"]
         for k, e in acc["variants"].items():
             lines.append(f"| {k} | {e['mpjpe_mm']:.2f} | {e['pa_mpjpe_mm']:.2f} | {e['pa_mpjpe_mm'] - base:+.2f} |")
+    if report.get("heads"):
+        from hmrflow.jobs.bench.heads import heads_markdown
+
+        lines += [""] + heads_markdown(report["heads"])
     return "\n".join(lines) + "\n"
 
 
@@ -485,6 +500,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
+    from hmrflow.jobs.bench.heads import HEADS_SEED, head_rows, parse_heads
     from hmrflow.jobs.train.calibration import CALIB_SEED, HELDOUT_SEED, synthetic_calibration
     from hmrflow.pipeline.atomic import atomic_write_bytes
     from hmrflow.pipeline.config import load_config
@@ -628,6 +644,18 @@ def _run(args: argparse.Namespace) -> int:
             max(2, args.reps // 2),
             device,
             precisions,
+        )
+    heads = parse_heads(args.heads)
+    if heads:
+        report["heads"] = head_rows(
+            heads,
+            args.heads_n_eval,
+            HEADS_SEED,
+            [int(b) for b in args.heads_batches.split(",") if b.strip()],
+            args.reps,
+            device,
+            amp,
+            args.heads_fit_steps,
         )
     atomic_write_bytes(out / "estimator_bench.json", json.dumps(report, indent=2).encode())
     md = _markdown(report)

@@ -29,6 +29,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default="estimator_train", help="cache of rendered crops and checkpoints")
     p.add_argument("--out", default=None, help="where the final weights go (default WORK/final)")
     p.add_argument("--size", default="tiny", choices=["tiny", "small", "base", "large", "huge"])
+    p.add_argument(
+        "--head",
+        default="smpl",
+        choices=["smpl", "fastmetro"],
+        help="smpl: HMR2.0's one-query SMPL decoder; fastmetro: mesh encoder-decoder with an SMPL readout",
+    )
+    p.add_argument(
+        "--no-attention-mask",
+        dest="attention_mask",
+        action="store_false",
+        help="fastmetro: no mesh-adjacency mask in the decoder (the paper's ablation)",
+    )
+    p.add_argument(
+        "--init-backbone",
+        default=None,
+        help="start the ViT backbone from these estimator weights (the head starts fresh)",
+    )
     p.add_argument("--image-size", default="128x96", help="crop HxW (multiples of 16), e.g. 128x96 or 256x192")
     p.add_argument("--crops", type=int, default=12288, help="training crops to render")
     p.add_argument("--val-crops", type=int, default=512, help="held-out validation crops")
@@ -123,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         size=args.size,
         image_size=hw,
+        head=args.head,
+        attention_mask=args.attention_mask,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -143,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
     trainer = EstimatorTrainer(
         cfg, body, total_steps=args.epochs * args.steps_per_epoch, device=device, model=init_model
     )
+    if args.init_backbone and not args.resume:
+        from hmrflow.stages.mesh.checkpoint import load_estimator
+
+        src, _ = load_estimator(args.init_backbone, args.size, hw)
+        trainer.model.backbone.load_state_dict(src.backbone.state_dict())
+        log.info("backbone from %s; %s head starts fresh", args.init_backbone, args.head)
     if args.resume:
         trainer.load(ckpt)
         log.info("resumed from %s at epoch %d step %d", ckpt, trainer.epoch, trainer.step)
@@ -175,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
             **{f"train_{k}": v / max(1, len(bar)) for k, v in sums.items()},
             "val_pa_mpjpe_mm": ev["pa_mpjpe_mm"],
             "val_mpjpe_mm": ev["mpjpe_mm"],
+            "val_pve_mm": ev["pve_mm"],
+            **{f"val_{k}": ev[k] for k in ("mesh_pa_mpjpe_mm", "mesh_mpjpe_mm", "mesh_pve_mm") if k in ev},
         }
         if cfg.merge_aware > 0:  # how the deepest merge of the family does on the same crops
             ref = deepest_plan(len(trainer.model.backbone.blocks), cfg.merge_spans)
@@ -215,9 +242,14 @@ def run(args: argparse.Namespace) -> int:
                 p_.copy_(p_.half().float())
     final = evaluate_crops(trainer.model, val, body, args.batch_size, device, args.precision, cfg.ray_frame)
     out_dir.mkdir(parents=True, exist_ok=True)
+    name = (
+        f"estimator_{args.size}.safetensors"
+        if args.head == "smpl"
+        else f"estimator_{args.size}_{args.head}.safetensors"
+    )
     weights = save_estimator(
         trainer.model,
-        out_dir / f"estimator_{args.size}.safetensors",
+        out_dir / name,
         dtype=torch.float16 if args.save_fp16 else torch.float32,
     )
     atomic_write_json(
@@ -232,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
             "device": str(device),
             "threads": args.threads,
             "init": args.init,
+            "init_backbone": args.init_backbone,
             "machine": platform.machine(),
             "torch": torch.__version__,
             "render_s": round(render_s, 1),
@@ -247,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
                 "n": final["n"],
                 "pa_mpjpe_mm": final["pa_mpjpe_mm"],
                 "mpjpe_mm": final["mpjpe_mm"],
+                "pve_mm": final["pve_mm"],
+                **{k: final[k] for k in ("mesh_pa_mpjpe_mm", "mesh_mpjpe_mm", "mesh_pve_mm") if k in final},
                 "pa_mpjpe_median_mm": final["pa_mpjpe_median_mm"],
                 "mpjpe_median_mm": final["mpjpe_median_mm"],
             },

@@ -30,6 +30,7 @@ import torch
 from hmrflow.pipeline.checkpoints import load_state_dict, read_header, save_state_dict
 from hmrflow.pipeline.errors import CheckpointError
 from hmrflow.stages.mesh.backbone import ViTConfig
+from hmrflow.stages.mesh.fastmetro import FastMETROConfig
 from hmrflow.stages.mesh.head import HeadConfig
 from hmrflow.stages.mesh.model import DEFAULT_IMAGE_SIZE, SIZES, EstimatorSpec, MeshEstimator, estimator_spec
 
@@ -42,11 +43,12 @@ log = logging.getLogger(__name__)
 WEIGHTS_FORMAT = "hmrflow.mesh_estimator.v1"
 
 
-def bundled_weights_path(size: str, eclm: bool = False) -> Path:
-    """Where the package keeps the trained weights of ``size`` (the file may not exist);
-    ``eclm=True``: the layer-merged variant ``estimator_<size>_eclm.safetensors``."""
-    name = f"estimator_{size}_eclm.safetensors" if eclm else f"estimator_{size}.safetensors"
-    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / name))
+def bundled_weights_path(size: str, eclm: bool = False, head: str = "smpl") -> Path:
+    """Where the package keeps the trained weights of ``size`` (the file may not exist):
+    ``estimator_<size>[_<head>][_eclm].safetensors`` (no head part for the SMPL head;
+    ``eclm=True``: the layer-merged variant)."""
+    name = f"estimator_{size}" + ("" if head == "smpl" else f"_{head}") + ("_eclm" if eclm else "")
+    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / f"{name}.safetensors"))
 
 
 def is_merged_checkpoint(header: dict[str, str]) -> bool:
@@ -68,7 +70,14 @@ def spec_from_dict(d: dict[str, Any]) -> EstimatorSpec:
     """Inverse of :func:`spec_to_dict`."""
     bb = dict(d["backbone"])
     bb["image_size"] = tuple(bb["image_size"])
-    return EstimatorSpec(name=str(d.get("name", "custom")), backbone=ViTConfig(**bb), head=HeadConfig(**d["head"]))
+    hd = dict(d["head"])
+    head: HeadConfig | FastMETROConfig
+    if hd.pop("kind", "smpl") == "fastmetro":
+        hd["dims"] = tuple(hd["dims"])
+        head = FastMETROConfig(**hd)
+    else:
+        head = HeadConfig(**hd)
+    return EstimatorSpec(name=str(d.get("name", "custom")), backbone=ViTConfig(**bb), head=head)
 
 
 def save_estimator(

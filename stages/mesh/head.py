@@ -82,10 +82,13 @@ class SelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, Q, dim) -> (B, Q, dim)."""
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, Q, dim) -> (B, Q, dim).  attn_mask: broadcastable to (B, heads, Q, Q), bool (True =
+        may attend) or additive float."""
         q, k, v = (_split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
-        return self.to_out(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(q.dtype)
+        return self.to_out(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
 
 
 class CrossAttention(nn.Module):
@@ -136,6 +139,9 @@ class HeadOutput:
 
     pose6d: (B, 24, 6); betas: (B, 10); cam: (B, 3) weak-perspective (s, tx, ty);
     confidence_logit: (B,); query: (B, dim) final query token.
+    Mesh heads (FastMETRO) also give joints (B, 24, 3) from the joint tokens, coarse (B, N, 3),
+    vertices (B, V, 3) and mesh_joints (B, 24, 3) regressed from the vertices (fp32, metres, in
+    the body model's frame at zero translation); None for the SMPL head.
     """
 
     pose6d: torch.Tensor
@@ -143,6 +149,10 @@ class HeadOutput:
     cam: torch.Tensor
     confidence_logit: torch.Tensor
     query: torch.Tensor
+    joints: Optional[torch.Tensor] = None
+    coarse: Optional[torch.Tensor] = None
+    vertices: Optional[torch.Tensor] = None
+    mesh_joints: Optional[torch.Tensor] = None
 
 
 class SMPLHead(nn.Module):

@@ -36,6 +36,11 @@ class LossWeights:
     betas: float = 0.05
     confidence: float = 0.1
     conf_scale: float = 0.1
+    #: mesh heads (FastMETRO): L1 of the full mesh's vertices, of the joint tokens' and the
+    #: mesh's joints (3D, pelvis-aligned) and of their weak-perspective projections (2D)
+    vertices: float = 5.0
+    mesh_joints3d: float = 5.0
+    mesh_joints2d: float = 5.0
 
 
 @dataclass
@@ -92,7 +97,17 @@ def estimator_losses(
             + weights.betas * lbeta
             + weights.confidence * lconf
         )
+        terms: dict[str, torch.Tensor] = {}
+        if out.vertices is not None and out.joints is not None and out.mesh_joints is not None:
+            terms = mesh_losses(out, targets, body_model)
+            total = (
+                total
+                + weights.vertices * terms["vertices"]
+                + weights.mesh_joints3d * terms["mesh_joints3d"]
+                + weights.mesh_joints2d * terms["mesh_joints2d"]
+            )
     return {
+        **terms,
         "total": total,
         "joints3d": l3d,
         "joints2d": l2d,
@@ -101,3 +116,31 @@ def estimator_losses(
         "confidence": lconf,
         "mpjpe": mpjpe,
     }
+
+
+def mesh_losses(
+    out: EstimatorOutput, targets: EstimatorTargets, body_model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """FastMETRO's losses on a mesh head's own outputs (fp32): ``vertices`` (full-mesh L1, each
+    mesh minus its own pelvis joint), ``mesh_joints3d`` (L1 of the joint tokens' and the mesh's
+    joints, pelvis-aligned, summed over the two sets), ``mesh_joints2d`` (L1 of both sets'
+    weak-perspective projections with the predicted camera); ``pve`` (B,) metres for logging.
+
+    The ground-truth mesh is the body model posed with the target rotations and shape (the
+    frame the joint targets are in, at zero translation)."""
+    assert out.vertices is not None and out.joints is not None and out.mesh_joints is not None
+    with torch.autocast(device_type=out.vertices.device.type, enabled=False):
+        with torch.no_grad():
+            gt = body_model(targets.rotmats.float(), targets.betas.float())
+        gt_v = gt.vertices - gt.joints[:, :1]
+        verts = out.vertices.float() - out.mesh_joints[:, :1].float()
+        per_v = verts - gt_v
+        lv = per_v.abs().sum(-1).mean()
+        gt3d = align_pelvis(targets.joints3d.float())
+        cam = out.pred_cam.float()
+        l3d = out.vertices.new_zeros(())
+        l2d = out.vertices.new_zeros(())
+        for j in (out.joints.float(), out.mesh_joints.float()):
+            l3d = l3d + (align_pelvis(j) - gt3d).abs().sum(-1).mean()
+            l2d = l2d + (weak_perspective(j, cam) - targets.joints2d.float()).abs().sum(-1).mean()
+    return {"vertices": lv, "mesh_joints3d": l3d, "mesh_joints2d": l2d, "pve": per_v.detach().norm(dim=-1).mean(-1)}

@@ -8,16 +8,24 @@ weak-perspective camera is converted outside too (:mod:`hmrflow.stages.mesh.came
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import torch
 from torch import nn
 
 from hmrflow.priors.rotations import rot6d_to_matrix
 from hmrflow.stages.mesh.backbone import ViTBackbone, ViTConfig
+from hmrflow.stages.mesh.fastmetro import FastMETROConfig, FastMETROHead, fastmetro_config, topology_from_body_model
 from hmrflow.stages.mesh.features import compact_feature
 from hmrflow.stages.mesh.head import HeadConfig, HeadOutput, SMPLHead
+
+if TYPE_CHECKING:
+    from hmrflow.priors.body_model import BodyModel
+
+#: Head kinds: HMR2.0's one-query SMPL decoder, or FastMETRO's mesh encoder-decoder.
+HeadKind = Literal["smpl", "fastmetro"]
 
 #: Crop size (H, W) HMR2.0 feeds its ViT.
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (256, 192)
@@ -25,11 +33,17 @@ DEFAULT_IMAGE_SIZE: tuple[int, int] = (256, 192)
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A named estimator size: backbone and head shapes."""
+    """A named estimator size: backbone and head shapes (``head`` is the SMPL head's config or
+    a :class:`~hmrflow.stages.mesh.fastmetro.FastMETROConfig`)."""
 
     name: str
     backbone: ViTConfig
-    head: HeadConfig
+    head: Union[HeadConfig, FastMETROConfig]
+
+    @property
+    def head_kind(self) -> HeadKind:
+        """``smpl`` or ``fastmetro``."""
+        return "fastmetro" if isinstance(self.head, FastMETROConfig) else "smpl"
 
 
 def _spec(name: str, dim: int, depth: int, heads: int, head: dict[str, int], mlp_ratio: float = 4.0) -> EstimatorSpec:
@@ -80,6 +94,8 @@ class EstimatorOutput:
     feature: (B, FEATURE_DIM) fp32 compact image feature for refinement
         (:func:`~hmrflow.stages.mesh.features.compact_feature` of the head's final query), or
         None where not computed.
+    vertices, joints, coarse, mesh_joints: the FastMETRO head's own mesh outputs (see
+        :class:`~hmrflow.stages.mesh.head.HeadOutput`), None for the SMPL head.
     """
 
     rotmats: torch.Tensor
@@ -88,16 +104,35 @@ class EstimatorOutput:
     confidence: torch.Tensor
     pose6d: torch.Tensor
     feature: Optional[torch.Tensor] = None
+    vertices: Optional[torch.Tensor] = None
+    joints: Optional[torch.Tensor] = None
+    coarse: Optional[torch.Tensor] = None
+    mesh_joints: Optional[torch.Tensor] = None
+
+    @classmethod
+    def cat(cls, parts: "list[EstimatorOutput]", order: Optional[torch.Tensor] = None) -> "EstimatorOutput":
+        """The rows of ``parts`` one after the other (then taken in ``order`` when given); a
+        field None in the first part is None in the result."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if getattr(parts[0], f.name) is None:
+                out[f.name] = None
+                continue
+            t = torch.cat([getattr(p, f.name) for p in parts])
+            out[f.name] = t if order is None else t[order]
+        return cls(**out)
 
 
 class MeshEstimator(nn.Module):
-    """ViT backbone + SMPL head: normalised crops (B, 3, H, W) -> :class:`EstimatorOutput`."""
+    """ViT backbone + SMPL or FastMETRO head: normalised crops (B, 3, H, W) -> :class:`EstimatorOutput`."""
 
     def __init__(self, spec: EstimatorSpec) -> None:
         super().__init__()
         self.spec = spec
         self.backbone = ViTBackbone(spec.backbone)
-        self.head = SMPLHead(spec.head)
+        self.head: Union[SMPLHead, FastMETROHead] = (
+            FastMETROHead(spec.head) if isinstance(spec.head, FastMETROConfig) else SMPLHead(spec.head)
+        )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -129,6 +164,10 @@ class MeshEstimator(nn.Module):
             confidence=conf,
             pose6d=pose6d,
             feature=feature,
+            vertices=out.vertices,
+            joints=out.joints,
+            coarse=out.coarse,
+            mesh_joints=out.mesh_joints,
         )
 
     def forward(self, crops: torch.Tensor) -> EstimatorOutput:
@@ -143,9 +182,30 @@ def build_estimator(
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    head: HeadKind = "smpl",
+    body_model: "Optional[BodyModel]" = None,
+    attention_mask: bool = True,
 ) -> MeshEstimator:
-    """A freshly initialised estimator of a named size (``tiny`` ... ``huge``) for crops (H, W)."""
-    model = MeshEstimator(estimator_spec(size, image_size))
+    """A freshly initialised estimator of a named size (``tiny`` ... ``huge``) for crops (H, W).
+
+    head: ``smpl`` or ``fastmetro``; the FastMETRO head takes its mesh topology from
+    ``body_model`` (default: the synthetic body); ``attention_mask=False`` builds the ablation
+    without the decoder's mesh-adjacency mask.
+    """
+    spec = estimator_spec(size, image_size)
+    if head == "fastmetro" and not isinstance(spec.head, FastMETROConfig):
+        from hmrflow.priors.body_model import load_body_model
+
+        body_model = body_model if body_model is not None else load_body_model("synthetic")
+        cfg = fastmetro_config(spec.name, spec.backbone.embed_dim, body_model, attention_mask)
+        spec = replace(spec, head=cfg)
+    elif head not in ("smpl", "fastmetro"):
+        raise ValueError(f"unknown head {head!r}; choose smpl or fastmetro")
+    model = MeshEstimator(spec)
+    if isinstance(model.head, FastMETROHead):
+        from hmrflow.priors.body_model import load_body_model
+
+        topology_from_body_model(model.head, body_model if body_model is not None else load_body_model("synthetic"))
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

@@ -37,6 +37,7 @@ estimator's own confidence (sigmoid of its confidence readout).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -54,9 +55,14 @@ from hmrflow.priors.rotations import rotation_z_to
 from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal, diagonal_focal
 from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
 from hmrflow.stages.mesh.crop import make_crops
+from hmrflow.stages.mesh.fastmetro import FastMETROHead
 from hmrflow.stages.mesh.model import EstimatorOutput, MeshEstimator
+from hmrflow.stages.mesh.vertex_fit import fit_to_vertices
 
 log = logging.getLogger(__name__)
+
+#: The estimator outputs the stage keeps (CPU, fp32); the mesh ones are None for the SMPL head.
+_KEPT = ("rotmats", "betas", "pred_cam", "confidence", "pose6d", "feature", "vertices", "mesh_joints")
 
 #: Share of one GPU a worker of this stage asks Ray for when it runs on a GPU (detect and
 #: estimate run fused in one actor: together they ask for one GPU).
@@ -98,6 +104,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         self.weights_path: Optional[Path] = None
         self.eclm_plan: Any = None  # ECLMPlan of a layer-merged checkpoint, else None
         self.tome_cfg: Any = None  # MaskToMeConfig when Mask-ToMe is on, else None
+        self.body_model: Any = None  # the mesh fit's body model (estimate.mesh_fit_steps), else None
 
     def setup(self) -> None:
         """Resolve the device, load the weights (plain or layer-merged, see the module docstring)
@@ -106,6 +113,15 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         self.device = resolve_device(cfg.device, "estimate.device")
         path = self._weights_file()
         model, self.eclm_plan = load_estimator(path, cfg.size, cfg.image_size)
+        if model.spec.head_kind != cfg.head:
+            raise CheckpointError(
+                f"{path}: weights of an estimator with a {model.spec.head_kind} head, but estimate.head is {cfg.head}"
+            )
+        self.body_model = None
+        if isinstance(model.head, FastMETROHead):
+            model.head.full_mesh = bool(cfg.vertices or cfg.mesh_fit_steps)
+            if cfg.mesh_fit_steps:
+                self.body_model = self._mesh_body_model(model.head, path)
         if cfg.eclm and self.eclm_plan is None:
             raise ConfigError(
                 f"estimate.eclm is true but {path} is not a layer-merged checkpoint; make one with "
@@ -153,12 +169,17 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         cfg = self.cfg
         if cfg.weights:
             return Path(cfg.weights).expanduser()
-        path = bundled_weights_path(cfg.size, eclm=cfg.eclm)
+        path = bundled_weights_path(cfg.size, eclm=cfg.eclm, head=cfg.head)
         if not path.is_file():
             if cfg.eclm:
                 raise CheckpointError(
-                    f"{path}: no bundled layer-merged weights for the {cfg.size!r} estimator; make them with "
-                    "`hmrflow accelerate` and set estimate.weights, or set estimate.eclm: false"
+                    f"{path}: no bundled layer-merged weights for the {cfg.size!r} estimator with the {cfg.head} head; "
+                    "make them with `hmrflow accelerate` and set estimate.weights, or set estimate.eclm: false"
+                )
+            if cfg.head != "smpl":
+                raise CheckpointError(
+                    f"{path}: no bundled weights for the {cfg.size!r} estimator with the {cfg.head} head (only "
+                    f"'tiny' ships); train them with `hmrflow train estimator --head {cfg.head}` and set estimate.weights"
                 )
             raise CheckpointError(
                 f"{path}: no bundled weights for the {cfg.size!r} estimator (only 'tiny' ships); "
@@ -173,6 +194,19 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
                 kind,
             )
         return path
+
+    def _mesh_body_model(self, head: FastMETROHead, path: Path) -> Any:
+        """The body model of the mesh fit: the configured one, which must be the one the head's
+        mesh was built from (ConfigError otherwise)."""
+        from hmrflow.priors.body_model import load_body_model
+
+        body = load_body_model(self.body_model_cfg) if self.body_model_cfg is not None else load_body_model("synthetic")
+        if head.cfg.body_model and body.sha256 != head.cfg.body_model:
+            raise ConfigError(
+                f"{path}: the FastMETRO head predicts the mesh of body model {head.cfg.body_model[:12]}, but "
+                f"body_model is {body.kind} ({body.sha256[:12]}); estimate.mesh_fit_steps needs the same body model"
+            )
+        return body
 
     def _autocast_dtype(self) -> Optional[torch.dtype]:
         """bf16/fp16 on CUDA as configured; on the CPU bf16 only (fp16 -> fp32: no fast CPU fp16)."""
@@ -200,17 +234,15 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
                 kw["protect"] = token_masks[s : s + self.cfg.batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 o = self.model(chunk, **kw)
-            outs.append(
-                EstimatorOutput(
-                    *(t.float().cpu() for t in (o.rotmats, o.betas, o.pred_cam, o.confidence, o.pose6d, o.feature))
+            if self.body_model is not None and o.vertices is not None:
+                rot, betas, pose6d = fit_to_vertices(
+                    self.body_model, o.vertices.float(), o.pose6d, o.betas, steps=self.cfg.mesh_fit_steps
                 )
+                o = dataclasses.replace(o, rotmats=rot, betas=betas, pose6d=pose6d)
+            outs.append(
+                EstimatorOutput(**{f: None if getattr(o, f) is None else getattr(o, f).float().cpu() for f in _KEPT})
             )
-        return EstimatorOutput(
-            *(
-                torch.cat([getattr(o, f) for o in outs])
-                for f in ("rotmats", "betas", "pred_cam", "confidence", "pose6d", "feature")
-            )
-        )
+        return EstimatorOutput.cat(outs)
 
     def __call__(self, x: DetectedFrames) -> MeshEstimates:
         """Crop every detected person of ``x.frames`` and estimate their SMPL bodies."""
@@ -249,7 +281,13 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
         focal = self.default_focal(wh) if focal_px is None else torch.tensor(float(focal_px))
         cam_t = cam_crop_to_full(out.pred_cam, crops.boxes.center, crops.boxes.size, wh, focal)
         rotmats = out.rotmats.clone()
-        rotmats[:, 0] = ray_rotation(crops.boxes.center, wh, focal) @ rotmats[:, 0]
+        r_ray = ray_rotation(crops.boxes.center, wh, focal)
+        rotmats[:, 0] = r_ray @ rotmats[:, 0]
+        vertices = None
+        if self.cfg.vertices and out.vertices is not None and out.mesh_joints is not None:
+            # pelvis-relative, turned from the crop's ray frame into camera axes
+            rel = out.vertices - out.mesh_joints[:, :1]
+            vertices = (rel @ r_ray.transpose(1, 2)).numpy().astype(np.float16)
         return MeshEstimates(
             video_id=det.video_id,
             frame_idx=det.frame_idx.astype(np.int64),
@@ -264,6 +302,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
             appearance=np.asarray(det.appearance, np.float32),
             at_border=np.asarray(det.at_border, bool),
             feature=out.feature.numpy().astype(np.float16),
+            vertices=vertices,
         )
 
 
@@ -273,7 +312,9 @@ def estimator_feature_id(cfg: EstimateConfig) -> Optional[str]:
     is not there (the stage itself reports that)."""
     from hmrflow.pipeline.provenance import cached_file_sha256
 
-    path = Path(cfg.weights).expanduser() if cfg.weights else bundled_weights_path(cfg.size, eclm=cfg.eclm)
+    path = (
+        Path(cfg.weights).expanduser() if cfg.weights else bundled_weights_path(cfg.size, eclm=cfg.eclm, head=cfg.head)
+    )
     if not path.is_file():
         return None
     return cached_file_sha256(path)[:16]

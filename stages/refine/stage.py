@@ -317,6 +317,7 @@ class RefineStage(BaseStage[SMPLSequence, SMPLSequence]):
             confidence=filled.confidence,
             tracklet=_carry_tracklets(seq, filled),
             feature=filled.feature,
+            vertices=_carry_vertices(seq, filled),
         )
 
 
@@ -348,4 +349,17 @@ def _carry_tracklets(seq: SMPLSequence, filled: FilledTrack) -> np.ndarray:
     pos = np.searchsorted(seq.frame_idx, filled.frame_idx)
     obs = filled.observed
     out[obs] = np.asarray(seq.tracklet, np.int64)[pos[obs]]
+    return out
+
+
+def _carry_vertices(seq: SMPLSequence, filled: FilledTrack) -> np.ndarray:
+    """(N, V, 3) the estimator's mesh of each filled-grid row: the input row's where observed,
+    NaN where filled ((N, 0, 3) when the track keeps no mesh)."""
+    v = np.asarray(seq.vertices, np.float16)
+    out = np.full((len(filled.frame_idx),) + v.shape[1:], np.nan, np.float16)
+    if v.shape[1] == 0:
+        return out
+    pos = np.searchsorted(seq.frame_idx, filled.frame_idx)
+    obs = filled.observed
+    out[obs] = v[pos[obs]]
     return out

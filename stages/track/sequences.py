@@ -66,6 +66,7 @@ def tracks_to_sequences(tracked: TrackedEstimates) -> list[SMPLSequence]:
                 confidence=tracked.confidence[rows].astype(np.float32),
                 tracklet=tracked.tracklet_id[rows].astype(np.int64),
                 feature=np.asarray(tracked.feature[rows], np.float16),
+                vertices=np.asarray(tracked.vertices[rows], np.float16),
             )
         )
     return out

@@ -127,3 +127,27 @@ def test_headline_settings_merge_what_they_say() -> None:
     assert 1.2 < by["fasthmr"]["flops_ratio"] < by["camerahmr"]["flops_ratio"]
     for r in rows:
         assert r["speedup"] > 0 and np.isfinite(r["realised"]) and r["gflops_merged"] < r["gflops_unmerged"]
+
+
+def test_bench_estimator_head_rows(tmp_path) -> None:
+    """The head comparison: one SMPL-head and one FastMETRO estimator on the same crops."""
+    from hmrflow.stages.mesh.checkpoint import save_estimator
+    from hmrflow.stages.mesh.model import build_estimator
+
+    torch.manual_seed(0)
+    fm = save_estimator(build_estimator("tiny", (128, 96), head="fastmetro"), tmp_path / "fm.safetensors")
+    out = tmp_path / "bench"
+    heads = f"smpl={bundled_weights_path('tiny')},fm={fm}"
+    args = ["bench", "estimator", "--out", str(out), "--models", "", "--n-eval", "4", "--n-calib", "4"]
+    args += ["--acc-sets", "", "--settings", "", "--precision", "fp32", "--reps", "1"]
+    assert cli.main([*args, "--heads", heads, "--heads-batches", "2", "--heads-n-eval", "8"]) == 0
+    rep = json.loads((out / "estimator_bench.json").read_text())["heads"]
+    smpl, mesh = rep["rows"]
+    assert smpl["head"] == "smpl" and "mesh_pve_mm" not in smpl and smpl["pa_mpjpe_mm"] < 150
+    assert mesh["head"] == "fastmetro" and mesh["attention_mask"] is True
+    # an untrained mesh head is far off; the trained SMPL head is not
+    assert mesh["mesh_pve_mm"] > smpl["pve_mm"] and mesh["flops_ratio"] > 1 and mesh["head_flops_ratio"] > 2
+    assert [t["name"] for t in rep["timing"]] == ["smpl", "fm"] and rep["timing"][0]["time_ratio"] == 1.0
+    assert "| fm | fastmetro | yes |" in (out / "estimator_bench.md").read_text()
+    assert rep["fit_steps"] == 10 and "fit_pve_mm" in mesh and "fit_pve_mm" not in smpl
+    assert cli.main([*args, "--heads", "nonsense"]) != 0

@@ -159,3 +159,53 @@ def test_merge_aware_training_makes_the_merged_model_better(body) -> None:
 
     aware, plain = merged_loss(1.0), merged_loss(0.0)
     assert aware < 0.8 * plain, (aware, plain)
+
+
+def test_fastmetro_steps_reduce_the_mesh_losses(small_crops, body) -> None:
+    from hmrflow.stages.mesh.losses import estimator_losses
+
+    cfg = TrainConfig(image_size=(64, 48), head="fastmetro", batch_size=8, lr=2e-3, warmup_steps=1, augment=False)
+    tr = EstimatorTrainer(cfg, body, total_steps=4)
+    images, targets = make_batch(small_crops, np.arange(8))
+
+    def terms() -> dict[str, float]:
+        tr.model.eval()
+        with torch.no_grad():
+            t = estimator_losses(tr.model(images), targets, body, cfg.losses)
+        return {k: float(v.mean()) for k, v in t.items()}
+
+    before = terms()
+    assert {"vertices", "mesh_joints3d", "mesh_joints2d", "pve"} <= set(before)
+    for _ in range(4):
+        tr.train_step(images, targets)
+    after = terms()
+    assert after["total"] < 0.9 * before["total"] and after["vertices"] < before["vertices"], (before, after)
+
+
+def test_train_cli_fastmetro_head_from_a_backbone(tmp_path) -> None:
+    """``hmrflow train estimator --head fastmetro --init-backbone W``: the backbone is W's, the
+    head fresh; the weights file, train_config.json and validation.json name the head and its mesh figures."""
+    from hmrflow.jobs import cli
+    from hmrflow.stages.mesh.checkpoint import load_estimator, save_estimator
+    from hmrflow.stages.mesh.model import build_estimator
+
+    torch.manual_seed(5)  # not the trainer's seed: its own fresh backbone differs from this one
+    src = save_estimator(build_estimator("tiny", (64, 48)), tmp_path / "src.safetensors")
+    work = tmp_path / "w"
+    args = ["train", "estimator", "--work-dir", str(work), "--head", "fastmetro", "--image-size", "64x48"]
+    args += ["--crops", "16", "--val-crops", "8", "--val-every-crops", "8", "--epochs", "1", "--steps-per-epoch", "1"]
+    args += ["--batch-size", "4", "--init-backbone", str(src), "--no-attention-mask"]
+    assert cli.main(args) == 0
+    out, _ = load_estimator(work / "final" / "estimator_tiny_fastmetro.safetensors")
+    assert out.spec.head_kind == "fastmetro" and out.spec.head.attention_mask is False
+    ref, _ = load_estimator(src)
+    # one step of AdamW moved the backbone by at most lr per weight, from the source's
+    w_out, w_ref = out.backbone.patch_embed.proj.weight, ref.backbone.patch_embed.proj.weight
+    assert (w_out - w_ref).abs().max() < 5e-3
+    torch.manual_seed(0)
+    fresh = build_estimator("tiny", (64, 48)).backbone.patch_embed.proj.weight
+    assert (fresh - w_ref).abs().max() > 0.05
+    cfg = json.loads((work / "final" / "train_config.json").read_text())
+    assert cfg["head"] == "fastmetro" and cfg["attention_mask"] is False and cfg["init_backbone"] == str(src)
+    val = json.loads((work / "final" / "validation.json").read_text())["held_out_crops"]
+    assert {"mesh_pve_mm", "mesh_pa_mpjpe_mm", "pve_mm"} <= set(val)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from hmrflow.stages.mesh.backbone import ViTConfig
+from hmrflow.stages.mesh.fastmetro import FastMETROConfig
 from hmrflow.stages.mesh.head import HeadConfig
 
 
@@ -64,9 +65,44 @@ def head_flops(cfg: HeadConfig, n_tokens: int) -> int:
     return cfg.ief_iters * (cfg.depth * (self_attn + cross + ff) + readout)
 
 
+def _attention_flops(n_q: int, n_k: int, d: int) -> int:
+    return 2 * 2 * n_q * n_k * d
+
+
+def fastmetro_flops(cfg: FastMETROConfig, n_tokens: int) -> int:
+    """FLOPs of the FastMETRO head over ``n_tokens`` image tokens: input projection, per stage
+    the encoder over the camera token + image tokens and the decoder over joint + vertex tokens
+    (dense attention: a mask does not skip work), the reductions, the readouts and the SMPL
+    regressor (the full-mesh upsampling is a sparse gather, left out)."""
+    m, q = n_tokens + 1, cfg.n_tokens
+    total = 2 * n_tokens * cfg.context_dim * cfg.dims[0]
+    prev = None
+    for d in cfg.dims:
+        if prev is not None:
+            total += 2 * (m + q) * prev * d
+        hid = int(d * cfg.mlp_ratio)
+        enc = 2 * m * d * 3 * d + _attention_flops(m, m, d) + 2 * m * d * d + 2 * 2 * m * d * hid
+        dec = (
+            2 * q * d * 3 * d
+            + _attention_flops(q, q, d)
+            + 2 * q * d * d
+            + 2 * q * d * d
+            + 2 * n_tokens * d * 2 * d
+            + _attention_flops(q, n_tokens, d)
+            + 2 * q * d * d
+            + 2 * 2 * q * d * hid
+        )
+        total += cfg.layers * (enc + dec)
+        prev = d
+    r = cfg.regressor_dim
+    total += 2 * q * cfg.dims[-1] * 3 + 2 * cfg.dims[-1] * 4
+    total += 2 * (q * 3 * r + r * r + r * (24 * 6 + 10))
+    return total
+
+
 def estimator_flops(
     backbone: ViTConfig,
-    head: HeadConfig,
+    head: HeadConfig | FastMETROConfig,
     depth: Optional[int] = None,
     block_tokens: Optional[Sequence[tuple[int, int]]] = None,
 ) -> FlopCount:
@@ -86,7 +122,8 @@ def estimator_flops(
     blocks = sum(block_flops(backbone, a, b) for a, b in block_tokens)
     matching = sum(matching_flops(backbone, a) for a, b in block_tokens if b < a)
     last = block_tokens[-1][1] if depth else n
-    return FlopCount(patch_embed=patch, blocks=blocks, matching=matching, head=head_flops(head, last))
+    hf = fastmetro_flops(head, last) if isinstance(head, FastMETROConfig) else head_flops(head, last)
+    return FlopCount(patch_embed=patch, blocks=blocks, matching=matching, head=hf)
 
 
 def tome_token_counts(n: int, rs: Sequence[int], n_protected: int = 0) -> list[tuple[int, int]]:

@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -242,10 +241,7 @@ def tome_forward(model: nn.Module, crops: torch.Tensor, protect: Optional[torch.
         order = protect.sum(dim=1).argsort(stable=True)
         parts = [_tome_forward_batch(model, crops[idx], protect[idx], cfg) for idx in order.split(cfg.group_size)]
         inverse = order.argsort()
-        first = parts[0]
-        return type(first)(
-            **{f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in dataclasses.fields(first)}
-        )
+        return type(parts[0]).cat(parts, inverse)
     return _tome_forward_batch(model, crops, protect, cfg)
 
 
