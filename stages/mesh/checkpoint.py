@@ -133,11 +133,13 @@ def _infer_spec(
 ) -> EstimatorSpec:
     """Architecture of a plain checkpoint: the header's spec, else its size and crop size, else
     the tensor shapes (embedding width -> size, position embeddings -> crop size, blocks -> depth)."""
-    if "estimator_spec" in header and image_size is None:
+    if "estimator_spec" in header:
         try:
-            return spec_from_dict(json.loads(header["estimator_spec"]))
+            spec = spec_from_dict(json.loads(header["estimator_spec"]))
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{path}: unreadable 'estimator_spec' header entry ({exc})") from None
+        # the caller's crop size wins (a file of another size then fails on its position embedding)
+        return spec if image_size is None else estimator_spec(spec, image_size)
     size = size or _header_size(header)
     if image_size is None and "image_size" in header:
         image_size = tuple(int(v) for v in json.loads(header["image_size"]))  # type: ignore[assignment]

@@ -193,6 +193,11 @@ def test_checkpoint_round_trip_keeps_head_and_topology(model, tmp_path) -> None:
     x = torch.randn(2, 3, *HW)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).vertices, model(x).vertices, atol=2e-3, rtol=0)
+    # what `train estimator --init` and the stage pass: the expected size and crop size
+    again, _ = load_estimator(path, "tiny", HW)
+    assert again.spec.head == model.spec.head
+    with pytest.raises(CheckpointError, match="pos_embed"):
+        load_estimator(path, "tiny", (256, 192))
 
 
 def test_stage_head_must_match_the_weights(model, tmp_path) -> None:
