@@ -45,10 +45,14 @@ WEIGHTS_FORMAT = "hmrflow.mesh_estimator.v1"
 
 def bundled_weights_path(size: str, eclm: bool = False, head: str = "smpl") -> Path:
     """Where the package keeps the trained weights of ``size`` (the file may not exist):
-    ``estimator_<size>[_<head>][_eclm].safetensors`` (no head part for the SMPL head;
-    ``eclm=True``: the layer-merged variant)."""
+    ``weights/estimator_<size>[_eclm].safetensors`` for the SMPL head,
+    ``weights/<head>/estimator_<size>_<head>[_eclm].safetensors`` for another head (each folder
+    with its own train_config.json and validation.json); ``eclm=True``: the layer-merged variant."""
+    folder = resources.files("hmrflow.stages.mesh") / "weights"
+    if head != "smpl":
+        folder = folder / head
     name = f"estimator_{size}" + ("" if head == "smpl" else f"_{head}") + ("_eclm" if eclm else "")
-    return Path(str(resources.files("hmrflow.stages.mesh") / "weights" / f"{name}.safetensors"))
+    return Path(str(folder / f"{name}.safetensors"))
 
 
 def is_merged_checkpoint(header: dict[str, str]) -> bool:

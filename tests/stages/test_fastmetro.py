@@ -245,26 +245,35 @@ BUNDLED = bundled_weights_path("tiny", head="fastmetro")
 
 @pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled FastMETRO weights not built")
 def test_bundled_fastmetro_on_held_out_crops(body) -> None:
-    """The bundled head's mesh on fresh rendered crops: errors near its validation figures, and
-    its SMPL readout from the exact coarse mesh of known bodies close to them."""
+    """The bundled head on fresh rendered crops: its mesh near its validation figures (an
+    untrained head: PVE ~310 mm, PA-MPJPE ~180 mm), and its SMPL readout from the exact mesh of
+    known bodies (untrained: PA-MPJPE ~180 mm) within the readout's own error, which a few
+    vertex-fit steps then reduce."""
     from hmrflow.jobs.train.estimator_data import render_crops
-    from hmrflow.stages.mesh.train import evaluate_crops
+    from hmrflow.stages.mesh.train import evaluate_crops, make_batch
 
     model, _ = load_estimator(BUNDLED)
     data = render_crops(np.random.default_rng([424242, 0]), 64, HW)
     res = evaluate_crops(model, data, body, batch_size=32, device="cpu")
-    assert res["mesh_pve_mm"] < 110.0 and res["mesh_pa_mpjpe_mm"] < 90.0, res
-    # readout of exact meshes: the regressor alone
-    rot, betas = _held_out_bodies(body, 32, seed=77)
-    gt = body(rot, betas)
+    assert res["mesh_pve_mm"] < 125.0 and res["mesh_pa_mpjpe_mm"] < 85.0, res
+    assert res["pve_mm"] < 125.0 and res["pa_mpjpe_mm"] < 85.0, res
+    # the readout alone, on the exact meshes of known bodies in the crops' frame
+    _, t = make_batch(render_crops(np.random.default_rng([424243, 0]), 32, HW), np.arange(32))
+    gt = body(t.rotmats, t.betas)
     head = model.head
     xyz = torch.cat([gt.joints, gt.vertices[:, torch.as_tensor(coarse_mesh_for(body).index)]], dim=1)
     with torch.no_grad():
         params = head.regressor((xyz - gt.joints[:, :1]).flatten(1))
-    pose = params[:, : 24 * 6] + head.init_pose
-    fit = body(rot6d_to_matrix(pose.reshape(-1, 24, 6)), params[:, 24 * 6 :] + head.init_betas)
-    assert float(pa_mpjpe(fit.joints, gt.joints).mean()) < 40.0
-    assert float(mpjpe(fit.joints, gt.joints).mean()) < 60.0
+    pose6d = (params[:, : 24 * 6] + head.init_pose).reshape(-1, 24, 6)
+    betas = params[:, 24 * 6 :] + head.init_betas
+    read = body(rot6d_to_matrix(pose6d), betas)
+    read_pve = pve(read.vertices, gt.vertices, read.joints[:, 0], gt.joints[:, 0]).mean()
+    assert float(pa_mpjpe(read.joints, gt.joints).mean()) < 90.0 and float(read_pve) < 95.0
+    r_fit, b_fit, _ = fit_to_vertices(body, gt.vertices, pose6d, betas, steps=30)
+    fit = body(r_fit, b_fit)
+    fit_pve = pve(fit.vertices, gt.vertices, fit.joints[:, 0], gt.joints[:, 0]).mean()
+    assert float(fit_pve) < 0.8 * float(read_pve), (float(fit_pve), float(read_pve))
+    assert float(mpjpe(fit.joints, gt.joints).mean()) < float(mpjpe(read.joints, gt.joints).mean())
 
 
 def test_mesh_fit_refuses_another_body_model(model, tmp_path) -> None:
@@ -313,3 +322,15 @@ def test_run_writes_each_tracks_mesh(tmp_path) -> None:
             assert v.dtype == np.float16 and v.shape == (len(obs), j0.shape[0], 3)
             assert np.isfinite(v[obs]).all() and np.isnan(v[~obs]).all()
             assert np.abs(np.einsum("v,tvc->tc", j0, v[obs].astype(np.float32))).max() < 5e-3
+
+
+def test_accelerate_merges_a_fastmetro_estimator(model, tmp_path) -> None:
+    """``hmrflow accelerate`` on FastMETRO weights: a merged checkpoint that keeps the head."""
+    from hmrflow.jobs import cli
+
+    w = save_estimator(model, tmp_path / "fm.safetensors")
+    args = ["accelerate", "--weights", str(w), "--n-calib", "4", "--cache", str(tmp_path / "c")]
+    assert cli.main([*args, "--eps", "1e6", "--order", "span", "--out", str(tmp_path / "merged")]) == 0
+    merged, plan = load_estimator(tmp_path / "merged.safetensors")
+    assert plan is not None and plan.depth < 6 and merged.spec.head_kind == "fastmetro"
+    assert isinstance(merged.head, FastMETROHead) and len(merged.backbone.blocks) == plan.depth
