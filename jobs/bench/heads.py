@@ -1,4 +1,6 @@
-"""Head comparison rows of ``hmrflow bench estimator``: the SMPL head against FastMETRO.
+"""Head comparison: ``hmrflow bench heads``, also the head rows of ``hmrflow bench estimator``.
+
+The SMPL head against FastMETRO (or any estimators).
 
 Every named estimator (``NAME=PATH``; ``bundled`` = the bundled tiny SMPL-head and FastMETRO
 estimators) is evaluated on the same fresh held-out crops (rendered like the training crops
@@ -17,6 +19,7 @@ round-robin, median of the repetitions.  Figures per model:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import statistics
 import time
@@ -27,6 +30,52 @@ log = logging.getLogger(__name__)
 
 #: Held-out crops of the head comparison (training uses seed 0, validation 900001).
 HEADS_SEED = 910001
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="bench_out/heads", help="output folder (default bench_out/heads)")
+    p.add_argument(
+        "--heads",
+        default="bundled",
+        help="comma-separated NAME=PATH estimators, or 'bundled' (the bundled SMPL-head and FastMETRO tiny estimators)",
+    )
+    p.add_argument("--batches", default="1,64", help="batch sizes timed side by side (default 1,64)")
+    p.add_argument("--n-eval", type=int, default=1024, help="held-out crops (default 1024)")
+    p.add_argument("--seed", type=int, default=HEADS_SEED, help=f"seed of the held-out crops (default {HEADS_SEED})")
+    p.add_argument("--fit-steps", type=int, default=10, help="vertex-fit steps of the mesh heads' extra figures")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
+    p.add_argument("--precision", default="fp32", choices=["bf16", "fp32"], help="autocast dtype (default fp32)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write OUT/heads_bench.json and OUT/heads_bench.md and print the table."""
+    import json
+
+    from hmrflow.pipeline.atomic import atomic_write_bytes
+    from hmrflow.pipeline.devices import resolve_device
+    from hmrflow.pipeline.errors import ConfigError
+
+    entries = parse_heads(args.heads)
+    if not entries:
+        raise ConfigError("--heads: no estimators to compare (no bundled weights found?)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    section = head_rows(
+        entries,
+        args.n_eval,
+        args.seed,
+        [int(b) for b in args.batches.split(",") if b.strip()],
+        args.reps,
+        resolve_device(args.device, "--device"),
+        args.precision == "bf16",
+        args.fit_steps,
+    )
+    atomic_write_bytes(out / "heads_bench.json", json.dumps(section, indent=2).encode())
+    md = "\n".join(heads_markdown(section))
+    atomic_write_bytes(out / "heads_bench.md", md.encode())
+    print(md)
+    return 0
 
 
 def parse_heads(text: str) -> list[tuple[str, Path]]:

@@ -14,6 +14,7 @@ from hmrflow.jobs.cli.targets import add_target_parsers, run_target
 TARGETS: dict[str, str] = {
     "estimator": "hmrflow.jobs.bench.estimator",
     "estimator-accuracy": "hmrflow.jobs.bench.estimator_eval",
+    "heads": "hmrflow.jobs.bench.heads",
     "pipeline": "hmrflow.jobs.bench.pipeline",
     "track": "hmrflow.jobs.bench.track_eval",
     "refine": "hmrflow.jobs.bench.refine_eval",

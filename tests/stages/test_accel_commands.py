@@ -151,3 +151,15 @@ def test_bench_estimator_head_rows(tmp_path) -> None:
     assert "| fm | fastmetro | yes |" in (out / "estimator_bench.md").read_text()
     assert rep["fit_steps"] == 10 and "fit_pve_mm" in mesh and "fit_pve_mm" not in smpl
     assert cli.main([*args, "--heads", "nonsense"]) != 0
+
+
+def test_bench_heads_command(tmp_path) -> None:
+    """``hmrflow bench heads`` alone: the bundled estimators (or the named ones) side by side."""
+    out = tmp_path / "heads"
+    w = str(bundled_weights_path("tiny"))
+    args = ["bench", "heads", "--out", str(out), "--heads", f"a={w},b={w}", "--batches", "2", "--n-eval", "8"]
+    assert cli.main([*args, "--reps", "1", "--fit-steps", "0"]) == 0
+    rep = json.loads((out / "heads_bench.json").read_text())
+    a, b = rep["rows"]
+    assert a["pa_mpjpe_mm"] == b["pa_mpjpe_mm"] and a["flops_ratio"] == b["flops_ratio"] == 1.0  # the same file twice
+    assert "| a | smpl | - |" in (out / "heads_bench.md").read_text()
