@@ -130,7 +130,9 @@ def model_files(cfg: PipelineConfig) -> dict[str, str]:
         models["detector"] = f"opencv-{cv2.__version__}-hog-default-people"
     else:
         models["detector"] = str(cfg.detect.weights or "torchvision-maskrcnn_resnet50_fpn")
-    models["estimator"] = str(cfg.estimate.weights or bundled_weights_path(cfg.estimate.size, cfg.estimate.eclm))
+    models["estimator"] = str(
+        cfg.estimate.weights or bundled_weights_path(cfg.estimate.size, cfg.estimate.eclm, head=cfg.estimate.head)
+    )
     if cfg.refine.enabled:
         from hmrflow.priors.motion_diffusion import BUNDLED_PRIOR
 

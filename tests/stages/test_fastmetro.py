@@ -334,3 +334,11 @@ def test_accelerate_merges_a_fastmetro_estimator(model, tmp_path) -> None:
     merged, plan = load_estimator(tmp_path / "merged.safetensors")
     assert plan is not None and plan.depth < 6 and merged.spec.head_kind == "fastmetro"
     assert isinstance(merged.head, FastMETROHead) and len(merged.backbone.blocks) == plan.depth
+
+
+def test_manifest_names_the_fastmetro_weights() -> None:
+    from hmrflow.jobs.pipelines import model_files
+    from hmrflow.pipeline.config import load_config
+
+    assert model_files(load_config("clip", ["estimate.head=fastmetro"]))["estimator"] == str(BUNDLED)
+    assert model_files(load_config("clip"))["estimator"] == str(bundled_weights_path("tiny"))
