@@ -43,7 +43,9 @@ def _refine_stage(cfg: PipelineConfig, out: Path) -> Any:
     from hmrflow.stages.mesh.stage import estimator_feature_id
     from hmrflow.stages.refine.stage import RefineStage
 
-    return RefineStage(cfg.refine, seed=cfg.seed, feature_source=estimator_feature_id(cfg.estimate))
+    # the one-stage path carries no crop-estimator image features
+    source = None if cfg.detect.kind == "onestage" else estimator_feature_id(cfg.estimate)
+    return RefineStage(cfg.refine, seed=cfg.seed, feature_source=source)
 
 
 #: Model stages: part name -> factory (imports lazily so the CLI starts fast).
@@ -80,6 +82,15 @@ def _decode(cfg: PipelineConfig, out: Path) -> Any:
 def _frame_stages(cfg: PipelineConfig, out: Path) -> list[Any]:
     from hmrflow.stages.camera.observe import CameraObserver
 
+    if cfg.detect.kind == "onestage":
+        # one network detects and estimates; the estimate slot passes its table on
+        from hmrflow.stages.onestage.stage import OneStageEstimates, OneStageStage
+
+        return [
+            OneStageStage(cfg.detect, cfg.estimate, cfg.body_model),
+            CameraObserver(cfg.camera),
+            OneStageEstimates(),
+        ]
     return [_model("detect")(cfg, out), CameraObserver(cfg.camera), _model("estimate")(cfg, out)]
 
 
@@ -123,6 +134,10 @@ def model_files(cfg: PipelineConfig) -> dict[str, str]:
         models["detections"] = str(cfg.detect.detections_path)
     elif cfg.detect.kind == "onnx" and cfg.detect.onnx_path:
         models["detector"] = str(cfg.detect.onnx_path)
+    elif cfg.detect.kind == "onestage":
+        from hmrflow.stages.onestage.stage import onestage_weights_path
+
+        models["onestage"] = str(onestage_weights_path(cfg.detect))
     elif cfg.detect.kind == "hog":
         import cv2
 
@@ -130,9 +145,10 @@ def model_files(cfg: PipelineConfig) -> dict[str, str]:
         models["detector"] = f"opencv-{cv2.__version__}-hog-default-people"
     else:
         models["detector"] = str(cfg.detect.weights or "torchvision-maskrcnn_resnet50_fpn")
-    models["estimator"] = str(
-        cfg.estimate.weights or bundled_weights_path(cfg.estimate.size, cfg.estimate.eclm, head=cfg.estimate.head)
-    )
+    if cfg.detect.kind != "onestage":
+        models["estimator"] = str(
+            cfg.estimate.weights or bundled_weights_path(cfg.estimate.size, cfg.estimate.eclm, head=cfg.estimate.head)
+        )
     if cfg.refine.enabled:
         from hmrflow.priors.motion_diffusion import BUNDLED_PRIOR
 

@@ -92,8 +92,20 @@ class BodyModelConfig(Strict):
 class DetectConfig(Strict):
     """Person detection (see :mod:`hmrflow.stages.detect`)."""
 
-    kind: Literal["bundled", "file", "maskrcnn", "onnx", "hog"] = "bundled"
+    kind: Literal["bundled", "file", "maskrcnn", "onnx", "hog", "onestage"] = Field(
+        "bundled",
+        description="onestage: the SAT-HMR one-stage estimator detects and estimates every person of the "
+        "whole frame at once (replaces detect + estimate; its weights are onestage_weights)",
+    )
     weights: Optional[str] = None
+    onestage_weights: Optional[str] = Field(
+        None, description="for kind=onestage: weights file (default: the bundled onestage_tiny.safetensors)"
+    )
+    onestage_tokens: Literal["adaptive", "all_low", "all_high", "discard_background"] = Field(
+        "adaptive",
+        description="for kind=onestage: scale-adaptive tokens, or the ablations (every token at low or at high "
+        "resolution, background tokens dropped)",
+    )
     detections_path: Optional[str] = Field(None, description="for kind=file: MOT txt or JSON boxes")
     onnx_path: Optional[str] = Field(None, description="for kind=onnx: a YOLO-style ONNX detector or segmenter")
     onnx_layout: Literal["auto", "yolov8", "yolov5", "end2end"] = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hmrflow.pipeline.types import ClipRef, Detections, FrameBatch, SMPLSequence
+from hmrflow.pipeline.types import ClipRef, Detections, FrameBatch, MeshEstimates, SMPLSequence
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class DetectedFrames:
 
     frames: FrameBatch
     detections: Detections
+    #: Filled by a stage that detects and estimates at once (the one-stage path); the estimate
+    #: stage of that path passes it on.
+    estimates: MeshEstimates | None = None
 
 
 @dataclass(frozen=True)

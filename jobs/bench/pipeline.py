@@ -1,7 +1,7 @@
 """End-to-end accuracy and speed of the whole pipeline on the synthetic benchmark sets.
 
     hmrflow bench pipeline [--sets easy crowded occlusion far crossings twins] [--clips N]
-                           [--seed S] [--size WxH] [--work DIR] [--variants per-frame refined]
+                           [--seed S] [--size WxH] [--work DIR] [--variants per-frame refined onestage ...]
                            [--preset clip] [--set KEY=VALUE ...] [--json PATH]
 
 For every set (rendered once into ``WORK/sets/<set>/``, reused when present; with
@@ -14,6 +14,15 @@ pipeline with refinement switched off (the estimator's own per-frame output, tra
 ``refined`` the full pipeline.  Prints one markdown table (one row per set and variant) and
 writes the same rows as JSON (every overall column of ``hmrflow eval``, plus set, seed,
 variant, clips, frames, fps).  All figures are synthetic: label them so.
+
+The ``onestage*`` variants run SAT-HMR's one-stage path (``detect.kind=onestage``) on the
+same clips: ``onestage`` per frame and ``onestage-refined``, and the token ablations
+``onestage-all-low`` (every token at low resolution), ``onestage-all-high`` (every token at
+high resolution) and ``onestage-no-background`` (background tokens discarded instead of
+pooled).  Their rows add a third table: tokens and high-resolution tokens per frame, GFLOPs
+per frame (:func:`~hmrflow.stages.mesh.accel.flops.onestage_flops`) and both as shares of the
+all-high-resolution ablation.  Compare ``onestage`` with ``per-frame`` (the two-stage path
+without refinement).
 
 Speed: ``fps`` is frames decoded per second of pipeline wall time (weights loaded before the
 clock starts, so start-up is not in it; evaluation is not in it).  The ``*_pct`` columns
@@ -39,15 +48,25 @@ from hmrflow.configs.bench import BENCH_SETS
 log = logging.getLogger(__name__)
 
 SETS = BENCH_SETS
+#: The one-stage path's settings (those of ``configs/onestage.yaml``) on top of any preset.
+ONESTAGE = ["detect.kind=onestage", "detect.nms_iou=0.6", "detect.batch_size=8"]
 VARIANTS: dict[str, list[str]] = {
     "per-frame": ["refine.enabled=false"],
     "refined": ["refine.enabled=true"],
+    # SAT-HMR's one-stage path beside the two-stage one, and its token ablations (per frame)
+    "onestage": [*ONESTAGE, "refine.enabled=false"],
+    "onestage-refined": [*ONESTAGE, "refine.enabled=true"],
+    "onestage-all-low": [*ONESTAGE, "detect.onestage_tokens=all_low", "refine.enabled=false"],
+    "onestage-all-high": [*ONESTAGE, "detect.onestage_tokens=all_high", "refine.enabled=false"],
+    "onestage-no-background": [*ONESTAGE, "detect.onestage_tokens=discard_background", "refine.enabled=false"],
 }
+DEFAULT_VARIANTS = ("per-frame", "refined")
 #: Stage-time shares reported by the bench: column -> the ``timings_s`` names summed into it.
 STAGE_SHARES: dict[str, tuple[str, ...]] = {
     "decode_pct": ("DecodeStage",),
     "detect_pct": ("DetectStage",),
     "estimate_pct": ("EstimateStage",),
+    "onestage_pct": ("OneStageStage", "OneStageEstimates"),
     "track_pct": ("TrackStage", "to_sequences"),
     "refine_pct": ("RefineStage",),
     "camera_pct": ("CameraObserver", "WorldStage"),
@@ -77,6 +96,10 @@ COLUMNS = (
 )
 #: The speed table: frames/s and where the time goes.
 SPEED_COLUMNS = ("set", "size", "variant", "frames", "fps", *STAGE_SHARES, "write_pct")
+#: The one-stage token table: per-frame means of the main encoder's tokens, of those at high
+#: resolution, and FLOPs, with the FLOPs and tokens as shares of the all-high-resolution ablation
+#: of the same set (when it ran).
+TOKEN_COLUMNS = ("set", "variant", "tokens", "high_tokens", "gflops", "tokens_vs_all_high", "flops_vs_all_high")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="render the clips at this frame size (e.g. 1920x1080; default the set's own, 640x480)",
     )
     parser.add_argument("--work", default="hmrflow-bench", help="folder for rendered sets and outputs")
-    parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
+        help="per-frame and refined: the preset's path; onestage*: the SAT-HMR one-stage path and its token ablations",
+    )
     parser.add_argument("--preset", default="clip")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None, help="write the rows here (default WORK/pipeline_bench.json)")
@@ -144,10 +173,17 @@ def stage_shares(timings: dict[str, float]) -> dict[str, float]:
 
 
 def run_variant(
-    set_dir: Path, out_dir: Path, preset: str, overrides: list[str], timings: dict[str, float] | None = None
+    set_dir: Path,
+    out_dir: Path,
+    preset: str,
+    overrides: list[str],
+    timings: dict[str, float] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> tuple[float, int]:
     """Run the pipeline over every clip of ``set_dir``; returns (seconds, frames decoded) and
-    adds every clip's stage seconds (manifest ``volatile.timings_s``) into ``timings``."""
+    adds every clip's stage seconds (manifest ``volatile.timings_s``) into ``timings``, and the
+    running totals of frame stages that keep them (the one-stage stage's tokens and FLOPs) into
+    ``stats``."""
     from hmrflow.jobs.pipelines import build_spec
     from hmrflow.pipeline.config import load_config
 
@@ -165,7 +201,31 @@ def run_variant(
         if timings is not None:
             for k, v in (man.get("volatile", {}).get("timings_s") or {}).items():
                 timings[k] = timings.get(k, 0.0) + float(v)
-    return time.perf_counter() - t0, frames
+    seconds = time.perf_counter() - t0
+    if stats is not None:
+        for st in runner.frame_stages:
+            for k, v in (getattr(st, "stats", None) or {}).items():
+                stats[k] = stats.get(k, 0.0) + float(v)
+    return seconds, frames
+
+
+def token_columns(stats: dict[str, float]) -> dict[str, float]:
+    """Per-frame means of a one-stage run's totals (empty for runs without them)."""
+    n = float(stats.get("frames", 0.0))
+    if n <= 0:
+        return {}
+    return {"tokens": stats["tokens"] / n, "high_tokens": stats["high_tokens"] / n, "gflops": stats["flops"] / n / 1e9}
+
+
+def add_all_high_ratios(rows: list[dict[str, Any]]) -> None:
+    """Fill ``tokens_vs_all_high`` and ``flops_vs_all_high`` of each one-stage row from the
+    ``onestage-all-high`` row of the same set and seed, where there is one."""
+    ref = {(r["set"], r["seed"]): r for r in rows if r["variant"] == "onestage-all-high" and "gflops" in r}
+    for r in rows:
+        a = ref.get((r["set"], r["seed"]))
+        if a is not None and "gflops" in r:
+            r["tokens_vs_all_high"] = r["tokens"] / a["tokens"]
+            r["flops_vs_all_high"] = r["gflops"] / a["gflops"]
 
 
 def frame_size(set_dir: Path) -> str:
@@ -198,7 +258,10 @@ def run(args: argparse.Namespace) -> int:
             # outputs live beside their set's folder name so different seeds never mix
             out_dir = work / "outputs" / set_dir.name / variant
             timings: dict[str, float] = {}
-            seconds, frames = run_variant(set_dir, out_dir, args.preset, [*VARIANTS[variant], *args.overrides], timings)
+            stats: dict[str, float] = {}
+            seconds, frames = run_variant(
+                set_dir, out_dir, args.preset, [*VARIANTS[variant], *args.overrides], timings, stats
+            )
             over = evaluate(out_dir, set_dir).overall
             row = {
                 "set": name,
@@ -209,14 +272,19 @@ def run(args: argparse.Namespace) -> int:
                 "frames": frames,
                 "fps": frames / seconds if seconds > 0 else float("nan"),
                 **stage_shares(timings),
+                **token_columns(stats),
             }
             row.update({k: v for k, v in over.items() if k not in row})
             rows.append(row)
             log.info("%s/%s: %s", name, variant, {k: row.get(k) for k in ("f1", "idf1", "pa_mpjpe_mm")})
+    add_all_high_ratios(rows)
     path = Path(args.json) if args.json else work / "pipeline_bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2, default=float))
-    sys.stdout.write(markdown(rows) + "\n\n" + markdown(rows, SPEED_COLUMNS) + "\n")
+    tables = [markdown(rows), markdown(rows, SPEED_COLUMNS)]
+    if any("gflops" in r for r in rows):
+        tables.append(markdown([r for r in rows if "gflops" in r], TOKEN_COLUMNS))
+    sys.stdout.write("\n\n".join(tables) + "\n")
     return 0
 
 

@@ -18,6 +18,7 @@ TARGETS: dict[str, str] = {
     "prior": "hmrflow.jobs.train.prior",
     "prior-pairs": "hmrflow.jobs.train.prior_pairs",
     "fov": "hmrflow.jobs.train.fov",
+    "onestage": "hmrflow.jobs.train.onestage",
 }
 
 

@@ -211,6 +211,12 @@ SYNTHETIC_DETECTOR_NOTE = (
     "most people in real video; for real footage use --preset real (OpenCV's HOG people detector, no "
     "weights) or detect.kind=onnx with detect.onnx_path=MODEL.onnx (see docs/real-video.md)"
 )
+#: The same for the bundled one-stage estimator.
+SYNTHETIC_ONESTAGE_NOTE = (
+    "detect.kind=onestage: the bundled one-stage estimator is a small model trained on synthetic renders only; "
+    "it misses most people in real video (see docs/bench/onestage.md); give your own weights with "
+    "detect.onestage_weights=FILE"
+)
 _noted: set[str] = set()
 
 
@@ -218,7 +224,17 @@ def detector_notes(cfg: DetectConfig) -> list[str]:
     """Plain-word caveats about the detector ``cfg`` picks (recorded in every manifest)."""
     if cfg.kind == "bundled" and not cfg.weights:
         return [SYNTHETIC_DETECTOR_NOTE]
+    if cfg.kind == "onestage" and not cfg.onestage_weights:
+        return [SYNTHETIC_ONESTAGE_NOTE]
     return []
+
+
+def log_notes_once(cfg: DetectConfig) -> None:
+    """Log :func:`detector_notes` as warnings, once per process (not once per video of a batch)."""
+    for note in detector_notes(cfg):
+        if note not in _noted:
+            _noted.add(note)
+            log.warning("%s", note)
 
 
 def to_detections(frames: FrameBatch, per_frame: list[FrameDetections], score_threshold: float) -> Detections:
@@ -286,10 +302,7 @@ class DetectStage(BaseStage[FrameBatch, DetectedFrames]):
     def setup(self) -> None:
         """Load weights / read the detections file; resolve the device."""
         self._detector = DETECTORS[self.cfg.kind](self.cfg)
-        for note in detector_notes(self.cfg):
-            if note not in _noted:  # once per process, not per video of a batch
-                _noted.add(note)
-                log.warning("%s", note)
+        log_notes_once(self.cfg)
         super().setup()
 
     def __call__(self, frames: FrameBatch) -> DetectedFrames:

@@ -10,7 +10,7 @@ the (merged) image tokens.  Norms, activations, softmax and adds are ignored (a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hmrflow.stages.mesh.backbone import ViTConfig
 from hmrflow.stages.mesh.fastmetro import FastMETROConfig
@@ -144,3 +144,20 @@ def model_flops(model, block_tokens: Optional[Sequence[tuple[int, int]]] = None)
     """:func:`estimator_flops` of a built ``MeshEstimator`` at its current depth."""
     bb = model.backbone
     return estimator_flops(bb.cfg, model.spec.head, depth=len(bb.blocks), block_tokens=block_tokens)
+
+
+def onestage_flops(spec: Any, n_high: int, n_main: int) -> int:
+    """FLOPs of one frame through the one-stage estimator
+    (:class:`~hmrflow.stages.onestage.model.OneStageSpec` ``spec``): patch embedding and shallow
+    encoder over the low-resolution grid, the same over the ``n_high`` high-resolution tokens
+    encoded, the main encoder over its ``n_main`` tokens, and the query decoder (each of the
+    ``spec.queries`` queries costed as the one-query head over ``n_main`` tokens)."""
+    vit = ViTConfig(
+        embed_dim=spec.embed_dim, depth=spec.shallow_depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio
+    )
+    gh, gw = spec.grid
+    n_low = gh * gw
+    embed = 2 * (n_low + n_high) * 3 * spec.patch_size**2 * spec.embed_dim
+    shallow = spec.shallow_depth * (block_flops(vit, n_low) + (block_flops(vit, n_high) if n_high else 0))
+    main = spec.main_depth * block_flops(vit, n_main)
+    return embed + shallow + main + spec.queries * head_flops(spec.head_config, n_main)
