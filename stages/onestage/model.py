@@ -105,7 +105,8 @@ class OneStageSpec:
 #: Sizes by name.  ``tiny`` trains on 2 CPU cores (its blocks have the tiny crop estimator's
 #: shape, so they can start from its weights); ``paper`` is SAT-HMR's depth (3 + 9) at ViT-B width.
 SIZES: dict[str, OneStageSpec] = {
-    "tiny": OneStageSpec(),
+    # alpha_c 0.3, not the paper's 0.5: a focal-loss-trained map is under-confident
+    "tiny": OneStageSpec(alpha_c=0.3),
     "paper": OneStageSpec(
         name="paper",
         embed_dim=768,
@@ -132,7 +133,8 @@ class OneStageOutput:
     log_depth: (B, Q) log of pelvis depth divided by the relative focal length
     (focal / longest input side); scale_conf: (B, gh, gw) logits; scale: (B, gh, gw) in 0..1;
     tokens: the token set the main encoder saw; token_obj: (B, M) objectness logits of those
-    tokens (-inf on padding), which picked the queries.
+    tokens (-inf on padding), which picked the queries; ref: (B, Q, 2) (x, y) 0..1, the centre of
+    each query's token.
     """
 
     logits: torch.Tensor
@@ -146,6 +148,7 @@ class OneStageOutput:
     scale: torch.Tensor
     tokens: ScaleAdaptiveTokens
     token_obj: torch.Tensor
+    ref: torch.Tensor
 
 
 def _grid_pos(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -330,6 +333,7 @@ class OneStageEstimator(nn.Module):
             "root_uv": torch.sigmoid(root[..., :2] + logit_ref),
             "log_depth": root[..., 2],
             "token_obj": obj,
+            "ref": ref.float(),
         }
 
     def forward(

@@ -153,6 +153,7 @@ def _perfect_output(targets: PeopleTargets, order: list[int], q: int) -> OneStag
         scale=torch.zeros(1, 2, 2),
         tokens=toks,
         token_obj=torch.full((1, 4), -6.0),
+        ref=torch.full((1, q, 2), 0.02),  # every token outside the people: one-to-one only
     )
 
 
@@ -313,3 +314,25 @@ def test_bench_token_columns_and_all_high_ratios() -> None:
     assert a["tokens"] == 50 and a["gflops"] == 2.0
     assert a["tokens_vs_all_high"] == 0.25 and a["flops_vs_all_high"] == 0.25 and h["flops_vs_all_high"] == 1.0
     assert "flops_vs_all_high" not in two
+
+
+def test_eclm_merges_the_encoder_blocks() -> None:
+    """The encoders are the project's ViT blocks: ECLM's merge turns two main blocks into one
+    (task arithmetic on their weights) and the model runs with the shallower encoder."""
+    from dataclasses import replace
+
+    from hmrflow.stages.mesh.accel.eclm import merge_blocks
+
+    torch.manual_seed(5)
+    m = OneStageEstimator(replace(SMALL, main_depth=3)).eval()
+    b0, b1, b2 = m.blocks
+    merged = merge_blocks([b0, b1, b2])
+    expect = b0.mlp.fc1.weight + (b1.mlp.fc1.weight - b0.mlp.fc1.weight) + (b2.mlp.fc1.weight - b0.mlp.fc1.weight)
+    torch.testing.assert_close(merged.mlp.fc1.weight, expect)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        deep = m(x)
+        m.blocks = torch.nn.ModuleList([merged])
+        shallow = m(x)
+    assert shallow.boxes.shape == deep.boxes.shape and torch.isfinite(shallow.boxes).all()
+    assert not torch.allclose(shallow.boxes, deep.boxes)

@@ -96,6 +96,8 @@ def test_train_cli_writes_weights_and_config(tmp_path, monkeypatch) -> None:
             "2",
             "--save-every",
             "1",
+            "--val-frames",
+            "2",
         ]
     )
     assert rc == 0
@@ -103,8 +105,24 @@ def test_train_cli_writes_weights_and_config(tmp_path, monkeypatch) -> None:
     assert model.spec.name == "tiny"
     cfg = json.loads((tmp_path / "w" / "final" / "train_config.json").read_text())
     assert cfg["steps_done"] == 2 and cfg["init"].startswith("estimator_tiny") and len(cfg["history"]) == 2
+    val = json.loads((tmp_path / "w" / "final" / "validation.json").read_text())
+    assert set(val) == {"note", "mixed", "overlap", "far"} and val["far"]["all_high"]["frames"] == 2
     # resuming a finished run trains no further and keeps the step count
     rc = main(
-        ["train", "onestage", "--work-dir", "w", "--frames", "4", "--steps", "2", "--batch-size", "2", "--resume"]
+        [
+            "train",
+            "onestage",
+            "--work-dir",
+            "w",
+            "--frames",
+            "4",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--resume",
+            "--val-frames",
+            "0",
+        ]
     )
     assert rc == 0 and json.loads((tmp_path / "w" / "final" / "train_config.json").read_text())["steps_done"] == 2
