@@ -22,7 +22,8 @@ high resolution) and ``onestage-no-background`` (background tokens discarded ins
 pooled).  Their rows add a third table: tokens and high-resolution tokens per frame, GFLOPs
 per frame (:func:`~hmrflow.stages.mesh.accel.flops.onestage_flops`) and both as shares of the
 all-high-resolution ablation.  Compare ``onestage`` with ``per-frame`` (the two-stage path
-without refinement).
+without refinement) and its background pooling with ``per-frame-merged`` (the two-stage path
+with ECLM and Mask-ToMe, which merges background tokens inside each crop).
 
 Speed: ``fps`` is frames decoded per second of pipeline wall time (weights loaded before the
 clock starts, so start-up is not in it; evaluation is not in it).  The ``*_pct`` columns
@@ -53,6 +54,14 @@ ONESTAGE = ["detect.kind=onestage", "detect.nms_iou=0.6", "detect.batch_size=8"]
 VARIANTS: dict[str, list[str]] = {
     "per-frame": ["refine.enabled=false"],
     "refined": ["refine.enabled=true"],
+    # the two-stage path's own token reduction (ECLM + Mask-ToMe: background merged inside each
+    # crop), beside the one-stage path's background pooling
+    "per-frame-merged": [
+        "refine.enabled=false",
+        "estimate.eclm=true",
+        "estimate.tome_r=[14,7,4]",
+        "estimate.tome_group_size=0",
+    ],
     # SAT-HMR's one-stage path beside the two-stage one, and its token ablations (per frame)
     "onestage": [*ONESTAGE, "refine.enabled=false"],
     "onestage-refined": [*ONESTAGE, "refine.enabled=true"],

@@ -24,16 +24,26 @@ log = logging.getLogger(__name__)
 VAL_SEEDS = {"mixed": 91001, "overlap": 91002, "far": 91003}
 
 
+def preset_detect() -> Any:
+    """The ``onestage`` preset's detect settings (score threshold, NMS), which scoring uses."""
+    from hmrflow.pipeline.config import load_config
+
+    return load_config("onestage").detect
+
+
 def score_frames(model: Any, frames: PeopleFrames, body_model: Any, mode: str = "adaptive") -> dict[str, float]:
-    """Detection and body scores of ``model`` on ``frames`` (see the module docstring)."""
+    """Detection and body scores of ``model`` on ``frames`` (see the module docstring), at the
+    ``onestage`` preset's score threshold and NMS."""
     from hmrflow.priors.metrics import mpjpe, pa_mpjpe
     from hmrflow.priors.rotations import matrix_to_axis_angle
     from hmrflow.stages.detect.train import overlap_detection_scores
     from hmrflow.stages.onestage.stage import run_onestage
 
+    cfg = preset_detect()
     preds: list[dict[str, np.ndarray]] = []
     for i in range(len(frames)):  # one focal per call: every frame has its scene's camera
-        preds += run_onestage(model, frames.images[i : i + 1], float(frames.K[i, 0, 0]), body_model, mode=mode)
+        f = float(frames.K[i, 0, 0])
+        preds += run_onestage(model, frames.images[i : i + 1], f, body_model, cfg.score_threshold, cfg.nms_iou, mode)
     det = overlap_detection_scores([p["boxes"] for p in preds], frames.boxes, frames.visible_frac)
     errs, pa = [], []
     for i, p in enumerate(preds):
@@ -65,4 +75,27 @@ def score_frames(model: Any, frames: PeopleFrames, body_model: Any, mode: str = 
         "matched_people": int(len(e)),
         "mpjpe_mm": float(e.mean()) if len(e) else float("nan"),
         "pa_mpjpe_mm": float(pe.mean()) if len(pe) else float("nan"),
+    }
+
+
+def threshold_sweep(
+    model: Any,
+    frames: PeopleFrames,
+    body_model: Any,
+    thresholds: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
+) -> dict[float, float]:
+    """Detection F1 of ``model`` on ``frames`` at each score threshold (one pass: boxes kept at the
+    lowest threshold, then filtered; NMS keeps the higher-scored box of a pair, so raising the
+    threshold afterwards is the same as running at it)."""
+    from hmrflow.stages.detect.train import detection_f1
+    from hmrflow.stages.onestage.stage import run_onestage
+
+    low, nms = min(thresholds), preset_detect().nms_iou
+    preds = [
+        run_onestage(model, frames.images[i : i + 1], float(frames.K[i, 0, 0]), body_model, low, nms)[0]
+        for i in range(len(frames))
+    ]
+    return {
+        t: float(detection_f1([p["boxes"][p["scores"] >= t] for p in preds], frames.boxes, frames.visible_frac)["f1"])
+        for t in thresholds
     }

@@ -336,3 +336,41 @@ def test_eclm_merges_the_encoder_blocks() -> None:
         shallow = m(x)
     assert shallow.boxes.shape == deep.boxes.shape and torch.isfinite(shallow.boxes).all()
     assert not torch.allclose(shallow.boxes, deep.boxes)
+
+
+def test_bench_runs_the_one_stage_variant_through_the_pipeline(tmp_path) -> None:
+    """The bench's onestage variants run the real pipeline (decode -> one-stage -> track -> write)
+    and gather the stage's token and FLOP totals; all-high costs more than adaptive."""
+    from hmrflow.jobs.bench.pipeline import VARIANTS, run_variant, token_columns
+    from hmrflow.jobs.synth.clip import render_clip
+    from hmrflow.jobs.synth.scene import SceneSpec
+    from hmrflow.stages.onestage.weights import save_onestage
+
+    weights = save_onestage(_model(6), tmp_path / "os.safetensors")
+    sets = tmp_path / "set"
+    render_clip(
+        SceneSpec(name="os1", seed=8, people=2, seconds=0.5, fps=10.0, width=320, height=240), sets, progress=False
+    )
+    cols = {}
+    for variant in ("onestage", "onestage-all-high"):
+        stats: dict[str, float] = {}
+        overrides = [*VARIANTS[variant], f"detect.onestage_weights={weights}", "detect.score_threshold=0.9"]
+        _, frames = run_variant(sets, tmp_path / "out" / variant, "clip", overrides, {}, stats)
+        assert stats["frames"] == frames == 5
+        cols[variant] = token_columns(stats)
+        assert (tmp_path / "out" / variant / "os1" / "manifest.json").is_file()
+    assert cols["onestage-all-high"]["tokens"] == 256 and cols["onestage-all-high"]["high_tokens"] == 256
+    assert cols["onestage"]["gflops"] < cols["onestage-all-high"]["gflops"]
+
+
+def test_sizes_tiny_trains_here_and_paper_has_sat_hmr_depth() -> None:
+    from hmrflow.stages.mesh.model import SIZES as CROP_SIZES
+    from hmrflow.stages.onestage.model import SIZES
+
+    tiny, paper = SIZES["tiny"], SIZES["paper"]
+    # tiny's blocks have the tiny crop estimator's shape (so they start from its weights)
+    crop = CROP_SIZES["tiny"].backbone
+    assert (tiny.embed_dim, tiny.num_heads, tiny.mlp_ratio) == (crop.embed_dim, crop.num_heads, crop.mlp_ratio)
+    assert tiny.shallow_depth + tiny.main_depth == crop.depth
+    assert (paper.shallow_depth, paper.main_depth, paper.embed_dim) == (3, 9, 768)
+    assert paper.grid == (28, 40) and paper.high_size == (896, 1280)
