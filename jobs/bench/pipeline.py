@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SETS = BENCH_SETS
 #: The one-stage path's settings (those of ``configs/onestage.yaml``) on top of any preset.
-ONESTAGE = ["detect.kind=onestage", "detect.nms_iou=0.6", "detect.batch_size=8"]
+ONESTAGE = ["detect.kind=onestage", "detect.score_threshold=0.55", "detect.nms_iou=0.5", "detect.batch_size=8"]
 VARIANTS: dict[str, list[str]] = {
     "per-frame": ["refine.enabled=false"],
     "refined": ["refine.enabled=true"],

@@ -82,20 +82,29 @@ def threshold_sweep(
     model: Any,
     frames: PeopleFrames,
     body_model: Any,
-    thresholds: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
-) -> dict[float, float]:
-    """Detection F1 of ``model`` on ``frames`` at each score threshold (one pass: boxes kept at the
-    lowest threshold, then filtered; NMS keeps the higher-scored box of a pair, so raising the
-    threshold afterwards is the same as running at it)."""
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75),
+    nms_ious: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7),
+) -> dict[tuple[float, float], float]:
+    """Detection F1 of ``model`` on ``frames`` for each (score threshold, NMS IoU): one pass of the
+    network without NMS, then NMS and the threshold applied to its boxes."""
+    from hmrflow.pipeline.boxes import nms
     from hmrflow.stages.detect.train import detection_f1
     from hmrflow.stages.onestage.stage import run_onestage
 
-    low, nms = min(thresholds), preset_detect().nms_iou
+    low = min(thresholds)
     preds = [
-        run_onestage(model, frames.images[i : i + 1], float(frames.K[i, 0, 0]), body_model, low, nms)[0]
+        run_onestage(model, frames.images[i : i + 1], float(frames.K[i, 0, 0]), body_model, low, 1.0)[0]
         for i in range(len(frames))
     ]
-    return {
-        t: float(detection_f1([p["boxes"][p["scores"] >= t] for p in preds], frames.boxes, frames.visible_frac)["f1"])
-        for t in thresholds
-    }
+    out = {}
+    for iou in nms_ious:
+        kept = []
+        for p in preds:
+            keep = (
+                nms(torch.from_numpy(p["boxes"]), torch.from_numpy(p["scores"]), iou).numpy() if len(p["boxes"]) else []
+            )
+            kept.append((p["boxes"][keep], p["scores"][keep]))
+        for t in thresholds:
+            boxes = [b[s >= t] for b, s in kept]
+            out[(t, iou)] = float(detection_f1(boxes, frames.boxes, frames.visible_frac)["f1"])
+    return out
