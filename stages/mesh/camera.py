@@ -50,6 +50,12 @@ def diagonal_focal(image_wh: torch.Tensor | tuple[float, float]) -> torch.Tensor
     return wh.norm(dim=-1)
 
 
+def focal_by_rule(rule: str, image_wh: torch.Tensor | tuple[float, float]) -> torch.Tensor:
+    """The focal length (pixels) an unknown camera gets under ``estimate.focal_default``:
+    ``diagonal`` (:func:`diagonal_focal`) or ``hmr2`` (:func:`default_focal`); shape (...,)."""
+    return diagonal_focal(image_wh) if rule == "diagonal" else default_focal(image_wh)
+
+
 def cam_crop_to_full(
     pred_cam: torch.Tensor,
     center: torch.Tensor,

@@ -52,7 +52,7 @@ from hmrflow.pipeline.results import DetectedFrames
 from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MeshEstimates
 from hmrflow.priors.rotations import rotation_z_to
-from hmrflow.stages.mesh.camera import cam_crop_to_full, default_focal, diagonal_focal
+from hmrflow.stages.mesh.camera import cam_crop_to_full, focal_by_rule
 from hmrflow.stages.mesh.checkpoint import bundled_weights_path, load_estimator
 from hmrflow.stages.mesh.crop import make_crops
 from hmrflow.stages.mesh.fastmetro import FastMETROHead
@@ -250,7 +250,7 @@ class EstimateStage(BaseStage[DetectedFrames, MeshEstimates]):
 
     def default_focal(self, wh: torch.Tensor) -> torch.Tensor:
         """The focal length (pixels) used when none is known, per ``cfg.focal_default``."""
-        return diagonal_focal(wh) if self.cfg.focal_default == "diagonal" else default_focal(wh)
+        return focal_by_rule(self.cfg.focal_default, wh)
 
     def estimate(self, x: DetectedFrames, focal_px: Optional[float] = None) -> MeshEstimates:
         """Like ``__call__`` with a known focal length in pixels (None: ``cfg.focal_default``)."""

@@ -25,7 +25,7 @@ from hmrflow.pipeline.stage import BaseStage, Resources
 from hmrflow.pipeline.types import MASK_RES, Detections, FrameBatch, MeshEstimates
 from hmrflow.stages.detect.stage import log_notes_once, touches_border
 from hmrflow.stages.mesh.accel.flops import onestage_flops
-from hmrflow.stages.mesh.camera import default_focal, diagonal_focal
+from hmrflow.stages.mesh.camera import focal_by_rule
 from hmrflow.stages.onestage.losses import cxcywh_to_xyxy, pelvis_camera
 from hmrflow.stages.onestage.model import OneStageEstimator, high_res_token_count
 from hmrflow.stages.onestage.weights import bundled_weights_path, letterbox_frames, load_onestage
@@ -47,8 +47,7 @@ def frame_focal(cfg: EstimateConfig, width: int, height: int) -> float:
     (the crop estimator's rule, so both paths put people at the same depth for the same image)."""
     if cfg.focal_px is not None:
         return float(cfg.focal_px)
-    wh = torch.tensor([float(width), float(height)])
-    return float(diagonal_focal(wh) if cfg.focal_default == "diagonal" else default_focal(wh))
+    return float(focal_by_rule(cfg.focal_default, (float(width), float(height))))
 
 
 @torch.no_grad()

@@ -374,3 +374,12 @@ def test_sizes_tiny_trains_here_and_paper_has_sat_hmr_depth() -> None:
     assert tiny.shallow_depth + tiny.main_depth == crop.depth
     assert (paper.shallow_depth, paper.main_depth, paper.embed_dim) == (3, 9, 768)
     assert paper.grid == (28, 40) and paper.high_size == (896, 1280)
+
+
+def test_focal_rule_is_the_crop_estimators() -> None:
+    from hmrflow.pipeline.config import EstimateConfig
+    from hmrflow.stages.onestage.stage import frame_focal
+
+    assert frame_focal(EstimateConfig(), 640, 480) == pytest.approx(800.0)  # the diagonal
+    assert frame_focal(EstimateConfig(focal_default="hmr2"), 640, 480) == pytest.approx(5000 / 256 * 640)
+    assert frame_focal(EstimateConfig(focal_px=321.0), 640, 480) == 321.0
