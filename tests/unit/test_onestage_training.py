@@ -73,7 +73,7 @@ def test_a_short_run_on_one_batch_learns(frames: PeopleFrames) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0], losses
 
 
