@@ -26,7 +26,7 @@ position are predicted in units of the high-resolution input's width and height 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
@@ -381,8 +381,3 @@ class OneStageEstimator(nn.Module):
 def high_res_token_count(toks: ScaleAdaptiveTokens) -> torch.Tensor:
     """(B,) number of high-resolution tokens in each image's set."""
     return ((toks.kind == HIGH_RES) & toks.valid).sum(1)
-
-
-def with_size(spec: OneStageSpec, **changes: Any) -> OneStageSpec:
-    """``spec`` with fields replaced (validated again)."""
-    return replace(spec, **changes)

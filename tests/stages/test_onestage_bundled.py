@@ -72,3 +72,16 @@ def test_scale_head_sends_small_people_to_high_resolution(model) -> None:
     has_people = torch.from_numpy((far.present & (far.visible_frac >= 0.3)).any(1))
     assert (high[has_people] > 0).all(), high
     assert (out.tokens.counts < 0.5 * 4 * model.spec.grid[0] * model.spec.grid[1]).all()
+
+
+def test_threshold_sweep_agrees_with_a_run_at_that_setting(model, body) -> None:
+    """The sweep runs once without NMS and applies NMS and the threshold afterwards; at the
+    preset's own setting it must give what a run at that setting gives."""
+    from hmrflow.jobs.train.onestage_data import render_people_frames
+    from hmrflow.jobs.train.onestage_eval import preset_detect, score_frames, threshold_sweep
+
+    frames = render_people_frames(np.random.default_rng(5150), 6, family="overlap")
+    cfg = preset_detect()
+    sweep = threshold_sweep(model, frames, body, thresholds=(0.3, cfg.score_threshold), nms_ious=(cfg.nms_iou, 0.9))
+    assert sweep[(cfg.score_threshold, cfg.nms_iou)] == pytest.approx(score_frames(model, frames, body)["f1"])
+    assert all(0.0 <= v <= 1.0 for v in sweep.values())
