@@ -12,7 +12,6 @@ scale-adaptive tokens are for).  ``onestage`` draws all three.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,13 @@ from hmrflow.jobs.synth.clip import BodyAssets, load_body_assets, place_people
 from hmrflow.jobs.synth.scene import Scene, SceneSpec, sample_scene
 from hmrflow.jobs.train.synth_frames import (
     MAX_PEOPLE,
+    FrameArrays,
     add_companions,
     approx_person_boxes,
     overlap_frames,
     render_scene_frames,
     scene_spec_for,
 )
-from hmrflow.pipeline.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ MIXTURE = {"mixed": 0.45, "overlap": 0.3, "far": 0.25}
 
 
 @dataclass(frozen=True)
-class PeopleFrames:
+class PeopleFrames(FrameArrays):
     """Rendered frames with their people's bodies (padding rows have ``present`` False).
 
     images: (N, H, W, 3) uint8 RGB.
@@ -67,26 +66,6 @@ class PeopleFrames:
     joints: np.ndarray
     K: np.ndarray
     scene_seed: np.ndarray
-
-    FIELDS = ("images", "boxes", "visible_frac", "present", "poses", "betas", "transl", "joints", "K", "scene_seed")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def save(self, path: str | Path) -> None:
-        """Write an uncompressed .npz atomically."""
-        buf = io.BytesIO()
-        np.savez(buf, **{f: getattr(self, f) for f in self.FIELDS})
-        atomic_write_bytes(Path(path), buf.getvalue())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PeopleFrames":
-        with np.load(path) as z:
-            return cls(**{f: z[f] for f in cls.FIELDS})
-
-    @classmethod
-    def cat(cls, parts: "list[PeopleFrames]") -> "PeopleFrames":
-        return cls(*(np.concatenate([getattr(q, f) for q in parts]) for f in cls.FIELDS))
 
 
 def far_spec(rng: np.random.Generator, seed: int, width: int, height: int) -> SceneSpec:
@@ -116,7 +95,7 @@ def render_scene_people(
     scene = scene if scene is not None else sample_scene(spec)
     gt = place_people(scene, body)
     frames = np.asarray(frames, np.int64)
-    det = render_scene_frames(spec, frames, body, scene=scene)
+    det = render_scene_frames(spec, frames, body, scene=scene, gt=gt)
     c, p = len(frames), min(len(scene.people), MAX_PEOPLE)
     poses = np.zeros((c, MAX_PEOPLE, 72), np.float32)
     betas = np.zeros((c, MAX_PEOPLE, 10), np.float32)

@@ -20,12 +20,20 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from hmrflow.jobs.synth.backgrounds import render_backgrounds, sample_backgrounds
-from hmrflow.jobs.synth.clip import COVERAGE_MARGIN, NEAR, BodyAssets, load_body_assets, place_people
+from hmrflow.jobs.synth.clip import (
+    COVERAGE_MARGIN,
+    NEAR,
+    BodyAssets,
+    ClipGroundTruth,
+    load_body_assets,
+    place_people,
+)
 from hmrflow.jobs.synth.scene import Person, Scene, SceneSpec, sample_betas, sample_scene
 from hmrflow.jobs.synth.world import box_mesh
 from hmrflow.pipeline.atomic import atomic_write_bytes
@@ -42,8 +50,35 @@ KINDS = ("easy", "crowded", "mixed", "overlap")
 OVERLAP_FRAME_IOU = 0.25
 
 
+class FrameArrays:
+    """Save, load and concatenate for frozen dataclasses of per-frame arrays (first dimension =
+    frames), written as one uncompressed .npz with a key per field."""
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def save(self, path: str | Path) -> None:
+        """Write an uncompressed .npz (atomically)."""
+        buf = io.BytesIO()
+        np.savez(buf, **{f: getattr(self, f) for f in self._names()})
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Any:
+        with np.load(path) as z:
+            return cls(**{f: z[f] for f in cls._names()})
+
+    @classmethod
+    def cat(cls, parts: list) -> Any:
+        return cls(**{f: np.concatenate([getattr(q, f) for q in parts]) for f in cls._names()})
+
+    def __len__(self) -> int:
+        return int(getattr(self, self._names()[0]).shape[0])
+
+
 @dataclass(frozen=True)
-class DetectionFrames:
+class DetectionFrames(FrameArrays):
     """Rendered frames with their people.
 
     images: (N, H, W, 3) uint8 RGB.
@@ -59,26 +94,6 @@ class DetectionFrames:
     boxes: np.ndarray
     visible_frac: np.ndarray
     scene_seed: np.ndarray
-
-    FIELDS = ("images", "instance", "boxes", "visible_frac", "scene_seed")
-
-    def save(self, path: str | Path) -> None:
-        """Write an uncompressed .npz (atomically)."""
-        buf = io.BytesIO()
-        np.savez(buf, **{f: getattr(self, f) for f in self.FIELDS})
-        atomic_write_bytes(Path(path), buf.getvalue())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "DetectionFrames":
-        with np.load(path) as z:
-            return cls(**{f: z[f] for f in cls.FIELDS})
-
-    @classmethod
-    def cat(cls, parts: "list[DetectionFrames]") -> "DetectionFrames":
-        return cls(*(np.concatenate([getattr(q, f) for q in parts]) for f in cls.FIELDS))
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
 
 def scene_spec_for(kind: str, rng: np.random.Generator, seed: int, width: int, height: int) -> SceneSpec:
@@ -194,14 +209,19 @@ def overlap_frames(boxes: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
 
 
 def render_scene_frames(
-    spec: SceneSpec, frames: np.ndarray, body: BodyAssets, scene: Scene | None = None
+    spec: SceneSpec,
+    frames: np.ndarray,
+    body: BodyAssets,
+    scene: Scene | None = None,
+    gt: ClipGroundTruth | None = None,
 ) -> DetectionFrames:
     """Render the given frame indices of the scene sampled from ``spec`` (one rasteriser call).
 
-    ``scene``: an already sampled (and possibly edited) scene of ``spec`` to render instead.
+    ``scene``: an already sampled (and possibly edited) scene of ``spec`` to render instead;
+    ``gt``: its people already placed (:func:`place_people` of that scene), not placed again.
     """
     scene = scene if scene is not None else sample_scene(spec)
-    gt = place_people(scene, body)
+    gt = gt if gt is not None else place_people(scene, body)
     p, H, W = len(scene.people), spec.height, spec.width
     frames = np.asarray(frames, np.int64)
     c = len(frames)
